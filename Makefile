@@ -1,0 +1,79 @@
+# tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test.
+PKGS      := libmicrohttpd libwebsockets libcjson
+DEB_PKGS  := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev \
+             python3 python3-aiohttp curl
+CC        ?= cc
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude
+CFLAGS    += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS    += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+BUILD     ?= build
+PYTHON    := /usr/bin/python3
+
+SRCS      := $(wildcard src/*.c)
+OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
+LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
+UNIT_SRCS := $(wildcard tests/unit/*.c)
+
+.PHONY: all deps test unit asan valgrind demo bench clean
+
+all: deps tgbridge
+
+# Installs missing Debian packages when run as root; otherwise names the command.
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:" $$missing; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "missing Debian packages; run: sudo apt-get install -y $$missing"; exit 1; \
+	  fi; \
+	fi
+
+tgbridge: $(BUILD)/tgbridge
+	cp $< $@
+
+$(BUILD)/tgbridge: $(OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: src/%.c | $(BUILD)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD):
+	mkdir -p $@
+
+$(BUILD)/unit_tests: $(UNIT_SRCS) $(LIB_OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+unit: deps $(BUILD)/unit_tests
+	./$(BUILD)/unit_tests
+
+test: deps tgbridge $(BUILD)/unit_tests
+	UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+
+# Same tests against an AddressSanitizer+UBSan build.
+asan:
+	$(MAKE) deps
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  build-asan/tgbridge build-asan/unit_tests
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  TGBRIDGE_BIN=build-asan/tgbridge UNIT_TESTS=build-asan/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+
+valgrind: deps tgbridge $(BUILD)/unit_tests
+	valgrind -q --error-exitcode=99 --leak-check=full ./$(BUILD)/unit_tests
+	TGBRIDGE_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" \
+	  UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+
+demo: deps tgbridge
+	$(PYTHON) examples/demo.py
+
+bench: deps tgbridge
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf build build-asan tgbridge
+
+-include $(wildcard $(BUILD)/*.d)

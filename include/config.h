@@ -1,0 +1,51 @@
+/* Command line + environment configuration. */
+#ifndef TGB_CONFIG_H
+#define TGB_CONFIG_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include "log.h"
+
+enum auth_mode { AUTH_AUTO, AUTH_QUERY, AUTH_HEADER, AUTH_FIRST_FRAME };
+
+/* The gateway's per-message limit: one larger frame closes the socket (ref §2.4). */
+#define GATEWAY_MAX_FRAME 52428800u
+
+struct gateway_url {
+    bool tls;
+    char host[256];      /* without brackets for IPv6 literals */
+    int port;
+    char base_path[1024]; /* "" or "/prefix" without trailing slash */
+};
+
+struct config {
+    char *gateway;             /* as given, for logs (never contains the token) */
+    struct gateway_url gw;
+    char *token;               /* NULL = none configured */
+    char *token_file;
+    enum auth_mode auth;
+    char listen_host[256];
+    int listen_port;
+    size_t max_body;
+    double request_timeout;
+    double queue_timeout;
+    double heartbeat;
+    double reconnect_min, reconnect_max;
+    double ping_interval, ping_timeout;
+    int max_inflight;
+    int max_queue;
+    char *workspace;           /* envelope workspace when the body names none */
+    char *ca_file;
+    bool insecure;
+    enum log_level log_level;
+};
+
+/* 0: run; 1: exit 0 (help/version printed); -1: exit 2 (err filled). */
+int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+void config_free(struct config *cfg);
+int config_parse_gateway(const char *url, struct gateway_url *out, char *err, size_t errlen);
+/* Re-reads --token-file (if any) into cfg->token. */
+int config_read_token_file(struct config *cfg, char *err, size_t errlen);
+const char *auth_mode_name(enum auth_mode m);
+void config_usage(FILE *out);
+#endif

@@ -1,0 +1,39 @@
+/* The multiplexer: admits local requests onto the one upstream socket, keeps each
+ * one's deadline, routes every reply frame to the owner that asked, and decides the
+ * fate of requests when the socket goes away.  Front ends (rest.c, later the Unix
+ * socket) only call mux_new / mux_submit / mux_detach. */
+#ifndef TGB_MUX_H
+#define TGB_MUX_H
+#include "config.h"
+#include "envelope.h"
+#include "reqtable.h"
+
+struct lws_context;
+
+void mux_init(struct lws_context *ctx, const struct config *cfg);
+void mux_shutdown(void);
+
+/* A request for `service` (flow may be NULL); the envelope is built from body. */
+struct request *mux_new(const char *service, const char *flow, const char *workspace,
+                        const char *body, size_t body_len, const struct request_ops *ops, void *owner);
+/* Queues req for sending.  May call req->ops->on_fail synchronously (queue full). */
+void mux_submit(struct request *req);
+/* The owner is gone (or done): no callbacks after this; req is freed when the
+ * gateway no longer counts it. */
+void mux_detach(struct request *req);
+
+/* --- for upstream.c --- */
+/* The next request to write if the window has room, else NULL (marks it sent). */
+struct request *mux_next_to_send(void);
+void mux_sent(struct request *req);   /* last byte written: start its deadline */
+void mux_on_frame(const struct frame *f);
+void mux_upstream_ready(void);        /* authenticated: drain the queue */
+void mux_upstream_lost(const char *why);
+bool mux_has_sendable(void);
+
+struct mux_stats {
+    size_t queued, window, live;
+    unsigned long long submitted, completed, failed;
+};
+void mux_get_stats(struct mux_stats *out);
+#endif

@@ -1,0 +1,81 @@
+/* The request table: upstream ids, the id → request map, the local queue and the
+ * gateway-window ledger.  Pure bookkeeping (no I/O, no timers), so the window rules of
+ * reference §6.1 can be unit-tested on their own. */
+#ifndef TGB_REQTABLE_H
+#define TGB_REQTABLE_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <libwebsockets.h>
+#include "buf.h"
+#include "list.h"
+
+struct request;
+struct frame;
+
+/* How a request's owner (a REST call, later a Unix-socket client) hears about it.
+ * Exactly one terminal callback (a final frame or on_fail) reaches an attached owner. */
+struct request_ops {
+    void (*on_frame)(struct request *req, const struct frame *f, bool final);
+    void (*on_fail)(struct request *req, int status, const char *type, const char *message);
+};
+
+enum req_state {
+    REQ_NEW,       /* built, not yet queued */
+    REQ_QUEUED,    /* waiting in tgbridge's queue for the socket or window room */
+    REQ_SENT,      /* (being) written upstream; counts in the gateway's window */
+    REQ_CLOSED,    /* upstream is done with it: complete seen, or its socket is gone */
+};
+
+struct request {
+    uint64_t seq;
+    char id[48];
+    enum req_state state;
+    bool answered;        /* owner has had its terminal callback (or gave up) */
+    bool got_frame;       /* at least one frame arrived for it */
+    bool suspect;         /* may own an id-less error (mux.c on_orphan) */
+    bool busy;            /* inside an owner callback: must not be freed yet */
+    struct buf frame;     /* envelope, LWS_PRE headroom; released once written */
+    size_t sent_off;      /* bytes of frame already written */
+    char service[96];
+    bool has_flow;
+    double enqueued_at, sent_at;
+    struct list qnode;    /* in queue */
+    struct list wnode;    /* in window ledger */
+    struct request *hnext;
+    bool hashed;
+    lws_sorted_usec_list_t sul; /* the one deadline that applies to its state (mux.c) */
+    const struct request_ops *ops;
+    void *owner;          /* NULL once the owner has detached */
+};
+
+struct reqtable {
+    struct list queue;    /* arrival order */
+    struct list window;   /* send order, pruned only from the front, like the gateway */
+    size_t nqueued, nwindow, nlive;
+    struct request **buckets;
+    size_t nbuckets, nhashed;
+    uint64_t next_seq;
+    char prefix[24];
+};
+
+void reqtable_init(struct reqtable *rt, const char *prefix);
+void reqtable_destroy(struct reqtable *rt);
+/* A new request with a fresh id, unique for the life of the process. */
+struct request *reqtable_new(struct reqtable *rt);
+void reqtable_enqueue(struct reqtable *rt, struct request *req);
+void reqtable_dequeue(struct reqtable *rt, struct request *req);
+struct request *reqtable_queue_head(struct reqtable *rt);
+/* True when one more request fits in a window of max entries. */
+bool reqtable_window_has_room(const struct reqtable *rt, int max);
+/* Moves req from the queue into the window ledger and the id map. */
+void reqtable_mark_sent(struct reqtable *rt, struct request *req);
+struct request *reqtable_lookup(struct reqtable *rt, const char *id);
+/* Upstream finished with req: unmap it, and prune finished requests from the
+ * front of the window (never from the middle — the gateway does not). */
+void reqtable_close(struct reqtable *rt, struct request *req);
+/* The socket is gone: every window entry closes; returns them in send order in out. */
+void reqtable_drop_window(struct reqtable *rt, struct list *out);
+/* Frees req if nothing refers to it any more; true if freed. */
+bool reqtable_release(struct reqtable *rt, struct request *req);
+#endif

@@ -1,0 +1,17 @@
+/* The local REST mirror (libmicrohttpd in external-epoll mode inside the lws loop):
+ * the gateway's own routes, answered from the one upstream socket, with optional
+ * NDJSON / SSE streaming, plus /healthz, /readyz and /status. */
+#ifndef TGB_REST_H
+#define TGB_REST_H
+#include <stddef.h>
+#include <sys/socket.h>
+#include "config.h"
+
+int rest_init(const struct config *cfg);
+/* Serves an accepted connection; takes ownership of fd (closed on failure). */
+int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen);
+size_t rest_active_calls(void);
+/* Fails every call still waiting or streaming with a final error (shutdown). */
+void rest_fail_all(int status, const char *type, const char *message);
+void rest_shutdown(void);
+#endif

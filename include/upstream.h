@@ -1,0 +1,28 @@
+/* The one WebSocket to the gateway: connect, authenticate the way the gateway's era
+ * expects (reference §1.1, §3), keep alive, reconnect, send envelopes and hand every
+ * reply frame to the mux. */
+#ifndef TGB_UPSTREAM_H
+#define TGB_UPSTREAM_H
+#include <stdbool.h>
+#include "config.h"
+
+struct lws_context;
+struct lws_protocols;
+
+enum upstream_state { UP_DOWN, UP_CONNECTING, UP_AUTHENTICATING, UP_READY, UP_CLOSING };
+
+extern const struct lws_protocols upstream_protocol;
+
+int upstream_init(struct lws_context *ctx, struct config *cfg);
+void upstream_start(void);
+/* Something became sendable (a queued request, window room). */
+void upstream_kick(void);
+bool upstream_ready(void);
+enum upstream_state upstream_state(void);
+/* Why the upstream is not ready, for 503 bodies and /readyz. */
+const char *upstream_reason(void);
+const char *upstream_era(void);
+const char *upstream_default_workspace(void);
+unsigned upstream_reconnects(void);
+void upstream_stop(void);
+#endif

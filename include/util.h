@@ -1,0 +1,16 @@
+/* Small helpers shared by several modules. */
+#ifndef TGB_UTIL_H
+#define TGB_UTIL_H
+#include <stddef.h>
+
+/* Monotonic clock in seconds. */
+double now_mono(void);
+/* Percent-encodes everything but RFC 3986 unreserved characters; caller frees. */
+char *url_encode(const char *s);
+/* "1.5" → 1.5 seconds; rejects negatives, junk and non-finite values. */
+int parse_seconds(const char *s, double *out);
+/* "50m", "1048576", "64k" → bytes (k/m/g are powers of 1024). */
+int parse_size(const char *s, size_t *out);
+/* Seconds → lws_sul microseconds, saturating. */
+long long seconds_to_us(double s);
+#endif

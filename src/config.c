@@ -1,0 +1,376 @@
+#include "config.h"
+#include "util.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef TGB_VERSION
+#define TGB_VERSION "0.1.0"
+#endif
+
+enum opt_id {
+    O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
+    O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
+    O_PING_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_INSECURE,
+    O_LOG_LEVEL, O_HELP, O_VERSION,
+};
+
+struct opt_doc {
+    enum opt_id id;
+    const char *name, *arg, *env, *help;
+};
+
+/* One table drives getopt, the environment lookup and --help, so they cannot drift. */
+static const struct opt_doc docs[] = {
+    {O_GATEWAY, "gateway", "URL", "TRUSTGRAPH_URL",
+     "gateway root: ws://, wss://, http:// or https://host[:port][/prefix]\n"
+     "(default http://localhost:8088); /api/v1/socket is appended"},
+    {O_TOKEN_FILE, "token-file", "PATH", "TGBRIDGE_TOKEN_FILE",
+     "read the gateway token from PATH (preferred; re-read on every reconnect)"},
+    {O_TOKEN, "token", "TOKEN", "TRUSTGRAPH_TOKEN",
+     "gateway token (also GATEWAY_SECRET); visible to other users in ps until\n"
+     "tgbridge scrubs it at start-up: prefer --token-file"},
+    {O_AUTH, "auth", "MODE", "TGBRIDGE_AUTH",
+     "auto (default) | query | header | first-frame: how the token is presented"},
+    {O_LISTEN, "listen", "HOST:PORT", "TGBRIDGE_LISTEN",
+     "REST listener (default 127.0.0.1:8089; port 0 picks a free port)"},
+    {O_MAX_BODY, "max-body", "BYTES", "TGBRIDGE_MAX_BODY",
+     "largest request body accepted (default 50m = the gateway's frame limit)"},
+    {O_REQUEST_TIMEOUT, "request-timeout", "SECONDS", "TGBRIDGE_REQUEST_TIMEOUT",
+     "give up on a request this long after it was sent upstream (default 600)"},
+    {O_QUEUE_TIMEOUT, "queue-timeout", "SECONDS", "TGBRIDGE_QUEUE_TIMEOUT",
+     "longest wait for the gateway or for window room before 503 (default 30)"},
+    {O_HEARTBEAT, "heartbeat", "SECONDS", "TGBRIDGE_HEARTBEAT",
+     "SSE keep-alive comment interval on idle streams (default 15)"},
+    {O_RECONNECT_MIN, "reconnect-min", "SECONDS", "TGBRIDGE_RECONNECT_MIN",
+     "first reconnect delay (default 0.5)"},
+    {O_RECONNECT_MAX, "reconnect-max", "SECONDS", "TGBRIDGE_RECONNECT_MAX",
+     "longest reconnect delay (default 30)"},
+    {O_PING_INTERVAL, "ping-interval", "SECONDS", "TGBRIDGE_PING_INTERVAL",
+     "ping the gateway after this much silence (default 20)"},
+    {O_PING_TIMEOUT, "ping-timeout", "SECONDS", "TGBRIDGE_PING_TIMEOUT",
+     "drop the connection this long after an unanswered ping (default 20)"},
+    {O_MAX_INFLIGHT, "max-inflight", "N", "TGBRIDGE_MAX_INFLIGHT",
+     "requests in the gateway's window at once (default 15, limit 16)"},
+    {O_MAX_QUEUE, "max-queue", "N", "TGBRIDGE_MAX_QUEUE",
+     "requests waiting for the window before 503 (default 4096)"},
+    {O_WORKSPACE, "workspace", "NAME", "TGBRIDGE_WORKSPACE",
+     "envelope workspace for bodies without one (default: the gateway's)"},
+    {O_CA_FILE, "ca-file", "PATH", "TGBRIDGE_CA_FILE",
+     "extra CA certificates (PEM) for wss:// and https://"},
+    {O_INSECURE, "insecure", NULL, "TGBRIDGE_INSECURE",
+     "do not verify the gateway's TLS certificate (dangerous)"},
+    {O_LOG_LEVEL, "log-level", "LEVEL", "TGBRIDGE_LOG_LEVEL",
+     "error | warn | info (default) | debug"},
+    {O_HELP, "help", NULL, NULL, "show this help and exit"},
+    {O_VERSION, "version", NULL, NULL, "show the version and exit"},
+};
+#define NDOCS (sizeof docs / sizeof docs[0])
+
+void config_usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: tgbridge [OPTION]...\n"
+            "Keep one authenticated WebSocket to a TrustGraph api-gateway and serve its\n"
+            "REST API (with NDJSON/SSE streaming) locally.\n\nOptions (environment in brackets):\n");
+    for (size_t i = 0; i < NDOCS; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", docs[i].name, docs[i].arg ? " " : "",
+                 docs[i].arg ? docs[i].arg : "");
+        const char *h = docs[i].help;
+        fprintf(out, "  %-26s ", left);
+        for (const char *nl; (nl = strchr(h, '\n')); h = nl + 1)
+            fprintf(out, "%.*s\n  %-26s ", (int)(nl - h), h, "");
+        fprintf(out, "%s", h);
+        if (docs[i].env)
+            fprintf(out, " [%s]", docs[i].env);
+        fputc('\n', out);
+    }
+    fprintf(out, "\nToken precedence: --token-file, --token, TRUSTGRAPH_TOKEN, GATEWAY_SECRET.\n"
+                 "See README.md for routes, streaming format and error table.\n");
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int config_parse_gateway(const char *url, struct gateway_url *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    const char *p;
+    int defport;
+    if (!strncmp(url, "ws://", 5)) { p = url + 5; defport = 80; }
+    else if (!strncmp(url, "http://", 7)) { p = url + 7; defport = 80; }
+    else if (!strncmp(url, "wss://", 6)) { p = url + 6; defport = 443; out->tls = true; }
+    else if (!strncmp(url, "https://", 8)) { p = url + 8; defport = 443; out->tls = true; }
+    else
+        return fail(err, errlen, "gateway URL must start with ws://, wss://, http:// or https://: %s", url);
+    if (strpbrk(p, "?#@"))
+        return fail(err, errlen, "gateway URL must not carry credentials, a query or a fragment"
+                                 " (use --token-file)");
+    const char *hend;
+    if (*p == '[') {
+        hend = strchr(p, ']');
+        if (!hend)
+            return fail(err, errlen, "bad IPv6 literal in gateway URL");
+        if ((size_t)(hend - p - 1) >= sizeof out->host)
+            return fail(err, errlen, "gateway host too long");
+        memcpy(out->host, p + 1, (size_t)(hend - p - 1));
+        hend++;
+    } else {
+        hend = p + strcspn(p, ":/");
+        if ((size_t)(hend - p) >= sizeof out->host)
+            return fail(err, errlen, "gateway host too long");
+        memcpy(out->host, p, (size_t)(hend - p));
+    }
+    if (!out->host[0])
+        return fail(err, errlen, "gateway URL has no host");
+    out->port = defport;
+    const char *path = hend;
+    if (*hend == ':') {
+        char *e;
+        long port = strtol(hend + 1, &e, 10);
+        if (e == hend + 1 || port < 1 || port > 65535 || (*e && *e != '/'))
+            return fail(err, errlen, "bad port in gateway URL");
+        out->port = (int)port;
+        path = e;
+    } else if (*hend && *hend != '/') {
+        return fail(err, errlen, "bad gateway URL");
+    }
+    size_t plen = strlen(path);
+    while (plen && path[plen - 1] == '/')
+        plen--;
+    /* Accept the socket URL itself as well as the root the official CLI uses. */
+    static const char sock[] = "/api/v1/socket";
+    if (plen >= sizeof sock - 1 && !memcmp(path + plen - (sizeof sock - 1), sock, sizeof sock - 1))
+        plen -= sizeof sock - 1;
+    while (plen && path[plen - 1] == '/')
+        plen--;
+    if (plen >= sizeof out->base_path)
+        return fail(err, errlen, "gateway path too long");
+    memcpy(out->base_path, path, plen);
+    return 0;
+}
+
+static int parse_listen(struct config *cfg, const char *s, char *err, size_t errlen)
+{
+    const char *colon = strrchr(s, ':');
+    const char *host = s, *port = s;
+    size_t hlen = 0;
+    if (colon) {
+        port = colon + 1;
+        hlen = (size_t)(colon - s);
+        if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+            host++;
+            hlen -= 2;
+        }
+    }
+    char *e;
+    long p = strtol(port, &e, 10);
+    if (!*port || *e || p < 0 || p > 65535 || hlen >= sizeof cfg->listen_host)
+        return fail(err, errlen, "--listen wants HOST:PORT, got '%s'", s);
+    if (hlen) {
+        memcpy(cfg->listen_host, host, hlen);
+        cfg->listen_host[hlen] = '\0';
+    }
+    cfg->listen_port = (int)p;
+    return 0;
+}
+
+const char *auth_mode_name(enum auth_mode m)
+{
+    switch (m) {
+    case AUTH_QUERY: return "query";
+    case AUTH_HEADER: return "header";
+    case AUTH_FIRST_FRAME: return "first-frame";
+    default: return "auto";
+    }
+}
+
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = v ? strdup(v) : NULL;
+}
+
+static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, size_t errlen)
+{
+    long n;
+    char *e;
+    switch (id) {
+    case O_GATEWAY:
+        set_str(&cfg->gateway, v);
+        return config_parse_gateway(v, &cfg->gw, err, errlen);
+    case O_TOKEN: set_str(&cfg->token, v); return 0;
+    case O_TOKEN_FILE: set_str(&cfg->token_file, v); return 0;
+    case O_AUTH:
+        if (!strcmp(v, "auto")) cfg->auth = AUTH_AUTO;
+        else if (!strcmp(v, "query")) cfg->auth = AUTH_QUERY;
+        else if (!strcmp(v, "header")) cfg->auth = AUTH_HEADER;
+        else if (!strcmp(v, "first-frame")) cfg->auth = AUTH_FIRST_FRAME;
+        else return fail(err, errlen, "--auth must be auto, query, header or first-frame");
+        return 0;
+    case O_LISTEN: return parse_listen(cfg, v, err, errlen);
+    case O_MAX_BODY:
+        if (parse_size(v, &cfg->max_body) || cfg->max_body == 0)
+            return fail(err, errlen, "--max-body wants a size such as 1048576 or 50m");
+        return 0;
+    case O_REQUEST_TIMEOUT: case O_QUEUE_TIMEOUT: case O_HEARTBEAT: case O_RECONNECT_MIN:
+    case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: {
+        double *dst = id == O_REQUEST_TIMEOUT ? &cfg->request_timeout
+                    : id == O_QUEUE_TIMEOUT ? &cfg->queue_timeout
+                    : id == O_HEARTBEAT ? &cfg->heartbeat
+                    : id == O_RECONNECT_MIN ? &cfg->reconnect_min
+                    : id == O_RECONNECT_MAX ? &cfg->reconnect_max
+                    : id == O_PING_INTERVAL ? &cfg->ping_interval : &cfg->ping_timeout;
+        if (parse_seconds(v, dst))
+            return fail(err, errlen, "option wants seconds (fractions allowed), got '%s'", v);
+        return 0;
+    }
+    case O_MAX_INFLIGHT: case O_MAX_QUEUE:
+        n = strtol(v, &e, 10);
+        if (!*v || *e || n < 1 || n > 1000000)
+            return fail(err, errlen, "option wants a positive integer, got '%s'", v);
+        if (id == O_MAX_INFLIGHT && n > 16)
+            return fail(err, errlen, "--max-inflight above 16 would stall the gateway's reader");
+        *(id == O_MAX_INFLIGHT ? &cfg->max_inflight : &cfg->max_queue) = (int)n;
+        return 0;
+    case O_WORKSPACE: set_str(&cfg->workspace, v); return 0;
+    case O_CA_FILE: set_str(&cfg->ca_file, v); return 0;
+    case O_INSECURE: cfg->insecure = !v || !*v || strcmp(v, "0"); return 0;
+    case O_LOG_LEVEL:
+        if (log_parse_level(v, &cfg->log_level))
+            return fail(err, errlen, "--log-level must be error, warn, info or debug");
+        return 0;
+    default: return 0;
+    }
+}
+
+static void defaults(struct config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->auth = AUTH_AUTO;
+    strcpy(cfg->listen_host, "127.0.0.1");
+    cfg->listen_port = 8089;
+    cfg->max_body = GATEWAY_MAX_FRAME;
+    cfg->request_timeout = 600;
+    cfg->queue_timeout = 30;
+    cfg->heartbeat = 15;
+    cfg->reconnect_min = 0.5;
+    cfg->reconnect_max = 30;
+    cfg->ping_interval = 20;
+    cfg->ping_timeout = 20;
+    cfg->max_inflight = 15;
+    cfg->max_queue = 4096;
+    cfg->log_level = LOG_INFO;
+}
+
+int config_read_token_file(struct config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->token_file)
+        return 0;
+    int fd = open(cfg->token_file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(err, errlen, "cannot open token file %s: %s", cfg->token_file, strerror(errno));
+    char tok[16384];
+    ssize_t n = read(fd, tok, sizeof tok - 1);
+    close(fd);
+    if (n < 0)
+        return fail(err, errlen, "cannot read token file %s: %s", cfg->token_file, strerror(errno));
+    if (n == (ssize_t)sizeof tok - 1)
+        return fail(err, errlen, "token file %s is larger than 16 KiB", cfg->token_file);
+    tok[n] = '\0';
+    /* Files written by editors and `echo` end in a newline that is not part of the token. */
+    while (n > 0 && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' ' || tok[n - 1] == '\t'))
+        tok[--n] = '\0';
+    set_str(&cfg->token, tok);
+    explicit_bzero(tok, sizeof tok);
+    log_add_secret(cfg->token);
+    return 0;
+}
+
+int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    defaults(cfg);
+    if (apply(cfg, O_GATEWAY, "http://localhost:8088", err, errlen))
+        return -1;
+    /* Environment first, so that flags override it. */
+    for (size_t i = 0; i < NDOCS; i++) {
+        const char *v = docs[i].env ? getenv(docs[i].env) : NULL;
+        if (docs[i].id == O_TOKEN && (!v || !*v))
+            v = getenv("GATEWAY_SECRET");
+        if (!v || (!*v && docs[i].id != O_INSECURE))
+            continue;
+        if (docs[i].id == O_INSECURE && !*v)
+            continue;
+        char e2[256];
+        if (apply(cfg, docs[i].id, v, e2, sizeof e2))
+            return fail(err, errlen, "%s: %s", docs[i].env, e2);
+    }
+    struct option longopts[NDOCS + 1];
+    for (size_t i = 0; i < NDOCS; i++)
+        longopts[i] = (struct option){docs[i].name, docs[i].arg ? required_argument : no_argument, NULL,
+                                      (int)docs[i].id};
+    longopts[NDOCS] = (struct option){0, 0, 0, 0};
+    opterr = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, ":hVv", longopts, NULL)) != -1) {
+        if (c == 'h' || c == O_HELP) {
+            config_usage(stdout);
+            return 1;
+        }
+        if (c == 'V' || c == O_VERSION) {
+            printf("tgbridge %s\n", TGB_VERSION);
+            return 1;
+        }
+        if (c == 'v') {
+            cfg->log_level = LOG_DEBUG;
+            continue;
+        }
+        if (c == '?')
+            return fail(err, errlen, "unknown option '%s' (see --help)", argv[optind - 1]);
+        if (c == ':')
+            return fail(err, errlen, "option '%s' needs a value", argv[optind - 1]);
+        if (apply(cfg, (enum opt_id)c, optarg, err, errlen))
+            return -1;
+        if (c == O_TOKEN && optarg) {
+            /* Scrub the process title: /proc/PID/cmdline shows argv's memory. */
+            log_add_secret(optarg);
+            memset(optarg, 'x', strlen(optarg));
+        }
+        if (c == O_INSECURE)
+            cfg->insecure = true;
+    }
+    if (optind < argc)
+        return fail(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (cfg->reconnect_max < cfg->reconnect_min)
+        cfg->reconnect_max = cfg->reconnect_min;
+    if (cfg->token)
+        log_add_secret(cfg->token);
+    if (config_read_token_file(cfg, err, errlen))
+        return -1;
+    return 0;
+}
+
+void config_free(struct config *cfg)
+{
+    free(cfg->gateway);
+    if (cfg->token)
+        explicit_bzero(cfg->token, strlen(cfg->token));
+    free(cfg->token);
+    free(cfg->token_file);
+    free(cfg->workspace);
+    free(cfg->ca_file);
+    memset(cfg, 0, sizeof *cfg);
+}

@@ -1,0 +1,205 @@
+#include "envelope.h"
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+void envelope_build(struct buf *out, const char *id, const char *service, const char *flow,
+                    const char *workspace, const char *body, size_t body_len)
+{
+    buf_reserve(out, body_len + 128);
+    buf_puts(out, "{\"id\":");
+    buf_json_string(out, id, strlen(id));
+    buf_puts(out, ",\"service\":");
+    buf_json_string(out, service, strlen(service));
+    if (flow && *flow) {
+        buf_puts(out, ",\"flow\":");
+        buf_json_string(out, flow, strlen(flow));
+    }
+    if (workspace && *workspace) {
+        buf_puts(out, ",\"workspace\":");
+        buf_json_string(out, workspace, strlen(workspace));
+    }
+    buf_puts(out, ",\"request\":");
+    buf_append(out, body, body_len);
+    buf_puts(out, "}");
+}
+
+static size_t skip_ws(const char *p, size_t i, size_t len)
+{
+    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i;
+}
+
+static size_t string_len(const char *p, size_t len)
+{
+    for (size_t i = 1; i < len; i++) {
+        if (p[i] == '\\')
+            i++;
+        else if (p[i] == '"')
+            return i + 1;
+    }
+    return 0;
+}
+
+/* Callers have validated the text with cJSON, so this only has to find the end
+ * of a value, not judge it. */
+size_t json_value_len(const char *p, size_t len)
+{
+    if (!len)
+        return 0;
+    if (p[0] == '"')
+        return string_len(p, len);
+    if (p[0] == '{' || p[0] == '[') {
+        int depth = 0;
+        for (size_t i = 0; i < len; i++) {
+            char c = p[i];
+            if (c == '"') {
+                size_t s = string_len(p + i, len - i);
+                if (!s)
+                    return 0;
+                i += s - 1;
+            } else if (c == '{' || c == '[') {
+                depth++;
+            } else if (c == '}' || c == ']') {
+                if (--depth == 0)
+                    return i + 1;
+            }
+        }
+        return 0;
+    }
+    size_t i = 0;
+    while (i < len && !strchr(",}] \t\r\n", p[i]))
+        i++;
+    return i;
+}
+
+int json_top_value(const char *text, size_t len, const char *key, struct span *out)
+{
+    size_t klen = strlen(key);
+    size_t i = skip_ws(text, 0, len);
+    if (i >= len || text[i] != '{')
+        return -1;
+    i++;
+    for (;;) {
+        i = skip_ws(text, i, len);
+        if (i >= len || text[i] != '"')
+            return -1;
+        size_t kl = string_len(text + i, len - i);
+        if (!kl)
+            return -1;
+        /* Our keys never need escapes; an escaped key simply won't match. */
+        bool match = kl - 2 == klen && !memcmp(text + i + 1, key, klen);
+        i = skip_ws(text, i + kl, len);
+        if (i >= len || text[i] != ':')
+            return -1;
+        i = skip_ws(text, i + 1, len);
+        size_t vl = json_value_len(text + i, len - i);
+        if (!vl)
+            return -1;
+        if (match) {
+            out->p = text + i;
+            out->n = vl;
+            return 0;
+        }
+        i = skip_ws(text, i + vl, len);
+        if (i >= len || text[i] != ',')
+            return -1;
+        i++;
+    }
+}
+
+static void copy_str(char *dst, size_t cap, const cJSON *s)
+{
+    dst[0] = '\0';
+    if (cJSON_IsString(s) && s->valuestring) {
+        strncpy(dst, s->valuestring, cap - 1);
+        dst[cap - 1] = '\0';
+    }
+}
+
+/* Fills err_type/err_message from an error value: a string (V1a) or {type,message}. */
+static void read_error(struct frame *f, const cJSON *err)
+{
+    free(f->err_message);
+    f->err_message = NULL;
+    if (cJSON_IsString(err)) {
+        f->error_is_string = true;
+        f->err_message = strdup(err->valuestring ? err->valuestring : "");
+        return;
+    }
+    if (cJSON_IsObject(err)) {
+        copy_str(f->err_type, sizeof f->err_type, cJSON_GetObjectItemCaseSensitive(err, "type"));
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
+        if (cJSON_IsString(m))
+            f->err_message = strdup(m->valuestring);
+    }
+    if (!f->err_message) {
+        char *printed = cJSON_PrintUnformatted(err);
+        f->err_message = printed ? printed : strdup("");
+    }
+}
+
+void frame_parse(const char *text, size_t len, struct frame *f)
+{
+    memset(f, 0, sizeof *f);
+    f->kind = FRAME_INVALID;
+    f->err_message = strdup("");
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, NULL, 0);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return;
+    }
+    f->kind = FRAME_OTHER;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
+    const cJSON *resp = cJSON_GetObjectItemCaseSensitive(root, "response");
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
+    const cJSON *complete = cJSON_GetObjectItemCaseSensitive(root, "complete");
+
+    if (cJSON_IsString(type) && !strcmp(type->valuestring, "auth-ok")) {
+        f->kind = FRAME_AUTH_OK;
+        const cJSON *ws = cJSON_GetObjectItemCaseSensitive(root, "default_workspace");
+        f->auth_new_field = ws != NULL;
+        if (!ws)
+            ws = cJSON_GetObjectItemCaseSensitive(root, "workspace");
+        copy_str(f->workspace, sizeof f->workspace, ws);
+        goto out;
+    }
+    if (cJSON_IsString(type) && !strcmp(type->valuestring, "auth-failed")) {
+        f->kind = FRAME_AUTH_FAILED;
+        if (err)
+            read_error(f, err);
+        goto out;
+    }
+    /* Falsy ids are dropped from the gateway's own error frames (ref §4); ours never are. */
+    if (cJSON_IsString(id) && id->valuestring[0]) {
+        f->has_id = true;
+        copy_str(f->id, sizeof f->id, id);
+    }
+    if (err) {
+        read_error(f, err);
+        json_top_value(text, len, "error", &f->error);
+        f->kind = f->has_id ? FRAME_TOP_ERROR : FRAME_ORPHAN_ERROR;
+        goto out;
+    }
+    if (resp && f->has_id) {
+        json_top_value(text, len, "response", &f->response);
+        const cJSON *inner = cJSON_IsObject(resp) ? cJSON_GetObjectItemCaseSensitive(resp, "error") : NULL;
+        if (inner && !cJSON_IsNull(inner)) {
+            /* A nested error ends the request even without complete (ref §5.3 rule 2). */
+            read_error(f, inner);
+            f->kind = FRAME_FINAL_ERROR;
+        } else {
+            f->kind = cJSON_IsTrue(complete) ? FRAME_FINAL : FRAME_PART;
+        }
+    }
+out:
+    cJSON_Delete(root);
+}
+
+void frame_free(struct frame *f)
+{
+    free(f->err_message);
+    f->err_message = NULL;
+}

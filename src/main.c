@@ -1,0 +1,135 @@
+/* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
+ * REST with streaming.  main() wires the modules together; see README "Design". */
+#include "config.h"
+#include "listener.h"
+#include "log.h"
+#include "loop.h"
+#include "mux.h"
+#include "rest.h"
+#include "upstream.h"
+#include "util.h"
+#include <libwebsockets.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#define DRAIN_SECONDS 10.0
+
+static struct config cfg;
+static struct listener *rest_listener;
+static bool draining;
+static double drain_deadline;
+static lws_sorted_usec_list_t drain_sul;
+
+static void finish(void)
+{
+    rest_fail_all(503, "shutting-down", "tgbridge is shutting down");
+    upstream_stop();
+    loop_stop();
+}
+
+static void drain_check(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    if (rest_active_calls() == 0 || now_mono() >= drain_deadline) {
+        finish();
+        return;
+    }
+    lws_sul_schedule(loop_ctx(), 0, &drain_sul, drain_check, 50 * 1000);
+}
+
+static void begin_shutdown(int sig)
+{
+    if (draining) {
+        log_info("second signal: stopping now");
+        finish();
+        return;
+    }
+    draining = true;
+    log_info("%s: no longer accepting; waiting up to %.0f s for %zu call(s) to finish",
+             sig == SIGINT ? "SIGINT" : "SIGTERM", DRAIN_SECONDS, rest_active_calls());
+    listener_close(rest_listener);
+    rest_listener = NULL;
+    drain_deadline = now_mono() + DRAIN_SECONDS;
+    drain_check(NULL);
+}
+
+static void on_signal(void *arg)
+{
+    int fd = *(int *)arg;
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        switch (si.ssi_signo) {
+        case SIGTERM: case SIGINT:
+            begin_shutdown((int)si.ssi_signo);
+            break;
+        case SIGHUP:
+            log_info("SIGHUP: the token file is re-read at the next connection");
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static int setup_signals(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &set, NULL))
+        return -1;
+    static int sfd;
+    sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0 || !loop_watch_fd(sfd, on_signal, &sfd))
+        return -1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    char err[512];
+    int rc = config_load(&cfg, argc, argv, err, sizeof err);
+    if (rc > 0)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "tgbridge: %s\n", err);
+        return 2;
+    }
+    log_set_level(cfg.log_level);
+    if (cfg.insecure)
+        log_warn("--insecure: the gateway's TLS certificate is NOT verified; anyone on the path can "
+                 "read the token and every request");
+    if (loop_init(&cfg) || setup_signals()) {
+        log_error("cannot set up the event loop");
+        return 1;
+    }
+    mux_init(loop_ctx(), &cfg);
+    upstream_init(loop_ctx(), &cfg);
+    if (rest_init(&cfg))
+        return 1;
+    int port = 0;
+    rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, &port, err, sizeof err);
+    if (!rest_listener) {
+        log_error("%s", err);
+        return 1;
+    }
+    bool v6 = strchr(cfg.listen_host, ':') != NULL;
+    log_info("listening rest=%s%s%s:%d gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "", port,
+             cfg.gateway, auth_mode_name(cfg.auth));
+    upstream_start();
+    loop_run();
+    rest_shutdown();
+    loop_destroy();
+    mux_shutdown();
+    log_info("stopped");
+    log_clear_secrets();
+    config_free(&cfg);
+    return 0;
+}

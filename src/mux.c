@@ -1,0 +1,281 @@
+#include "mux.h"
+#include "log.h"
+#include "upstream.h"
+#include "util.h"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct {
+    struct lws_context *ctx;
+    const struct config *cfg;
+    struct reqtable rt;
+    unsigned long long submitted, completed, failed;
+} M;
+
+void mux_init(struct lws_context *ctx, const struct config *cfg)
+{
+    M.ctx = ctx;
+    M.cfg = cfg;
+    /* A per-boot nonce keeps ids distinct across restarts in the gateway's logs;
+     * the counter keeps them distinct for the life of this process. */
+    unsigned nonce = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || read(fd, &nonce, sizeof nonce) != (ssize_t)sizeof nonce)
+        nonce = (unsigned)time(NULL) ^ (unsigned)getpid();
+    if (fd >= 0)
+        close(fd);
+    char prefix[24];
+    snprintf(prefix, sizeof prefix, "tgb-%06x", nonce & 0xffffff);
+    reqtable_init(&M.rt, prefix);
+}
+
+void mux_shutdown(void)
+{
+    reqtable_destroy(&M.rt);
+}
+
+/* Owner callbacks may detach (and so try to free) the request: `busy` keeps it alive
+ * until the callback returns.  Callers must not touch req after fail(). */
+static void fail(struct request *req, int status, const char *type, const char *message)
+{
+    if (!req->answered) {
+        req->answered = true;
+        M.failed++;
+        if (req->owner && req->ops && req->ops->on_fail) {
+            req->busy = true;
+            req->ops->on_fail(req, status, type, message);
+            req->busy = false;
+        }
+    }
+    reqtable_release(&M.rt, req);
+}
+
+struct request *mux_new(const char *service, const char *flow, const char *workspace,
+                        const char *body, size_t body_len, const struct request_ops *ops, void *owner)
+{
+    struct request *req = reqtable_new(&M.rt);
+    snprintf(req->service, sizeof req->service, "%s", service);
+    req->has_flow = flow && *flow;
+    req->ops = ops;
+    req->owner = owner;
+    envelope_build(&req->frame, req->id, service, flow, workspace, body, body_len);
+    return req;
+}
+
+static void close_upstream(struct request *req);
+
+static void queue_expired(lws_sorted_usec_list_t *sul)
+{
+    struct request *req = lws_container_of(sul, struct request, sul);
+    reqtable_dequeue(&M.rt, req);
+    req->state = REQ_CLOSED;
+    char msg[512];
+    if (upstream_ready())
+        snprintf(msg, sizeof msg, "no room in the gateway's window within %.3g s", M.cfg->queue_timeout);
+    else
+        snprintf(msg, sizeof msg, "gateway not available within %.3g s: %s", M.cfg->queue_timeout,
+                 upstream_reason());
+    fail(req, 503, "gateway-unavailable", msg);
+}
+
+static void request_expired(lws_sorted_usec_list_t *sul)
+{
+    struct request *req = lws_container_of(sul, struct request, sul);
+    if (req->suspect) {
+        close_upstream(req);
+        return;
+    }
+    char msg[128];
+    snprintf(msg, sizeof msg, "no complete reply within %.3g s", M.cfg->request_timeout);
+    /* The gateway has no cancel: the id stays in the window ledger until the gateway
+     * completes it or the socket goes; late frames for it are dropped. */
+    fail(req, 504, "request-timeout", msg);
+}
+
+void mux_submit(struct request *req)
+{
+    M.submitted++;
+    if (M.rt.nqueued >= (size_t)M.cfg->max_queue) {
+        req->state = REQ_CLOSED;
+        fail(req, 503, "queue-full", "too many requests waiting for the gateway");
+        return;
+    }
+    if (req->frame.len >= GATEWAY_MAX_FRAME) {
+        req->state = REQ_CLOSED;
+        fail(req, 413, "payload-too-large",
+             "the envelope would reach the gateway's 50 MiB frame limit and kill the socket");
+        return;
+    }
+    req->enqueued_at = now_mono();
+    reqtable_enqueue(&M.rt, req);
+    lws_sul_schedule(M.ctx, 0, &req->sul, queue_expired, seconds_to_us(M.cfg->queue_timeout));
+    upstream_kick();
+}
+
+void mux_detach(struct request *req)
+{
+    if (!req)
+        return;
+    req->owner = NULL;
+    req->answered = true;
+    if (req->state == REQ_QUEUED) {
+        reqtable_dequeue(&M.rt, req);
+        req->state = REQ_CLOSED;
+    }
+    if (req->state != REQ_SENT)
+        lws_sul_cancel(&req->sul);
+    reqtable_release(&M.rt, req);
+}
+
+bool mux_has_sendable(void)
+{
+    return M.rt.nqueued && reqtable_window_has_room(&M.rt, M.cfg->max_inflight);
+}
+
+struct request *mux_next_to_send(void)
+{
+    if (!mux_has_sendable())
+        return NULL;
+    struct request *req = reqtable_queue_head(&M.rt);
+    lws_sul_cancel(&req->sul);
+    reqtable_mark_sent(&M.rt, req);
+    return req;
+}
+
+void mux_sent(struct request *req)
+{
+    req->sent_at = now_mono();
+    buf_free(&req->frame);
+    if (!req->answered && req->state == REQ_SENT)
+        lws_sul_schedule(M.ctx, 0, &req->sul, request_expired, seconds_to_us(M.cfg->request_timeout));
+}
+
+/* The gateway is done with req; it may be freed here (when its owner has gone). */
+static void close_upstream(struct request *req)
+{
+    lws_sul_cancel(&req->sul);
+    reqtable_close(&M.rt, req);
+    upstream_kick(); /* the window may have room now */
+}
+
+static void deliver(struct request *req, const struct frame *f)
+{
+    bool final = f->kind != FRAME_PART;
+    req->got_frame = true;
+    if (!req->answered) {
+        if (final) {
+            req->answered = true;
+            M.completed++;
+        }
+        if (req->owner && req->ops && req->ops->on_frame) {
+            req->busy = true;
+            req->ops->on_frame(req, f, final);
+            req->busy = false;
+        }
+    }
+    if (final)
+        close_upstream(req);
+}
+
+/* Does an id-less error plausibly belong to req?  V1a names the failing kind in
+ * KeyError text ("'agent'"); flow errors can only come from flow requests. */
+static bool orphan_matches(const struct request *req, const char *msg)
+{
+    size_t n = strlen(msg);
+    if (n >= 2 && msg[0] == '\'' && msg[n - 1] == '\'')
+        return n - 2 == strlen(req->service) && !strncmp(msg + 1, req->service, n - 2);
+    if (!strncmp(msg, "Invalid flow", 12) || strstr(msg, "not supported by flow"))
+        return req->has_flow;
+    return true;
+}
+
+/* Reference §5.3 rule 3: an error without an id (E1 in V1a, E3) cannot be correlated.
+ * Only a request that has had no frame yet can be its owner.  One candidate gets the
+ * error; several all get an honest "ambiguous" failure instead of a guess, so no
+ * caller waits for a reply that will never come and none gets someone else's. */
+static void on_orphan(const struct frame *f)
+{
+    struct request *cands[64];
+    size_t n = 0;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &M.rt.window) {
+        struct request *r = list_entry(pos, struct request, wnode);
+        if (r->state == REQ_SENT && !r->got_frame && orphan_matches(r, f->err_message) &&
+            n < sizeof cands / sizeof cands[0])
+            cands[n++] = r;
+    }
+    if (n == 0) {
+        log_warn("gateway error without a request id, matching no request: %s", f->err_message);
+        return;
+    }
+    if (n == 1) {
+        struct frame as_top = *f;
+        as_top.kind = FRAME_TOP_ERROR;
+        deliver(cands[0], &as_top);
+        return;
+    }
+    log_warn("gateway error without a request id could belong to %zu requests; failing them: %s", n,
+             f->err_message);
+    char msg[600];
+    snprintf(msg, sizeof msg,
+             "the gateway reported an error without a request id (\"%.400s\"); it belongs to one of "
+             "%zu requests in flight, this one included",
+             f->err_message, n);
+    for (size_t i = 0; i < n; i++) {
+        /* The innocent ones still run at the gateway and still count in its window, so
+         * they stay in the ledger until their complete frame; the guilty one never
+         * completes and is retired at its request deadline instead. */
+        cands[i]->suspect = true;
+        fail(cands[i], 502, "upstream-ambiguous-error", msg);
+    }
+}
+
+void mux_on_frame(const struct frame *f)
+{
+    if (f->kind == FRAME_ORPHAN_ERROR) {
+        on_orphan(f);
+        return;
+    }
+    if (!f->has_id)
+        return;
+    struct request *req = reqtable_lookup(&M.rt, f->id);
+    if (!req) {
+        log_debug("dropping frame for retired id %s", f->id);
+        return;
+    }
+    deliver(req, f);
+}
+
+void mux_upstream_ready(void)
+{
+    upstream_kick();
+}
+
+void mux_upstream_lost(const char *why)
+{
+    struct list dropped, *pos, *tmp;
+    reqtable_drop_window(&M.rt, &dropped);
+    char msg[512];
+    snprintf(msg, sizeof msg, "the gateway connection was lost before the reply completed (%s); "
+                              "the request was not retried", why);
+    list_for_each_safe(pos, tmp, &dropped) {
+        struct request *r = list_entry(pos, struct request, wnode);
+        list_del(pos);
+        lws_sul_cancel(&r->sul);
+        fail(r, 502, "upstream-disconnected", msg);
+    }
+}
+
+void mux_get_stats(struct mux_stats *out)
+{
+    out->queued = M.rt.nqueued;
+    out->window = M.rt.nwindow;
+    out->live = M.rt.nlive;
+    out->submitted = M.submitted;
+    out->completed = M.completed;
+    out->failed = M.failed;
+}

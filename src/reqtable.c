@@ -1,0 +1,189 @@
+#include "reqtable.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t hash_id(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+void reqtable_init(struct reqtable *rt, const char *prefix)
+{
+    memset(rt, 0, sizeof *rt);
+    list_init(&rt->queue);
+    list_init(&rt->window);
+    rt->nbuckets = 256;
+    rt->buckets = calloc(rt->nbuckets, sizeof *rt->buckets);
+    if (!rt->buckets)
+        abort();
+    snprintf(rt->prefix, sizeof rt->prefix, "%s", prefix);
+}
+
+static void unhash(struct reqtable *rt, struct request *req)
+{
+    if (!req->hashed)
+        return;
+    struct request **pp = &rt->buckets[hash_id(req->id) & (rt->nbuckets - 1)];
+    while (*pp && *pp != req)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = req->hnext;
+    req->hnext = NULL;
+    req->hashed = false;
+    rt->nhashed--;
+}
+
+static void rehash(struct reqtable *rt)
+{
+    size_t n = rt->nbuckets * 2;
+    struct request **nb = calloc(n, sizeof *nb);
+    if (!nb)
+        return; /* keep the old, fuller table: lookups stay correct */
+    for (size_t i = 0; i < rt->nbuckets; i++)
+        for (struct request *r = rt->buckets[i], *next; r; r = next) {
+            next = r->hnext;
+            size_t b = hash_id(r->id) & (n - 1);
+            r->hnext = nb[b];
+            nb[b] = r;
+        }
+    free(rt->buckets);
+    rt->buckets = nb;
+    rt->nbuckets = n;
+}
+
+static void hash_in(struct reqtable *rt, struct request *req)
+{
+    if (rt->nhashed + 1 > rt->nbuckets)
+        rehash(rt);
+    size_t b = hash_id(req->id) & (rt->nbuckets - 1);
+    req->hnext = rt->buckets[b];
+    rt->buckets[b] = req;
+    req->hashed = true;
+    rt->nhashed++;
+}
+
+struct request *reqtable_new(struct reqtable *rt)
+{
+    struct request *req = calloc(1, sizeof *req);
+    if (!req)
+        abort();
+    req->seq = ++rt->next_seq;
+    snprintf(req->id, sizeof req->id, "%s-%llu", rt->prefix, (unsigned long long)req->seq);
+    req->state = REQ_NEW;
+    list_init(&req->qnode);
+    list_init(&req->wnode);
+    buf_init(&req->frame, LWS_PRE);
+    rt->nlive++;
+    return req;
+}
+
+void reqtable_enqueue(struct reqtable *rt, struct request *req)
+{
+    req->state = REQ_QUEUED;
+    list_add_tail(&rt->queue, &req->qnode);
+    rt->nqueued++;
+}
+
+void reqtable_dequeue(struct reqtable *rt, struct request *req)
+{
+    if (!list_linked(&req->qnode))
+        return;
+    list_del(&req->qnode);
+    rt->nqueued--;
+}
+
+struct request *reqtable_queue_head(struct reqtable *rt)
+{
+    return list_empty(&rt->queue) ? NULL : list_entry(rt->queue.next, struct request, qnode);
+}
+
+bool reqtable_window_has_room(const struct reqtable *rt, int max)
+{
+    return rt->nwindow < (size_t)max;
+}
+
+void reqtable_mark_sent(struct reqtable *rt, struct request *req)
+{
+    reqtable_dequeue(rt, req);
+    req->state = REQ_SENT;
+    list_add_tail(&rt->window, &req->wnode);
+    rt->nwindow++;
+    hash_in(rt, req);
+}
+
+struct request *reqtable_lookup(struct reqtable *rt, const char *id)
+{
+    for (struct request *r = rt->buckets[hash_id(id) & (rt->nbuckets - 1)]; r; r = r->hnext)
+        if (!strcmp(r->id, id))
+            return r;
+    return NULL;
+}
+
+static void prune_front(struct reqtable *rt)
+{
+    while (!list_empty(&rt->window)) {
+        struct request *head = list_entry(rt->window.next, struct request, wnode);
+        if (head->state != REQ_CLOSED)
+            break;
+        list_del(&head->wnode);
+        rt->nwindow--;
+        reqtable_release(rt, head);
+    }
+}
+
+void reqtable_close(struct reqtable *rt, struct request *req)
+{
+    req->state = REQ_CLOSED;
+    unhash(rt, req);
+    prune_front(rt);
+}
+
+void reqtable_drop_window(struct reqtable *rt, struct list *out)
+{
+    list_init(out);
+    while (!list_empty(&rt->window)) {
+        struct request *r = list_entry(rt->window.next, struct request, wnode);
+        list_del(&r->wnode);
+        rt->nwindow--;
+        unhash(rt, r);
+        r->state = REQ_CLOSED;
+        list_add_tail(out, &r->wnode);
+    }
+}
+
+bool reqtable_release(struct reqtable *rt, struct request *req)
+{
+    if (req->busy || req->owner || list_linked(&req->qnode) || list_linked(&req->wnode) || req->hashed)
+        return false;
+    if (req->state == REQ_SENT)
+        return false;
+    lws_sul_cancel(&req->sul);
+    buf_free(&req->frame);
+    rt->nlive--;
+    free(req);
+    return true;
+}
+
+void reqtable_destroy(struct reqtable *rt)
+{
+    struct list dropped, *pos, *tmp;
+    reqtable_drop_window(rt, &dropped);
+    list_for_each_safe(pos, tmp, &dropped) {
+        struct request *r = list_entry(pos, struct request, wnode);
+        list_del(pos);
+        r->owner = NULL;
+        reqtable_release(rt, r);
+    }
+    list_for_each_safe(pos, tmp, &rt->queue) {
+        struct request *r = list_entry(pos, struct request, qnode);
+        reqtable_dequeue(rt, r);
+        r->owner = NULL;
+        reqtable_release(rt, r);
+    }
+    free(rt->buckets);
+    rt->buckets = NULL;
+}

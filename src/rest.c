@@ -1,0 +1,748 @@
+#include "rest.h"
+#include "buf.h"
+#include "envelope.h"
+#include "list.h"
+#include "log.h"
+#include "loop.h"
+#include "mux.h"
+#include "upstream.h"
+#include "util.h"
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <libwebsockets.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* How often a suspended call checks that its caller is still there: MHD cannot see
+ * a hang-up on a suspended connection (libraries.md a3, a7). */
+#define LIVENESS_INTERVAL 1.0
+#define STREAM_BLOCK (64 * 1024)
+
+enum route {
+    R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
+};
+enum fmt { FMT_JSON, FMT_NDJSON, FMT_SSE };
+enum phase { PH_BODY, PH_WAITING, PH_STREAMING, PH_DONE };
+
+struct call {
+    struct MHD_Connection *conn;
+    enum route route;
+    char kind[256];
+    char flow[256];
+    struct buf body;
+    bool too_large;
+    enum phase phase;
+    enum fmt fmt;
+    struct request *req;
+    bool suspended;
+    bool client_gone;
+    /* A whole reply decided before headers went out (unary, or an immediate error). */
+    bool reply_ready;
+    int reply_status;
+    struct buf reply;
+    /* Streaming: bytes not yet handed to MHD, and whether the last one is in. */
+    bool stream_ready;
+    struct buf out;
+    bool done;
+    double last_write;
+    lws_sorted_usec_list_t sul;
+    struct list node;
+};
+
+static struct {
+    const struct config *cfg;
+    struct MHD_Daemon *daemon;
+    struct watcher *watch;
+    lws_sorted_usec_list_t pump_sul;
+    struct list calls;
+    size_t ncalls;
+    double started;
+} R;
+
+static void pump(void);
+
+static void json_error_body(struct buf *b, const char *type, const char *message)
+{
+    buf_puts(b, "{\"error\":{\"type\":");
+    buf_json_string(b, type, strlen(type));
+    buf_puts(b, ",\"message\":");
+    buf_json_string(b, message, strlen(message));
+    buf_puts(b, "}}");
+}
+
+static enum MHD_Result queue_json(struct MHD_Connection *c, unsigned status, const char *body, size_t len,
+                                  const char *allow)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (allow)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result queue_error(struct MHD_Connection *c, unsigned status, const char *type,
+                                   const char *message, const char *allow)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    json_error_body(&b, type, message);
+    enum MHD_Result ret = queue_json(c, status, buf_ptr(&b), b.len, allow);
+    buf_free(&b);
+    return ret;
+}
+
+/* ---- routing ------------------------------------------------------------------ */
+
+static bool valid_name(const char *s, size_t n, bool allow_slash)
+{
+    if (!n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+              ch == '_' || ch == '.' || (allow_slash && ch == '/')))
+            return false;
+    }
+    return !allow_slash || (s[n - 1] != '/' && !strstr(s, "//"));
+}
+
+static bool copy_name(char *dst, size_t cap, const char *s, size_t n)
+{
+    if (n >= cap)
+        return false;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return true;
+}
+
+/* The gateway's routes that carry no envelope (reference §8.4, §11): they cannot be
+ * expressed on the multiplexed socket. */
+static bool unsupported_path(const char *url)
+{
+    static const char *const prefixes[] = {"/api/v1/auth/", "/api/metrics", "/api/v1/i18n/"};
+    static const char *const exact[] = {"/api/v1/import-core", "/api/v1/export-core", "/api/v1/document-stream"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+        if (!strncmp(url, prefixes[i], strlen(prefixes[i])))
+            return true;
+    for (size_t i = 0; i < sizeof exact / sizeof *exact; i++)
+        if (!strcmp(url, exact[i]))
+            return true;
+    return false;
+}
+
+static enum route match_route(const char *url, struct call *out)
+{
+    if (!strcmp(url, "/healthz"))
+        return R_HEALTHZ;
+    if (!strcmp(url, "/readyz"))
+        return R_READYZ;
+    if (!strcmp(url, "/status"))
+        return R_STATUS;
+    if (unsupported_path(url))
+        return R_UNSUPPORTED;
+    static const char flowp[] = "/api/v1/flow/";
+    if (!strncmp(url, flowp, sizeof flowp - 1)) {
+        const char *f = url + sizeof flowp - 1;
+        const char *slash = strchr(f, '/');
+        if (slash) {
+            const char *rest = slash + 1;
+            if (!strncmp(rest, "service/", 8)) {
+                const char *k = rest + 8;
+                size_t kn = strlen(k);
+                /* thru/<name> is the only kind with a slash (v2.8.7+). */
+                bool thru = !strncmp(k, "thru/", 5);
+                if (valid_name(f, (size_t)(slash - f), false) && valid_name(k, kn, thru) &&
+                    copy_name(out->flow, sizeof out->flow, f, (size_t)(slash - f)) &&
+                    copy_name(out->kind, sizeof out->kind, k, kn))
+                    return R_FLOW_SERVICE;
+                return R_NOT_FOUND;
+            }
+            if (!strncmp(rest, "import/", 7) || !strncmp(rest, "export/", 7))
+                return R_UNSUPPORTED;
+        }
+        /* "/api/v1/flow" alone is the flow-management kind, handled below. */
+    }
+    static const char kindp[] = "/api/v1/";
+    if (!strncmp(url, kindp, sizeof kindp - 1)) {
+        const char *k = url + sizeof kindp - 1;
+        size_t kn = strlen(k);
+        if (!strcmp(k, "socket"))
+            return R_SOCKET;
+        if (valid_name(k, kn, false) && copy_name(out->kind, sizeof out->kind, k, kn))
+            return R_KIND;
+    }
+    return R_NOT_FOUND;
+}
+
+/* ---- health and status ---------------------------------------------------------- */
+
+static const char *state_name(enum upstream_state s)
+{
+    switch (s) {
+    case UP_CONNECTING: return "connecting";
+    case UP_AUTHENTICATING: return "authenticating";
+    case UP_READY: return "ready";
+    case UP_CLOSING: return "closing";
+    default: return "down";
+    }
+}
+
+static enum MHD_Result serve_status(struct MHD_Connection *c, enum route route)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    unsigned status = 200;
+    if (route == R_HEALTHZ) {
+        buf_puts(&b, "{\"status\":\"ok\"}");
+    } else if (route == R_READYZ) {
+        if (upstream_ready()) {
+            buf_puts(&b, "{\"status\":\"ready\",\"era\":");
+            buf_json_string(&b, upstream_era(), strlen(upstream_era()));
+            buf_puts(&b, "}");
+        } else {
+            status = 503;
+            buf_puts(&b, "{\"status\":\"not-ready\",\"state\":");
+            const char *st = state_name(upstream_state());
+            buf_json_string(&b, st, strlen(st));
+            buf_puts(&b, ",\"reason\":");
+            buf_json_string(&b, upstream_reason(), strlen(upstream_reason()));
+            buf_puts(&b, "}");
+        }
+    } else {
+        struct mux_stats ms;
+        mux_get_stats(&ms);
+        const char *st = state_name(upstream_state());
+        buf_puts(&b, "{\"upstream\":{\"state\":");
+        buf_json_string(&b, st, strlen(st));
+        buf_puts(&b, ",\"reason\":");
+        buf_json_string(&b, upstream_reason(), strlen(upstream_reason()));
+        buf_puts(&b, ",\"gateway\":");
+        buf_json_string(&b, R.cfg->gateway, strlen(R.cfg->gateway));
+        buf_puts(&b, ",\"era\":");
+        buf_json_string(&b, upstream_era(), strlen(upstream_era()));
+        buf_puts(&b, ",\"auth\":");
+        buf_json_string(&b, auth_mode_name(R.cfg->auth), strlen(auth_mode_name(R.cfg->auth)));
+        buf_puts(&b, ",\"default_workspace\":");
+        if (upstream_default_workspace()[0])
+            buf_json_string(&b, upstream_default_workspace(), strlen(upstream_default_workspace()));
+        else
+            buf_puts(&b, "null");
+        buf_printf(&b,
+                   ",\"reconnects\":%u},\"requests\":{\"in_flight\":%zu,\"queued\":%zu,\"window_used\":%zu,"
+                   "\"window_max\":%d,\"submitted\":%llu,\"completed\":%llu,\"failed\":%llu},"
+                   "\"rest\":{\"active_calls\":%zu},\"uptime_seconds\":%.3f}",
+                   upstream_reconnects(), ms.window, ms.queued, ms.window, R.cfg->max_inflight, ms.submitted,
+                   ms.completed, ms.failed, R.ncalls, now_mono() - R.started);
+    }
+    enum MHD_Result ret = queue_json(c, status, buf_ptr(&b), b.len, NULL);
+    buf_free(&b);
+    return ret;
+}
+
+/* ---- the reply mapping (reference §8.2, §11 "Reply mapping") --------------------- */
+
+/* Statuses for the gateway's policy errors (E4), as its own REST routes answer them. */
+static int policy_status(const char *type, enum route route, const char **body)
+{
+    if (!strcmp(type, "auth-required")) { *body = "{\"error\":\"auth failure\"}"; return 401; }
+    if (!strcmp(type, "access-denied")) { *body = "{\"error\":\"access denied\"}"; return 403; }
+    if (!strcmp(type, "workspace-not-found")) { *body = "{\"error\":\"workspace not found\"}"; return 404; }
+    if (!strcmp(type, "unknown-service")) {
+        if (route == R_FLOW_SERVICE) { *body = "{\"error\":\"unknown kind\"}"; return 404; }
+        *body = "{\"error\":\"unknown operation\"}";
+        return 400;
+    }
+    return 0;
+}
+
+/* Non-streaming: what the gateway's REST route would have answered. */
+static void map_unary(struct call *call, const struct frame *f)
+{
+    const char *policy_body;
+    int st;
+    if (f->kind == FRAME_FINAL || f->kind == FRAME_FINAL_ERROR) {
+        call->reply_status = 200;
+        buf_append(&call->reply, f->response.p, f->response.n);
+    } else if (!f->error_is_string && (st = policy_status(f->err_type, call->route, &policy_body))) {
+        call->reply_status = st;
+        buf_puts(&call->reply, policy_body);
+    } else if (f->error_is_string || !strcmp(f->err_type, "error")) {
+        call->reply_status = 200;
+        buf_puts(&call->reply, "{\"error\":");
+        buf_json_string(&call->reply, f->err_message, strlen(f->err_message));
+        buf_puts(&call->reply, "}");
+    } else {
+        call->reply_status = 200;
+        buf_puts(&call->reply, "{\"error\":");
+        buf_append(&call->reply, f->error.p, f->error.n);
+        buf_puts(&call->reply, "}");
+    }
+}
+
+static const char *error_type_of(const struct frame *f)
+{
+    return f->err_type[0] ? f->err_type : "error";
+}
+
+/* Streaming, error as the first frame: a real status (documented in README). */
+static void map_stream_error(struct call *call, const struct frame *f)
+{
+    const char *unused;
+    int st = 400;
+    if (f->kind == FRAME_FINAL_ERROR) {
+        bool timeout = !strcmp(f->err_type, "gateway-error") &&
+                       (!f->err_message[0] || !strcmp(f->err_message, "Timeout"));
+        st = timeout ? 504 : 502;
+    } else if (!f->error_is_string && (st = policy_status(f->err_type, call->route, &unused))) {
+        /* st set */
+    } else {
+        st = 400;
+    }
+    call->reply_status = st;
+    json_error_body(&call->reply, error_type_of(f), f->err_message);
+}
+
+static void append_event(struct call *call, const char *json, size_t n, bool is_error)
+{
+    if (call->fmt == FMT_SSE)
+        buf_puts(&call->out, is_error ? "event: error\ndata: " : "data: ");
+    size_t start = call->out.len;
+    buf_append(&call->out, json, n);
+    /* JSON may hold raw newlines only as whitespace between tokens, where a space is
+     * equivalent; one payload must stay one line / one data: field. */
+    char *p = buf_ptr(&call->out);
+    for (size_t i = start; i < call->out.len; i++)
+        if (p[i] == '\n' || p[i] == '\r')
+            p[i] = ' ';
+    buf_puts(&call->out, call->fmt == FMT_SSE ? "\n\n" : "\n");
+}
+
+static void append_error_event(struct call *call, const char *type, const char *message)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    json_error_body(&b, type, message);
+    append_event(call, buf_ptr(&b), b.len, true);
+    buf_free(&b);
+}
+
+/* ---- suspension ------------------------------------------------------------------ */
+
+static void wake(struct call *call)
+{
+    if (!call->suspended)
+        return;
+    call->suspended = false;
+    MHD_resume_connection(call->conn);
+    /* The resume signals MHD's ITC, which makes the epoll fd readable: the loop then
+     * runs MHD for us.  Running it here could re-enter MHD from its own callbacks. */
+}
+
+static void liveness_check(lws_sorted_usec_list_t *sul);
+
+static void suspend(struct call *call)
+{
+    call->suspended = true;
+    MHD_suspend_connection(call->conn);
+    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(LIVENESS_INTERVAL));
+}
+
+static bool peer_gone(struct call *call)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(call->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return false;
+    char b;
+    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void liveness_check(lws_sorted_usec_list_t *sul)
+{
+    struct call *call = lws_container_of(sul, struct call, sul);
+    if (!call->suspended)
+        return;
+    if (peer_gone(call)) {
+        log_debug("caller of %s hung up", call->req ? call->req->id : "(no request)");
+        call->client_gone = true;
+        mux_detach(call->req);
+        call->req = NULL;
+        wake(call);
+        return;
+    }
+    if (call->fmt == FMT_SSE && call->phase == PH_STREAMING && R.cfg->heartbeat > 0 &&
+        now_mono() - call->last_write >= R.cfg->heartbeat) {
+        /* Keeps proxies from cutting an idle stream, and proves the caller alive. */
+        buf_puts(&call->out, ": ping\n\n");
+        wake(call);
+        return;
+    }
+    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(LIVENESS_INTERVAL));
+}
+
+/* ---- request callbacks from the mux ---------------------------------------------- */
+
+static void on_frame(struct request *req, const struct frame *f, bool final)
+{
+    struct call *call = req->owner;
+    if (call->fmt == FMT_JSON) {
+        if (!final)
+            return;
+        map_unary(call, f);
+        call->reply_ready = true;
+        call->done = true;
+    } else if (call->phase == PH_WAITING && !call->stream_ready && final &&
+               (f->kind == FRAME_TOP_ERROR || f->kind == FRAME_FINAL_ERROR)) {
+        map_stream_error(call, f);
+        call->reply_ready = true;
+        call->done = true;
+    } else {
+        if (f->kind == FRAME_TOP_ERROR || f->kind == FRAME_FINAL_ERROR)
+            append_error_event(call, error_type_of(f), f->err_message);
+        else
+            append_event(call, f->response.p, f->response.n, false);
+        call->stream_ready = true;
+        call->done = final;
+    }
+    if (final) {
+        mux_detach(req);
+        call->req = NULL;
+    }
+    wake(call);
+}
+
+static void on_fail(struct request *req, int status, const char *type, const char *message)
+{
+    struct call *call = req->owner;
+    if (call->phase == PH_STREAMING || call->stream_ready) {
+        append_error_event(call, type, message);
+        call->stream_ready = true;
+    } else {
+        call->reply_status = status;
+        json_error_body(&call->reply, type, message);
+        call->reply_ready = true;
+    }
+    call->done = true;
+    mux_detach(req);
+    call->req = NULL;
+    wake(call);
+}
+
+static const struct request_ops call_ops = {on_frame, on_fail};
+
+/* ---- MHD glue -------------------------------------------------------------------- */
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
+{
+    (void)pos;
+    struct call *call = cls;
+    if (call->out.len) {
+        size_t n = call->out.len < max ? call->out.len : max;
+        memcpy(out, buf_ptr(&call->out), n);
+        buf_consume(&call->out, n);
+        if (!call->out.len && call->out.cap > 1024 * 1024)
+            buf_free(&call->out);
+        call->last_write = now_mono();
+        return (ssize_t)n;
+    }
+    if (call->client_gone)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (call->done)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    /* Never return 0 without suspending: MHD would spin (libraries.md a2). */
+    suspend(call);
+    return 0;
+}
+
+static enum MHD_Result respond(struct call *call)
+{
+    struct MHD_Connection *c = call->conn;
+    if (call->client_gone)
+        return MHD_NO;
+    if (call->reply_ready) {
+        call->phase = PH_DONE;
+        return queue_json(c, (unsigned)call->reply_status, buf_ptr(&call->reply), call->reply.len, NULL);
+    }
+    if (call->stream_ready) {
+        struct MHD_Response *r =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_reader, call, NULL);
+        if (!r)
+            return MHD_NO;
+        if (call->fmt == FMT_SSE) {
+            MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+            MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        } else {
+            MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-ndjson");
+        }
+        MHD_add_response_header(r, "X-Accel-Buffering", "no");
+        call->phase = PH_STREAMING;
+        call->last_write = now_mono();
+        enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
+    suspend(call); /* woken without news: wait again */
+    return MHD_YES;
+}
+
+static bool accept_has(const char *accept, const char *type)
+{
+    return accept && strcasestr(accept, type) != NULL;
+}
+
+/* Exactly application/json (parameters allowed): the caller wants the mirror's reply. */
+static bool accept_only_json(const char *accept)
+{
+    if (!accept)
+        return false;
+    while (*accept == ' ')
+        accept++;
+    if (strncasecmp(accept, "application/json", 16))
+        return false;
+    return !strchr(accept + 16, ',');
+}
+
+static enum MHD_Result start_call(struct call *call)
+{
+    struct MHD_Connection *c = call->conn;
+    if (call->too_large) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "request body is larger than --max-body (%zu bytes)", R.cfg->max_body);
+        return queue_error(c, 413, "payload-too-large", msg, NULL);
+    }
+    const char *body = call->body.len ? buf_ptr(&call->body) : "";
+    cJSON *root = cJSON_ParseWithLengthOpts(body, call->body.len, NULL, 0);
+    if (!root)
+        return queue_error(c, 400, "bad-request", "request body is not valid JSON", NULL);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return queue_error(c, 400, "bad-request", "request body must be a JSON object", NULL);
+    }
+    const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+    if (accept_has(accept, "text/event-stream"))
+        call->fmt = FMT_SSE;
+    else if (accept_has(accept, "application/x-ndjson"))
+        call->fmt = FMT_NDJSON;
+    else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "streaming")) && !accept_only_json(accept))
+        call->fmt = FMT_NDJSON;
+    const cJSON *ws = cJSON_GetObjectItemCaseSensitive(root, "workspace");
+    char workspace[256] = "";
+    if (cJSON_IsString(ws))
+        snprintf(workspace, sizeof workspace, "%s", ws->valuestring);
+    else if (R.cfg->workspace)
+        snprintf(workspace, sizeof workspace, "%s", R.cfg->workspace);
+    cJSON_Delete(root);
+
+    call->phase = PH_WAITING;
+    call->req = mux_new(call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL, workspace, body,
+                        call->body.len, &call_ops, call);
+    buf_free(&call->body);
+    mux_submit(call->req);
+    return respond(call);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)cls;
+    (void)version;
+    struct call *call = *con_cls;
+    if (!call) {
+        struct call probe;
+        memset(&probe, 0, sizeof probe);
+        enum route route = match_route(url, &probe);
+        bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+        switch (route) {
+        case R_NOT_FOUND:
+            return queue_error(c, 404, "not-found", "no such route", NULL);
+        case R_UNSUPPORTED:
+            return queue_error(c, 501, "not-supported",
+                               "this gateway route carries no envelope and cannot be bridged over the "
+                               "gateway's /api/v1/socket; call the gateway directly", NULL);
+        case R_SOCKET:
+            if (get)
+                return queue_error(c, 501, "not-supported",
+                                   "a local /api/v1/socket WebSocket is not served yet; point WebSocket "
+                                   "clients at the gateway", NULL);
+            /* POST /api/v1/socket is the kind "socket" at the gateway too (ref §2.2). */
+            route = R_KIND;
+            snprintf(probe.kind, sizeof probe.kind, "socket");
+            break;
+        case R_HEALTHZ: case R_READYZ: case R_STATUS:
+            if (!get)
+                return queue_error(c, 405, "method-not-allowed", "use GET", "GET, HEAD");
+            return serve_status(c, route);
+        default:
+            break;
+        }
+        if (strcmp(method, "POST"))
+            return queue_error(c, 405, "method-not-allowed", "use POST", "POST");
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > R.cfg->max_body) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "request body is larger than --max-body (%zu bytes)", R.cfg->max_body);
+            return queue_error(c, 413, "payload-too-large", msg, NULL);
+        }
+        call = calloc(1, sizeof *call);
+        if (!call)
+            return MHD_NO;
+        *call = probe;
+        call->route = route;
+        call->conn = c;
+        buf_init(&call->body, 0);
+        buf_init(&call->reply, 0);
+        buf_init(&call->out, 0);
+        list_add_tail(&R.calls, &call->node);
+        R.ncalls++;
+        *con_cls = call;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!call->too_large) {
+            if (call->body.len + *upload_data_size > R.cfg->max_body) {
+                call->too_large = true; /* keep reading, answer 413 at the end */
+                buf_free(&call->body);
+            } else {
+                buf_append(&call->body, upload_data, *upload_data_size);
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (call->phase == PH_BODY)
+        return start_call(call);
+    return respond(call);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    struct call *call = *con_cls;
+    if (!call)
+        return;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        log_debug("call ended early (MHD code %d)", (int)toe);
+    lws_sul_cancel(&call->sul);
+    mux_detach(call->req);
+    list_del(&call->node);
+    R.ncalls--;
+    buf_free(&call->body);
+    buf_free(&call->reply);
+    buf_free(&call->out);
+    free(call);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n')
+        line[--n] = '\0';
+    log_debug("mhd: %s", line);
+}
+
+static void pump_timer(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    pump();
+}
+
+static void pump(void)
+{
+    if (!R.daemon)
+        return;
+    MHD_run(R.daemon);
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(R.daemon, &ms) == MHD_YES)
+        lws_sul_schedule(loop_ctx(), 0, &R.pump_sul, pump_timer, ms ? (lws_usec_t)ms * 1000 : 1);
+    else
+        lws_sul_cancel(&R.pump_sul);
+}
+
+static void on_epoll_readable(void *arg)
+{
+    (void)arg;
+    pump();
+}
+
+int rest_init(const struct config *cfg)
+{
+    R.cfg = cfg;
+    R.started = now_mono();
+    list_init(&R.calls);
+    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) != MHD_YES) {
+        log_error("this libmicrohttpd has no epoll support");
+        return -1;
+    }
+    R.daemon = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(256 * 1024), MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000, MHD_OPTION_END);
+    if (!R.daemon) {
+        log_error("cannot start the HTTP server");
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(R.daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    int fd = di ? dup(di->epoll_fd) : -1;
+    if (fd < 0 || !(R.watch = loop_watch_fd(fd, on_epoll_readable, NULL))) {
+        log_error("cannot watch the HTTP server's epoll fd");
+        return -1;
+    }
+    return 0;
+}
+
+int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+    if (MHD_add_connection(R.daemon, fd, addr, addrlen) != MHD_YES) {
+        log_warn("cannot serve a new connection: %s", strerror(errno));
+        return -1;
+    }
+    pump();
+    return 0;
+}
+
+size_t rest_active_calls(void)
+{
+    return R.ncalls;
+}
+
+void rest_fail_all(int status, const char *type, const char *message)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &R.calls) {
+        struct call *call = list_entry(pos, struct call, node);
+        if (call->req && call->req->owner == call)
+            on_fail(call->req, status, type, message);
+    }
+}
+
+void rest_shutdown(void)
+{
+    if (!R.daemon)
+        return;
+    /* MHD_stop_daemon with suspended connections is undefined (libraries.md a3). */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &R.calls) {
+        struct call *call = list_entry(pos, struct call, node);
+        call->client_gone = true;
+        wake(call);
+    }
+    MHD_run(R.daemon);
+    lws_sul_cancel(&R.pump_sul);
+    MHD_stop_daemon(R.daemon);
+    R.daemon = NULL;
+}
