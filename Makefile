@@ -34,7 +34,7 @@ deps:
 	fi
 
 tgbridge: $(BUILD)/tgbridge
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/tgbridge: $(OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -64,6 +64,7 @@ static struct {
 } R;
 
 static void pump(void);
+static void pump_timer(lws_sorted_usec_list_t *sul);
 
 static void json_error_body(struct buf *b, const char *type, const char *message)
 {
@@ -342,8 +343,9 @@ static void wake(struct call *call)
         return;
     call->suspended = false;
     MHD_resume_connection(call->conn);
-    /* The resume signals MHD's ITC, which makes the epoll fd readable: the loop then
-     * runs MHD for us.  Running it here could re-enter MHD from its own callbacks. */
+    /* MHD must run after a resume (libraries.md a3).  Not from here: we may be inside
+     * MHD's own callbacks; on the next loop turn instead (Taler's "trigger"). */
+    lws_sul_schedule(loop_ctx(), 0, &R.pump_sul, pump_timer, 1);
 }
 
 static void liveness_check(lws_sorted_usec_list_t *sul);

@@ -1,0 +1,315 @@
+/* Unit tests for the pure modules: envelope codec, request table, config parsing,
+ * helpers.  Prints PASS/FAIL per test and ends with "N passed, N failed". */
+#include "buf.h"
+#include "config.h"
+#include "envelope.h"
+#include "log.h"
+#include "reqtable.h"
+#include "util.h"
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed, failed, current_failed;
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            printf("  %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);        \
+            current_failed = 1;                                                      \
+        }                                                                            \
+    } while (0)
+
+#define RUN(fn)                                  \
+    do {                                         \
+        current_failed = 0;                      \
+        fn();                                    \
+        printf("%s %s\n", current_failed ? "FAIL" : "PASS", #fn); \
+        if (current_failed) failed++; else passed++; \
+    } while (0)
+
+static bool span_is(struct span s, const char *text)
+{
+    return s.n == strlen(text) && !memcmp(s.p, text, s.n);
+}
+
+static void test_envelope_splices_body_byte_exact(void)
+{
+    struct buf b;
+    buf_init(&b, 16);
+    const char *body = "{ \"n\": 12345678901234567890, \"f\": 1.10, \"s\": \"\\u00e9\" }";
+    envelope_build(&b, "tgb-1", "graph-rag", "default", "ws\"1", body, strlen(body));
+    const char *want = "{\"id\":\"tgb-1\",\"service\":\"graph-rag\",\"flow\":\"default\",\"workspace\":\"ws\\\"1\","
+                       "\"request\":{ \"n\": 12345678901234567890, \"f\": 1.10, \"s\": \"\\u00e9\" }}";
+    CHECK(!strcmp(buf_ptr(&b), want));
+    CHECK(b.head == 16);
+    cJSON *j = cJSON_Parse(buf_ptr(&b));
+    CHECK(j != NULL);
+    cJSON_Delete(j);
+    buf_free(&b);
+}
+
+static void test_envelope_without_flow_or_workspace(void)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    envelope_build(&b, "x", "config", NULL, "", "{}", 2);
+    CHECK(!strcmp(buf_ptr(&b), "{\"id\":\"x\",\"service\":\"config\",\"request\":{}}"));
+    buf_free(&b);
+}
+
+static void test_json_escape_control_chars(void)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    buf_json_string(&b, "a\n\x01\\\"z", 6);
+    CHECK(!strcmp(buf_ptr(&b), "\"a\\n\\u0001\\\\\\\"z\""));
+    buf_free(&b);
+}
+
+static void test_top_value_spans(void)
+{
+    const char *t = "{ \"id\" : \"r1\", \"response\" : {\"a\":[1,{\"b\":\"}\\\"\"}],\"c\":null} , \"complete\":true}";
+    struct span s;
+    CHECK(json_top_value(t, strlen(t), "response", &s) == 0);
+    CHECK(span_is(s, "{\"a\":[1,{\"b\":\"}\\\"\"}],\"c\":null}"));
+    CHECK(json_top_value(t, strlen(t), "complete", &s) == 0 && span_is(s, "true"));
+    CHECK(json_top_value(t, strlen(t), "id", &s) == 0 && span_is(s, "\"r1\""));
+    CHECK(json_top_value(t, strlen(t), "nope", &s) != 0);
+}
+
+static void parse(const char *t, struct frame *f)
+{
+    frame_parse(t, strlen(t), f);
+}
+
+static void test_frame_kinds(void)
+{
+    struct frame f;
+    parse("{\"id\":\"a\",\"response\":{\"x\":1},\"complete\":false}", &f);
+    CHECK(f.kind == FRAME_PART && f.has_id && !strcmp(f.id, "a") && span_is(f.response, "{\"x\":1}"));
+    frame_free(&f);
+    parse("{\"id\":\"a\",\"response\":{\"x\":1},\"complete\":null}", &f);
+    CHECK(f.kind == FRAME_PART); /* v1.6–v1.7 null means not final (ref §5.1) */
+    frame_free(&f);
+    parse("{\"id\":\"a\",\"response\":{\"end_of_stream\":true},\"complete\":false}", &f);
+    CHECK(f.kind == FRAME_PART); /* payload flags never end a request (ref §5.3) */
+    frame_free(&f);
+    parse("{\"complete\":true,\"response\":{\"x\":2},\"id\":\"a\"}", &f);
+    CHECK(f.kind == FRAME_FINAL && span_is(f.response, "{\"x\":2}"));
+    frame_free(&f);
+}
+
+static void test_frame_error_shapes(void)
+{
+    struct frame f;
+    parse("{\"error\":\"Invalid flow\"}", &f); /* E1 */
+    CHECK(f.kind == FRAME_ORPHAN_ERROR && f.error_is_string && !strcmp(f.err_message, "Invalid flow"));
+    frame_free(&f);
+    parse("{\"id\":\"r1\",\"error\":\"boom\"}", &f); /* E1' */
+    CHECK(f.kind == FRAME_TOP_ERROR && f.error_is_string);
+    frame_free(&f);
+    parse("{\"id\":\"r4\",\"error\":{\"message\":\"Invalid flow default/x\",\"type\":\"error\"},\"complete\":true}", &f);
+    CHECK(f.kind == FRAME_TOP_ERROR && !strcmp(f.err_type, "error") && !strcmp(f.err_message, "Invalid flow default/x"));
+    frame_free(&f);
+    parse("{\"error\":{\"message\":\"Bad message\",\"type\":\"error\"},\"complete\":true}", &f); /* E3 */
+    CHECK(f.kind == FRAME_ORPHAN_ERROR && !f.error_is_string);
+    frame_free(&f);
+    parse("{\"id\":\"\",\"error\":{\"message\":\"m\",\"type\":\"error\"}}", &f); /* falsy id */
+    CHECK(f.kind == FRAME_ORPHAN_ERROR);
+    frame_free(&f);
+    parse("{\"id\":\"r7\",\"error\":{\"message\":\"workspace not found\",\"type\":\"workspace-not-found\"},\"complete\":true}", &f);
+    CHECK(f.kind == FRAME_TOP_ERROR && !strcmp(f.err_type, "workspace-not-found"));
+    frame_free(&f);
+    parse("{\"id\":\"r9\",\"response\":{\"error\":{\"type\":\"llm-error\",\"message\":\"boom\"}},\"complete\":true}", &f);
+    CHECK(f.kind == FRAME_FINAL_ERROR && !strcmp(f.err_type, "llm-error") && !strcmp(f.err_message, "boom"));
+    frame_free(&f);
+    parse("{\"id\":\"r9\",\"response\":{\"error\":{\"type\":\"llm-error\",\"message\":\"x\"}},\"complete\":false}", &f);
+    CHECK(f.kind == FRAME_FINAL_ERROR); /* nested error ends it even without complete */
+    frame_free(&f);
+    parse("{\"id\":\"r12\",\"response\":{\"error\":\"publish failed\"},\"complete\":true}", &f); /* E6 */
+    CHECK(f.kind == FRAME_FINAL_ERROR && f.error_is_string && !strcmp(f.err_message, "publish failed"));
+    frame_free(&f);
+    parse("{\"id\":\"r9\",\"response\":{\"error\":null,\"x\":1},\"complete\":true}", &f);
+    CHECK(f.kind == FRAME_FINAL);
+    frame_free(&f);
+}
+
+static void test_frame_auth_and_invalid(void)
+{
+    struct frame f;
+    parse("{\"type\":\"auth-ok\",\"default_workspace\":\"w1\"}", &f);
+    CHECK(f.kind == FRAME_AUTH_OK && f.auth_new_field && !strcmp(f.workspace, "w1"));
+    frame_free(&f);
+    parse("{\"type\":\"auth-ok\",\"workspace\":\"w0\"}", &f);
+    CHECK(f.kind == FRAME_AUTH_OK && !f.auth_new_field && !strcmp(f.workspace, "w0"));
+    frame_free(&f);
+    parse("{\"type\":\"auth-failed\",\"error\":\"auth failure\"}", &f);
+    CHECK(f.kind == FRAME_AUTH_FAILED && !strcmp(f.err_message, "auth failure"));
+    frame_free(&f);
+    parse("[1,2]", &f);
+    CHECK(f.kind == FRAME_INVALID);
+    frame_free(&f);
+    parse("{\"id\":\"a\",", &f);
+    CHECK(f.kind == FRAME_INVALID);
+    frame_free(&f);
+}
+
+static struct request *sent(struct reqtable *rt)
+{
+    struct request *r = reqtable_new(rt);
+    r->owner = rt; /* any non-NULL owner keeps it alive */
+    reqtable_enqueue(rt, r);
+    reqtable_mark_sent(rt, r);
+    return r;
+}
+
+static void test_reqtable_ids_unique_and_lookup(void)
+{
+    struct reqtable rt;
+    reqtable_init(&rt, "tgb-t");
+    struct request *a = sent(&rt), *b = sent(&rt);
+    CHECK(strcmp(a->id, b->id) != 0);
+    CHECK(reqtable_lookup(&rt, a->id) == a && reqtable_lookup(&rt, b->id) == b);
+    CHECK(reqtable_lookup(&rt, "tgb-t-99") == NULL);
+    /* many more than the initial bucket count: rehash keeps lookups right */
+    struct request *many[1000];
+    for (int i = 0; i < 1000; i++)
+        many[i] = sent(&rt);
+    for (int i = 0; i < 1000; i++)
+        CHECK(reqtable_lookup(&rt, many[i]->id) == many[i]);
+    for (int i = 0; i < 1000; i++)
+        many[i]->owner = NULL;
+    a->owner = b->owner = NULL;
+    reqtable_destroy(&rt);
+}
+
+/* Reference §6.1: the window is anchored at the oldest unfinished request. */
+static void test_reqtable_window_anchored_at_oldest(void)
+{
+    struct reqtable rt;
+    reqtable_init(&rt, "w");
+    struct request *r[16];
+    for (int i = 0; i < 15; i++)
+        r[i] = sent(&rt);
+    CHECK(reqtable_window_has_room(&rt, 16));
+    r[15] = sent(&rt);
+    CHECK(!reqtable_window_has_room(&rt, 16));
+    /* finishing everything but the oldest frees nothing */
+    for (int i = 1; i < 16; i++) {
+        r[i]->owner = NULL;
+        reqtable_close(&rt, r[i]);
+    }
+    CHECK(rt.nwindow == 16 && !reqtable_window_has_room(&rt, 16));
+    CHECK(reqtable_lookup(&rt, r[5]->id) == NULL); /* late frames are dropped */
+    /* the oldest finishing frees the whole run behind it */
+    r[0]->owner = NULL;
+    reqtable_close(&rt, r[0]);
+    CHECK(rt.nwindow == 0 && rt.nlive == 0);
+    reqtable_destroy(&rt);
+}
+
+static void test_reqtable_queue_fifo_and_drop(void)
+{
+    struct reqtable rt;
+    reqtable_init(&rt, "q");
+    struct request *a = reqtable_new(&rt), *b = reqtable_new(&rt);
+    a->owner = b->owner = &rt;
+    reqtable_enqueue(&rt, a);
+    reqtable_enqueue(&rt, b);
+    CHECK(reqtable_queue_head(&rt) == a);
+    reqtable_mark_sent(&rt, a);
+    CHECK(reqtable_queue_head(&rt) == b && rt.nqueued == 1 && rt.nwindow == 1);
+    struct list dropped;
+    reqtable_drop_window(&rt, &dropped);
+    CHECK(rt.nwindow == 0 && !list_empty(&dropped) && list_entry(dropped.next, struct request, wnode) == a);
+    CHECK(reqtable_lookup(&rt, a->id) == NULL && a->state == REQ_CLOSED);
+    list_del(&a->wnode);
+    a->owner = NULL;
+    CHECK(reqtable_release(&rt, a));
+    b->owner = NULL;
+    reqtable_destroy(&rt);
+    CHECK(rt.nlive == 0);
+}
+
+static void test_gateway_url_parsing(void)
+{
+    struct gateway_url u;
+    char err[256];
+    CHECK(config_parse_gateway("http://localhost:8088", &u, err, sizeof err) == 0);
+    CHECK(!u.tls && !strcmp(u.host, "localhost") && u.port == 8088 && !strcmp(u.base_path, ""));
+    CHECK(config_parse_gateway("wss://gw.example.com/tg/", &u, err, sizeof err) == 0);
+    CHECK(u.tls && u.port == 443 && !strcmp(u.base_path, "/tg"));
+    CHECK(config_parse_gateway("ws://[::1]:8888/api/v1/socket", &u, err, sizeof err) == 0);
+    CHECK(!strcmp(u.host, "::1") && u.port == 8888 && !strcmp(u.base_path, ""));
+    CHECK(config_parse_gateway("https://h:9/x/api/v1/socket/", &u, err, sizeof err) == 0);
+    CHECK(!strcmp(u.base_path, "/x"));
+    CHECK(config_parse_gateway("ftp://h", &u, err, sizeof err) != 0);
+    CHECK(config_parse_gateway("http://h:0", &u, err, sizeof err) != 0);
+    CHECK(config_parse_gateway("http://h:70000", &u, err, sizeof err) != 0);
+    CHECK(config_parse_gateway("http://h/?token=x", &u, err, sizeof err) != 0);
+    CHECK(config_parse_gateway("http://user:pw@h", &u, err, sizeof err) != 0);
+}
+
+static void test_sizes_and_seconds(void)
+{
+    size_t n;
+    double d;
+    CHECK(parse_size("50m", &n) == 0 && n == 52428800);
+    CHECK(parse_size("64KiB", &n) == 0 && n == 65536);
+    CHECK(parse_size("123", &n) == 0 && n == 123);
+    CHECK(parse_size("-1", &n) != 0 && parse_size("1x", &n) != 0 && parse_size("", &n) != 0);
+    CHECK(parse_seconds("0.25", &d) == 0 && fabs(d - 0.25) < 1e-9);
+    CHECK(parse_seconds("-1", &d) != 0 && parse_seconds("abc", &d) != 0 && parse_seconds("inf", &d) != 0);
+    char *e = url_encode("a+b c&d%/é");
+    CHECK(!strcmp(e, "a%2Bb%20c%26d%25%2F%C3%A9"));
+    free(e);
+}
+
+static void test_config_flags_override_env(void)
+{
+    struct config cfg;
+    char err[256];
+    setenv("TGBRIDGE_LISTEN", "127.0.0.1:9000", 1);
+    setenv("TRUSTGRAPH_URL", "http://gw:8888/", 1);
+    char tok[] = "tg_secret_token";
+    char *argv[] = {"tgbridge", "--listen", "[::1]:0", "--token", tok, "--request-timeout", "0.5", NULL};
+    CHECK(config_load(&cfg, 7, argv, err, sizeof err) == 0);
+    CHECK(!strcmp(cfg.listen_host, "::1") && cfg.listen_port == 0);
+    CHECK(!strcmp(cfg.gw.host, "gw") && cfg.gw.port == 8888);
+    CHECK(cfg.token && !strcmp(cfg.token, "tg_secret_token"));
+    CHECK(strstr(tok, "secret") == NULL); /* argv scrubbed for /proc/PID/cmdline */
+    CHECK(fabs(cfg.request_timeout - 0.5) < 1e-9);
+    config_free(&cfg);
+    char *bad[] = {"tgbridge", "--auth", "magic", NULL};
+    CHECK(config_load(&cfg, 3, bad, err, sizeof err) < 0 && strstr(err, "--auth"));
+    config_free(&cfg);
+    char *inflight[] = {"tgbridge", "--max-inflight", "17", NULL};
+    CHECK(config_load(&cfg, 3, inflight, err, sizeof err) < 0);
+    config_free(&cfg);
+    unsetenv("TGBRIDGE_LISTEN");
+    unsetenv("TRUSTGRAPH_URL");
+    log_clear_secrets();
+}
+
+int main(void)
+{
+    log_set_level(LOG_ERROR);
+    RUN(test_envelope_splices_body_byte_exact);
+    RUN(test_envelope_without_flow_or_workspace);
+    RUN(test_json_escape_control_chars);
+    RUN(test_top_value_spans);
+    RUN(test_frame_kinds);
+    RUN(test_frame_error_shapes);
+    RUN(test_frame_auth_and_invalid);
+    RUN(test_reqtable_ids_unique_and_lookup);
+    RUN(test_reqtable_window_anchored_at_oldest);
+    RUN(test_reqtable_queue_fifo_and_drop);
+    RUN(test_gateway_url_parsing);
+    RUN(test_sizes_and_seconds);
+    RUN(test_config_flags_override_env);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
