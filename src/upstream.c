@@ -130,7 +130,9 @@ static void went_down(void)
     U.rx_overflow = false;
     lws_sul_cancel(&U.auth_sul);
     if (was_connected || U.ever_connected)
-        mux_upstream_lost(U.reason);
+        mux_upstream_lost(U.stopping ? "tgbridge is shutting down" : U.reason);
+    if (U.stopping)
+        return;
     log_down();
     schedule_reconnect();
 }
