@@ -3,12 +3,14 @@ PKGS      := libmicrohttpd libwebsockets libcjson
 DEB_PKGS  := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev \
              python3 python3-aiohttp curl
 CC        ?= cc
-CFLAGS    ?= -O2 -g
-CFLAGS    += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude
-CFLAGS    += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+OPT       ?= -O2 -g
+SAN       ?=
+ALL_CFLAGS = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
+             $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 LDLIBS    += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 BUILD     ?= build
 PYTHON    := /usr/bin/python3
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 SRCS      := $(wildcard src/*.c)
 OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
@@ -37,16 +39,16 @@ tgbridge: $(BUILD)/tgbridge
 	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/tgbridge: $(OBJS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
-	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD):
 	mkdir -p $@
 
 $(BUILD)/unit_tests: $(UNIT_SRCS) $(LIB_OBJS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 unit: deps $(BUILD)/unit_tests
 	./$(BUILD)/unit_tests
@@ -57,8 +59,7 @@ test: deps tgbridge $(BUILD)/unit_tests
 # Same tests against an AddressSanitizer+UBSan build.
 asan:
 	$(MAKE) deps
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	  build-asan/tgbridge build-asan/unit_tests
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge build-asan/unit_tests
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TGBRIDGE_BIN=build-asan/tgbridge UNIT_TESTS=build-asan/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
 
