@@ -42,6 +42,15 @@ struct frame {
 void frame_parse(const char *text, size_t len, struct frame *f);
 void frame_free(struct frame *f);
 
+/* NULL if body is one JSON value the gateway will accept as it is; else why not.
+ * Stricter than cJSON where the gateway is: the text must be valid UTF-8 (aiohttp
+ * closes the whole socket on a text frame that is not), strings must not hold raw
+ * control characters (Python's json rejects them), and nothing may follow the value.
+ * Any of these would otherwise come back as an error without an id (ref §5.2 E3).
+ * On success *root (if root is not NULL) gets the parsed value, which the caller frees. */
+struct cJSON;
+const char *json_body_check(const char *body, size_t len, struct cJSON **root);
+
 /* Byte span of the value of `key` in the top-level object `text`; 0 on success. */
 int json_top_value(const char *text, size_t len, const char *key, struct span *out);
 /* Byte length of the JSON value starting at p (whitespace not skipped), 0 if malformed. */

@@ -203,3 +203,71 @@ void frame_free(struct frame *f)
     free(f->err_message);
     f->err_message = NULL;
 }
+
+/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates,
+ * nothing above U+10FFFF), or 0. */
+static size_t utf8_seq_len(const unsigned char *p, size_t len)
+{
+    unsigned char c = p[0];
+    size_t n;
+    unsigned min;
+    unsigned cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1f; min = 0x80; }
+    else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0f; min = 0x800; }
+    else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07; min = 0x10000; }
+    else return 0;
+    if (len < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
+{
+    const unsigned char *p = (const unsigned char *)body;
+    bool in_string = false;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        if (c >= 0x80) {
+            size_t n = utf8_seq_len(p + i, len - i);
+            if (!n)
+                return "request body is not valid UTF-8";
+            i += n;
+            continue;
+        }
+        if (in_string) {
+            if (c < 0x20)
+                return "request body has a raw control character inside a JSON string";
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        }
+        i++;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root)
+        return "request body is not valid JSON";
+    size_t off = end ? (size_t)(end - body) : len;
+    off = skip_ws(body, off, len);
+    if (off != len) {
+        cJSON_Delete(root);
+        return "request body has data after the JSON value";
+    }
+    if (rootp)
+        *rootp = root;
+    else
+        cJSON_Delete(root);
+    return NULL;
+}

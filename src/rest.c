@@ -350,11 +350,19 @@ static void wake(struct call *call)
 
 static void liveness_check(lws_sorted_usec_list_t *sul);
 
+static double check_interval(const struct call *call)
+{
+    if (call->fmt == FMT_SSE && call->phase == PH_STREAMING && R.cfg->heartbeat > 0 &&
+        R.cfg->heartbeat < LIVENESS_INTERVAL)
+        return R.cfg->heartbeat;
+    return LIVENESS_INTERVAL;
+}
+
 static void suspend(struct call *call)
 {
     call->suspended = true;
     MHD_suspend_connection(call->conn);
-    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(LIVENESS_INTERVAL));
+    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(check_interval(call)));
 }
 
 static bool peer_gone(struct call *call)
@@ -387,7 +395,13 @@ static void liveness_check(lws_sorted_usec_list_t *sul)
         wake(call);
         return;
     }
-    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(LIVENESS_INTERVAL));
+    double next = check_interval(call);
+    if (call->fmt == FMT_SSE && call->phase == PH_STREAMING && R.cfg->heartbeat > 0) {
+        double due = call->last_write + R.cfg->heartbeat - now_mono();
+        if (due > 0 && due < next)
+            next = due;
+    }
+    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(next));
 }
 
 /* ---- request callbacks from the mux ---------------------------------------------- */
@@ -521,9 +535,10 @@ static enum MHD_Result start_call(struct call *call)
         return queue_error(c, 413, "payload-too-large", msg, NULL);
     }
     const char *body = call->body.len ? buf_ptr(&call->body) : "";
-    cJSON *root = cJSON_ParseWithLengthOpts(body, call->body.len, NULL, 0);
-    if (!root)
-        return queue_error(c, 400, "bad-request", "request body is not valid JSON", NULL);
+    cJSON *root = NULL;
+    const char *why = json_body_check(body, call->body.len, &root);
+    if (why)
+        return queue_error(c, 400, "bad-request", why, NULL);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return queue_error(c, 400, "bad-request", "request body must be a JSON object", NULL);

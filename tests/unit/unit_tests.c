@@ -157,6 +157,30 @@ static void test_frame_auth_and_invalid(void)
     frame_free(&f);
 }
 
+static bool body_ok(const char *b)
+{
+    return json_body_check(b, strlen(b), NULL) == NULL;
+}
+
+static void test_body_check_matches_the_gateways_parser(void)
+{
+    CHECK(body_ok("{\"a\":1}"));
+    CHECK(body_ok(" {\"a\":\"caf\xc3\xa9 \\n \\\" \\u00e9\"} \n"));
+    CHECK(body_ok("[1,2]")); /* valid JSON; the REST layer decides it must be an object */
+    CHECK(!body_ok(""));
+    CHECK(!body_ok("{\"a\":1} trailing"));
+    CHECK(!body_ok("{\"a\":1}{}"));
+    CHECK(!body_ok("{\"a\":\"tab\there\"}"));    /* raw control char in a string */
+    CHECK(!body_ok("{\"a\":\"\xc3\"}"));          /* truncated UTF-8 */
+    CHECK(!body_ok("{\"a\":\"\xed\xa0\x80\"}"));  /* UTF-8-encoded surrogate */
+    CHECK(!body_ok("{\"a\":\"\xc0\xaf\"}"));      /* overlong */
+    CHECK(!body_ok("{\"a\":NaN}"));
+    cJSON *root = NULL;
+    const char *b = "{\"streaming\":true}";
+    CHECK(json_body_check(b, strlen(b), &root) == NULL && cJSON_IsObject(root));
+    cJSON_Delete(root);
+}
+
 static struct request *sent(struct reqtable *rt)
 {
     struct request *r = reqtable_new(rt);
@@ -304,6 +328,7 @@ int main(void)
     RUN(test_frame_kinds);
     RUN(test_frame_error_shapes);
     RUN(test_frame_auth_and_invalid);
+    RUN(test_body_check_matches_the_gateways_parser);
     RUN(test_reqtable_ids_unique_and_lookup);
     RUN(test_reqtable_window_anchored_at_oldest);
     RUN(test_reqtable_queue_fifo_and_drop);
