@@ -1,0 +1,206 @@
+"""Command line: --help, --version, bad flags, gateway URL forms, sizes."""
+
+import signal
+import subprocess
+import time
+
+from harness import (FLOW_TC, T, check_status, closed_port, eq, own_error,
+                     post_early_reply, run_bridge, start_bridge, start_mock,
+                     stream, tc)
+
+TOKEN = "tg_cli_token_5e1f"
+
+DOCUMENTED = ("--gateway", "--token-file", "--token", "--auth", "--listen",
+              "--max-body", "--request-timeout", "--queue-timeout",
+              "--max-inflight", "--log-level", "--help", "--version")
+
+
+def test_help_prints_usage_to_stdout_and_exits_0():
+    env = {"TRUSTGRAPH_TOKEN": "tg_help_env_secret_77",
+           "GATEWAY_SECRET": "help-gw-secret-99"}
+    r = run_bridge("--help", env=env)
+    eq(r.returncode, 0, "--help exit status")
+    for flag in DOCUMENTED:
+        assert flag in r.stdout, "--help does not mention %s:\n%s" % (
+            flag, r.stdout)
+    for secret in env.values():
+        assert secret not in r.stdout + r.stderr, "token shown by --help"
+
+
+def test_version_exits_0():
+    r = run_bridge("--version")
+    eq(r.returncode, 0, "--version exit status")
+    out = (r.stdout + r.stderr).strip()
+    assert out and any(ch.isdigit() for ch in out), \
+        "--version printed no version: %r" % out
+
+
+def test_unknown_flag_exits_2_with_message():
+    r = run_bridge("--no-such-flag")
+    eq(r.returncode, 2, "exit status for an unknown flag")
+    assert r.stderr.strip(), "no message on stderr for an unknown flag"
+    assert "no-such-flag" in r.stderr, "message does not name the flag: %r" \
+        % r.stderr
+
+
+def test_missing_flag_value_exits_2():
+    r = run_bridge("--gateway")
+    eq(r.returncode, 2, "exit status for --gateway without a value")
+    assert r.stderr.strip(), "no message on stderr"
+
+
+def test_bad_flag_values_exit_2():
+    bad = [
+        ("--auth", "bogus"),
+        ("--log-level", "loud"),
+        ("--max-inflight", "abc"),
+        ("--max-inflight", "0"),
+        ("--listen", "no-port-here"),
+        ("--max-body", "12x"),
+        ("--request-timeout", "soon"),
+        ("--queue-timeout", "later"),
+        ("--gateway", "ftp://127.0.0.1:1/"),
+    ]
+    wrong = []
+    for flag, value in bad:
+        args = [flag, value]
+        if flag != "--listen":
+            args += ["--listen", "127.0.0.1:0"]
+        try:
+            r = run_bridge(*args, timeout=5)
+        except subprocess.TimeoutExpired:
+            wrong.append("%s %s -> still running after 5s" % (flag, value))
+            continue
+        if r.returncode != 2 or not r.stderr.strip():
+            wrong.append("%s %s -> rc %s stderr %r" % (flag, value,
+                                                      r.returncode,
+                                                      r.stderr[:200]))
+    assert not wrong, "bad values not rejected with exit 2:\n" + \
+        "\n".join(wrong)
+
+
+def test_stray_argument_exits_2():
+    r = run_bridge("--listen", "127.0.0.1:0", "extra-positional")
+    eq(r.returncode, 2, "exit status for a stray argument")
+
+
+def _ready_with(url):
+    with start_bridge(url, "--token", TOKEN, "--auth", "first-frame") as b:
+        b.wait_ready()
+
+
+def test_gateway_url_forms():
+    with start_mock("v2d", tokens=[TOKEN]) as m:
+        for url in ("http://127.0.0.1:%d" % m.port,
+                    "http://127.0.0.1:%d/" % m.port,
+                    "ws://127.0.0.1:%d" % m.port,
+                    "ws://127.0.0.1:%d/api/v1/socket" % m.port):
+            try:
+                _ready_with(url)
+            except AssertionError as e:
+                raise AssertionError("--gateway %s: %s" % (url, e))
+
+
+def test_gateway_default_from_TRUSTGRAPH_URL():
+    with start_mock("v2d", tokens=[TOKEN]) as m:
+        with start_bridge(None, "--token", TOKEN,
+                          env={"TRUSTGRAPH_URL": m.url + "/"}) as b:
+            b.wait_ready()
+            eq(m.stats()["connections_total"] >= 1, True,
+               "mock saw a connection")
+
+
+def test_gateway_flag_overrides_env():
+    with start_mock("v2d", tokens=[TOKEN]) as m:
+        env = {"TRUSTGRAPH_URL": "http://127.0.0.1:%d/" % closed_port()}
+        with start_bridge(m.url, "--token", TOKEN, env=env) as b:
+            b.wait_ready()
+
+
+def _body_of_size(n):
+    """A JSON object of exactly n bytes (n >= 40) asking the mock to echo."""
+    head = b'{"_mock":{"echo":true},"pad":"'
+    tail = b'"}'
+    return head + b"a" * (n - len(head) - len(tail)) + tail
+
+
+def test_max_body_k_suffix_is_kib():
+    with start_mock("v2d", tokens=[TOKEN]) as m, \
+            start_bridge(m.url, "--token", TOKEN, "--max-body", "1k") as b:
+        b.wait_ready()
+        r = b.post(FLOW_TC, _body_of_size(1024))
+        check_status(r, 200, "1024-byte body with --max-body 1k")
+        own_error(post_early_reply(b.port, FLOW_TC, _body_of_size(1025)), 413,
+                  "payload-too-large")
+
+
+def test_max_body_m_suffix_is_mib():
+    with start_mock("v2d", tokens=[TOKEN]) as m, \
+            start_bridge(m.url, "--token", TOKEN, "--max-body", "1m") as b:
+        b.wait_ready()
+        own_error(post_early_reply(b.port, FLOW_TC,
+                                   _body_of_size(1024 * 1024 + 1)),
+                  413, "payload-too-large")
+        check_status(b.post(FLOW_TC, _body_of_size(1024 * 1024)), 200,
+                     "1 MiB body with --max-body 1m")
+
+
+def test_sigterm_idle_exits_0_promptly():
+    with start_mock("v2d", tokens=[TOKEN]) as m, \
+            start_bridge(m.url, "--token", TOKEN) as b:
+        b.wait_ready()
+        t0 = time.monotonic()
+        b.proc.send_signal(signal.SIGTERM)
+        b.proc.wait(T(10))
+        assert time.monotonic() - t0 < T(2), \
+            "idle shutdown took %.1fs" % (time.monotonic() - t0)
+        b.stop()   # asserts exit status 0
+
+
+def test_sigterm_lets_inflight_stream_finish():
+    with start_mock("v2d", tokens=[TOKEN]) as m, \
+            start_bridge(m.url, "--token", TOKEN) as b:
+        b.wait_ready()
+        prompt = "one two three"
+        with stream(b.port, FLOW_TC, tc(prompt, streaming=True, parts=3,
+                                        delay=0.3)) as s:
+            check_status(s, 200, "stream")
+            it = s.ndjson()
+            items = [next(it)]
+            b.proc.send_signal(signal.SIGTERM)
+            items += list(it)
+        eq("".join(i.get("response", "") for i in items), prompt,
+           "text of a stream that was in flight at SIGTERM")
+        eq(items[-1].get("end_of_stream"), True, "final frame delivered")
+        t0 = time.monotonic()
+        b.proc.wait(T(10))
+        assert time.monotonic() - t0 < T(3), "exit took %.1fs after the " \
+            "last call finished" % (time.monotonic() - t0)
+        b.stop()   # asserts exit status 0
+
+
+def test_readyz_503_while_gateway_unreachable():
+    url = "http://127.0.0.1:%d" % closed_port()
+    with start_bridge(url, "--token", TOKEN) as b:
+        r = b.get("/readyz")
+        check_status(r, 503, "/readyz with no gateway")
+        body = r.json()
+        assert isinstance(body, dict) and body, "/readyz 503 body %r" % body
+        r = b.get("/healthz")
+        check_status(r, 200, "/healthz does not depend on the gateway")
+
+
+def test_listen_on_fixed_port():
+    port = closed_port()
+    with start_mock("v2d", tokens=[TOKEN]) as m, \
+            start_bridge(m.url, "--token", TOKEN,
+                         listen="127.0.0.1:%d" % port) as b:
+        eq(b.port, port, "port in the 'listening rest=' line")
+        b.wait_ready()
+
+
+def test_missing_token_file_fails_at_startup():
+    r = run_bridge("--token-file", "/nonexistent/tgbridge-token",
+                   "--listen", "127.0.0.1:0", timeout=10)
+    assert r.returncode != 0, "a missing --token-file was accepted"
+    assert r.stderr.strip(), "no message for a missing --token-file"
