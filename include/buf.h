@@ -6,7 +6,8 @@
 
 struct buf {
     char *data;      /* allocation; payload starts at data + head */
-    size_t head;     /* reserved bytes before the payload */
+    size_t head;     /* bytes before the payload: the reserved headroom + consumed bytes */
+    size_t pre;      /* the reserved headroom */
     size_t len;      /* payload length */
     size_t cap;      /* allocation size */
 };
@@ -21,8 +22,6 @@ void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 /* Appends s as a JSON string literal, quotes included. */
 void buf_json_string(struct buf *b, const char *s, size_t n);
 static inline char *buf_ptr(const struct buf *b) { return b->data ? b->data + b->head : NULL; }
-/* Drops the first n payload bytes. */
+/* Drops the first n payload bytes (amortised O(n): no memmove per call). */
 void buf_consume(struct buf *b, size_t n);
-/* Hands the allocation to the caller (payload at returned + headroom). */
-char *buf_steal(struct buf *b);
 #endif

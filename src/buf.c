@@ -19,7 +19,7 @@ static void *xrealloc(void *p, size_t n)
 void buf_init(struct buf *b, size_t headroom)
 {
     b->data = NULL;
-    b->head = headroom;
+    b->head = b->pre = headroom;
     b->len = 0;
     b->cap = 0;
 }
@@ -29,10 +29,17 @@ void buf_free(struct buf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+    b->head = b->pre;
 }
 
 void buf_reserve(struct buf *b, size_t extra)
 {
+    /* Reclaim consumed space once it outweighs what is left to read. */
+    if (b->head > b->pre && b->head - b->pre >= b->len) {
+        if (b->len)
+            memmove(b->data + b->pre, b->data + b->head, b->len);
+        b->head = b->pre;
+    }
     size_t need = b->head + b->len + extra + 1; /* +1 keeps room for a NUL */
     if (need <= b->cap)
         return;
@@ -108,20 +115,11 @@ void buf_consume(struct buf *b, size_t n)
 {
     if (n >= b->len) {
         b->len = 0;
+        b->head = b->pre;
     } else {
-        memmove(b->data + b->head, b->data + b->head + n, b->len - n);
+        b->head += n;
         b->len -= n;
     }
     if (b->data)
         b->data[b->head + b->len] = '\0';
-}
-
-char *buf_steal(struct buf *b)
-{
-    if (!b->data)
-        buf_reserve(b, 0);
-    char *p = b->data;
-    b->data = NULL;
-    b->len = b->cap = 0;
-    return p;
 }

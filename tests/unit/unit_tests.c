@@ -60,6 +60,22 @@ static void test_envelope_without_flow_or_workspace(void)
     buf_free(&b);
 }
 
+static void test_buf_consume_then_append(void)
+{
+    struct buf b;
+    buf_init(&b, 8);
+    for (int i = 0; i < 1000; i++)
+        buf_printf(&b, "%04d", i);
+    CHECK(b.len == 4000);
+    buf_consume(&b, 3990);
+    CHECK(b.len == 10 && !memcmp(buf_ptr(&b), "9709980999", 10));
+    buf_puts(&b, "abc"); /* compacts: consumed space outweighs what is left */
+    CHECK(b.head == 8 && b.len == 13 && !strcmp(buf_ptr(&b), "9709980999abc"));
+    buf_consume(&b, 13);
+    CHECK(b.len == 0 && b.head == 8);
+    buf_free(&b);
+}
+
 static void test_json_escape_control_chars(void)
 {
     struct buf b;
@@ -323,6 +339,7 @@ int main(void)
     log_set_level(LOG_ERROR);
     RUN(test_envelope_splices_body_byte_exact);
     RUN(test_envelope_without_flow_or_workspace);
+    RUN(test_buf_consume_then_append);
     RUN(test_json_escape_control_chars);
     RUN(test_top_value_spans);
     RUN(test_frame_kinds);
