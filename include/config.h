@@ -38,6 +38,15 @@ struct config {
     char *ca_file;
     bool insecure;
     enum log_level log_level;
+    /* Unix-domain socket (line JSON and HTTP) */
+    char *unix_path;           /* NULL = disabled */
+    bool unix_set;             /* given explicitly (even as none) */
+    unsigned unix_mode;
+    char *unix_group;
+    unsigned allow_uid[32], allow_gid[32];
+    int n_allow_uid, n_allow_gid;
+    size_t max_line;
+    size_t max_client_buffer;
 };
 
 /* 0: run; 1: exit 0 (help/version printed); -1: exit 2 (err filled). */

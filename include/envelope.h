@@ -6,10 +6,18 @@
 #include <stddef.h>
 #include "buf.h"
 
+struct span { const char *p; size_t n; };
+
 /* Appends {"id":…,"service":…[,"flow":…][,"workspace":…],"request":<body>} to out.
  * The body is spliced byte-exact: payloads we do not own are never re-serialised. */
 void envelope_build(struct buf *out, const char *id, const char *service, const char *flow,
                     const char *workspace, const char *body, size_t body_len);
+
+/* Appends a caller's own envelope (a JSON object in text) with its "id" value replaced
+ * by ours (or an "id" inserted when it has none) and, when workspace is given and the
+ * envelope names none, a "workspace" added.  Everything else stays byte-identical. */
+void envelope_rewrite(struct buf *out, const char *text, size_t len, const struct span *id_span,
+                      const char *our_id, const char *workspace);
 
 enum frame_kind {
     FRAME_INVALID,      /* not JSON, not an object: a gateway bug; logged and dropped */
@@ -23,7 +31,6 @@ enum frame_kind {
     FRAME_OTHER,        /* anything else: ignored */
 };
 
-struct span { const char *p; size_t n; };
 
 struct frame {
     enum frame_kind kind;

@@ -1,14 +1,22 @@
-/* Listening sockets.  Accepted connections go through listener_dispatch, the one place
- * that decides which protocol serves them — today every TCP connection is HTTP; the
- * Unix socket (line JSON or HTTP) and a local /api/v1/socket WebSocket will be told
- * apart here by their first bytes. */
+/* Listening sockets, and the one place that decides which protocol serves an
+ * accepted connection (listener_dispatch). */
 #ifndef TGB_LISTENER_H
 #define TGB_LISTENER_H
 #include <stddef.h>
+#include <sys/socket.h>
 
 struct listener;
+typedef void (*accept_cb)(int fd, const struct sockaddr *addr, socklen_t len, void *arg);
 
+/* Protocols a listener may speak; several means "tell them apart by the first bytes". */
+enum { PROTO_HTTP = 1, PROTO_LINE = 2 };
+
+/* Watches a listening fd; cb gets every accepted (non-blocking, close-on-exec) fd. */
+struct listener *listener_start(int fd, accept_cb cb, void *arg);
 /* Binds and listens on host:port (port 0 = any); *bound_port gets the real port. */
 struct listener *listener_tcp(const char *host, int port, int *bound_port, char *err, size_t errlen);
 void listener_close(struct listener *l);
+/* Serves fd with one of protos.  With several, waits for the first byte: an HTTP
+ * request starts with an upper-case method name, a JSON line with '{' or blanks. */
+void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsigned protos, unsigned uid);
 #endif

@@ -16,6 +16,9 @@ void mux_shutdown(void);
 /* A request for `service` (flow may be NULL); the envelope is built from body. */
 struct request *mux_new(const char *service, const char *flow, const char *workspace,
                         const char *body, size_t body_len, const struct request_ops *ops, void *owner);
+/* A request whose envelope the caller writes into req->frame itself (the Unix line
+ * protocol rewrites the client's own envelope); req->id is the upstream id to use. */
+struct request *mux_alloc(const char *service, bool has_flow, const struct request_ops *ops, void *owner);
 /* Queues req for sending.  May call req->ops->on_fail synchronously (queue full). */
 void mux_submit(struct request *req);
 /* The owner is gone (or done): no callbacks after this; req is freed when the

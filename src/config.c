@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +18,8 @@ enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_INSECURE,
-    O_LOG_LEVEL, O_HELP, O_VERSION,
+    O_LOG_LEVEL, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
+    O_MAX_CLIENT_BUFFER, O_HELP, O_VERSION,
 };
 
 struct opt_doc {
@@ -38,6 +41,20 @@ static const struct opt_doc docs[] = {
      "auto (default) | query | header | first-frame: how the token is presented"},
     {O_LISTEN, "listen", "HOST:PORT", "TGBRIDGE_LISTEN",
      "REST listener (default 127.0.0.1:8089; port 0 picks a free port)"},
+    {O_UNIX, "unix", "PATH", "TGBRIDGE_UNIX",
+     "Unix socket for line JSON and HTTP; 'none' disables (default\n"
+     "$RUNTIME_DIRECTORY/tgbridge.sock, /run/tgbridge/tgbridge.sock as root,\n"
+     "else $XDG_RUNTIME_DIR/tgbridge.sock)"},
+    {O_UNIX_MODE, "unix-mode", "OCTAL", "TGBRIDGE_UNIX_MODE", "permissions of the Unix socket (default 0660)"},
+    {O_UNIX_GROUP, "unix-group", "GROUP", "TGBRIDGE_UNIX_GROUP", "group owning the Unix socket"},
+    {O_UNIX_ALLOW_UID, "unix-allow-uid", "LIST", "TGBRIDGE_UNIX_ALLOW_UID",
+     "only these users (names or uids, comma-separated) may connect"},
+    {O_UNIX_ALLOW_GID, "unix-allow-gid", "LIST", "TGBRIDGE_UNIX_ALLOW_GID",
+     "... or peers whose primary group is one of these"},
+    {O_MAX_LINE, "max-line", "BYTES", "TGBRIDGE_MAX_LINE", "longest line on the Unix socket (default 50m)"},
+    {O_MAX_CLIENT_BUFFER, "max-client-buffer", "BYTES", "TGBRIDGE_MAX_CLIENT_BUFFER",
+     "replies buffered for a Unix client that reads too slowly\n"
+     "before it is disconnected (default 64m)"},
     {O_MAX_BODY, "max-body", "BYTES", "TGBRIDGE_MAX_BODY",
      "largest request body accepted (default 50m = the gateway's frame limit)"},
     {O_REQUEST_TIMEOUT, "request-timeout", "SECONDS", "TGBRIDGE_REQUEST_TIMEOUT",
@@ -187,6 +204,58 @@ static int parse_listen(struct config *cfg, const char *s, char *err, size_t err
     return 0;
 }
 
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = v ? strdup(v) : NULL;
+}
+
+/* "alice,1001" → uids; group names for gids. */
+static int parse_ids(const char *v, bool groups, unsigned *out, int *n, char *err, size_t errlen)
+{
+    char *copy = strdup(v), *save = NULL;
+    *n = 0;
+    for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        char *e;
+        long id = strtol(t, &e, 10);
+        if (*e || id < 0) {
+            if (groups) {
+                struct group *g = getgrnam(t);
+                id = g ? (long)g->gr_gid : -1;
+            } else {
+                struct passwd *pw = getpwnam(t);
+                id = pw ? (long)pw->pw_uid : -1;
+            }
+        }
+        if (id < 0 || *n >= 32) {
+            free(copy);
+            return fail(err, errlen, "unknown %s '%s' (or more than 32)", groups ? "group" : "user", t);
+        }
+        out[(*n)++] = (unsigned)id;
+    }
+    free(copy);
+    return 0;
+}
+
+/* The issue's default: systemd's runtime directory, /run/tgbridge as root, else the
+ * user's runtime directory; none when there is no such place. */
+static void default_unix_path(struct config *cfg)
+{
+    const char *rd = getenv("RUNTIME_DIRECTORY");
+    char path[4096];
+    if (rd && *rd) {
+        size_t n = strcspn(rd, ":"); /* several directories are colon-separated */
+        snprintf(path, sizeof path, "%.*s/tgbridge.sock", (int)n, rd);
+    } else if (geteuid() == 0) {
+        snprintf(path, sizeof path, "/run/tgbridge/tgbridge.sock");
+    } else if ((rd = getenv("XDG_RUNTIME_DIR")) && *rd) {
+        snprintf(path, sizeof path, "%s/tgbridge.sock", rd);
+    } else {
+        return;
+    }
+    set_str(&cfg->unix_path, path);
+}
+
 const char *auth_mode_name(enum auth_mode m)
 {
     switch (m) {
@@ -195,12 +264,6 @@ const char *auth_mode_name(enum auth_mode m)
     case AUTH_FIRST_FRAME: return "first-frame";
     default: return "auto";
     }
-}
-
-static void set_str(char **dst, const char *v)
-{
-    free(*dst);
-    *dst = v ? strdup(v) : NULL;
 }
 
 static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, size_t errlen)
@@ -246,6 +309,22 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         *(id == O_MAX_INFLIGHT ? &cfg->max_inflight : &cfg->max_queue) = (int)n;
         return 0;
     case O_WORKSPACE: set_str(&cfg->workspace, v); return 0;
+    case O_UNIX: set_str(&cfg->unix_path, strcmp(v, "none") ? v : NULL); cfg->unix_set = true; return 0;
+    case O_UNIX_MODE:
+        n = strtol(v, &e, 8);
+        if (!*v || *e || n < 0 || n > 0777)
+            return fail(err, errlen, "--unix-mode wants octal permissions such as 0660");
+        cfg->unix_mode = (unsigned)n;
+        return 0;
+    case O_UNIX_GROUP: set_str(&cfg->unix_group, v); return 0;
+    case O_UNIX_ALLOW_UID: return parse_ids(v, false, cfg->allow_uid, &cfg->n_allow_uid, err, errlen);
+    case O_UNIX_ALLOW_GID: return parse_ids(v, true, cfg->allow_gid, &cfg->n_allow_gid, err, errlen);
+    case O_MAX_LINE: case O_MAX_CLIENT_BUFFER: {
+        size_t *dst = id == O_MAX_LINE ? &cfg->max_line : &cfg->max_client_buffer;
+        if (parse_size(v, dst) || *dst < 64)
+            return fail(err, errlen, "option wants a size such as 1048576 or 50m");
+        return 0;
+    }
     case O_CA_FILE: set_str(&cfg->ca_file, v); return 0;
     case O_INSECURE: cfg->insecure = !v || !*v || strcmp(v, "0"); return 0;
     case O_LOG_LEVEL:
@@ -273,6 +352,9 @@ static void defaults(struct config *cfg)
     cfg->max_inflight = 15;
     cfg->max_queue = 4096;
     cfg->log_level = LOG_INFO;
+    cfg->unix_mode = 0660;
+    cfg->max_line = GATEWAY_MAX_FRAME;
+    cfg->max_client_buffer = 64u * 1024 * 1024;
 }
 
 int config_read_token_file(struct config *cfg, char *err, size_t errlen)
@@ -354,6 +436,8 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
     }
     if (optind < argc)
         return fail(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (!cfg->unix_set)
+        default_unix_path(cfg);
     if (cfg->reconnect_max < cfg->reconnect_min)
         cfg->reconnect_max = cfg->reconnect_min;
     if (cfg->token)
@@ -372,5 +456,7 @@ void config_free(struct config *cfg)
     free(cfg->token_file);
     free(cfg->workspace);
     free(cfg->ca_file);
+    free(cfg->unix_path);
+    free(cfg->unix_group);
     memset(cfg, 0, sizeof *cfg);
 }

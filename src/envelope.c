@@ -24,6 +24,43 @@ void envelope_build(struct buf *out, const char *id, const char *service, const 
     buf_puts(out, "}");
 }
 
+static size_t skip_ws(const char *p, size_t i, size_t len);
+
+void envelope_rewrite(struct buf *out, const char *text, size_t len, const struct span *id_span,
+                      const char *our_id, const char *workspace)
+{
+    struct buf extra;
+    buf_init(&extra, 0);
+    if (!id_span) {
+        buf_puts(&extra, "\"id\":");
+        buf_json_string(&extra, our_id, strlen(our_id));
+        buf_puts(&extra, ",");
+    }
+    struct span ws;
+    if (workspace && *workspace && json_top_value(text, len, "workspace", &ws) != 0) {
+        buf_puts(&extra, "\"workspace\":");
+        buf_json_string(&extra, workspace, strlen(workspace));
+        buf_puts(&extra, ",");
+    }
+    buf_reserve(out, len + extra.len + strlen(our_id) + 8);
+    size_t open = skip_ws(text, 0, len) + 1; /* just after '{' */
+    /* "{}"-like objects have nothing after the insertion: drop the trailing comma. */
+    bool empty = skip_ws(text, open, len) < len && text[skip_ws(text, open, len)] == '}';
+    if (empty && extra.len)
+        extra.len--;
+    buf_append(out, text, open);
+    buf_append(out, buf_ptr(&extra), extra.len);
+    if (id_span) {
+        size_t at = (size_t)(id_span->p - text);
+        buf_append(out, text + open, at - open);
+        buf_json_string(out, our_id, strlen(our_id));
+        buf_append(out, text + at + id_span->n, len - at - id_span->n);
+    } else {
+        buf_append(out, text + open, len - open);
+    }
+    buf_free(&extra);
+}
+
 static size_t skip_ws(const char *p, size_t i, size_t len)
 {
     while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))

@@ -1,4 +1,5 @@
 #include "listener.h"
+#include "line_proto.h"
 #include "log.h"
 #include "loop.h"
 #include "rest.h"
@@ -16,15 +17,68 @@
 struct listener {
     int fd;
     struct watcher *watch;
+    accept_cb cb;
+    void *arg;
     /* Held in reserve so that, out of descriptors, we can still accept and close a
      * connection instead of spinning on a listen socket that stays readable. */
     int spare_fd;
 };
 
-/* The single place that picks a protocol for an accepted connection. */
-static void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len)
+/* A connection whose protocol is not known until its first byte arrives. */
+struct sniff {
+    int fd;
+    unsigned uid;
+    struct sockaddr_storage addr;
+    socklen_t len;
+    struct watcher *watch; /* on a dup of fd: the loop closes what it watches */
+};
+
+static void sniff_readable(void *arg)
 {
-    rest_add_connection(fd, addr, len);
+    struct sniff *s = arg;
+    char first;
+    ssize_t n = recv(s->fd, &first, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    loop_unwatch(s->watch);
+    if (n <= 0) {
+        close(s->fd); /* gone before saying anything */
+    } else if (first >= 'A' && first <= 'Z') {
+        rest_add_connection(s->fd, (struct sockaddr *)&s->addr, s->len);
+    } else {
+        /* '{', blanks, or anything else: the line protocol answers junk with an error. */
+        line_client_adopt(s->fd, s->uid);
+    }
+    free(s);
+}
+
+void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsigned protos, unsigned uid)
+{
+    if (protos == PROTO_HTTP) {
+        rest_add_connection(fd, addr, len);
+        return;
+    }
+    if (protos == PROTO_LINE) {
+        line_client_adopt(fd, uid);
+        return;
+    }
+    struct sniff *s = calloc(1, sizeof *s);
+    int dupfd = s ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (dupfd < 0) {
+        free(s);
+        close(fd);
+        log_warn("cannot serve a new connection: %s", strerror(errno));
+        return;
+    }
+    s->fd = fd;
+    s->uid = uid;
+    s->len = len < sizeof s->addr ? len : sizeof s->addr;
+    memcpy(&s->addr, addr, s->len);
+    s->watch = loop_watch_fd(dupfd, sniff_readable, s);
+    if (!s->watch) {
+        close(fd);
+        free(s);
+    }
 }
 
 static void on_readable(void *arg)
@@ -35,7 +89,7 @@ static void on_readable(void *arg)
         socklen_t len = sizeof ss;
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            listener_dispatch(fd, (struct sockaddr *)&ss, len);
+            l->cb(fd, (struct sockaddr *)&ss, len, l->arg);
             continue;
         }
         if (errno == EINTR || errno == ECONNABORTED)
@@ -55,6 +109,25 @@ static void on_readable(void *arg)
     }
 }
 
+struct listener *listener_start(int fd, accept_cb cb, void *arg)
+{
+    struct listener *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->fd = fd;
+    l->cb = cb;
+    l->arg = arg;
+    l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    l->watch = loop_watch_fd(fd, on_readable, l);
+    if (!l->watch) {
+        if (l->spare_fd >= 0)
+            close(l->spare_fd);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
 static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -62,6 +135,12 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+}
+
+static void serve_http(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
+{
+    (void)arg;
+    listener_dispatch(fd, addr, len, PROTO_HTTP, 0);
 }
 
 struct listener *listener_tcp(const char *host, int port, int *bound_port, char *err, size_t errlen)
@@ -94,20 +173,10 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
     getsockname(fd, (struct sockaddr *)&ss, &len);
     *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                  : ((struct sockaddr_in *)&ss)->sin_port);
-    struct listener *l = calloc(1, sizeof *l);
+    struct listener *l = listener_start(fd, serve_http, NULL);
     if (!l) {
         close(fd);
-        set_err(err, errlen, "out of memory");
-        return NULL;
-    }
-    l->fd = fd;
-    l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    l->watch = loop_watch_fd(fd, on_readable, l);
-    if (!l->watch) {
-        close(fd);
-        free(l);
         set_err(err, errlen, "cannot add the listener to the event loop");
-        return NULL;
     }
     return l;
 }

@@ -1,5 +1,6 @@
 #include "loop.h"
 #include "log.h"
+#include "line_proto.h"
 #include "upstream.h"
 #include <libwebsockets.h>
 #include <stdlib.h>
@@ -37,7 +38,7 @@ static int raw_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     return 0;
 }
 
-static struct lws_protocols protocols[3];
+static struct lws_protocols protocols[4];
 
 static void lws_log_emit(int level, const char *line)
 {
@@ -51,6 +52,7 @@ int loop_init(const struct config *cfg)
 {
     protocols[0] = upstream_protocol;
     protocols[1] = (struct lws_protocols){"tgb-raw", raw_callback, 0, 0, 0, NULL, 0};
+    protocols[2] = line_protocol;
     int lws_levels = LLL_ERR;
     if (log_get_level() >= LOG_DEBUG)
         lws_levels |= LLL_WARN | LLL_NOTICE;

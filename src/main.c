@@ -1,11 +1,13 @@
 /* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
  * REST with streaming.  main() wires the modules together; see README "Design". */
 #include "config.h"
+#include "line_proto.h"
 #include "listener.h"
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
 #include "rest.h"
+#include "unix_listener.h"
 #include "upstream.h"
 #include "util.h"
 #include <libwebsockets.h>
@@ -20,6 +22,7 @@
 
 static struct config cfg;
 static struct listener *rest_listener;
+static struct unix_listener *unix_listener;
 static bool draining;
 static double drain_deadline;
 static lws_sorted_usec_list_t drain_sul;
@@ -27,6 +30,7 @@ static lws_sorted_usec_list_t drain_sul;
 static void finish(void)
 {
     rest_fail_all(503, "shutting-down", "tgbridge is shutting down");
+    line_fail_all("shutting-down", "tgbridge is shutting down");
     upstream_stop();
     loop_stop();
 }
@@ -34,7 +38,7 @@ static void finish(void)
 static void drain_check(lws_sorted_usec_list_t *sul)
 {
     (void)sul;
-    if (rest_active_calls() == 0 || now_mono() >= drain_deadline) {
+    if ((rest_active_calls() == 0 && line_pending_requests() == 0) || now_mono() >= drain_deadline) {
         finish();
         return;
     }
@@ -50,9 +54,11 @@ static void begin_shutdown(int sig)
     }
     draining = true;
     log_info("%s: no longer accepting; waiting up to %.0f s for %zu call(s) to finish",
-             sig == SIGINT ? "SIGINT" : "SIGTERM", DRAIN_SECONDS, rest_active_calls());
+             sig == SIGINT ? "SIGINT" : "SIGTERM", DRAIN_SECONDS, rest_active_calls() + line_pending_requests());
     listener_close(rest_listener);
     rest_listener = NULL;
+    unix_listener_close(unix_listener);
+    unix_listener = NULL;
     drain_deadline = now_mono() + DRAIN_SECONDS;
     drain_check(NULL);
 }
@@ -111,6 +117,7 @@ int main(int argc, char **argv)
         return 1;
     }
     mux_init(loop_ctx(), &cfg);
+    line_init(&cfg);
     upstream_init(loop_ctx(), &cfg);
     if (rest_init(&cfg))
         return 1;
@@ -120,11 +127,17 @@ int main(int argc, char **argv)
         log_error("%s", err);
         return 1;
     }
+    unix_listener = unix_listener_open(&cfg, err, sizeof err);
+    if (!unix_listener && err[0]) {
+        log_error("%s", err);
+        return 1;
+    }
     bool v6 = strchr(cfg.listen_host, ':') != NULL;
-    log_info("listening rest=%s%s%s:%d gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "", port,
-             cfg.gateway, auth_mode_name(cfg.auth));
+    log_info("listening rest=%s%s%s:%d unix=%s gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
+             port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway, auth_mode_name(cfg.auth));
     upstream_start();
     loop_run();
+    unix_listener_close(unix_listener);
     rest_shutdown();
     loop_destroy();
     mux_shutdown();

@@ -54,14 +54,20 @@ static void fail(struct request *req, int status, const char *type, const char *
     reqtable_release(&M.rt, req);
 }
 
-struct request *mux_new(const char *service, const char *flow, const char *workspace,
-                        const char *body, size_t body_len, const struct request_ops *ops, void *owner)
+struct request *mux_alloc(const char *service, bool has_flow, const struct request_ops *ops, void *owner)
 {
     struct request *req = reqtable_new(&M.rt);
     snprintf(req->service, sizeof req->service, "%s", service);
-    req->has_flow = flow && *flow;
+    req->has_flow = has_flow;
     req->ops = ops;
     req->owner = owner;
+    return req;
+}
+
+struct request *mux_new(const char *service, const char *flow, const char *workspace,
+                        const char *body, size_t body_len, const struct request_ops *ops, void *owner)
+{
+    struct request *req = mux_alloc(service, flow && *flow, ops, owner);
     envelope_build(&req->frame, req->id, service, flow, workspace, body, body_len);
     return req;
 }

@@ -424,6 +424,10 @@ def start_bridge(gateway_url, *args, env=None, listen="127.0.0.1:0",
     if listen is not None:
         cmd += ["--listen", listen]
     cmd += [str(a) for a in args]
+    # As root the default Unix socket is /run/tgbridge/tgbridge.sock, shared by
+    # every instance: tests that want a Unix socket name their own path.
+    if not any(str(a) == "--unix" or str(a).startswith("--unix=") for a in args):
+        cmd += ["--unix", "none"]
     return Bridge(cmd, bridge_env(env), check_exit=check_exit)
 
 

@@ -76,6 +76,29 @@ static void test_buf_consume_then_append(void)
     buf_free(&b);
 }
 
+static void test_envelope_rewrite_keeps_everything_but_the_id(void)
+{
+    const char *line = "{ \"id\" : 42, \"service\":\"agent\",\"request\":{\"n\":1.10}}";
+    struct span id;
+    CHECK(json_top_value(line, strlen(line), "id", &id) == 0);
+    struct buf b;
+    buf_init(&b, 0);
+    envelope_rewrite(&b, line, strlen(line), &id, "tgb-x-1", NULL);
+    CHECK(!strcmp(buf_ptr(&b), "{ \"id\" : \"tgb-x-1\", \"service\":\"agent\",\"request\":{\"n\":1.10}}"));
+    buf_free(&b);
+    const char *noid = " {\"service\":\"config\",\"request\":{}}";
+    buf_init(&b, 0);
+    envelope_rewrite(&b, noid, strlen(noid), NULL, "tgb-x-2", "ws1");
+    CHECK(!strcmp(buf_ptr(&b), " {\"id\":\"tgb-x-2\",\"workspace\":\"ws1\",\"service\":\"config\",\"request\":{}}"));
+    buf_free(&b);
+    const char *hasws = "{\"workspace\":\"mine\",\"id\":\"a\"}";
+    CHECK(json_top_value(hasws, strlen(hasws), "id", &id) == 0);
+    buf_init(&b, 0);
+    envelope_rewrite(&b, hasws, strlen(hasws), &id, "t", "ws1");
+    CHECK(!strcmp(buf_ptr(&b), "{\"workspace\":\"mine\",\"id\":\"t\"}"));
+    buf_free(&b);
+}
+
 static void test_json_escape_control_chars(void)
 {
     struct buf b;
@@ -341,6 +364,7 @@ int main(void)
     RUN(test_envelope_without_flow_or_workspace);
     RUN(test_buf_consume_then_append);
     RUN(test_json_escape_control_chars);
+    RUN(test_envelope_rewrite_keeps_everything_but_the_id);
     RUN(test_top_value_spans);
     RUN(test_frame_kinds);
     RUN(test_frame_error_shapes);

@@ -1,0 +1,20 @@
+/* The Unix socket's line protocol: one JSON envelope per line in, one reply per line
+ * out (README "Unix socket").  Each client's ids are its own; tgbridge maps them to
+ * upstream ids and back. */
+#ifndef TGB_LINE_PROTO_H
+#define TGB_LINE_PROTO_H
+#include <stddef.h>
+#include "config.h"
+
+struct lws_protocols;
+extern const struct lws_protocols line_protocol;
+
+void line_init(const struct config *cfg);
+/* Serves fd (an accepted Unix connection) with the line protocol; takes ownership. */
+int line_client_adopt(int fd, unsigned uid);
+size_t line_pending_requests(void);
+/* Answers every pending request with a final error (shutdown). */
+void line_fail_all(const char *type, const char *message);
+/* Writes one error line to a socket we are about to refuse, best effort. */
+void line_refuse(int fd, const char *type, const char *message);
+#endif

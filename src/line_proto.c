@@ -1,0 +1,430 @@
+#include "line_proto.h"
+#include "buf.h"
+#include "envelope.h"
+#include "list.h"
+#include "log.h"
+#include "loop.h"
+#include "mux.h"
+#include <cjson/cJSON.h>
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Past this many unanswered requests we stop reading the client (back-pressure on
+ * its socket alone, libraries.md b8) until half of them are answered. */
+#define CLIENT_MAX_PENDING 1024
+#define WRITE_CHUNK (64 * 1024)
+
+struct lclient;
+
+struct lreq {
+    struct list node;
+    struct lclient *client;
+    struct request *req;
+    char *cid;               /* the client's id, as JSON text, echoed verbatim */
+};
+
+struct lclient {
+    struct lws *wsi;
+    unsigned long long serial;
+    unsigned uid;
+    struct buf in;
+    bool discarding;         /* the rest of an over-long line */
+    struct buf out;
+    bool closing;
+    bool paused;
+    struct list reqs;
+    size_t npending;
+    unsigned long long next_auto_id;
+    struct list node;
+};
+
+static struct {
+    const struct config *cfg;
+    struct list clients;
+    unsigned long long serial;
+    size_t pending;
+} L;
+
+static unsigned char scratch[LWS_PRE + WRITE_CHUNK];
+
+void line_init(const struct config *cfg)
+{
+    L.cfg = cfg;
+    list_init(&L.clients);
+}
+
+size_t line_pending_requests(void)
+{
+    return L.pending;
+}
+
+static void error_line(struct buf *b, const char *cid, const char *type, const char *message)
+{
+    buf_puts(b, "{\"id\":");
+    buf_puts(b, cid ? cid : "null");
+    buf_puts(b, ",\"error\":{\"type\":");
+    buf_json_string(b, type, strlen(type));
+    buf_puts(b, ",\"message\":");
+    buf_json_string(b, message, strlen(message));
+    buf_puts(b, "},\"complete\":true}\n");
+}
+
+void line_refuse(int fd, const char *type, const char *message)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    error_line(&b, NULL, type, message);
+    ssize_t n = write(fd, buf_ptr(&b), b.len);
+    (void)n;
+    buf_free(&b);
+}
+
+static void kill_client(struct lclient *c, const char *why);
+
+/* Queues bytes for the client; a client that lets too much pile up is closed rather
+ * than allowed to grow our memory (redis's client-output-buffer-limit). */
+static void send_bytes(struct lclient *c, const char *p, size_t n)
+{
+    if (c->closing)
+        return;
+    if (c->out.len + n > L.cfg->max_client_buffer) {
+        char why[160];
+        snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, limit %zu)",
+                 c->out.len + n, L.cfg->max_client_buffer);
+        kill_client(c, why);
+        return;
+    }
+    buf_append(&c->out, p, n);
+    lws_callback_on_writable(c->wsi);
+}
+
+static void send_error(struct lclient *c, const char *cid, const char *type, const char *message)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    error_line(&b, cid, type, message);
+    send_bytes(c, buf_ptr(&b), b.len);
+    buf_free(&b);
+}
+
+static void update_flow_control(struct lclient *c)
+{
+    bool want_pause = c->npending >= CLIENT_MAX_PENDING;
+    if (c->paused && c->npending <= CLIENT_MAX_PENDING / 2) {
+        c->paused = false;
+        lws_rx_flow_control(c->wsi, 1);
+    } else if (!c->paused && want_pause) {
+        c->paused = true;
+        lws_rx_flow_control(c->wsi, 0);
+    }
+}
+
+static void lreq_free(struct lreq *r)
+{
+    struct lclient *c = r->client;
+    list_del(&r->node);
+    c->npending--;
+    L.pending--;
+    mux_detach(r->req);
+    free(r->cid);
+    free(r);
+    if (!c->closing)
+        update_flow_control(c);
+}
+
+/* ---- replies ---------------------------------------------------------------------- */
+
+static void on_frame(struct request *req, const struct frame *f, bool final)
+{
+    struct lreq *r = req->owner;
+    struct lclient *c = r->client;
+    struct buf b;
+    buf_init(&b, 0);
+    if (f->kind == FRAME_PART || f->kind == FRAME_FINAL) {
+        buf_puts(&b, "{\"id\":");
+        buf_puts(&b, r->cid);
+        buf_puts(&b, ",\"response\":");
+        size_t start = b.len;
+        buf_append(&b, f->response.p, f->response.n);
+        char *p = buf_ptr(&b);
+        for (size_t i = start; i < b.len; i++) /* whitespace only: keeps one reply per line */
+            if (p[i] == '\n' || p[i] == '\r')
+                p[i] = ' ';
+        buf_puts(&b, final ? ",\"complete\":true}\n" : ",\"complete\":false}\n");
+    } else {
+        /* Every error shape of every era, normalised to one (ref §5.2). */
+        error_line(&b, r->cid, f->err_type[0] ? f->err_type : "error", f->err_message);
+    }
+    send_bytes(c, buf_ptr(&b), b.len);
+    buf_free(&b);
+    if (c->closing)
+        return; /* killed for reading too slowly: r is already gone */
+    if (final)
+        lreq_free(r);
+}
+
+static void on_fail(struct request *req, int status, const char *type, const char *message)
+{
+    (void)status;
+    struct lreq *r = req->owner;
+    struct lclient *c = r->client;
+    send_error(c, r->cid, type, message);
+    if (!c->closing)
+        lreq_free(r);
+}
+
+static const struct request_ops lreq_ops = {on_frame, on_fail};
+
+/* ---- requests ----------------------------------------------------------------------- */
+
+static bool id_in_flight(struct lclient *c, const char *cid)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &c->reqs) {
+        if (!strcmp(list_entry(pos, struct lreq, node)->cid, cid))
+            return true;
+    }
+    return false;
+}
+
+static char *span_dup(struct span s)
+{
+    char *p = malloc(s.n + 1);
+    if (!p)
+        abort();
+    memcpy(p, s.p, s.n);
+    p[s.n] = '\0';
+    return p;
+}
+
+static void handle_line(struct lclient *c, const char *line, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+        i++;
+    if (i == len)
+        return; /* blank lines are allowed and ignored */
+    cJSON *root = NULL;
+    const char *why = json_body_check(line, len, &root);
+    if (why) {
+        send_error(c, NULL, "bad-request", why);
+        return;
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        send_error(c, NULL, "bad-request", "a line must be a JSON object");
+        return;
+    }
+    struct span id_span;
+    bool has_id = json_top_value(line, len, "id", &id_span) == 0 &&
+                  !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id"));
+    char *cid = has_id ? span_dup(id_span) : NULL;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
+    const cJSON *service = cJSON_GetObjectItemCaseSensitive(root, "service");
+    const cJSON *flow = cJSON_GetObjectItemCaseSensitive(root, "flow");
+    const cJSON *request = cJSON_GetObjectItemCaseSensitive(root, "request");
+    const char *err = NULL;
+    if (type) {
+        if (cJSON_IsString(type) && !strcmp(type->valuestring, "ping")) {
+            send_bytes(c, "{\"type\":\"pong\"}\n", 15);
+        } else {
+            send_error(c, cid, "bad-request",
+                       "unknown control line (tgbridge authenticates upstream itself; only "
+                       "{\"type\":\"ping\"} is a control line)");
+        }
+        goto out;
+    }
+    if (!cJSON_IsString(service) || !service->valuestring[0])
+        err = "missing \"service\" (a string such as \"graph-rag\")";
+    else if (!cJSON_IsObject(request))
+        err = "\"request\" must be a JSON object";
+    else if (flow && !cJSON_IsNull(flow) && !cJSON_IsString(flow))
+        err = "\"flow\" must be a string";
+    if (err) {
+        send_error(c, cid, "bad-request", err);
+        goto out;
+    }
+    if (cid && id_in_flight(c, cid)) {
+        send_error(c, cid, "duplicate-id", "this id is already in flight on this connection");
+        goto out;
+    }
+    if (!cid) {
+        char tmp[48];
+        snprintf(tmp, sizeof tmp, "\"tgb-c%llu\"", ++c->next_auto_id);
+        cid = strdup(tmp);
+    }
+    struct lreq *r = calloc(1, sizeof *r);
+    if (!r)
+        abort();
+    r->client = c;
+    r->cid = cid;
+    cid = NULL;
+    list_add_tail(&c->reqs, &r->node);
+    c->npending++;
+    L.pending++;
+    r->req = mux_alloc(service->valuestring, cJSON_IsString(flow) && flow->valuestring[0], &lreq_ops, r);
+    envelope_rewrite(&r->req->frame, line, len, has_id ? &id_span : NULL, r->req->id, L.cfg->workspace);
+    update_flow_control(c);
+    mux_submit(r->req); /* may answer at once (and free r) */
+out:
+    free(cid);
+    cJSON_Delete(root);
+}
+
+static void too_long(struct lclient *c)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "line longer than --max-line (%zu bytes); the rest of it is discarded", L.cfg->max_line);
+    send_error(c, NULL, "line-too-long", msg);
+}
+
+static void on_rx(struct lclient *c, const char *data, size_t len)
+{
+    while (len && !c->closing) {
+        const char *nl = memchr(data, '\n', len);
+        size_t n = nl ? (size_t)(nl - data) : len;
+        if (c->discarding) {
+            if (nl)
+                c->discarding = false;
+        } else if (c->in.len + n > L.cfg->max_line) {
+            buf_free(&c->in);
+            too_long(c);
+            c->discarding = !nl;
+        } else if (nl && !c->in.len) {
+            handle_line(c, data, n); /* the common case: no copy */
+        } else {
+            buf_append(&c->in, data, n);
+            if (nl) {
+                handle_line(c, buf_ptr(&c->in), c->in.len);
+                c->in.len = 0;
+                if (c->in.cap > 1024 * 1024)
+                    buf_free(&c->in);
+            }
+        }
+        if (!nl)
+            break;
+        len -= n + 1;
+        data = nl + 1;
+    }
+}
+
+static int on_writeable(struct lclient *c)
+{
+    if (c->closing)
+        return -1;
+    if (!c->out.len)
+        return 0;
+    size_t n = c->out.len < WRITE_CHUNK ? c->out.len : WRITE_CHUNK;
+    memcpy(scratch + LWS_PRE, buf_ptr(&c->out), n);
+    if (lws_write(c->wsi, scratch + LWS_PRE, n, LWS_WRITE_RAW) < (int)n)
+        return -1;
+    buf_consume(&c->out, n);
+    if (c->out.len)
+        lws_callback_on_writable(c->wsi);
+    else if (c->out.cap > 1024 * 1024)
+        buf_free(&c->out);
+    return 0;
+}
+
+static void drop_requests(struct lclient *c)
+{
+    while (!list_empty(&c->reqs))
+        lreq_free(list_entry(c->reqs.next, struct lreq, node));
+}
+
+static void kill_client(struct lclient *c, const char *why)
+{
+    if (c->closing)
+        return;
+    log_warn("closing Unix client #%llu (uid %u): %s", c->serial, c->uid, why);
+    c->closing = true;
+    drop_requests(c);
+    buf_free(&c->out);
+    lws_callback_on_writable(c->wsi); /* returns -1 there, which closes it */
+}
+
+static void client_free(struct lclient *c)
+{
+    c->closing = true;
+    drop_requests(c);
+    list_del(&c->node);
+    buf_free(&c->in);
+    buf_free(&c->out);
+    free(c);
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)user;
+    struct lclient *c = lws_get_opaque_user_data(wsi);
+    switch (reason) {
+    case LWS_CALLBACK_RAW_RX:
+        if (c)
+            on_rx(c, in, len);
+        break;
+    case LWS_CALLBACK_RAW_WRITEABLE:
+        if (c)
+            return on_writeable(c);
+        break;
+    case LWS_CALLBACK_RAW_CLOSE:
+        if (c) {
+            log_debug("Unix client #%llu gone", c->serial);
+            lws_set_opaque_user_data(wsi, NULL);
+            client_free(c);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+const struct lws_protocols line_protocol = {"tgb-line", callback, 0, 64 * 1024, 0, NULL, 0};
+
+int line_client_adopt(int fd, unsigned uid)
+{
+    struct lclient *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return -1;
+    }
+    c->serial = ++L.serial;
+    c->uid = uid;
+    buf_init(&c->in, 0);
+    buf_init(&c->out, 0);
+    list_init(&c->reqs);
+    list_add_tail(&L.clients, &c->node);
+    lws_adopt_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.vh = lws_get_vhost_by_name(loop_ctx(), "default");
+    d.type = LWS_ADOPT_SOCKET; /* no LWS_ADOPT_HTTP: the raw-socket role */
+    d.fd.sockfd = fd;
+    d.vh_prot_name = "tgb-line";
+    d.opaque = c;
+    c->wsi = lws_adopt_descriptor_vhost_via_info(&d);
+    if (!c->wsi) {
+        list_del(&c->node);
+        free(c); /* lws closed fd */
+        log_warn("cannot serve a Unix client");
+        return -1;
+    }
+    log_debug("Unix client #%llu (uid %u) speaks the line protocol", c->serial, uid);
+    return 0;
+}
+
+void line_fail_all(const char *type, const char *message)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &L.clients) {
+        struct lclient *c = list_entry(pos, struct lclient, node);
+        while (!c->closing && !list_empty(&c->reqs)) {
+            struct lreq *r = list_entry(c->reqs.next, struct lreq, node);
+            send_error(c, r->cid, type, message);
+            if (!c->closing)
+                lreq_free(r);
+        }
+    }
+}

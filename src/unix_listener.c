@@ -1,0 +1,194 @@
+#include "unix_listener.h"
+#include "line_proto.h"
+#include "listener.h"
+#include "log.h"
+#include <errno.h>
+#include <grp.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct unix_listener {
+    const struct config *cfg;
+    struct listener *l;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    dev_t dev;
+    ino_t ino;
+};
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static bool peer_allowed(const struct config *cfg, const struct ucred *cr)
+{
+    if (!cfg->n_allow_uid && !cfg->n_allow_gid)
+        return true;
+    for (int i = 0; i < cfg->n_allow_uid; i++)
+        if (cfg->allow_uid[i] == cr->uid)
+            return true;
+    for (int i = 0; i < cfg->n_allow_gid; i++)
+        if (cfg->allow_gid[i] == cr->gid)
+            return true;
+    return false;
+}
+
+static void on_accept(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
+{
+    struct unix_listener *u = arg;
+    struct ucred cr;
+    socklen_t crlen = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen)) {
+        log_warn("Unix socket: cannot read peer credentials: %s", strerror(errno));
+        close(fd);
+        return;
+    }
+    if (!peer_allowed(u->cfg, &cr)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "uid %u / gid %u is not allowed to use this socket", (unsigned)cr.uid,
+                 (unsigned)cr.gid);
+        log_warn("Unix socket: refused pid %d: %s", (int)cr.pid, msg);
+        line_refuse(fd, "forbidden", msg);
+        close(fd);
+        return;
+    }
+    listener_dispatch(fd, addr, len, PROTO_HTTP | PROTO_LINE, (unsigned)cr.uid);
+}
+
+/* A socket file left by a crashed run is replaced; one a live daemon answers on is
+ * never touched; anything that is not a socket is not ours to delete. */
+static int clear_stale(const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (lstat(path, &st)) {
+        if (errno == ENOENT)
+            return 0;
+        return fail(err, errlen, "cannot inspect %s: %s", path, strerror(errno));
+    }
+    if (!S_ISSOCK(st.st_mode))
+        return fail(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(err, errlen, "socket: %s", strerror(errno));
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path));
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    int e = errno;
+    close(fd);
+    if (rc == 0)
+        return fail(err, errlen, "%s is in use by a running process (another tgbridge?); not taking it over",
+                    path);
+    if (e != ECONNREFUSED)
+        return fail(err, errlen, "cannot check %s: %s", path, strerror(e));
+    if (unlink(path) && errno != ENOENT)
+        return fail(err, errlen, "cannot remove stale socket %s: %s", path, strerror(errno));
+    log_info("replaced stale socket %s", path);
+    return 0;
+}
+
+static int ensure_parent(const char *path, char *err, size_t errlen)
+{
+    char copy[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    snprintf(copy, sizeof copy, "%s", path);
+    const char *dir = dirname(copy);
+    if (mkdir(dir, 0755) && errno != EEXIST)
+        return fail(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+    return 0;
+}
+
+struct unix_listener *unix_listener_open(const struct config *cfg, char *err, size_t errlen)
+{
+    err[0] = '\0';
+    if (!cfg->unix_path)
+        return NULL;
+    struct unix_listener *u = calloc(1, sizeof *u);
+    if (!u) {
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
+    u->cfg = cfg;
+    if (strlen(cfg->unix_path) >= sizeof u->path) {
+        fail(err, errlen, "Unix socket path is longer than %zu bytes: %s", sizeof u->path - 1, cfg->unix_path);
+        free(u);
+        return NULL;
+    }
+    strcpy(u->path, cfg->unix_path);
+    gid_t gid = (gid_t)-1;
+    if (cfg->unix_group) {
+        char *e;
+        long g = strtol(cfg->unix_group, &e, 10);
+        struct group *gr = *e ? getgrnam(cfg->unix_group) : NULL;
+        if (*e && !gr) {
+            fail(err, errlen, "unknown group '%s' (--unix-group)", cfg->unix_group);
+            free(u);
+            return NULL;
+        }
+        gid = *e ? gr->gr_gid : (gid_t)g;
+    }
+    int fd = -1;
+    if (ensure_parent(u->path, err, errlen) || clear_stale(u->path, err, errlen))
+        goto fail;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fail(err, errlen, "socket: %s", strerror(errno));
+        goto fail;
+    }
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, u->path, strlen(u->path));
+    /* Create it with the final mode: no window in which it is more open than asked. */
+    mode_t old = umask(~cfg->unix_mode & 0777);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc) {
+        fail(err, errlen, "cannot bind %s: %s", u->path, strerror(errno));
+        goto fail;
+    }
+    struct stat st;
+    if (chmod(u->path, cfg->unix_mode) || (gid != (gid_t)-1 && chown(u->path, (uid_t)-1, gid)) ||
+        stat(u->path, &st)) {
+        fail(err, errlen, "cannot set the owner/mode of %s: %s", u->path, strerror(errno));
+        unlink(u->path);
+        goto fail;
+    }
+    u->dev = st.st_dev;
+    u->ino = st.st_ino;
+    if (listen(fd, 511) || !(u->l = listener_start(fd, on_accept, u))) {
+        fail(err, errlen, "cannot listen on %s: %s", u->path, strerror(errno));
+        unlink(u->path);
+        goto fail;
+    }
+    return u;
+fail:
+    if (fd >= 0 && !u->l)
+        close(fd);
+    free(u);
+    return NULL;
+}
+
+void unix_listener_close(struct unix_listener *u)
+{
+    if (!u)
+        return;
+    listener_close(u->l);
+    struct stat st;
+    /* Only our own file: a successor may already have bound the path. */
+    if (!stat(u->path, &st) && st.st_dev == u->dev && st.st_ino == u->ino)
+        unlink(u->path);
+    free(u);
+}
