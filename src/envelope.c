@@ -276,13 +276,13 @@ const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
         if (c >= 0x80) {
             size_t n = utf8_seq_len(p + i, len - i);
             if (!n)
-                return "request body is not valid UTF-8";
+                return "is not valid UTF-8";
             i += n;
             continue;
         }
         if (in_string) {
             if (c < 0x20)
-                return "request body has a raw control character inside a JSON string";
+                return "has a raw control character inside a JSON string";
             if (c == '\\')
                 i++;
             else if (c == '"')
@@ -295,12 +295,12 @@ const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!root)
-        return "request body is not valid JSON";
+        return "is not valid JSON";
     size_t off = end ? (size_t)(end - body) : len;
     off = skip_ws(body, off, len);
     if (off != len) {
         cJSON_Delete(root);
-        return "request body has data after the JSON value";
+        return "has data after the JSON value";
     }
     if (rootp)
         *rootp = root;

@@ -6,10 +6,12 @@
 #include "loop.h"
 #include "mux.h"
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* Past this many unanswered requests we stop reading the client (back-pressure on
@@ -28,6 +30,9 @@ struct lreq {
 
 struct lclient {
     struct lws *wsi;
+    int fd;
+    bool eof;                /* the client shut its writing side: answer, then close */
+    bool reading;            /* POLLIN wanted (lws rx flow control) */
     unsigned long long serial;
     unsigned uid;
     struct buf in;
@@ -48,7 +53,6 @@ static struct {
     size_t pending;
 } L;
 
-static unsigned char scratch[LWS_PRE + WRITE_CHUNK];
 
 void line_init(const struct config *cfg)
 {
@@ -112,14 +116,18 @@ static void send_error(struct lclient *c, const char *cid, const char *type, con
 
 static void update_flow_control(struct lclient *c)
 {
-    bool want_pause = c->npending >= CLIENT_MAX_PENDING;
-    if (c->paused && c->npending <= CLIENT_MAX_PENDING / 2) {
+    if (c->paused && c->npending <= CLIENT_MAX_PENDING / 2)
         c->paused = false;
-        lws_rx_flow_control(c->wsi, 1);
-    } else if (!c->paused && want_pause) {
+    else if (!c->paused && c->npending >= CLIENT_MAX_PENDING)
         c->paused = true;
-        lws_rx_flow_control(c->wsi, 0);
+    bool want = !c->paused && !c->eof;
+    if (want != c->reading) {
+        c->reading = want;
+        lws_rx_flow_control(c->wsi, want);
     }
+    /* A half-closed client is closed once everything it asked for is written. */
+    if (c->eof && !c->npending && !c->out.len)
+        lws_callback_on_writable(c->wsi);
 }
 
 static void lreq_free(struct lreq *r)
@@ -210,7 +218,9 @@ static void handle_line(struct lclient *c, const char *line, size_t len)
     cJSON *root = NULL;
     const char *why = json_body_check(line, len, &root);
     if (why) {
-        send_error(c, NULL, "bad-request", why);
+        char msg[128];
+        snprintf(msg, sizeof msg, "line %s", why);
+        send_error(c, NULL, "bad-request", msg);
         return;
     }
     if (!cJSON_IsObject(root)) {
@@ -229,7 +239,7 @@ static void handle_line(struct lclient *c, const char *line, size_t len)
     const char *err = NULL;
     if (type) {
         if (cJSON_IsString(type) && !strcmp(type->valuestring, "ping")) {
-            send_bytes(c, "{\"type\":\"pong\"}\n", 15);
+            send_bytes(c, "{\"type\":\"pong\"}\n", strlen("{\"type\":\"pong\"}\n"));
         } else {
             send_error(c, cid, "bad-request",
                        "unknown control line (tgbridge authenticates upstream itself; only "
@@ -315,17 +325,51 @@ static int on_writeable(struct lclient *c)
 {
     if (c->closing)
         return -1;
-    if (!c->out.len)
-        return 0;
-    size_t n = c->out.len < WRITE_CHUNK ? c->out.len : WRITE_CHUNK;
-    memcpy(scratch + LWS_PRE, buf_ptr(&c->out), n);
-    if (lws_write(c->wsi, scratch + LWS_PRE, n, LWS_WRITE_RAW) < (int)n)
-        return -1;
-    buf_consume(&c->out, n);
-    if (c->out.len)
+    while (c->out.len) {
+        ssize_t n = send(c->fd, buf_ptr(&c->out), c->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            log_debug("Unix client #%llu: write failed: %s", c->serial, strerror(errno));
+            return -1;
+        }
+        buf_consume(&c->out, (size_t)n);
+    }
+    if (c->out.len) {
         lws_callback_on_writable(c->wsi);
-    else if (c->out.cap > 1024 * 1024)
+        return 0;
+    }
+    if (c->out.cap > 1024 * 1024)
         buf_free(&c->out);
+    if (c->eof && !c->npending)
+        return -1; /* said all it wanted and got every answer */
+    return 0;
+}
+
+/* We read the socket ourselves (lws's raw-socket role would close on a half-close,
+ * losing the replies to a client that wrote its lines and then shut down). */
+static int on_readable(struct lclient *c)
+{
+    char data[WRITE_CHUNK];
+    for (int i = 0; i < 16 && !c->closing && !c->eof; i++) {
+        ssize_t n = recv(c->fd, data, sizeof data, MSG_DONTWAIT);
+        if (n > 0) {
+            on_rx(c, data, (size_t)n);
+            continue;
+        }
+        if (n == 0) {
+            c->eof = true;
+            if (c->in.len && !c->discarding) { /* a last line without its newline */
+                handle_line(c, buf_ptr(&c->in), c->in.len);
+                c->in.len = 0;
+            }
+            update_flow_control(c);
+            break;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            break;
+        return -1;
+    }
     return 0;
 }
 
@@ -359,17 +403,19 @@ static void client_free(struct lclient *c)
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     (void)user;
+    (void)in;
+    (void)len;
     struct lclient *c = lws_get_opaque_user_data(wsi);
     switch (reason) {
-    case LWS_CALLBACK_RAW_RX:
+    case LWS_CALLBACK_RAW_RX_FILE:
         if (c)
-            on_rx(c, in, len);
+            return on_readable(c);
         break;
-    case LWS_CALLBACK_RAW_WRITEABLE:
+    case LWS_CALLBACK_RAW_WRITEABLE_FILE:
         if (c)
             return on_writeable(c);
         break;
-    case LWS_CALLBACK_RAW_CLOSE:
+    case LWS_CALLBACK_RAW_CLOSE_FILE:
         if (c) {
             log_debug("Unix client #%llu gone", c->serial);
             lws_set_opaque_user_data(wsi, NULL);
@@ -393,6 +439,8 @@ int line_client_adopt(int fd, unsigned uid)
     }
     c->serial = ++L.serial;
     c->uid = uid;
+    c->fd = fd;
+    c->reading = true;
     buf_init(&c->in, 0);
     buf_init(&c->out, 0);
     list_init(&c->reqs);
@@ -400,8 +448,8 @@ int line_client_adopt(int fd, unsigned uid)
     lws_adopt_desc_t d;
     memset(&d, 0, sizeof d);
     d.vh = lws_get_vhost_by_name(loop_ctx(), "default");
-    d.type = LWS_ADOPT_SOCKET; /* no LWS_ADOPT_HTTP: the raw-socket role */
-    d.fd.sockfd = fd;
+    d.type = LWS_ADOPT_RAW_FILE_DESC; /* we do the reads and writes (see on_readable) */
+    d.fd.filefd = fd;
     d.vh_prot_name = "tgb-line";
     d.opaque = c;
     c->wsi = lws_adopt_descriptor_vhost_via_info(&d);

@@ -537,8 +537,11 @@ static enum MHD_Result start_call(struct call *call)
     const char *body = call->body.len ? buf_ptr(&call->body) : "";
     cJSON *root = NULL;
     const char *why = json_body_check(body, call->body.len, &root);
-    if (why)
-        return queue_error(c, 400, "bad-request", why, NULL);
+    if (why) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "request body %s", why);
+        return queue_error(c, 400, "bad-request", msg, NULL);
+    }
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return queue_error(c, 400, "bad-request", "request body must be a JSON object", NULL);
