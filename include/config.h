@@ -32,6 +32,7 @@ struct config {
     double heartbeat;
     double reconnect_min, reconnect_max;
     double ping_interval, ping_timeout;
+    double drain_timeout;
     int max_inflight;
     int max_queue;
     char *workspace;           /* envelope workspace when the body names none */

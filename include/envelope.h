@@ -49,7 +49,8 @@ struct frame {
 void frame_parse(const char *text, size_t len, struct frame *f);
 void frame_free(struct frame *f);
 
-/* NULL if body is one JSON value the gateway will accept as it is; else why not.
+/* NULL if body is one JSON value the gateway will accept as it is; else why not, as
+ * a phrase to put after a subject ("is not valid UTF-8").
  * Stricter than cJSON where the gateway is: the text must be valid UTF-8 (aiohttp
  * closes the whole socket on a text frame that is not), strings must not hold raw
  * control characters (Python's json rejects them), and nothing may follow the value.

@@ -11,6 +11,7 @@
 struct lws_context;
 
 void mux_init(struct lws_context *ctx, const struct config *cfg);
+bool mux_queue_empty(void);
 void mux_shutdown(void);
 
 /* A request for `service` (flow may be NULL); the envelope is built from body. */
@@ -25,17 +26,25 @@ void mux_submit(struct request *req);
  * gateway no longer counts it. */
 void mux_detach(struct request *req);
 
-/* --- for upstream.c --- */
-/* The next request to write if the window has room, else NULL (marks it sent). */
-struct request *mux_next_to_send(void);
+/* --- for upstream.c: each connection owns a struct window --- */
+/* The next request to write on the connection owning w, if w has room (marks it sent). */
+struct request *mux_next_to_send(struct window *w);
+bool mux_has_sendable(const struct window *w);
 void mux_sent(struct request *req);   /* last byte written: start its deadline */
-void mux_on_frame(const struct frame *f);
-void mux_upstream_ready(void);        /* authenticated: drain the queue */
-void mux_upstream_lost(const char *why);
-bool mux_has_sendable(void);
+/* A frame that arrived on the connection owning w. */
+void mux_on_frame(const struct frame *f, struct window *w);
+/* That connection is gone: its unfinished requests fail (never replayed). */
+void mux_upstream_lost(struct window *w, const char *why);
+/* Requests in w whose callers still wait for them. */
+size_t mux_window_live(const struct window *w);
+/* w is full, requests wait, and some of w is held by requests nobody waits for any more
+ * (timed out, caller gone): only a new socket frees the gateway's window (issue 5). */
+bool mux_window_blocked_by_abandoned(const struct window *w);
+/* Fails the live requests of w (rotation gave up waiting for them). */
+void mux_fail_window(struct window *w, int status, const char *type, const char *why);
 
 struct mux_stats {
-    size_t queued, window, live;
+    size_t queued, live;
     unsigned long long submitted, completed, failed;
 };
 void mux_get_stats(struct mux_stats *out);

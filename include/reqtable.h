@@ -27,6 +27,13 @@ enum req_state {
     REQ_CLOSED,    /* upstream is done with it: complete seen, or its socket is gone */
 };
 
+/* One connection's share of the gateway's window: requests in send order, pruned only
+ * from the front, like the gateway (ref §6.1). */
+struct window {
+    struct list list;
+    size_t n;
+};
+
 struct request {
     uint64_t seq;
     char id[48];
@@ -41,7 +48,8 @@ struct request {
     bool has_flow;
     double enqueued_at, sent_at;
     struct list qnode;    /* in queue */
-    struct list wnode;    /* in window ledger */
+    struct list wnode;    /* in its window */
+    struct window *win;   /* the connection's window it was sent on */
     struct request *hnext;
     bool hashed;
     lws_sorted_usec_list_t sul; /* the one deadline that applies to its state (mux.c) */
@@ -51,8 +59,7 @@ struct request {
 
 struct reqtable {
     struct list queue;    /* arrival order */
-    struct list window;   /* send order, pruned only from the front, like the gateway */
-    size_t nqueued, nwindow, nlive;
+    size_t nqueued, nlive;
     struct request **buckets;
     size_t nbuckets, nhashed;
     uint64_t next_seq;
@@ -66,16 +73,17 @@ struct request *reqtable_new(struct reqtable *rt);
 void reqtable_enqueue(struct reqtable *rt, struct request *req);
 void reqtable_dequeue(struct reqtable *rt, struct request *req);
 struct request *reqtable_queue_head(struct reqtable *rt);
+void window_init(struct window *w);
 /* True when one more request fits in a window of max entries. */
-bool reqtable_window_has_room(const struct reqtable *rt, int max);
-/* Moves req from the queue into the window ledger and the id map. */
-void reqtable_mark_sent(struct reqtable *rt, struct request *req);
+bool window_has_room(const struct window *w, int max);
+/* Moves req from the queue into window w and the id map. */
+void reqtable_mark_sent(struct reqtable *rt, struct request *req, struct window *w);
 struct request *reqtable_lookup(struct reqtable *rt, const char *id);
 /* Upstream finished with req: unmap it, and prune finished requests from the
  * front of the window (never from the middle — the gateway does not). */
 void reqtable_close(struct reqtable *rt, struct request *req);
-/* The socket is gone: every window entry closes; returns them in send order in out. */
-void reqtable_drop_window(struct reqtable *rt, struct list *out);
+/* The socket is gone: every entry of w closes; returns them in send order in out. */
+void reqtable_drop_window(struct reqtable *rt, struct window *w, struct list *out);
 /* Frees req if nothing refers to it any more; true if freed. */
 bool reqtable_release(struct reqtable *rt, struct request *req);
 #endif

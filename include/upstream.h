@@ -4,6 +4,7 @@
 #ifndef TGB_UPSTREAM_H
 #define TGB_UPSTREAM_H
 #include <stdbool.h>
+#include <stddef.h>
 #include "config.h"
 
 struct lws_context;
@@ -24,5 +25,17 @@ const char *upstream_reason(void);
 const char *upstream_era(void);
 const char *upstream_default_workspace(void);
 unsigned upstream_reconnects(void);
+unsigned upstream_rotations(void);
+size_t upstream_window_used(void);
+bool upstream_draining(void);
+/* "" before any refresh, "ok", or why the last in-band refresh failed. */
+const char *upstream_reauth_status(void);
+/* Replaces the connection make-before-break (issue 5): a new one is opened and
+ * authenticated; the old one keeps receiving for its live requests, then closes. */
+void upstream_rotate(const char *why);
+/* SIGHUP: re-read --token-file; V2: re-authenticate in-band; otherwise rotate. */
+void upstream_reload_token(void);
+/* Begins a clean close of every connection. */
 void upstream_stop(void);
+bool upstream_closed(void);
 #endif

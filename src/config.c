@@ -17,7 +17,7 @@
 enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
-    O_PING_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_INSECURE,
+    O_PING_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_INSECURE,
     O_LOG_LEVEL, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_HELP, O_VERSION,
 };
@@ -71,6 +71,9 @@ static const struct opt_doc docs[] = {
      "ping the gateway after this much silence (default 20)"},
     {O_PING_TIMEOUT, "ping-timeout", "SECONDS", "TGBRIDGE_PING_TIMEOUT",
      "drop the connection this long after an unanswered ping (default 20)"},
+    {O_DRAIN_TIMEOUT, "drain-timeout", "SECONDS", "TGBRIDGE_DRAIN_TIMEOUT",
+     "how long live requests may finish on shutdown or on a rotated-out\n"
+     "connection before they are failed (default 10)"},
     {O_MAX_INFLIGHT, "max-inflight", "N", "TGBRIDGE_MAX_INFLIGHT",
      "requests in the gateway's window at once (default 15, limit 16)"},
     {O_MAX_QUEUE, "max-queue", "N", "TGBRIDGE_MAX_QUEUE",
@@ -289,13 +292,14 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
             return fail(err, errlen, "--max-body wants a size such as 1048576 or 50m");
         return 0;
     case O_REQUEST_TIMEOUT: case O_QUEUE_TIMEOUT: case O_HEARTBEAT: case O_RECONNECT_MIN:
-    case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: {
+    case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: case O_DRAIN_TIMEOUT: {
         double *dst = id == O_REQUEST_TIMEOUT ? &cfg->request_timeout
                     : id == O_QUEUE_TIMEOUT ? &cfg->queue_timeout
                     : id == O_HEARTBEAT ? &cfg->heartbeat
                     : id == O_RECONNECT_MIN ? &cfg->reconnect_min
                     : id == O_RECONNECT_MAX ? &cfg->reconnect_max
-                    : id == O_PING_INTERVAL ? &cfg->ping_interval : &cfg->ping_timeout;
+                    : id == O_PING_INTERVAL ? &cfg->ping_interval
+                    : id == O_DRAIN_TIMEOUT ? &cfg->drain_timeout : &cfg->ping_timeout;
         if (parse_seconds(v, dst))
             return fail(err, errlen, "option wants seconds (fractions allowed), got '%s'", v);
         return 0;
@@ -349,6 +353,7 @@ static void defaults(struct config *cfg)
     cfg->reconnect_max = 30;
     cfg->ping_interval = 20;
     cfg->ping_timeout = 20;
+    cfg->drain_timeout = 10;
     cfg->max_inflight = 15;
     cfg->max_queue = 4096;
     cfg->log_level = LOG_INFO;

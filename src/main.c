@@ -18,8 +18,6 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#define DRAIN_SECONDS 10.0
-
 static struct config cfg;
 static struct listener *rest_listener;
 static struct unix_listener *unix_listener;
@@ -27,12 +25,27 @@ static bool draining;
 static double drain_deadline;
 static lws_sorted_usec_list_t drain_sul;
 
+static lws_sorted_usec_list_t close_sul;
+static double close_deadline;
+
+/* Waits (briefly) for the upstream close handshake before leaving the loop. */
+static void close_check(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    if (upstream_closed() || now_mono() >= close_deadline) {
+        loop_stop();
+        return;
+    }
+    lws_sul_schedule(loop_ctx(), 0, &close_sul, close_check, 20 * 1000);
+}
+
 static void finish(void)
 {
     rest_fail_all(503, "shutting-down", "tgbridge is shutting down");
     line_fail_all("shutting-down", "tgbridge is shutting down");
     upstream_stop();
-    loop_stop();
+    close_deadline = now_mono() + 1.0;
+    close_check(NULL);
 }
 
 static void drain_check(lws_sorted_usec_list_t *sul)
@@ -53,13 +66,13 @@ static void begin_shutdown(int sig)
         return;
     }
     draining = true;
-    log_info("%s: no longer accepting; waiting up to %.0f s for %zu call(s) to finish",
-             sig == SIGINT ? "SIGINT" : "SIGTERM", DRAIN_SECONDS, rest_active_calls() + line_pending_requests());
+    log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish",
+             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout, rest_active_calls() + line_pending_requests());
     listener_close(rest_listener);
     rest_listener = NULL;
     unix_listener_close(unix_listener);
     unix_listener = NULL;
-    drain_deadline = now_mono() + DRAIN_SECONDS;
+    drain_deadline = now_mono() + cfg.drain_timeout;
     drain_check(NULL);
 }
 
@@ -73,7 +86,7 @@ static void on_signal(void *arg)
             begin_shutdown((int)si.ssi_signo);
             break;
         case SIGHUP:
-            log_info("SIGHUP: the token file is re-read at the next connection");
+            upstream_reload_token();
             break;
         default:
             break;

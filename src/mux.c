@@ -100,6 +100,7 @@ static void request_expired(lws_sorted_usec_list_t *sul)
     /* The gateway has no cancel: the id stays in the window ledger until the gateway
      * completes it or the socket goes; late frames for it are dropped. */
     fail(req, 504, "request-timeout", msg);
+    upstream_kick(); /* an abandoned request may now pin the window: rotation? */
 }
 
 void mux_submit(struct request *req)
@@ -132,24 +133,65 @@ void mux_detach(struct request *req)
         reqtable_dequeue(&M.rt, req);
         req->state = REQ_CLOSED;
     }
-    if (req->state != REQ_SENT)
+    if (req->state != REQ_SENT) {
         lws_sul_cancel(&req->sul);
-    reqtable_release(&M.rt, req);
+        reqtable_release(&M.rt, req);
+    } else {
+        upstream_kick(); /* it may pin the window now that nobody waits for it */
+    }
 }
 
-bool mux_has_sendable(void)
+bool mux_queue_empty(void)
 {
-    return M.rt.nqueued && reqtable_window_has_room(&M.rt, M.cfg->max_inflight);
+    return M.rt.nqueued == 0;
 }
 
-struct request *mux_next_to_send(void)
+bool mux_has_sendable(const struct window *w)
 {
-    if (!mux_has_sendable())
+    return M.rt.nqueued && window_has_room(w, M.cfg->max_inflight);
+}
+
+struct request *mux_next_to_send(struct window *w)
+{
+    if (!mux_has_sendable(w))
         return NULL;
     struct request *req = reqtable_queue_head(&M.rt);
     lws_sul_cancel(&req->sul);
-    reqtable_mark_sent(&M.rt, req);
+    reqtable_mark_sent(&M.rt, req, w);
     return req;
+}
+
+size_t mux_window_live(const struct window *w)
+{
+    size_t n = 0;
+    for (const struct list *p = w->list.next; p != &w->list; p = p->next) {
+        const struct request *r = list_entry(p, struct request, wnode);
+        if (r->state == REQ_SENT && !r->answered)
+            n++;
+    }
+    return n;
+}
+
+bool mux_window_blocked_by_abandoned(const struct window *w)
+{
+    if (!M.rt.nqueued || window_has_room(w, M.cfg->max_inflight))
+        return false;
+    for (const struct list *p = w->list.next; p != &w->list; p = p->next) {
+        const struct request *r = list_entry(p, struct request, wnode);
+        if (r->state == REQ_SENT && r->answered)
+            return true;
+    }
+    return false;
+}
+
+void mux_fail_window(struct window *w, int status, const char *type, const char *why)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->list) {
+        struct request *r = list_entry(pos, struct request, wnode);
+        if (r->state == REQ_SENT && !r->answered)
+            fail(r, status, type, why);
+    }
 }
 
 void mux_sent(struct request *req)
@@ -203,12 +245,12 @@ static bool orphan_matches(const struct request *req, const char *msg)
  * Only a request that has had no frame yet can be its owner.  One candidate gets the
  * error; several all get an honest "ambiguous" failure instead of a guess, so no
  * caller waits for a reply that will never come and none gets someone else's. */
-static void on_orphan(const struct frame *f)
+static void on_orphan(const struct frame *f, struct window *w)
 {
     struct request *cands[64];
     size_t n = 0;
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &M.rt.window) {
+    list_for_each_safe(pos, tmp, &w->list) {
         struct request *r = list_entry(pos, struct request, wnode);
         if (r->state == REQ_SENT && !r->got_frame && orphan_matches(r, f->err_message) &&
             n < sizeof cands / sizeof cands[0])
@@ -240,31 +282,26 @@ static void on_orphan(const struct frame *f)
     }
 }
 
-void mux_on_frame(const struct frame *f)
+void mux_on_frame(const struct frame *f, struct window *w)
 {
     if (f->kind == FRAME_ORPHAN_ERROR) {
-        on_orphan(f);
+        on_orphan(f, w);
         return;
     }
     if (!f->has_id)
         return;
     struct request *req = reqtable_lookup(&M.rt, f->id);
-    if (!req) {
+    if (!req || req->win != w) {
         log_debug("dropping frame for retired id %s", f->id);
         return;
     }
     deliver(req, f);
 }
 
-void mux_upstream_ready(void)
-{
-    upstream_kick();
-}
-
-void mux_upstream_lost(const char *why)
+void mux_upstream_lost(struct window *w, const char *why)
 {
     struct list dropped, *pos, *tmp;
-    reqtable_drop_window(&M.rt, &dropped);
+    reqtable_drop_window(&M.rt, w, &dropped);
     char msg[512];
     snprintf(msg, sizeof msg, "the gateway connection was lost before the reply completed (%s); "
                               "the request was not retried", why);
@@ -279,7 +316,6 @@ void mux_upstream_lost(const char *why)
 void mux_get_stats(struct mux_stats *out)
 {
     out->queued = M.rt.nqueued;
-    out->window = M.rt.nwindow;
     out->live = M.rt.nlive;
     out->submitted = M.submitted;
     out->completed = M.completed;

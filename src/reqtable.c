@@ -15,7 +15,6 @@ void reqtable_init(struct reqtable *rt, const char *prefix)
 {
     memset(rt, 0, sizeof *rt);
     list_init(&rt->queue);
-    list_init(&rt->window);
     rt->nbuckets = 256;
     rt->buckets = calloc(rt->nbuckets, sizeof *rt->buckets);
     if (!rt->buckets)
@@ -101,17 +100,24 @@ struct request *reqtable_queue_head(struct reqtable *rt)
     return list_empty(&rt->queue) ? NULL : list_entry(rt->queue.next, struct request, qnode);
 }
 
-bool reqtable_window_has_room(const struct reqtable *rt, int max)
+void window_init(struct window *w)
 {
-    return rt->nwindow < (size_t)max;
+    list_init(&w->list);
+    w->n = 0;
 }
 
-void reqtable_mark_sent(struct reqtable *rt, struct request *req)
+bool window_has_room(const struct window *w, int max)
+{
+    return w->n < (size_t)max;
+}
+
+void reqtable_mark_sent(struct reqtable *rt, struct request *req, struct window *w)
 {
     reqtable_dequeue(rt, req);
     req->state = REQ_SENT;
-    list_add_tail(&rt->window, &req->wnode);
-    rt->nwindow++;
+    req->win = w;
+    list_add_tail(&w->list, &req->wnode);
+    w->n++;
     hash_in(rt, req);
 }
 
@@ -123,14 +129,15 @@ struct request *reqtable_lookup(struct reqtable *rt, const char *id)
     return NULL;
 }
 
-static void prune_front(struct reqtable *rt)
+static void prune_front(struct reqtable *rt, struct window *w)
 {
-    while (!list_empty(&rt->window)) {
-        struct request *head = list_entry(rt->window.next, struct request, wnode);
+    while (!list_empty(&w->list)) {
+        struct request *head = list_entry(w->list.next, struct request, wnode);
         if (head->state != REQ_CLOSED)
             break;
         list_del(&head->wnode);
-        rt->nwindow--;
+        head->win = NULL;
+        w->n--;
         reqtable_release(rt, head);
     }
 }
@@ -139,16 +146,18 @@ void reqtable_close(struct reqtable *rt, struct request *req)
 {
     req->state = REQ_CLOSED;
     unhash(rt, req);
-    prune_front(rt);
+    if (req->win)
+        prune_front(rt, req->win);
 }
 
-void reqtable_drop_window(struct reqtable *rt, struct list *out)
+void reqtable_drop_window(struct reqtable *rt, struct window *w, struct list *out)
 {
     list_init(out);
-    while (!list_empty(&rt->window)) {
-        struct request *r = list_entry(rt->window.next, struct request, wnode);
+    while (!list_empty(&w->list)) {
+        struct request *r = list_entry(w->list.next, struct request, wnode);
         list_del(&r->wnode);
-        rt->nwindow--;
+        r->win = NULL;
+        w->n--;
         unhash(rt, r);
         r->state = REQ_CLOSED;
         list_add_tail(out, &r->wnode);
@@ -168,16 +177,10 @@ bool reqtable_release(struct reqtable *rt, struct request *req)
     return true;
 }
 
+/* Windows belong to connections, which drop them (reqtable_drop_window) first. */
 void reqtable_destroy(struct reqtable *rt)
 {
-    struct list dropped, *pos, *tmp;
-    reqtable_drop_window(rt, &dropped);
-    list_for_each_safe(pos, tmp, &dropped) {
-        struct request *r = list_entry(pos, struct request, wnode);
-        list_del(pos);
-        r->owner = NULL;
-        reqtable_release(rt, r);
-    }
+    struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &rt->queue) {
         struct request *r = list_entry(pos, struct request, qnode);
         reqtable_dequeue(rt, r);

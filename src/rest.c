@@ -236,11 +236,15 @@ static enum MHD_Result serve_status(struct MHD_Connection *c, enum route route)
             buf_json_string(&b, upstream_default_workspace(), strlen(upstream_default_workspace()));
         else
             buf_puts(&b, "null");
+        buf_puts(&b, ",\"reauth\":");
+        buf_json_string(&b, upstream_reauth_status(), strlen(upstream_reauth_status()));
         buf_printf(&b,
-                   ",\"reconnects\":%u},\"requests\":{\"in_flight\":%zu,\"queued\":%zu,\"window_used\":%zu,"
+                   ",\"reconnects\":%u,\"rotations\":%u,\"draining_old_connection\":%s},"
+                   "\"requests\":{\"in_flight\":%zu,\"queued\":%zu,\"window_used\":%zu,"
                    "\"window_max\":%d,\"submitted\":%llu,\"completed\":%llu,\"failed\":%llu},"
                    "\"rest\":{\"active_calls\":%zu},\"uptime_seconds\":%.3f}",
-                   upstream_reconnects(), ms.window, ms.queued, ms.window, R.cfg->max_inflight, ms.submitted,
+                   upstream_reconnects(), upstream_rotations(), upstream_draining() ? "true" : "false",
+                   ms.live - ms.queued, ms.queued, upstream_window_used(), R.cfg->max_inflight, ms.submitted,
                    ms.completed, ms.failed, R.ncalls, now_mono() - R.started);
     }
     enum MHD_Result ret = queue_json(c, status, buf_ptr(&b), b.len, NULL);

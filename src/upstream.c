@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* Fragment size for large envelopes: big enough to be cheap, small enough that the
  * kernel nearly always takes it whole and pings can interleave (libraries.md b6). */
@@ -16,30 +17,44 @@
 /* Replies have no size limit at the gateway (ref §2.4); cap what one frame may cost us. */
 #define MAX_REPLY_FRAME (512u * 1024 * 1024)
 
-static struct {
-    struct lws_context *ctx;
-    struct config *cfg;
+/* One WebSocket to the gateway.  Normally there is one, `cur`; while the socket is
+ * rotated (make-before-break) the previous one drains as `old`, receiving replies
+ * for its live requests but sending nothing new. */
+struct upconn {
     struct lws *wsi;
+    unsigned serial;
     enum upstream_state state;
-    char reason[512];
-    char era[48];
-    char default_ws[256];
-    bool auth_frame_due;     /* the first-frame auth still has to be written */
+    bool draining;
     bool kill;               /* close from the next WRITEABLE */
-    bool auth_rejected;      /* the last connection failed on credentials */
-    bool stopping;
+    bool auth_frame_due;     /* an auth frame (first or refresh) still has to be written */
+    bool reauthenticating;   /* a refresh frame was sent, its reply not yet seen */
+    struct window win;       /* this socket's share of the gateway's window */
     struct request *sending; /* an envelope partly written */
     struct buf rx;
     bool rx_overflow;
-    lws_sorted_usec_list_t retry_sul, auth_sul;
+    lws_sorted_usec_list_t auth_sul;
+    char path[4096];
+    char host_header[300];
+};
+
+static struct {
+    struct lws_context *ctx;
+    struct config *cfg;
+    struct upconn *cur, *old;
+    char reason[512];
+    char era[48];
+    char default_ws[256];
+    char reauth_status[160];
+    bool auth_rejected;      /* the last connection failed on credentials */
+    bool stopping;
+    lws_sorted_usec_list_t retry_sul, drain_sul, rotate_sul;
     uint16_t retry_count;
-    unsigned reconnects;
+    unsigned reconnects, rotations, serial;
     bool ever_connected;
     lws_retry_bo_t retry;
     uint32_t retry_table[16];
-    char path[4096];
-    char host_header[300];
     char last_logged_reason[512];
+    double drain_deadline;
 } U;
 
 static void set_reason(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -51,12 +66,16 @@ static void set_reason(const char *fmt, ...)
     va_end(ap);
 }
 
-bool upstream_ready(void) { return U.state == UP_READY; }
-enum upstream_state upstream_state(void) { return U.state; }
-const char *upstream_reason(void) { return U.state == UP_READY ? "" : U.reason; }
+bool upstream_ready(void) { return U.cur && U.cur->state == UP_READY; }
+enum upstream_state upstream_state(void) { return U.cur ? U.cur->state : UP_DOWN; }
+const char *upstream_reason(void) { return upstream_ready() ? "" : U.reason; }
 const char *upstream_era(void) { return U.era; }
 const char *upstream_default_workspace(void) { return U.default_ws; }
 unsigned upstream_reconnects(void) { return U.reconnects; }
+unsigned upstream_rotations(void) { return U.rotations; }
+const char *upstream_reauth_status(void) { return U.reauth_status; }
+size_t upstream_window_used(void) { return U.cur ? U.cur->win.n : 0; }
+bool upstream_draining(void) { return U.old != NULL; }
 
 static const char *token(void)
 {
@@ -85,6 +104,7 @@ static void build_retry_policy(void)
     U.retry.retry_ms_table = U.retry_table;
     U.retry.retry_ms_table_count = n;
     U.retry.conceal_count = LWS_RETRY_CONCEAL_ALWAYS;
+    /* lws counts whole seconds; round up so a 0.5 s setting still pings. */
     double ping = U.cfg->ping_interval < 1 ? 1 : U.cfg->ping_interval;
     double hang = ping + (U.cfg->ping_timeout < 1 ? 1 : U.cfg->ping_timeout);
     U.retry.secs_since_valid_ping = (uint16_t)(ping > 65000 ? 65000 : ping + 0.999);
@@ -96,11 +116,11 @@ static void connect_now(lws_sorted_usec_list_t *sul);
 
 static void schedule_reconnect(void)
 {
-    if (U.stopping)
+    if (U.stopping || U.cur)
         return;
     if (U.auth_rejected) {
-        /* Hammering a gateway that refuses the token helps nobody (issue: backoff resets
-         * only after a successful authentication). */
+        /* Hammering a gateway that refuses the token helps nobody: the backoff resets
+         * only after a successful authentication. */
         lws_sul_schedule(U.ctx, 0, &U.retry_sul, connect_now, seconds_to_us(U.cfg->reconnect_max));
         return;
     }
@@ -118,60 +138,93 @@ static void log_down(void)
     }
 }
 
-static void went_down(void)
+/* Aborts the TCP connection: a gateway whose reader is stalled would never answer a
+ * close handshake (ref §2.4 "Close frames while back-pressured"). */
+static void conn_abort(struct upconn *c)
 {
-    bool was_connected = U.state == UP_READY || U.state == UP_AUTHENTICATING;
-    U.wsi = NULL;
-    U.state = UP_DOWN;
-    U.sending = NULL;
-    U.kill = false;
-    U.auth_frame_due = false;
-    buf_free(&U.rx);
-    U.rx_overflow = false;
-    lws_sul_cancel(&U.auth_sul);
-    if (was_connected || U.ever_connected)
-        mux_upstream_lost(U.stopping ? "tgbridge is shutting down" : U.reason);
-    if (U.stopping)
+    if (c->wsi) {
+        int fd = (int)lws_get_socket_fd(c->wsi);
+        if (fd >= 0)
+            shutdown(fd, SHUT_RDWR);
+        c->kill = true;
+        lws_callback_on_writable(c->wsi);
+    }
+}
+
+static void check_old(void);
+
+static void conn_gone(struct upconn *c)
+{
+    const char *why = U.stopping ? "tgbridge is shutting down"
+                      : c->draining ? "the rotated-out gateway connection closed" : U.reason;
+    mux_upstream_lost(&c->win, why);
+    lws_sul_cancel(&c->auth_sul);
+    buf_free(&c->rx);
+    if (c == U.old) {
+        U.old = NULL;
+        lws_sul_cancel(&U.drain_sul);
+        log_info("rotated-out connection #%u closed", c->serial);
+    }
+    bool was_cur = c == U.cur;
+    if (was_cur)
+        U.cur = NULL;
+    free(c);
+    if (!was_cur || U.stopping)
         return;
     log_down();
     schedule_reconnect();
 }
 
-static void became_ready(const char *era, const char *workspace)
+static void rotate_check(lws_sorted_usec_list_t *sul);
+
+static void became_ready(struct upconn *c, const char *era, const char *workspace)
 {
-    U.state = UP_READY;
+    c->state = UP_READY;
     U.retry_count = 0;
     U.auth_rejected = false;
-    lws_sul_cancel(&U.auth_sul);
+    lws_sul_cancel(&c->auth_sul);
     bool era_changed = strcmp(U.era, era) != 0;
     snprintf(U.era, sizeof U.era, "%s", era);
     if (workspace)
         snprintf(U.default_ws, sizeof U.default_ws, "%s", workspace);
     U.last_logged_reason[0] = '\0';
-    log_info("upstream ready: %s auth=%s era=%s%s%s%s", U.cfg->gateway, auth_mode_name(U.cfg->auth), U.era,
-             U.default_ws[0] ? " default_workspace=" : "", U.default_ws, era_changed ? "" : " (reconnected)");
-    mux_upstream_ready();
+    log_info("upstream ready (connection #%u): %s auth=%s era=%s%s%s%s", c->serial, U.cfg->gateway,
+             auth_mode_name(U.cfg->auth), U.era, U.default_ws[0] ? " default_workspace=" : "", U.default_ws,
+             era_changed ? "" : " (same era as before)");
+    check_old();
+    upstream_kick();
 }
 
 static void auth_timed_out(lws_sorted_usec_list_t *sul)
 {
-    (void)sul;
-    set_reason("no reply to the authentication frame");
-    U.kill = true;
-    if (U.wsi)
-        lws_callback_on_writable(U.wsi);
+    struct upconn *c = lws_container_of(sul, struct upconn, auth_sul);
+    if (c->state == UP_AUTHENTICATING) {
+        set_reason("no reply to the authentication frame");
+        conn_abort(c);
+    } else if (c->reauthenticating) {
+        c->reauthenticating = false;
+        snprintf(U.reauth_status, sizeof U.reauth_status, "no reply to the re-authentication frame");
+        log_warn("no reply to the re-authentication frame; rotating the connection instead");
+        upstream_rotate("re-authentication unanswered");
+    }
 }
 
 static void connect_now(lws_sorted_usec_list_t *sul)
 {
     (void)sul;
-    if (U.stopping || U.wsi)
+    if (U.stopping || U.cur)
         return;
     char err[256];
     if (config_read_token_file(U.cfg, err, sizeof err)) {
         /* Keep the last token we had; a file mid-rotation must not take us down. */
         log_warn("%s", err);
     }
+    struct upconn *c = calloc(1, sizeof *c);
+    if (!c)
+        abort();
+    c->serial = ++U.serial;
+    window_init(&c->win);
+    buf_init(&c->rx, 0);
     struct buf path;
     buf_init(&path, 0);
     buf_printf(&path, "%s/api/v1/socket", U.cfg->gw.base_path);
@@ -182,17 +235,19 @@ static void connect_now(lws_sorted_usec_list_t *sul)
         buf_printf(&path, "?token=%s", enc ? enc : "");
         free(enc);
     }
-    if (path.len >= sizeof U.path) {
+    bool too_long = path.len >= sizeof c->path;
+    if (!too_long)
+        memcpy(c->path, buf_ptr(&path), path.len + 1);
+    explicit_bzero(path.data, path.cap);
+    buf_free(&path);
+    if (too_long) {
         set_reason("gateway path plus token is too long");
-        buf_free(&path);
+        free(c);
         schedule_reconnect();
         return;
     }
-    memcpy(U.path, buf_ptr(&path), path.len + 1);
-    explicit_bzero(buf_ptr(&path), path.len);
-    buf_free(&path);
     bool v6 = strchr(U.cfg->gw.host, ':') != NULL;
-    snprintf(U.host_header, sizeof U.host_header, "%s%s%s:%d", v6 ? "[" : "", U.cfg->gw.host, v6 ? "]" : "",
+    snprintf(c->host_header, sizeof c->host_header, "%s%s%s:%d", v6 ? "[" : "", U.cfg->gw.host, v6 ? "]" : "",
              U.cfg->gw.port);
 
     struct lws_client_connect_info i;
@@ -200,13 +255,14 @@ static void connect_now(lws_sorted_usec_list_t *sul)
     i.context = U.ctx;
     i.address = U.cfg->gw.host;
     i.port = U.cfg->gw.port;
-    i.path = U.path;
-    i.host = U.host_header;
+    i.path = c->path;
+    i.host = c->host_header;
     i.origin = NULL;
     i.protocol = NULL;
     i.local_protocol_name = "tgb-upstream";
     i.retry_and_idle_policy = &U.retry;
-    i.pwsi = &U.wsi;
+    i.opaque_user_data = c;
+    i.pwsi = &c->wsi;
     if (U.cfg->gw.tls) {
         i.ssl_connection = LCCSCF_USE_SSL;
         if (U.cfg->insecure)
@@ -214,48 +270,107 @@ static void connect_now(lws_sorted_usec_list_t *sul)
                                 LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
         i.alpn = "http/1.1";
     }
-    U.state = UP_CONNECTING;
-    log_debug("connecting to %s", U.cfg->gateway);
-    if (!lws_client_connect_via_info(&i)) {
-        /* A CONNECTION_ERROR callback may already have run and scheduled the retry. */
-        if (U.state == UP_CONNECTING) {
-            set_reason("cannot start a connection to %s", U.cfg->gateway);
-            U.wsi = NULL;
-            U.state = UP_DOWN;
-            log_down();
-            schedule_reconnect();
-        }
+    c->state = UP_CONNECTING;
+    U.cur = c;
+    log_debug("connecting to %s (connection #%u)", U.cfg->gateway, c->serial);
+    if (!lws_client_connect_via_info(&i) && U.cur == c) {
+        /* No CONNECTION_ERROR callback ran for it (that would have freed c). */
+        set_reason("cannot start a connection to %s", U.cfg->gateway);
+        U.cur = NULL;
+        free(c);
+        log_down();
+        schedule_reconnect();
     }
+}
+
+/* Rotation: abandoned requests (timed out, caller gone) still count in the gateway's
+ * window until the gateway's own timeout — only a new socket frees it (issue 5). */
+static void rotate_check(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    if (!U.old && upstream_ready() && mux_window_blocked_by_abandoned(&U.cur->win))
+        upstream_rotate("requests nobody waits for any more hold the gateway's window");
 }
 
 void upstream_kick(void)
 {
-    if (U.wsi && U.state == UP_READY && (U.sending || mux_has_sendable()))
-        lws_callback_on_writable(U.wsi);
+    struct upconn *c = U.cur;
+    if (!c || c->state != UP_READY || !c->wsi)
+        return;
+    if (c->sending || mux_has_sendable(&c->win) || c->auth_frame_due)
+        lws_callback_on_writable(c->wsi);
+    else if (!U.old && !mux_queue_empty())
+        lws_sul_schedule(U.ctx, 0, &U.rotate_sul, rotate_check, 1);
 }
 
-static void on_established(struct lws *wsi)
+static void drain_expired(lws_sorted_usec_list_t *sul)
 {
-    if (U.ever_connected)
-        U.reconnects++;
-    U.ever_connected = true;
-    if (!sends_auth_frame()) {
-        became_ready(U.cfg->auth == AUTH_QUERY ? "not probed (--auth query)" : "not probed (--auth header)", NULL);
+    (void)sul;
+    struct upconn *o = U.old;
+    if (!o)
+        return;
+    char msg[200];
+    snprintf(msg, sizeof msg, "the gateway connection was rotated and the request did not finish within "
+                              "--drain-timeout (%.3g s)", U.cfg->drain_timeout);
+    mux_fail_window(&o->win, 502, "upstream-disconnected", msg);
+    conn_abort(o);
+}
+
+/* The old socket closes once the new one is ready and nobody waits on the old one. */
+static void check_old(void)
+{
+    struct upconn *o = U.old;
+    if (!o || o->kill)
+        return;
+    if (upstream_ready() && mux_window_live(&o->win) == 0) {
+        log_info("closing rotated-out connection #%u (nothing left to wait for)", o->serial);
+        conn_abort(o);
+    }
+}
+
+void upstream_rotate(const char *why)
+{
+    if (U.stopping || !U.cur || U.old)
+        return;
+    struct upconn *c = U.cur;
+    if (c->state != UP_READY) {
+        /* Not established yet: a new attempt will pick the new settings up anyway. */
         return;
     }
-    U.state = UP_AUTHENTICATING;
-    U.auth_frame_due = true;
+    U.rotations++;
+    log_info("rotating the gateway connection (make-before-break): %s", why);
+    c->draining = true;
+    U.old = c;
+    U.cur = NULL;
+    U.drain_deadline = now_mono() + U.cfg->drain_timeout;
+    lws_sul_schedule(U.ctx, 0, &U.drain_sul, drain_expired, seconds_to_us(U.cfg->drain_timeout));
+    lws_sul_cancel(&U.retry_sul);
+    connect_now(NULL);
+}
+
+static void on_established(struct upconn *c)
+{
+    if (U.ever_connected && !U.old)
+        U.reconnects++; /* a rotation is not a reconnect */
+    U.ever_connected = true;
+    if (!sends_auth_frame()) {
+        became_ready(c, U.cfg->auth == AUTH_QUERY ? "not probed (--auth query)" : "not probed (--auth header)",
+                     NULL);
+        return;
+    }
+    c->state = UP_AUTHENTICATING;
+    c->auth_frame_due = true;
     double t = U.cfg->ping_timeout > 5 ? U.cfg->ping_timeout : 5;
-    lws_sul_schedule(U.ctx, 0, &U.auth_sul, auth_timed_out, seconds_to_us(t));
-    lws_callback_on_writable(wsi);
+    lws_sul_schedule(U.ctx, 0, &c->auth_sul, auth_timed_out, seconds_to_us(t));
+    lws_callback_on_writable(c->wsi);
 }
 
 /* Reference §1.1: the reply to the auth frame tells the era. */
-static int on_auth_reply(const struct frame *f)
+static int on_auth_reply(struct upconn *c, const struct frame *f)
 {
     switch (f->kind) {
     case FRAME_AUTH_OK:
-        became_ready(f->auth_new_field ? "v2c/v2d" : "v2a/v2b", f->workspace);
+        became_ready(c, f->auth_new_field ? "v2c/v2d" : "v2a/v2b", f->workspace);
         return 0;
     case FRAME_AUTH_FAILED:
         set_reason("the gateway rejected the token (auth-failed: %s)", f->err_message);
@@ -267,7 +382,7 @@ static int on_auth_reply(const struct frame *f)
         if (U.cfg->auth == AUTH_FIRST_FRAME)
             log_warn("gateway does not understand first-frame auth (a V1 gateway); "
                      "it accepted the connection without a token");
-        became_ready(f->error_is_string ? "v1a" : "v1b/v1c", NULL);
+        became_ready(c, f->error_is_string ? "v1a" : "v1b/v1c", NULL);
         return 0;
     default:
         log_debug("ignoring frame before authentication");
@@ -275,52 +390,76 @@ static int on_auth_reply(const struct frame *f)
     }
 }
 
-static int on_message(const char *text, size_t len)
+/* Reply to an in-band refresh (ref §3.2): failure keeps the previous identity. */
+static void on_reauth_reply(struct upconn *c, const struct frame *f)
+{
+    if (!c->reauthenticating) {
+        log_debug("unexpected %s", f->kind == FRAME_AUTH_OK ? "auth-ok" : "auth-failed");
+        return;
+    }
+    c->reauthenticating = false;
+    lws_sul_cancel(&c->auth_sul);
+    if (f->kind == FRAME_AUTH_OK) {
+        if (f->workspace[0])
+            snprintf(U.default_ws, sizeof U.default_ws, "%s", f->workspace);
+        snprintf(U.reauth_status, sizeof U.reauth_status, "ok");
+        log_info("re-authenticated in-band with the new token (auth-ok)");
+    } else {
+        snprintf(U.reauth_status, sizeof U.reauth_status, "rejected: %s", f->err_message);
+        log_error("the gateway rejected the new token (auth-failed: %s); the open connection keeps its "
+                  "previous identity, and the next connection will use the new token",
+                  f->err_message);
+    }
+}
+
+static int on_message(struct upconn *c, const char *text, size_t len)
 {
     struct frame f;
     frame_parse(text, len, &f);
     int rc = 0;
     if (f.kind == FRAME_INVALID) {
         log_warn("dropping a gateway frame that is not a JSON object (%zu bytes)", len);
-    } else if (U.state == UP_AUTHENTICATING) {
-        rc = on_auth_reply(&f);
+    } else if (c->state == UP_AUTHENTICATING) {
+        rc = on_auth_reply(c, &f);
     } else if (f.kind == FRAME_AUTH_OK || f.kind == FRAME_AUTH_FAILED) {
-        log_info("re-authentication reply: %s", f.kind == FRAME_AUTH_OK ? "auth-ok" : "auth-failed");
+        on_reauth_reply(c, &f);
     } else {
-        mux_on_frame(&f);
+        mux_on_frame(&f, &c->win);
+        if (c->draining)
+            check_old();
     }
     frame_free(&f);
     return rc;
 }
 
-static int on_receive(struct lws *wsi, const char *in, size_t len)
+static int on_receive(struct upconn *c, const char *in, size_t len)
 {
-    lws_validity_confirmed(wsi);
-    if (!U.rx_overflow) {
-        if (U.rx.len + len > MAX_REPLY_FRAME) {
-            U.rx_overflow = true;
-            buf_free(&U.rx);
+    lws_validity_confirmed(c->wsi);
+    if (!c->rx_overflow) {
+        if (c->rx.len + len > MAX_REPLY_FRAME) {
+            c->rx_overflow = true;
+            buf_free(&c->rx);
         } else {
-            buf_append(&U.rx, in, len);
+            buf_append(&c->rx, in, len);
         }
     }
-    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
+    if (!lws_is_final_fragment(c->wsi) || lws_remaining_packet_payload(c->wsi))
         return 0;
     int rc = 0;
-    if (U.rx_overflow) {
+    if (c->rx_overflow) {
         /* Its id is unknowable without parsing it; its caller's deadline answers it. */
         log_error("dropped a gateway frame larger than %u bytes", MAX_REPLY_FRAME);
-    } else if (U.rx.len) {
-        rc = on_message(buf_ptr(&U.rx), U.rx.len);
+    } else if (c->rx.len) {
+        rc = on_message(c, buf_ptr(&c->rx), c->rx.len);
     }
-    U.rx.len = 0;
-    U.rx_overflow = false;
-    if (U.rx.cap > 1024 * 1024)
-        buf_free(&U.rx); /* don't keep a multi-MB buffer for small frames */
+    c->rx.len = 0;
+    c->rx_overflow = false;
+    if (c->rx.cap > 1024 * 1024)
+        buf_free(&c->rx); /* don't keep a multi-MB buffer for small frames */
     return rc;
 }
 
-static int write_auth_frame(struct lws *wsi)
+static int write_auth_frame(struct upconn *c)
 {
     struct buf b;
     buf_init(&b, LWS_PRE);
@@ -328,18 +467,25 @@ static int write_auth_frame(struct lws *wsi)
     buf_json_string(&b, token(), strlen(token()));
     buf_puts(&b, "}");
     size_t len = b.len;
-    int n = lws_write(wsi, (unsigned char *)buf_ptr(&b), len, LWS_WRITE_TEXT);
+    int n = lws_write(c->wsi, (unsigned char *)buf_ptr(&b), len, LWS_WRITE_TEXT);
     explicit_bzero(b.data, b.cap);
     buf_free(&b);
-    U.auth_frame_due = false;
+    c->auth_frame_due = false;
+    if (c->state == UP_READY) {
+        c->reauthenticating = true;
+        double t = U.cfg->ping_timeout > 5 ? U.cfg->ping_timeout : 5;
+        lws_sul_schedule(U.ctx, 0, &c->auth_sul, auth_timed_out, seconds_to_us(t));
+    }
+    if (c->sending || mux_has_sendable(&c->win))
+        lws_callback_on_writable(c->wsi);
     return n < (int)len ? -1 : 0;
 }
 
-static int write_next(struct lws *wsi)
+static int write_next(struct upconn *c)
 {
-    if (!U.sending)
-        U.sending = mux_next_to_send();
-    struct request *req = U.sending;
+    if (!c->sending && !c->draining)
+        c->sending = mux_next_to_send(&c->win);
+    struct request *req = c->sending;
     if (!req)
         return 0;
     size_t total = req->frame.len, off = req->sent_off;
@@ -347,22 +493,27 @@ static int write_next(struct lws *wsi)
     int flags = lws_write_ws_flags(LWS_WRITE_TEXT, off == 0, off + chunk == total);
     /* For later fragments the LWS_PRE bytes before p were already sent; lws may use them. */
     unsigned char *p = (unsigned char *)buf_ptr(&req->frame) + off;
-    if (lws_write(wsi, p, chunk, (enum lws_write_protocol)flags) < 0)
+    if (lws_write(c->wsi, p, chunk, (enum lws_write_protocol)flags) < 0)
         return -1;
     req->sent_off += chunk;
     if (req->sent_off == total) {
-        U.sending = NULL;
-        log_debug("sent %s (%zu bytes) service=%s", req->id, total, req->service);
+        c->sending = NULL;
+        log_debug("sent %s (%zu bytes) service=%s on #%u", req->id, total, req->service, c->serial);
         mux_sent(req);
     }
-    if (U.sending || mux_has_sendable())
-        lws_callback_on_writable(wsi);
+    if (c->sending || (!c->draining && mux_has_sendable(&c->win)))
+        lws_callback_on_writable(c->wsi);
+    else if (!U.old && !mux_queue_empty())
+        lws_sul_schedule(U.ctx, 0, &U.rotate_sul, rotate_check, 1);
     return 0;
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     (void)user;
+    struct upconn *c = lws_get_opaque_user_data(wsi);
+    if (!c)
+        return 0;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
         if (U.cfg->auth == AUTH_HEADER && token()[0]) {
@@ -379,25 +530,25 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         break;
     case LWS_CALLBACK_CLIENT_ESTABLISHED:
-        on_established(wsi);
+        on_established(c);
         break;
     case LWS_CALLBACK_CLIENT_RECEIVE:
-        return on_receive(wsi, in, len);
+        return on_receive(c, in, len);
     case LWS_CALLBACK_CLIENT_RECEIVE_PONG:
         lws_validity_confirmed(wsi);
         break;
     case LWS_CALLBACK_CLIENT_WRITEABLE:
-        if (U.kill || U.stopping) {
+        if (c->kill || U.stopping) {
             lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
             return -1;
         }
-        if (U.state == UP_AUTHENTICATING && U.auth_frame_due)
-            return write_auth_frame(wsi);
-        if (U.state == UP_READY)
-            return write_next(wsi);
+        if (c->auth_frame_due)
+            return write_auth_frame(c);
+        if (c->state == UP_READY)
+            return write_next(c);
         break;
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
-        int status = wsi ? (int)lws_http_client_http_response(wsi) : 0;
+        int status = (int)lws_http_client_http_response(wsi);
         if (status == 401 || status == 403) {
             set_reason("the gateway refused the WebSocket upgrade with HTTP %d (wrong or missing token "
                        "for a V1 gateway)", status);
@@ -407,15 +558,18 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         } else {
             set_reason("cannot connect to %s: %s", U.cfg->gateway, in ? (const char *)in : "unknown error");
         }
-        went_down();
+        lws_set_opaque_user_data(wsi, NULL);
+        c->wsi = NULL;
+        conn_gone(c);
         break;
     }
     case LWS_CALLBACK_CLIENT_CLOSED:
-        if (U.state == UP_READY || U.state == UP_AUTHENTICATING) {
-            if (!U.auth_rejected && !U.kill)
-                set_reason("the gateway closed the connection");
-        }
-        went_down();
+        if (c == U.cur && (c->state == UP_READY || c->state == UP_AUTHENTICATING) && !U.auth_rejected &&
+            !c->kill)
+            set_reason("the gateway closed the connection");
+        lws_set_opaque_user_data(wsi, NULL);
+        c->wsi = NULL;
+        conn_gone(c);
         break;
     default:
         break;
@@ -430,8 +584,6 @@ int upstream_init(struct lws_context *ctx, struct config *cfg)
     memset(&U, 0, sizeof U);
     U.ctx = ctx;
     U.cfg = cfg;
-    U.state = UP_DOWN;
-    buf_init(&U.rx, 0);
     set_reason("not connected yet");
     snprintf(U.era, sizeof U.era, "unknown");
     build_retry_policy();
@@ -443,11 +595,61 @@ void upstream_start(void)
     connect_now(NULL);
 }
 
+void upstream_reload_token(void)
+{
+    if (!U.cfg->token_file) {
+        log_info("SIGHUP: no --token-file to re-read");
+        return;
+    }
+    char *before = U.cfg->token ? strdup(U.cfg->token) : NULL;
+    char err[256];
+    if (config_read_token_file(U.cfg, err, sizeof err)) {
+        log_error("SIGHUP: %s; keeping the current token", err);
+        free(before);
+        return;
+    }
+    bool changed = !before || strcmp(before, token());
+    if (before)
+        explicit_bzero(before, strlen(before));
+    free(before);
+    if (!changed) {
+        log_info("SIGHUP: token unchanged");
+        return;
+    }
+    struct upconn *c = U.cur;
+    if (!c || c->state != UP_READY) {
+        log_info("SIGHUP: new token read; the next connection uses it");
+        return;
+    }
+    if (sends_auth_frame() && !strncmp(U.era, "v2", 2)) {
+        /* Our window never exceeds the gateway's, so its reader is not stalled and
+         * reads the refresh at once (ref §3.2, §6.2). */
+        log_info("SIGHUP: new token read; re-authenticating in-band");
+        c->auth_frame_due = true;
+        lws_callback_on_writable(c->wsi);
+    } else {
+        upstream_rotate("the token changed (the gateway checks it only at the handshake)");
+    }
+}
+
 void upstream_stop(void)
 {
     U.stopping = true;
     lws_sul_cancel(&U.retry_sul);
-    lws_sul_cancel(&U.auth_sul);
-    if (U.wsi)
-        lws_callback_on_writable(U.wsi);
+    lws_sul_cancel(&U.drain_sul);
+    lws_sul_cancel(&U.rotate_sul);
+    struct upconn *both[2] = {U.cur, U.old};
+    for (int i = 0; i < 2; i++) {
+        struct upconn *c = both[i];
+        if (!c)
+            continue;
+        lws_sul_cancel(&c->auth_sul);
+        if (c->wsi)
+            lws_callback_on_writable(c->wsi); /* sends a close frame, then closes */
+    }
+}
+
+bool upstream_closed(void)
+{
+    return !U.cur && !U.old;
 }

@@ -220,19 +220,34 @@ static void test_body_check_matches_the_gateways_parser(void)
     cJSON_Delete(root);
 }
 
+static struct window W;
+
 static struct request *sent(struct reqtable *rt)
 {
     struct request *r = reqtable_new(rt);
     r->owner = rt; /* any non-NULL owner keeps it alive */
     reqtable_enqueue(rt, r);
-    reqtable_mark_sent(rt, r);
+    reqtable_mark_sent(rt, r, &W);
     return r;
+}
+
+static void drop_all(struct reqtable *rt)
+{
+    struct list dropped, *pos, *tmp;
+    reqtable_drop_window(rt, &W, &dropped);
+    list_for_each_safe(pos, tmp, &dropped) {
+        struct request *r = list_entry(pos, struct request, wnode);
+        list_del(pos);
+        r->owner = NULL;
+        reqtable_release(rt, r);
+    }
 }
 
 static void test_reqtable_ids_unique_and_lookup(void)
 {
     struct reqtable rt;
     reqtable_init(&rt, "tgb-t");
+    window_init(&W);
     struct request *a = sent(&rt), *b = sent(&rt);
     CHECK(strcmp(a->id, b->id) != 0);
     CHECK(reqtable_lookup(&rt, a->id) == a && reqtable_lookup(&rt, b->id) == b);
@@ -243,9 +258,8 @@ static void test_reqtable_ids_unique_and_lookup(void)
         many[i] = sent(&rt);
     for (int i = 0; i < 1000; i++)
         CHECK(reqtable_lookup(&rt, many[i]->id) == many[i]);
-    for (int i = 0; i < 1000; i++)
-        many[i]->owner = NULL;
-    a->owner = b->owner = NULL;
+    drop_all(&rt);
+    CHECK(rt.nlive == 0);
     reqtable_destroy(&rt);
 }
 
@@ -254,23 +268,24 @@ static void test_reqtable_window_anchored_at_oldest(void)
 {
     struct reqtable rt;
     reqtable_init(&rt, "w");
+    window_init(&W);
     struct request *r[16];
     for (int i = 0; i < 15; i++)
         r[i] = sent(&rt);
-    CHECK(reqtable_window_has_room(&rt, 16));
+    CHECK(window_has_room(&W, 16));
     r[15] = sent(&rt);
-    CHECK(!reqtable_window_has_room(&rt, 16));
+    CHECK(!window_has_room(&W, 16));
     /* finishing everything but the oldest frees nothing */
     for (int i = 1; i < 16; i++) {
         r[i]->owner = NULL;
         reqtable_close(&rt, r[i]);
     }
-    CHECK(rt.nwindow == 16 && !reqtable_window_has_room(&rt, 16));
+    CHECK(W.n == 16 && !window_has_room(&W, 16));
     CHECK(reqtable_lookup(&rt, r[5]->id) == NULL); /* late frames are dropped */
     /* the oldest finishing frees the whole run behind it */
     r[0]->owner = NULL;
     reqtable_close(&rt, r[0]);
-    CHECK(rt.nwindow == 0 && rt.nlive == 0);
+    CHECK(W.n == 0 && rt.nlive == 0);
     reqtable_destroy(&rt);
 }
 
@@ -278,16 +293,17 @@ static void test_reqtable_queue_fifo_and_drop(void)
 {
     struct reqtable rt;
     reqtable_init(&rt, "q");
+    window_init(&W);
     struct request *a = reqtable_new(&rt), *b = reqtable_new(&rt);
     a->owner = b->owner = &rt;
     reqtable_enqueue(&rt, a);
     reqtable_enqueue(&rt, b);
     CHECK(reqtable_queue_head(&rt) == a);
-    reqtable_mark_sent(&rt, a);
-    CHECK(reqtable_queue_head(&rt) == b && rt.nqueued == 1 && rt.nwindow == 1);
+    reqtable_mark_sent(&rt, a, &W);
+    CHECK(reqtable_queue_head(&rt) == b && rt.nqueued == 1 && W.n == 1 && a->win == &W);
     struct list dropped;
-    reqtable_drop_window(&rt, &dropped);
-    CHECK(rt.nwindow == 0 && !list_empty(&dropped) && list_entry(dropped.next, struct request, wnode) == a);
+    reqtable_drop_window(&rt, &W, &dropped);
+    CHECK(W.n == 0 && !list_empty(&dropped) && list_entry(dropped.next, struct request, wnode) == a);
     CHECK(reqtable_lookup(&rt, a->id) == NULL && a->state == REQ_CLOSED);
     list_del(&a->wnode);
     a->owner = NULL;
