@@ -37,7 +37,10 @@ struct config {
     int max_queue;
     char *workspace;           /* envelope workspace when the body names none */
     char *ca_file;
+    bool ca_only;              /* trust --ca-file alone, not the system store */
     bool insecure;
+    char *proxy;               /* --proxy as given; "none" = never */
+    char *proxy_used;          /* the decision: host:port (with user:pass@), or NULL */
     enum log_level log_level;
     /* Unix-domain socket (line JSON and HTTP) */
     char *unix_path;           /* NULL = disabled */
@@ -57,5 +60,10 @@ int config_parse_gateway(const char *url, struct gateway_url *out, char *err, si
 /* Re-reads --token-file (if any) into cfg->token. */
 int config_read_token_file(struct config *cfg, char *err, size_t errlen);
 const char *auth_mode_name(enum auth_mode m);
+/* The HTTP CONNECT proxy for the gateway, or NULL: --proxy, else https_proxy (wss/https)
+ * or http_proxy (ws/http) from the environment; no_proxy and loopback excluded.
+ * Returns "[user:pass@]host:port" (malloc'd). */
+char *config_pick_proxy(const struct gateway_url *gw, const char *flag);
+bool host_is_loopback(const char *host);
 void config_usage(FILE *out);
 #endif

@@ -6,6 +6,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -17,7 +18,7 @@
 enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
-    O_PING_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_INSECURE,
+    O_PING_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
     O_LOG_LEVEL, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_HELP, O_VERSION,
 };
@@ -82,6 +83,11 @@ static const struct opt_doc docs[] = {
      "envelope workspace for bodies without one (default: the gateway's)"},
     {O_CA_FILE, "ca-file", "PATH", "TGBRIDGE_CA_FILE",
      "extra CA certificates (PEM) for wss:// and https://"},
+    {O_CA_ONLY, "ca-only", NULL, "TGBRIDGE_CA_ONLY",
+     "trust only --ca-file, not the system's CA store"},
+    {O_PROXY, "proxy", "URL", "TGBRIDGE_PROXY",
+     "HTTP CONNECT proxy http://[user:pass@]host:port, or 'none' (default:\n"
+     "https_proxy / http_proxy, honouring no_proxy; loopback never proxied)"},
     {O_INSECURE, "insecure", NULL, "TGBRIDGE_INSECURE",
      "do not verify the gateway's TLS certificate (dangerous)"},
     {O_LOG_LEVEL, "log-level", "LEVEL", "TGBRIDGE_LOG_LEVEL",
@@ -331,6 +337,8 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
     }
     case O_CA_FILE: set_str(&cfg->ca_file, v); return 0;
     case O_INSECURE: cfg->insecure = !v || !*v || strcmp(v, "0"); return 0;
+    case O_CA_ONLY: cfg->ca_only = !v || !*v || strcmp(v, "0"); return 0;
+    case O_PROXY: set_str(&cfg->proxy, v); return 0;
     case O_LOG_LEVEL:
         if (log_parse_level(v, &cfg->log_level))
             return fail(err, errlen, "--log-level must be error, warn, info or debug");
@@ -398,7 +406,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
             v = getenv("GATEWAY_SECRET");
         if (!v || (!*v && docs[i].id != O_INSECURE))
             continue;
-        if (docs[i].id == O_INSECURE && !*v)
+        if ((docs[i].id == O_INSECURE || docs[i].id == O_CA_ONLY) && !*v)
             continue;
         char e2[256];
         if (apply(cfg, docs[i].id, v, e2, sizeof e2))
@@ -438,6 +446,8 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
         }
         if (c == O_INSECURE)
             cfg->insecure = true;
+        if (c == O_CA_ONLY)
+            cfg->ca_only = true;
     }
     if (optind < argc)
         return fail(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
@@ -447,9 +457,77 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
         cfg->reconnect_max = cfg->reconnect_min;
     if (cfg->token)
         log_add_secret(cfg->token);
+    if (cfg->ca_only && !cfg->ca_file)
+        return fail(err, errlen, "--ca-only needs --ca-file");
+    cfg->proxy_used = config_pick_proxy(&cfg->gw, cfg->proxy);
+    if (cfg->proxy_used && strchr(cfg->proxy_used, '@')) {
+        /* Proxy credentials are secrets too. */
+        char cred[256];
+        snprintf(cred, sizeof cred, "%.*s", (int)(strrchr(cfg->proxy_used, '@') - cfg->proxy_used),
+                 cfg->proxy_used);
+        log_add_secret(cred);
+    }
     if (config_read_token_file(cfg, err, errlen))
         return -1;
     return 0;
+}
+
+bool host_is_loopback(const char *host)
+{
+    size_t n = strlen(host);
+    return !strcasecmp(host, "localhost") || (n > 10 && !strcasecmp(host + n - 10, ".localhost")) ||
+           !strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcmp(host, "0:0:0:0:0:0:0:1");
+}
+
+/* curl's no_proxy rules, simplified: "*" matches everything; an entry matches the
+ * host itself and, for names, any subdomain ("example.com" and ".example.com"). */
+static bool no_proxy_matches(const char *host, const char *list)
+{
+    if (!list || !*list)
+        return false;
+    char *copy = strdup(list), *save = NULL;
+    bool hit = false;
+    for (char *t = strtok_r(copy, ", ", &save); t && !hit; t = strtok_r(NULL, ", ", &save)) {
+        if (!strcmp(t, "*")) {
+            hit = true;
+            break;
+        }
+        while (*t == '.')
+            t++;
+        size_t hl = strlen(host), tl = strlen(t);
+        if (!strcasecmp(host, t))
+            hit = true;
+        else if (hl > tl && host[hl - tl - 1] == '.' && !strcasecmp(host + hl - tl, t))
+            hit = true;
+    }
+    free(copy);
+    return hit;
+}
+
+char *config_pick_proxy(const struct gateway_url *gw, const char *flag)
+{
+    const char *p = flag;
+    if (p && (!strcmp(p, "none") || !*p))
+        return NULL;
+    if (!p) {
+        p = gw->tls ? getenv("https_proxy") : getenv("http_proxy");
+        if (!p || !*p)
+            p = gw->tls ? getenv("HTTPS_PROXY") : getenv("HTTP_PROXY");
+    }
+    if (!p || !*p || host_is_loopback(gw->host))
+        return NULL;
+    const char *np = getenv("no_proxy");
+    if (!np || !*np)
+        np = getenv("NO_PROXY");
+    if (no_proxy_matches(gw->host, np))
+        return NULL;
+    if (!strncmp(p, "http://", 7))
+        p += 7;
+    char *out = strdup(p);
+    size_t n = strlen(out);
+    while (n && out[n - 1] == '/')
+        out[--n] = '\0';
+    return out;
 }
 
 void config_free(struct config *cfg)
@@ -462,6 +540,8 @@ void config_free(struct config *cfg)
     free(cfg->workspace);
     free(cfg->ca_file);
     free(cfg->unix_path);
+    free(cfg->proxy);
+    free(cfg->proxy_used);
     free(cfg->unix_group);
     memset(cfg, 0, sizeof *cfg);
 }

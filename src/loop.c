@@ -64,6 +64,14 @@ int loop_init(const struct config *cfg)
     info.protocols = protocols;
     info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.client_ssl_ca_filepath = cfg->ca_file;
+    if (cfg->ca_only)
+        info.options |= LWS_SERVER_OPTION_DISABLE_OS_CA_CERTS;
+    /* The proxy decision is ours (config_pick_proxy); lws would otherwise read
+     * http_proxy by itself, even for wss:// and for loopback. */
+    if (cfg->proxy_used)
+        info.http_proxy_address = cfg->proxy_used;
+    else
+        unsetenv("http_proxy");
     /* Room for a long JWT in the handshake headers (libraries.md b2). */
     info.pt_serv_buf_size = 32 * 1024;
     info.connect_timeout_secs = 10;

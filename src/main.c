@@ -125,6 +125,10 @@ int main(int argc, char **argv)
     if (cfg.insecure)
         log_warn("--insecure: the gateway's TLS certificate is NOT verified; anyone on the path can "
                  "read the token and every request");
+    if (cfg.proxy_used) {
+        const char *at = strrchr(cfg.proxy_used, '@');
+        log_info("connecting to the gateway through the HTTP proxy %s", at ? at + 1 : cfg.proxy_used);
+    }
     if (loop_init(&cfg) || setup_signals()) {
         log_error("cannot set up the event loop");
         return 1;

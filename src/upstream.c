@@ -32,6 +32,7 @@ struct upconn {
     struct request *sending; /* an envelope partly written */
     struct buf rx;
     bool rx_overflow;
+    double last_heard;       /* for telling a dead peer from a closed one */
     lws_sorted_usec_list_t auth_sul;
     char path[4096];
     char host_header[300];
@@ -350,6 +351,7 @@ void upstream_rotate(const char *why)
 
 static void on_established(struct upconn *c)
 {
+    c->last_heard = now_mono();
     if (U.ever_connected && !U.old)
         U.reconnects++; /* a rotation is not a reconnect */
     U.ever_connected = true;
@@ -435,6 +437,7 @@ static int on_message(struct upconn *c, const char *text, size_t len)
 static int on_receive(struct upconn *c, const char *in, size_t len)
 {
     lws_validity_confirmed(c->wsi);
+    c->last_heard = now_mono();
     if (!c->rx_overflow) {
         if (c->rx.len + len > MAX_REPLY_FRAME) {
             c->rx_overflow = true;
@@ -536,6 +539,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return on_receive(c, in, len);
     case LWS_CALLBACK_CLIENT_RECEIVE_PONG:
         lws_validity_confirmed(wsi);
+        c->last_heard = now_mono();
         break;
     case LWS_CALLBACK_CLIENT_WRITEABLE:
         if (c->kill || U.stopping) {
@@ -565,8 +569,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
     case LWS_CALLBACK_CLIENT_CLOSED:
         if (c == U.cur && (c->state == UP_READY || c->state == UP_AUTHENTICATING) && !U.auth_rejected &&
-            !c->kill)
-            set_reason("the gateway closed the connection");
+            !c->kill) {
+            /* lws hangs up after an unanswered ping (the retry policy's validity). */
+            double silent = now_mono() - c->last_heard;
+            if (silent >= U.retry.secs_since_valid_hangup - 0.5)
+                set_reason("the gateway stopped answering (nothing heard for %.1f s, ping unanswered)", silent);
+            else
+                set_reason("the gateway closed the connection");
+        }
         lws_set_opaque_user_data(wsi, NULL);
         c->wsi = NULL;
         conn_gone(c);

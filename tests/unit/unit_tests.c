@@ -373,6 +373,42 @@ static void test_config_flags_override_env(void)
     log_clear_secrets();
 }
 
+static void test_proxy_choice(void)
+{
+    struct gateway_url gw;
+    char err[128];
+    unsetenv("https_proxy"); unsetenv("HTTPS_PROXY"); unsetenv("http_proxy"); unsetenv("HTTP_PROXY");
+    unsetenv("no_proxy"); unsetenv("NO_PROXY");
+    config_parse_gateway("wss://gw.example.com", &gw, err, sizeof err);
+    CHECK(config_pick_proxy(&gw, NULL) == NULL);
+    setenv("http_proxy", "http://plain:3128", 1);
+    CHECK(config_pick_proxy(&gw, NULL) == NULL); /* wss uses https_proxy only */
+    setenv("https_proxy", "http://u:p@proxy:3128/", 1);
+    char *p = config_pick_proxy(&gw, NULL);
+    CHECK(p && !strcmp(p, "u:p@proxy:3128"));
+    free(p);
+    CHECK(config_pick_proxy(&gw, "none") == NULL);
+    p = config_pick_proxy(&gw, "http://other:8080");
+    CHECK(p && !strcmp(p, "other:8080"));
+    free(p);
+    setenv("no_proxy", "localhost,.example.com", 1);
+    CHECK(config_pick_proxy(&gw, NULL) == NULL);
+    setenv("no_proxy", "example.org", 1);
+    p = config_pick_proxy(&gw, NULL);
+    CHECK(p != NULL);
+    free(p);
+    config_parse_gateway("http://127.0.0.1:8088", &gw, err, sizeof err);
+    CHECK(config_pick_proxy(&gw, NULL) == NULL); /* loopback is never proxied */
+    CHECK(config_pick_proxy(&gw, "http://proxy:1") == NULL);
+    config_parse_gateway("http://localhost:8088", &gw, err, sizeof err);
+    CHECK(config_pick_proxy(&gw, NULL) == NULL);
+    config_parse_gateway("ws://gw.internal:8088", &gw, err, sizeof err);
+    p = config_pick_proxy(&gw, NULL);
+    CHECK(p && !strcmp(p, "plain:3128"));
+    free(p);
+    unsetenv("https_proxy"); unsetenv("http_proxy"); unsetenv("no_proxy");
+}
+
 int main(void)
 {
     log_set_level(LOG_ERROR);
@@ -392,6 +428,7 @@ int main(void)
     RUN(test_gateway_url_parsing);
     RUN(test_sizes_and_seconds);
     RUN(test_config_flags_override_env);
+    RUN(test_proxy_choice);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
