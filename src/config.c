@@ -87,7 +87,7 @@ static const struct opt_doc docs[] = {
      "trust only --ca-file, not the system's CA store"},
     {O_PROXY, "proxy", "URL", "TGBRIDGE_PROXY",
      "HTTP CONNECT proxy http://[user:pass@]host:port, or 'none' (default:\n"
-     "https_proxy / http_proxy, honouring no_proxy; loopback never proxied)"},
+     "https_proxy / http_proxy, honouring no_proxy, never for loopback)"},
     {O_INSECURE, "insecure", NULL, "TGBRIDGE_INSECURE",
      "do not verify the gateway's TLS certificate (dangerous)"},
     {O_LOG_LEVEL, "log-level", "LEVEL", "TGBRIDGE_LOG_LEVEL",
@@ -514,7 +514,11 @@ char *config_pick_proxy(const struct gateway_url *gw, const char *flag)
         if (!p || !*p)
             p = gw->tls ? getenv("HTTPS_PROXY") : getenv("HTTP_PROXY");
     }
-    if (!p || !*p || host_is_loopback(gw->host))
+    if (!p || !*p)
+        return NULL;
+    /* A proxy from the environment never captures loopback (a sidecar's gateway, the
+     * tests' mock); an explicit --proxy is the operator's word and applies. */
+    if (!flag && host_is_loopback(gw->host))
         return NULL;
     const char *np = getenv("no_proxy");
     if (!np || !*np)

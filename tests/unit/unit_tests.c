@@ -398,8 +398,10 @@ static void test_proxy_choice(void)
     CHECK(p != NULL);
     free(p);
     config_parse_gateway("http://127.0.0.1:8088", &gw, err, sizeof err);
-    CHECK(config_pick_proxy(&gw, NULL) == NULL); /* loopback is never proxied */
-    CHECK(config_pick_proxy(&gw, "http://proxy:1") == NULL);
+    CHECK(config_pick_proxy(&gw, NULL) == NULL); /* the environment never proxies loopback */
+    p = config_pick_proxy(&gw, "http://proxy:1"); /* ... an explicit --proxy does */
+    CHECK(p && !strcmp(p, "proxy:1"));
+    free(p);
     config_parse_gateway("http://localhost:8088", &gw, err, sizeof err);
     CHECK(config_pick_proxy(&gw, NULL) == NULL);
     config_parse_gateway("ws://gw.internal:8088", &gw, err, sizeof err);
