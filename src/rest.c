@@ -89,6 +89,23 @@ static enum MHD_Result queue_json(struct MHD_Connection *c, unsigned status, con
     return ret;
 }
 
+/* 503s are temporary by definition: say when to come back.  The next connection
+ * attempt is at most --reconnect-max away. */
+static enum MHD_Result queue_503(struct MHD_Connection *c, const char *body, size_t len)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    char after[32];
+    double secs = R.cfg->reconnect_max < 1 ? 1 : R.cfg->reconnect_max;
+    snprintf(after, sizeof after, "%.0f", secs > 60 ? 60 : secs + 0.499);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, after);
+    enum MHD_Result ret = MHD_queue_response(c, 503, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result queue_error(struct MHD_Connection *c, unsigned status, const char *type,
                                    const char *message, const char *allow)
 {
@@ -489,6 +506,8 @@ static enum MHD_Result respond(struct call *call)
         return MHD_NO;
     if (call->reply_ready) {
         call->phase = PH_DONE;
+        if (call->reply_status == 503)
+            return queue_503(c, buf_ptr(&call->reply), call->reply.len);
         return queue_json(c, (unsigned)call->reply_status, buf_ptr(&call->reply), call->reply.len, NULL);
     }
     if (call->stream_ready) {
