@@ -184,6 +184,21 @@ def test_first_frame_v2d_accepted():
     _first_frame_ok("v2d")
 
 
+def test_first_frame_nothing_sent_before_auth_ok():
+    # The mock answers the auth frame only after 0.5 s; a request that
+    # arrives meanwhile must wait, not be sent (it would get auth-required).
+    with start_mock("v2d", tokens=[V2_TOKEN],
+                    extra=["--auth-delay", "0.5"]) as m, \
+            start_bridge(m.url, "--auth", "first-frame",
+                         "--token", V2_TOKEN) as b:
+        r = b.post(FLOW_TC, {"system": "", "prompt": "early"})
+        check_status(r, 200, "request sent during authentication")
+        eq(r.json().get("response"), "early", "reply")
+        st = m.stats()
+        eq(st["requests_rejected"], 0, "requests rejected (auth-required)")
+        eq(st["auth_ok"], 1, "auth_ok")
+
+
 def test_first_frame_v2d_wrong_token_rejected():
     with start_mock("v2d", tokens=[V2_TOKEN]) as m, \
             start_bridge(m.url, "--auth", "first-frame", "--token", V2_BAD,
@@ -222,8 +237,11 @@ def _auto(era):
         eq(found, AUTO_ERAS[era], "detected era")
         _echo_ok(b)
         st = m.stats()
-        if not v1:
-            assert st["auth_ok"] >= 1, "no auth-ok on %s" % era
+        eq(st["connections_total"], 1, "connections used to detect %s" % era)
+        if v1:
+            eq(st["last_query_token"], V1_SECRET, "query token")
+        else:
+            eq(st["auth_ok"], 1, "auth-ok replies")
     assert token not in b.log(), "token in the log"
 
 

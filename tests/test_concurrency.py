@@ -128,6 +128,24 @@ def test_window_never_exceeds_16_with_40_at_once():
         assert elapsed < T(5), "40 requests took %.1fs" % elapsed
 
 
+def test_max_inflight_flag_limits_window():
+    m, b = bridge_on("--max-inflight", "4")
+    with m, b:
+        b.wait_ready()
+
+        def caller(i):
+            r = b.post(FLOW_TC, tc(str(i), first_delay=0.1), timeout=60)
+            check_status(r, 200, "caller %d" % i)
+        failures(run_threads(20, caller))
+        st = m.stats()
+        eq(st["requests_received"], 20, "requests upstream")
+        assert st["max_span_per_connection"] <= 4, \
+            "--max-inflight 4 but %d requests in the window" % \
+            st["max_span_per_connection"]
+        assert st["max_inflight_per_connection"] >= 2, \
+            "no concurrency at all (%d)" % st["max_inflight_per_connection"]
+
+
 def test_window_anchored_at_oldest_unfinished_request():
     # One request never finishes; the gateway keeps counting it, so only
     # 15 further requests fit in the window however fast they complete.

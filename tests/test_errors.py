@@ -177,6 +177,14 @@ def test_unknown_kind_real_mock_404():
         expect(r, 404, {"error": "unknown kind"}, "unknown flow kind")
 
 
+def test_unknown_operation_real_mock_400():
+    m, b = bridge_on("v2d")
+    with m, b:
+        b.wait_ready()
+        r = b.post("/api/v1/config", {"operation": "no-such-op"})
+        expect(r, 400, {"error": "unknown operation"}, "unknown operation")
+
+
 # ------------------------------------------------------- own errors: input
 
 def test_malformed_json_400():
