@@ -1,7 +1,7 @@
 # tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test.
 PKGS      := libmicrohttpd libwebsockets libcjson
 DEB_PKGS  := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev \
-             python3 python3-aiohttp curl
+             python3 python3-aiohttp curl openssl socat netcat-openbsd
 CC        ?= cc
 OPT       ?= -O2 -g
 SAN       ?=

@@ -49,9 +49,10 @@ def main():
         procs.append(mock)
         port = int(wait_for_line(mock_out, "PORT").split()[1])
         print("mock gateway (v2d, in-band auth) on 127.0.0.1:%d" % port)
+        sock = os.path.join(work, "tgbridge.sock")
         bridge = subprocess.Popen(
             [os.path.join(ROOT, "tgbridge"), "--gateway", "http://127.0.0.1:%d" % port,
-             "--token-file", token_file, "--listen", "127.0.0.1:0"],
+             "--token-file", token_file, "--listen", "127.0.0.1:0", "--unix", sock],
             stderr=open(bridge_err, "w"))
         procs.append(bridge)
         line = wait_for_line(bridge_err, "listening rest=")
@@ -80,7 +81,13 @@ def main():
         run(["curl", "-sSN", base + "/api/v1/flow/default/service/agent",
              "-H", "Accept: text/event-stream",
              "-d", '{"question":"Who are you?","streaming":true}'])
-        run(["curl", "-sS", base + "/status"])
+        print("\n# the Unix socket, line protocol (one JSON envelope per line, replies as lines):")
+        line = ('{"id":"q1","service":"text-completion","flow":"default",'
+                '"request":{"system":"s","prompt":"hello from a shell","streaming":true}}\n')
+        print("$ echo '%s' | socat -t 5 - UNIX-CONNECT:%s" % (line.strip(), sock), flush=True)
+        subprocess.run(["socat", "-t", "5", "-", "UNIX-CONNECT:" + sock], input=line.encode(),
+                       check=False)
+        run(["curl", "-sS", "--unix-socket", sock, "http://localhost/status"])
     finally:
         for p in reversed(procs):
             p.terminate()
