@@ -15,11 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
-/* How often a suspended call checks that its caller is still there: MHD cannot see
- * a hang-up on a suspended connection (libraries.md a3, a7). */
-#define LIVENESS_INTERVAL 1.0
 #define STREAM_BLOCK (64 * 1024)
 
 enum route {
@@ -49,7 +47,9 @@ struct call {
     struct buf out;
     bool done;
     double last_write;
-    lws_sorted_usec_list_t sul;
+    lws_sorted_usec_list_t sul; /* SSE heartbeat */
+    bool hup_watched;
+    int hup_fd;
     struct list node;
 };
 
@@ -58,6 +58,7 @@ static struct {
     struct MHD_Daemon *daemon;
     struct watcher *watch;
     lws_sorted_usec_list_t pump_sul;
+    int hup_epfd;
     struct list calls;
     size_t ncalls;
     double started;
@@ -369,60 +370,66 @@ static void wake(struct call *call)
     lws_sul_schedule(loop_ctx(), 0, &R.pump_sul, pump_timer, 1);
 }
 
-static void liveness_check(lws_sorted_usec_list_t *sul);
-
-static double check_interval(const struct call *call)
+/* A suspended connection is invisible to MHD, hang-ups included (libraries.md a3,
+ * a7).  Its socket sits in our own epoll set for EPOLLRDHUP instead: a caller that
+ * goes away is noticed at once, and an idle one costs nothing. */
+static void watch_hangup(struct call *call)
 {
-    if (call->fmt == FMT_SSE && call->phase == PH_STREAMING && R.cfg->heartbeat > 0 &&
-        R.cfg->heartbeat < LIVENESS_INTERVAL)
-        return R.cfg->heartbeat;
-    return LIVENESS_INTERVAL;
+    if (call->hup_watched)
+        return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(call->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return;
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = call};
+    if (!epoll_ctl(R.hup_epfd, EPOLL_CTL_ADD, ci->connect_fd, &ev)) {
+        call->hup_watched = true;
+        call->hup_fd = ci->connect_fd;
+    }
+}
+
+static void unwatch_hangup(struct call *call)
+{
+    if (call->hup_watched)
+        epoll_ctl(R.hup_epfd, EPOLL_CTL_DEL, call->hup_fd, NULL);
+    call->hup_watched = false;
+}
+
+static void on_hangups(void *arg)
+{
+    (void)arg;
+    struct epoll_event evs[64];
+    int n = epoll_wait(R.hup_epfd, evs, 64, 0);
+    for (int i = 0; i < n; i++) {
+        struct call *call = evs[i].data.ptr;
+        if (!(evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || call->client_gone)
+            continue;
+        log_debug("caller of %s hung up", call->req ? call->req->id : "(no request)");
+        call->client_gone = true;
+        mux_detach(call->req);
+        call->req = NULL;
+        wake(call); /* MHD then closes it (respond / stream_reader see client_gone) */
+    }
+}
+
+static void heartbeat_due(lws_sorted_usec_list_t *sul)
+{
+    struct call *call = lws_container_of(sul, struct call, sul);
+    if (!call->suspended)
+        return;
+    /* Keeps proxies from cutting an idle stream, and proves the caller alive. */
+    buf_puts(&call->out, ": ping\n\n");
+    wake(call);
 }
 
 static void suspend(struct call *call)
 {
     call->suspended = true;
     MHD_suspend_connection(call->conn);
-    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(check_interval(call)));
-}
-
-static bool peer_gone(struct call *call)
-{
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(call->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci)
-        return false;
-    char b;
-    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-static void liveness_check(lws_sorted_usec_list_t *sul)
-{
-    struct call *call = lws_container_of(sul, struct call, sul);
-    if (!call->suspended)
-        return;
-    if (peer_gone(call)) {
-        log_debug("caller of %s hung up", call->req ? call->req->id : "(no request)");
-        call->client_gone = true;
-        mux_detach(call->req);
-        call->req = NULL;
-        wake(call);
-        return;
-    }
-    if (call->fmt == FMT_SSE && call->phase == PH_STREAMING && R.cfg->heartbeat > 0 &&
-        now_mono() - call->last_write >= R.cfg->heartbeat) {
-        /* Keeps proxies from cutting an idle stream, and proves the caller alive. */
-        buf_puts(&call->out, ": ping\n\n");
-        wake(call);
-        return;
-    }
-    double next = check_interval(call);
+    watch_hangup(call);
     if (call->fmt == FMT_SSE && call->phase == PH_STREAMING && R.cfg->heartbeat > 0) {
         double due = call->last_write + R.cfg->heartbeat - now_mono();
-        if (due > 0 && due < next)
-            next = due;
+        lws_sul_schedule(loop_ctx(), 0, &call->sul, heartbeat_due, seconds_to_us(due > 0 ? due : 0));
     }
-    lws_sul_schedule(loop_ctx(), 0, &call->sul, liveness_check, seconds_to_us(next));
 }
 
 /* ---- request callbacks from the mux ---------------------------------------------- */
@@ -676,6 +683,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_debug("call ended early (MHD code %d)", (int)toe);
     lws_sul_cancel(&call->sul);
+    unwatch_hangup(call);
     mux_detach(call->req);
     list_del(&call->node);
     R.ncalls--;
@@ -737,6 +745,11 @@ int rest_init(const struct config *cfg)
         (size_t)(256 * 1024), MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000, MHD_OPTION_END);
     if (!R.daemon) {
         log_error("cannot start the HTTP server");
+        return -1;
+    }
+    R.hup_epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (R.hup_epfd < 0 || !loop_watch_fd(R.hup_epfd, on_hangups, NULL)) {
+        log_error("cannot create the hang-up watcher");
         return -1;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(R.daemon, MHD_DAEMON_INFO_EPOLL_FD);
