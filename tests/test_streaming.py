@@ -428,3 +428,25 @@ def test_many_hangups_do_not_leak_or_block():
                      what="30 abandoned streams to finish upstream")
         with b.stream(FLOW_TC, tcs("still fine", parts=2), NDJSON) as s:
             check_text_completion(read_ndjson(s), "still fine", 2)
+
+
+def test_hangup_of_waiting_caller_frees_its_state_at_once():
+    # A caller waiting on a reply that will never come hangs up: its call and its
+    # upstream request are released right away (not at --request-timeout), so /status
+    # shows no active call, and the next caller is served.
+    m, b = bridge_on("v2d", "--request-timeout", "60")
+    with m, b:
+        b.wait_ready()
+        for accept in (NDJSON, "application/json"):
+            s = b.stream(FLOW_TC, tcs("never", never=True), accept, wait=False)
+            m.wait_stats(lambda st: st["requests_received"] >= 1, what="request upstream")
+            s.hangup()
+            deadline = time.monotonic() + T(2)
+            while True:
+                st = b.get("/status").json()
+                if st["rest"]["active_calls"] == 0:
+                    break
+                assert time.monotonic() < deadline, "call still active after hang-up: %r" % st
+                time.sleep(0.02)
+            m.reset()
+        check_status(b.post(FLOW_TC, tcs("x", streaming=None)), 200, "after hang-ups")
