@@ -11,6 +11,8 @@ char *url_encode(const char *s);
 int parse_seconds(const char *s, double *out);
 /* "50m", "1048576", "64k" → bytes (k/m/g are powers of 1024). */
 int parse_size(const char *s, size_t *out);
+/* Formats an error message into err (when not NULL) and returns -1. */
+int errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Seconds → lws_sul microseconds, saturating. */
 long long seconds_to_us(double s);
 #endif

@@ -120,16 +120,6 @@ void config_usage(FILE *out)
                  "See README.md for routes, streaming format and error table.\n");
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 int config_parse_gateway(const char *url, struct gateway_url *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -140,38 +130,38 @@ int config_parse_gateway(const char *url, struct gateway_url *out, char *err, si
     else if (!strncmp(url, "wss://", 6)) { p = url + 6; defport = 443; out->tls = true; }
     else if (!strncmp(url, "https://", 8)) { p = url + 8; defport = 443; out->tls = true; }
     else
-        return fail(err, errlen, "gateway URL must start with ws://, wss://, http:// or https://: %s", url);
+        return errorf(err, errlen, "gateway URL must start with ws://, wss://, http:// or https://: %s", url);
     if (strpbrk(p, "?#@"))
-        return fail(err, errlen, "gateway URL must not carry credentials, a query or a fragment"
+        return errorf(err, errlen, "gateway URL must not carry credentials, a query or a fragment"
                                  " (use --token-file)");
     const char *hend;
     if (*p == '[') {
         hend = strchr(p, ']');
         if (!hend)
-            return fail(err, errlen, "bad IPv6 literal in gateway URL");
+            return errorf(err, errlen, "bad IPv6 literal in gateway URL");
         if ((size_t)(hend - p - 1) >= sizeof out->host)
-            return fail(err, errlen, "gateway host too long");
+            return errorf(err, errlen, "gateway host too long");
         memcpy(out->host, p + 1, (size_t)(hend - p - 1));
         hend++;
     } else {
         hend = p + strcspn(p, ":/");
         if ((size_t)(hend - p) >= sizeof out->host)
-            return fail(err, errlen, "gateway host too long");
+            return errorf(err, errlen, "gateway host too long");
         memcpy(out->host, p, (size_t)(hend - p));
     }
     if (!out->host[0])
-        return fail(err, errlen, "gateway URL has no host");
+        return errorf(err, errlen, "gateway URL has no host");
     out->port = defport;
     const char *path = hend;
     if (*hend == ':') {
         char *e;
         long port = strtol(hend + 1, &e, 10);
         if (e == hend + 1 || port < 1 || port > 65535 || (*e && *e != '/'))
-            return fail(err, errlen, "bad port in gateway URL");
+            return errorf(err, errlen, "bad port in gateway URL");
         out->port = (int)port;
         path = e;
     } else if (*hend && *hend != '/') {
-        return fail(err, errlen, "bad gateway URL");
+        return errorf(err, errlen, "bad gateway URL");
     }
     size_t plen = strlen(path);
     while (plen && path[plen - 1] == '/')
@@ -183,7 +173,7 @@ int config_parse_gateway(const char *url, struct gateway_url *out, char *err, si
     while (plen && path[plen - 1] == '/')
         plen--;
     if (plen >= sizeof out->base_path)
-        return fail(err, errlen, "gateway path too long");
+        return errorf(err, errlen, "gateway path too long");
     memcpy(out->base_path, path, plen);
     return 0;
 }
@@ -204,7 +194,7 @@ static int parse_listen(struct config *cfg, const char *s, char *err, size_t err
     char *e;
     long p = strtol(port, &e, 10);
     if (!*port || *e || p < 0 || p > 65535 || hlen >= sizeof cfg->listen_host)
-        return fail(err, errlen, "--listen wants HOST:PORT, got '%s'", s);
+        return errorf(err, errlen, "--listen wants HOST:PORT, got '%s'", s);
     if (hlen) {
         memcpy(cfg->listen_host, host, hlen);
         cfg->listen_host[hlen] = '\0';
@@ -238,7 +228,7 @@ static int parse_ids(const char *v, bool groups, unsigned *out, int *n, char *er
         }
         if (id < 0 || *n >= 32) {
             free(copy);
-            return fail(err, errlen, "unknown %s '%s' (or more than 32)", groups ? "group" : "user", t);
+            return errorf(err, errlen, "unknown %s '%s' (or more than 32)", groups ? "group" : "user", t);
         }
         out[(*n)++] = (unsigned)id;
     }
@@ -290,12 +280,12 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         else if (!strcmp(v, "query")) cfg->auth = AUTH_QUERY;
         else if (!strcmp(v, "header")) cfg->auth = AUTH_HEADER;
         else if (!strcmp(v, "first-frame")) cfg->auth = AUTH_FIRST_FRAME;
-        else return fail(err, errlen, "--auth must be auto, query, header or first-frame");
+        else return errorf(err, errlen, "--auth must be auto, query, header or first-frame");
         return 0;
     case O_LISTEN: return parse_listen(cfg, v, err, errlen);
     case O_MAX_BODY:
         if (parse_size(v, &cfg->max_body) || cfg->max_body == 0)
-            return fail(err, errlen, "--max-body wants a size such as 1048576 or 50m");
+            return errorf(err, errlen, "--max-body wants a size such as 1048576 or 50m");
         return 0;
     case O_REQUEST_TIMEOUT: case O_QUEUE_TIMEOUT: case O_HEARTBEAT: case O_RECONNECT_MIN:
     case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: case O_DRAIN_TIMEOUT: {
@@ -307,15 +297,15 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
                     : id == O_PING_INTERVAL ? &cfg->ping_interval
                     : id == O_DRAIN_TIMEOUT ? &cfg->drain_timeout : &cfg->ping_timeout;
         if (parse_seconds(v, dst))
-            return fail(err, errlen, "option wants seconds (fractions allowed), got '%s'", v);
+            return errorf(err, errlen, "option wants seconds (fractions allowed), got '%s'", v);
         return 0;
     }
     case O_MAX_INFLIGHT: case O_MAX_QUEUE:
         n = strtol(v, &e, 10);
         if (!*v || *e || n < 1 || n > 1000000)
-            return fail(err, errlen, "option wants a positive integer, got '%s'", v);
+            return errorf(err, errlen, "option wants a positive integer, got '%s'", v);
         if (id == O_MAX_INFLIGHT && n > 16)
-            return fail(err, errlen, "--max-inflight above 16 would stall the gateway's reader");
+            return errorf(err, errlen, "--max-inflight above 16 would stall the gateway's reader");
         *(id == O_MAX_INFLIGHT ? &cfg->max_inflight : &cfg->max_queue) = (int)n;
         return 0;
     case O_WORKSPACE: set_str(&cfg->workspace, v); return 0;
@@ -323,7 +313,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
     case O_UNIX_MODE:
         n = strtol(v, &e, 8);
         if (!*v || *e || n < 0 || n > 0777)
-            return fail(err, errlen, "--unix-mode wants octal permissions such as 0660");
+            return errorf(err, errlen, "--unix-mode wants octal permissions such as 0660");
         cfg->unix_mode = (unsigned)n;
         return 0;
     case O_UNIX_GROUP: set_str(&cfg->unix_group, v); return 0;
@@ -332,7 +322,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
     case O_MAX_LINE: case O_MAX_CLIENT_BUFFER: {
         size_t *dst = id == O_MAX_LINE ? &cfg->max_line : &cfg->max_client_buffer;
         if (parse_size(v, dst) || *dst < 64)
-            return fail(err, errlen, "option wants a size such as 1048576 or 50m");
+            return errorf(err, errlen, "option wants a size such as 1048576 or 50m");
         return 0;
     }
     case O_CA_FILE: set_str(&cfg->ca_file, v); return 0;
@@ -341,7 +331,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
     case O_PROXY: set_str(&cfg->proxy, v); return 0;
     case O_LOG_LEVEL:
         if (log_parse_level(v, &cfg->log_level))
-            return fail(err, errlen, "--log-level must be error, warn, info or debug");
+            return errorf(err, errlen, "--log-level must be error, warn, info or debug");
         return 0;
     default: return 0;
     }
@@ -376,14 +366,14 @@ int config_read_token_file(struct config *cfg, char *err, size_t errlen)
         return 0;
     int fd = open(cfg->token_file, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errlen, "cannot open token file %s: %s", cfg->token_file, strerror(errno));
+        return errorf(err, errlen, "cannot open token file %s: %s", cfg->token_file, strerror(errno));
     char tok[16384];
     ssize_t n = read(fd, tok, sizeof tok - 1);
     close(fd);
     if (n < 0)
-        return fail(err, errlen, "cannot read token file %s: %s", cfg->token_file, strerror(errno));
+        return errorf(err, errlen, "cannot read token file %s: %s", cfg->token_file, strerror(errno));
     if (n == (ssize_t)sizeof tok - 1)
-        return fail(err, errlen, "token file %s is larger than 16 KiB", cfg->token_file);
+        return errorf(err, errlen, "token file %s is larger than 16 KiB", cfg->token_file);
     tok[n] = '\0';
     /* Files written by editors and `echo` end in a newline that is not part of the token. */
     while (n > 0 && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' ' || tok[n - 1] == '\t'))
@@ -410,7 +400,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
             continue;
         char e2[256];
         if (apply(cfg, docs[i].id, v, e2, sizeof e2))
-            return fail(err, errlen, "%s: %s", docs[i].env, e2);
+            return errorf(err, errlen, "%s: %s", docs[i].env, e2);
     }
     struct option longopts[NDOCS + 1];
     for (size_t i = 0; i < NDOCS; i++)
@@ -434,9 +424,9 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
             continue;
         }
         if (c == '?')
-            return fail(err, errlen, "unknown option '%s' (see --help)", argv[optind - 1]);
+            return errorf(err, errlen, "unknown option '%s' (see --help)", argv[optind - 1]);
         if (c == ':')
-            return fail(err, errlen, "option '%s' needs a value", argv[optind - 1]);
+            return errorf(err, errlen, "option '%s' needs a value", argv[optind - 1]);
         if (apply(cfg, (enum opt_id)c, optarg, err, errlen))
             return -1;
         if (c == O_TOKEN && optarg) {
@@ -450,7 +440,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
             cfg->ca_only = true;
     }
     if (optind < argc)
-        return fail(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
+        return errorf(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!cfg->unix_set)
         default_unix_path(cfg);
     if (cfg->reconnect_max < cfg->reconnect_min)
@@ -458,7 +448,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
     if (cfg->token)
         log_add_secret(cfg->token);
     if (cfg->ca_only && !cfg->ca_file)
-        return fail(err, errlen, "--ca-only needs --ca-file");
+        return errorf(err, errlen, "--ca-only needs --ca-file");
     cfg->proxy_used = config_pick_proxy(&cfg->gw, cfg->proxy);
     if (cfg->proxy_used && strchr(cfg->proxy_used, '@')) {
         /* Proxy credentials are secrets too. */

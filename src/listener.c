@@ -1,6 +1,7 @@
 #include "listener.h"
 #include "line_proto.h"
 #include "log.h"
+#include "util.h"
 #include "loop.h"
 #include "rest.h"
 #include <errno.h>
@@ -128,15 +129,6 @@ struct listener *listener_start(int fd, accept_cb cb, void *arg)
     return l;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void serve_http(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
 {
     (void)arg;
@@ -154,14 +146,14 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
     snprintf(ports, sizeof ports, "%d", port);
     int rc = getaddrinfo(*host ? host : NULL, ports, &hints, &ai);
     if (rc) {
-        set_err(err, errlen, "cannot resolve listen address %s: %s", host, gai_strerror(rc));
+        errorf(err, errlen, "cannot resolve listen address %s: %s", host, gai_strerror(rc));
         return NULL;
     }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
         bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 511)) {
-        set_err(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        errorf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
         if (fd >= 0)
             close(fd);
         freeaddrinfo(ai);
@@ -176,7 +168,7 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
     struct listener *l = listener_start(fd, serve_http, NULL);
     if (!l) {
         close(fd);
-        set_err(err, errlen, "cannot add the listener to the event loop");
+        errorf(err, errlen, "cannot add the listener to the event loop");
     }
     return l;
 }

@@ -2,6 +2,7 @@
 #include "line_proto.h"
 #include "listener.h"
 #include "log.h"
+#include "util.h"
 #include <errno.h>
 #include <grp.h>
 #include <libgen.h>
@@ -21,16 +22,6 @@ struct unix_listener {
     dev_t dev;
     ino_t ino;
 };
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static bool peer_allowed(const struct config *cfg, const struct ucred *cr)
 {
@@ -75,13 +66,13 @@ static int clear_stale(const char *path, char *err, size_t errlen)
     if (lstat(path, &st)) {
         if (errno == ENOENT)
             return 0;
-        return fail(err, errlen, "cannot inspect %s: %s", path, strerror(errno));
+        return errorf(err, errlen, "cannot inspect %s: %s", path, strerror(errno));
     }
     if (!S_ISSOCK(st.st_mode))
-        return fail(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
+        return errorf(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return fail(err, errlen, "socket: %s", strerror(errno));
+        return errorf(err, errlen, "socket: %s", strerror(errno));
     struct sockaddr_un sa;
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
@@ -90,12 +81,12 @@ static int clear_stale(const char *path, char *err, size_t errlen)
     int e = errno;
     close(fd);
     if (rc == 0)
-        return fail(err, errlen, "%s is in use by a running process (another tgbridge?); not taking it over",
+        return errorf(err, errlen, "%s is in use by a running process (another tgbridge?); not taking it over",
                     path);
     if (e != ECONNREFUSED)
-        return fail(err, errlen, "cannot check %s: %s", path, strerror(e));
+        return errorf(err, errlen, "cannot check %s: %s", path, strerror(e));
     if (unlink(path) && errno != ENOENT)
-        return fail(err, errlen, "cannot remove stale socket %s: %s", path, strerror(errno));
+        return errorf(err, errlen, "cannot remove stale socket %s: %s", path, strerror(errno));
     log_info("replaced stale socket %s", path);
     return 0;
 }
@@ -106,7 +97,7 @@ static int ensure_parent(const char *path, char *err, size_t errlen)
     snprintf(copy, sizeof copy, "%s", path);
     const char *dir = dirname(copy);
     if (mkdir(dir, 0755) && errno != EEXIST)
-        return fail(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+        return errorf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
     return 0;
 }
 
@@ -117,12 +108,12 @@ struct unix_listener *unix_listener_open(const struct config *cfg, char *err, si
         return NULL;
     struct unix_listener *u = calloc(1, sizeof *u);
     if (!u) {
-        fail(err, errlen, "out of memory");
+        errorf(err, errlen, "out of memory");
         return NULL;
     }
     u->cfg = cfg;
     if (strlen(cfg->unix_path) >= sizeof u->path) {
-        fail(err, errlen, "Unix socket path is longer than %zu bytes: %s", sizeof u->path - 1, cfg->unix_path);
+        errorf(err, errlen, "Unix socket path is longer than %zu bytes: %s", sizeof u->path - 1, cfg->unix_path);
         free(u);
         return NULL;
     }
@@ -133,7 +124,7 @@ struct unix_listener *unix_listener_open(const struct config *cfg, char *err, si
         long g = strtol(cfg->unix_group, &e, 10);
         struct group *gr = *e ? getgrnam(cfg->unix_group) : NULL;
         if (*e && !gr) {
-            fail(err, errlen, "unknown group '%s' (--unix-group)", cfg->unix_group);
+            errorf(err, errlen, "unknown group '%s' (--unix-group)", cfg->unix_group);
             free(u);
             return NULL;
         }
@@ -144,7 +135,7 @@ struct unix_listener *unix_listener_open(const struct config *cfg, char *err, si
         goto fail;
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        fail(err, errlen, "socket: %s", strerror(errno));
+        errorf(err, errlen, "socket: %s", strerror(errno));
         goto fail;
     }
     struct sockaddr_un sa;
@@ -156,20 +147,20 @@ struct unix_listener *unix_listener_open(const struct config *cfg, char *err, si
     int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
     umask(old);
     if (rc) {
-        fail(err, errlen, "cannot bind %s: %s", u->path, strerror(errno));
+        errorf(err, errlen, "cannot bind %s: %s", u->path, strerror(errno));
         goto fail;
     }
     struct stat st;
     if (chmod(u->path, cfg->unix_mode) || (gid != (gid_t)-1 && chown(u->path, (uid_t)-1, gid)) ||
         stat(u->path, &st)) {
-        fail(err, errlen, "cannot set the owner/mode of %s: %s", u->path, strerror(errno));
+        errorf(err, errlen, "cannot set the owner/mode of %s: %s", u->path, strerror(errno));
         unlink(u->path);
         goto fail;
     }
     u->dev = st.st_dev;
     u->ino = st.st_ino;
     if (listen(fd, 511) || !(u->l = listener_start(fd, on_accept, u))) {
-        fail(err, errlen, "cannot listen on %s: %s", u->path, strerror(errno));
+        errorf(err, errlen, "cannot listen on %s: %s", u->path, strerror(errno));
         unlink(u->path);
         goto fail;
     }
