@@ -208,6 +208,22 @@ static char *span_dup(struct span s)
     return p;
 }
 
+/* The first envelope key that occurs twice at the top level, or NULL.  cJSON keeps
+ * repeated keys as separate members, decoded, so escaped spellings count too. */
+static const char *repeated_key(const cJSON *root)
+{
+    static const char *const keys[] = {"id", "service", "flow", "request", "workspace", "type"};
+    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+        int n = 0;
+        for (const cJSON *m = root->child; m; m = m->next)
+            if (m->string && !strcmp(m->string, keys[k]))
+                n++;
+        if (n > 1)
+            return keys[k];
+    }
+    return NULL;
+}
+
 static void handle_line(struct lclient *c, const char *line, size_t len)
 {
     size_t i = 0;
@@ -228,9 +244,25 @@ static void handle_line(struct lclient *c, const char *line, size_t len)
         send_error(c, NULL, "bad-request", "a line must be a JSON object");
         return;
     }
+    const char *dup = repeated_key(root);
+    if (dup) {
+        /* The gateway's parser keeps the last of repeated keys, we would read the
+         * first: refuse rather than forward something we misread. */
+        char msg[96];
+        snprintf(msg, sizeof msg, "the key \"%s\" appears more than once", dup);
+        send_error(c, NULL, "bad-request", msg);
+        cJSON_Delete(root);
+        return;
+    }
     struct span id_span;
-    bool has_id = json_top_value(line, len, "id", &id_span) == 0 &&
-                  !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id"));
+    bool id_present = json_top_value(line, len, "id", &id_span) == 0;
+    if (!id_present && cJSON_GetObjectItemCaseSensitive(root, "id")) {
+        send_error(c, NULL, "bad-request", "write the \"id\" key without escapes");
+        cJSON_Delete(root);
+        return;
+    }
+    /* "id":null counts as no id: one is assigned, replacing the null in place. */
+    bool has_id = id_present && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id"));
     char *cid = has_id ? span_dup(id_span) : NULL;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
     const cJSON *service = cJSON_GetObjectItemCaseSensitive(root, "service");
@@ -276,7 +308,7 @@ static void handle_line(struct lclient *c, const char *line, size_t len)
     c->npending++;
     L.pending++;
     r->req = mux_alloc(service->valuestring, cJSON_IsString(flow) && flow->valuestring[0], &lreq_ops, r);
-    envelope_rewrite(&r->req->frame, line, len, has_id ? &id_span : NULL, r->req->id, L.cfg->workspace);
+    envelope_rewrite(&r->req->frame, line, len, id_present ? &id_span : NULL, r->req->id, L.cfg->workspace);
     update_flow_control(c);
     mux_submit(r->req); /* may answer at once (and free r) */
 out:
