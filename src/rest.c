@@ -26,8 +26,15 @@ enum route {
 enum fmt { FMT_JSON, FMT_NDJSON, FMT_SSE };
 enum phase { PH_BODY, PH_WAITING, PH_STREAMING, PH_DONE };
 
+/* An answer decided from the request head alone. */
+struct reject {
+    unsigned status;
+    const char *type, *message, *allow;
+};
+
 struct call {
     struct MHD_Connection *conn;
+    struct reject reject;      /* read and discard the body, then answer this */
     enum route route;
     char kind[256];
     char flow[256];
@@ -611,42 +618,55 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         memset(&probe, 0, sizeof probe);
         enum route route = match_route(url, &probe);
         bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+        struct reject rj = {0};
         switch (route) {
         case R_NOT_FOUND:
-            return queue_error(c, 404, "not-found", "no such route", NULL);
+            rj = (struct reject){404, "not-found", "no such route", NULL};
+            break;
         case R_UNSUPPORTED:
-            return queue_error(c, 501, "not-supported",
-                               "this gateway route carries no envelope and cannot be bridged over the "
-                               "gateway's /api/v1/socket; call the gateway directly", NULL);
+            rj = (struct reject){501, "not-supported",
+                                 "this gateway route carries no envelope and cannot be bridged over the "
+                                 "gateway's /api/v1/socket; call the gateway directly", NULL};
+            break;
         case R_SOCKET:
-            if (get)
-                return queue_error(c, 501, "not-supported",
-                                   "a local /api/v1/socket WebSocket is not served yet; point WebSocket "
-                                   "clients at the gateway", NULL);
+            if (get) {
+                rj = (struct reject){501, "not-supported",
+                                     "a local /api/v1/socket WebSocket is not served yet; point WebSocket "
+                                     "clients at the gateway", NULL};
+                break;
+            }
             /* POST /api/v1/socket is the kind "socket" at the gateway too (ref §2.2). */
             route = R_KIND;
             snprintf(probe.kind, sizeof probe.kind, "socket");
             break;
         case R_HEALTHZ: case R_READYZ: case R_STATUS:
-            if (!get)
-                return queue_error(c, 405, "method-not-allowed", "use GET", "GET, HEAD");
-            return serve_status(c, route);
+            if (get)
+                return serve_status(c, route);
+            rj = (struct reject){405, "method-not-allowed", "use GET", "GET, HEAD"};
+            break;
         default:
             break;
         }
-        if (strcmp(method, "POST"))
-            return queue_error(c, 405, "method-not-allowed", "use POST", "POST");
+        if (!rj.status && strcmp(method, "POST"))
+            rj = (struct reject){405, "method-not-allowed", "use POST", "POST"};
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > R.cfg->max_body) {
+        unsigned long long clen = cl ? strtoull(cl, NULL, 10) : 0;
+        if (clen > R.cfg->max_body) {
             char msg[128];
             snprintf(msg, sizeof msg, "request body is larger than --max-body (%zu bytes)", R.cfg->max_body);
             return queue_error(c, 413, "payload-too-large", msg, NULL);
         }
+        bool has_body = clen > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        /* Answering before a body is read closes the connection under a client that is
+         * still writing it (EPIPE instead of our status): read small bodies first. */
+        if (rj.status && !has_body)
+            return queue_error(c, rj.status, rj.type, rj.message, rj.allow);
         call = calloc(1, sizeof *call);
         if (!call)
             return MHD_NO;
         *call = probe;
         call->route = route;
+        call->reject = rj;
         call->conn = c;
         buf_init(&call->body, 0);
         buf_init(&call->reply, 0);
@@ -657,7 +677,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*upload_data_size) {
-        if (!call->too_large) {
+        if (!call->too_large && !call->reject.status) {
             if (call->body.len + *upload_data_size > R.cfg->max_body) {
                 call->too_large = true; /* keep reading, answer 413 at the end */
                 buf_free(&call->body);
@@ -667,6 +687,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         *upload_data_size = 0;
         return MHD_YES;
+    }
+    if (call->phase == PH_BODY && call->reject.status) {
+        call->phase = PH_DONE;
+        return queue_error(c, call->reject.status, call->reject.type, call->reject.message, call->reject.allow);
     }
     if (call->phase == PH_BODY)
         return start_call(call);
