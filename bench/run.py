@@ -1,0 +1,911 @@
+#!/usr/bin/python3
+"""tgbridge benchmark suite: `make bench` (see bench/README.md).
+
+Builds the bench's C programs (bench/Makefile), starts the fast mock gateway and tgbridge on
+loopback (free ports chosen at run time), runs every scenario of issue 4 through tgbridge
+and through the direct WebSocket baseline, alternating the two where noise matters, and
+prints ONE table.  It asserts no timings: the exit status is 0 whenever the suite could
+run, whatever the figures.  Every process it starts is stopped before it exits.
+
+Options: --rounds N (alternations per scenario, default 5), --quick (smaller runs, for
+trying the suite out), --profile (also profile tgbridge and the mock: perf cpu-clock
+sampling and callgrind; or BENCH_PROFILE=1), --json PATH (write every raw figure there),
+--only NAME[,NAME] (scenarios: unary1, fresh, unary64, stream, large, hold;
+"none" runs only what --profile asks for).
+Standard library only (Debian's /usr/bin/python3).
+"""
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.path.join(HERE, "build")
+TGBRIDGE = os.environ.get("TGBRIDGE_BIN", os.path.join(ROOT, "tgbridge"))
+FASTMOCK = os.path.join(BUILD, "fastmock")
+DIRECT = os.path.join(BUILD, "direct")
+HTTPLOAD = os.path.join(BUILD, "httpload")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MB20 = 20 * 1024 * 1024
+WINDOW = 15  # tgbridge's default --max-inflight; the direct client uses the same
+
+CHILDREN = []  # every Popen we started, stopped in cleanup()
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def raise_nofile():
+    """preexec_fn: the 10,000-stream scenario needs ~10,000 descriptors per process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def nofile_limit():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+# ---- /proc ------------------------------------------------------------------------------
+
+def proc_cpu_s(pid):
+    """utime+stime of pid in seconds (from /proc/PID/stat, clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        tail = f.read().rsplit(")", 1)[1].split()
+    return (int(tail[11]) + int(tail[12])) / CLK_TCK
+
+
+def proc_sched_ns(pid):
+    """On-CPU time in ns from /proc/PID/schedstat (finer than stat), or None."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def proc_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            v = v.strip()
+            if v.endswith(" kB"):
+                out[k] = int(v[:-3])
+            elif v.isdigit():
+                out[k] = int(v)
+    return out
+
+
+def reset_hwm(pid):
+    """Resets VmHWM to the current RSS (Linux >= 4.0, needs write access)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def listening_tcp_ports(pid):
+    """Ports pid listens on, from its socket inodes and /proc/net/tcp{,6}."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                t = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            m = re.match(r"socket:\[(\d+)\]", t)
+            if m:
+                inodes.add(m.group(1))
+    except OSError:
+        return []
+    ports = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    if p[3] == "0A" and p[9] in inodes:
+                        ports.append(int(p[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+# ---- processes --------------------------------------------------------------------------
+
+def spawn(argv, **kw):
+    p = subprocess.Popen(argv, preexec_fn=raise_nofile, **kw)
+    CHILDREN.append(p)
+    return p
+
+
+def stop(p, timeout=10.0):
+    """SIGTERM the one process we started, then SIGKILL it if it lingers."""
+    if p is None or p.poll() is not None:
+        return
+    try:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def cleanup():
+    for p in reversed(CHILDREN):
+        stop(p, 5.0)
+    CHILDREN.clear()
+
+
+class Mock:
+    def __init__(self, tmp, tag, wrapper=()):
+        self.err_path = os.path.join(tmp, f"fastmock-{tag}.log")
+        self.err = open(self.err_path, "w")
+        self.p = spawn(list(wrapper) + [FASTMOCK], stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.pid = self.p.pid
+        r, _, _ = select.select([self.p.stdout], [], [], 60)
+        line = self.p.stdout.readline() if r else ""
+        m = re.match(r"PORT (\d+)", line)
+        if not m:
+            raise RuntimeError(f"fastmock did not report its port (see {self.err_path})")
+        self.port = int(m.group(1))
+
+    def stop(self):
+        stop(self.p)
+        self.err.close()
+        with open(self.err_path) as f:
+            return f.read().strip()
+
+
+class Bridge:
+    def __init__(self, tmp, tag, mock_port, extra=(), wrapper=(), unix=False, ready_timeout=30.0):
+        self.log_path = os.path.join(tmp, f"tgbridge-{tag}.log")
+        self.unix_path = os.path.join(tmp, f"tgb-{tag}.sock") if unix else None
+        argv = list(wrapper) + [TGBRIDGE, "--gateway", f"http://127.0.0.1:{mock_port}", "--token", "tg_bench",
+                                "--listen", "127.0.0.1:0", "--log-level", "warn"]
+        if HAS_UNIX:
+            argv += ["--unix", self.unix_path or "none"]
+        argv += list(extra)
+        self.lines = []
+        self.p = spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.pid = self.p.pid
+        self._t = threading.Thread(target=self._drain, daemon=True)
+        self._t.start()
+        self.port = None
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and self.port is None:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"tgbridge exited with {self.p.returncode}: {self.tail()}")
+            for line in list(self.lines):
+                m = re.search(r"listening rest=([^\s]+):(\d+)", line)
+                if m:
+                    self.port = int(m.group(2))
+            if self.port is None:
+                # At --log-level warn the "listening" line (info) is not printed: find the
+                # listening socket in /proc instead.
+                ports = listening_tcp_ports(self.pid)
+                if ports:
+                    self.port = ports[0]
+            if self.port is None:
+                time.sleep(0.02)
+        if self.port is None:
+            raise RuntimeError(f"tgbridge did not start listening: {self.tail()}")
+        while time.monotonic() < deadline:
+            st, _ = http_get(self.port, "/readyz")
+            if st == 200 and (not self.unix_path or os.path.exists(self.unix_path)):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"tgbridge never became ready: {self.tail()}")
+
+    def _drain(self):
+        with open(self.log_path, "w") as f:
+            for line in self.p.stderr:
+                self.lines.append(line)
+                f.write(line)
+                f.flush()
+
+    def tail(self):
+        return "".join(self.lines[-5:]).strip()
+
+    def status(self):
+        st, body = http_get(self.port, "/status")
+        try:
+            return json.loads(body) if st == 200 else {}
+        except ValueError:
+            return {}
+
+    def stop(self):
+        stop(self.p, 15.0)
+        self._t.join(2)
+
+
+def http_get(port, path, timeout=2.0):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c.request("GET", path)
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        return r.status, body
+    except (OSError, http.client.HTTPException):
+        return 0, b""
+
+
+def run_tool(argv, timeout=180):
+    """Runs a load generator; returns its JSON line (a dict) plus wall time."""
+    t0 = time.monotonic()
+    try:
+        cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                            preexec_fn=raise_nofile)
+    except subprocess.TimeoutExpired:
+        log(f"  ! {os.path.basename(argv[0])} timed out")
+        return None
+    wall = time.monotonic() - t0
+    lines = [l for l in cp.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        log(f"  ! {os.path.basename(argv[0])} printed no result (exit {cp.returncode}): {cp.stderr.strip()[:300]}")
+        return None
+    d = json.loads(lines[-1])
+    d["wall_s"] = wall
+    if not d.get("ok", False) or d.get("errors", 0):
+        log(f"  ! {os.path.basename(argv[0])}: ok={d.get('ok')} errors={d.get('errors')} "
+            f"why={d.get('why')!r} first_error={d.get('first_error', '')!r}")
+    return d
+
+
+def proc_cpu_fine_s(pid):
+    """On-CPU seconds from schedstat (ns resolution), else from stat (clock ticks)."""
+    ns = proc_sched_ns(pid)
+    return ns / 1e9 if ns is not None else proc_cpu_s(pid)
+
+
+class Watch:
+    """CPU of the processes of one path around one run: utime+stime from /proc/PID/stat
+    (what the issue asks for; 1/CLK_TCK resolution) and the finer schedstat figure."""
+
+    def __init__(self, *procs):
+        self.procs = [p for p in procs if p is not None]
+        self.c0 = [proc_cpu_s(p.pid) for p in self.procs]
+        self.f0 = [proc_cpu_fine_s(p.pid) for p in self.procs]
+        self.t0 = time.monotonic()
+
+    def done(self):
+        wall = time.monotonic() - self.t0
+        self.fine = [proc_cpu_fine_s(p.pid) - c for p, c in zip(self.procs, self.f0)]
+        return wall, [proc_cpu_s(p.pid) - c for p, c in zip(self.procs, self.c0)]
+
+
+# ---- the two paths ---------------------------------------------------------------------
+
+def load_args(callers, requests, warmup, parts=0, size=0, pad=0):
+    a = ["--requests", str(requests), "--warmup", str(warmup)]
+    if parts:
+        a += ["--parts", str(parts)]
+    if size:
+        a += ["--size", str(size)]
+    if pad:
+        a += ["--pad", str(pad)]
+    return a
+
+
+def run_direct(mock, callers, requests, warmup, **kw):
+    w = Watch(mock)
+    d = run_tool([DIRECT, "--port", str(mock.port), "--callers", str(callers), "--window", str(WINDOW)]
+                 + load_args(callers, requests, warmup, **kw))
+    wall, (mock_cpu,) = w.done()
+    if d:
+        d["mock_cpu_s"] = mock_cpu
+        d["mock_cpu_fine_s"] = w.fine[0]
+        d["mock_wall_s"] = wall
+        d["total_requests"] = requests + warmup
+    return d
+
+
+def run_bridge(mock, bridge, transport, callers, requests, warmup, ndjson=False, **kw):
+    if transport == "tcp":
+        target = ["--port", str(bridge.port)]
+    else:
+        target = ["--unix", bridge.unix_path]
+    argv = [HTTPLOAD] + target + ["--conns", str(callers)] + load_args(callers, requests, warmup, **kw)
+    if transport == "line":
+        argv.append("--line")
+    elif ndjson:
+        argv.append("--ndjson")
+    w = Watch(mock, bridge)
+    hwm_reset = reset_hwm(bridge.pid)
+    rss0 = proc_status(bridge.pid).get("VmRSS", 0)
+    d = run_tool(argv)
+    wall, (mock_cpu, tgb_cpu) = w.done()
+    if d:
+        st = proc_status(bridge.pid)
+        d.update(mock_cpu_s=mock_cpu, tgb_cpu_s=tgb_cpu, mock_cpu_fine_s=w.fine[0], tgb_cpu_fine_s=w.fine[1],
+                 mock_wall_s=wall, total_requests=requests + warmup,
+                 tgb_rss0_kb=rss0, tgb_hwm_kb=st.get("VmHWM", 0) if hwm_reset else None,
+                 tgb_rss_kb=st.get("VmRSS", 0))
+    return d
+
+
+def alternate(rounds, runners):
+    """runners: {name: fn}.  Round r runs them in rotated order, so neither path always
+    goes first on a machine whose load drifts."""
+    names = list(runners)
+    out = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            d = runners[n]()
+            if d:
+                out[n].append(d)
+    return out
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---- scenarios -------------------------------------------------------------------------
+
+def scen_unary1(ctx, R):
+    n = 1000 if ctx.quick else 3000
+    runs = {"direct": lambda: run_direct(ctx.mock, 1, n, 200)}
+    for tr in ctx.transports:
+        runs[tr] = (lambda tr=tr: run_bridge(ctx.mock, ctx.bridge, tr, 1, n, 200))
+    R["unary1"] = alternate(ctx.rounds, runs)
+
+
+def scen_fresh(ctx, R):
+    """A caller that opens a new connection for each call (curl, most scripts): the latency
+    of the first request on a fresh connection (connection set-up itself not counted)."""
+    runs = {"direct": lambda: run_direct(ctx.mock, 1, 1, 0)}
+    for tr in ctx.transports:
+        runs[tr] = (lambda tr=tr: run_bridge(ctx.mock, ctx.bridge, tr, 1, 1, 0))
+    R["fresh"] = alternate(ctx.rounds * 3, runs)
+
+
+def scen_unary64(ctx, R):
+    n = 5000 if ctx.quick else 20000
+    runs = {"direct": lambda: run_direct(ctx.mock, 64, n, 1000)}
+    for tr in ctx.transports:
+        runs[tr] = (lambda tr=tr: run_bridge(ctx.mock, ctx.bridge, tr, 64, n, 1000))
+    R["unary64"] = alternate(ctx.rounds, runs)
+
+
+def scen_stream(ctx, R):
+    parts = 20000 if ctx.quick else 100000
+    # One warm-up stream on the same connection first, so that the figures are the
+    # stream's own and not a new connection's set-up (scen_fresh measures that).
+    runs = {"direct": lambda: run_direct(ctx.mock, 1, 1, 1, parts=parts)}
+    for tr in ctx.transports:
+        runs[tr] = (lambda tr=tr: run_bridge(ctx.mock, ctx.bridge, tr, 1, 1, 1, ndjson=True, parts=parts))
+    R["stream"] = alternate(ctx.rounds, runs)
+    R["stream_parts"] = parts
+
+
+def scen_large(ctx, R):
+    size = 4 * 1024 * 1024 if ctx.quick else MB20
+    rounds = max(3, min(ctx.rounds, 5))
+    up = {"direct": lambda: run_direct(ctx.mock, 1, 1, 0, pad=size),
+          "tcp": lambda: run_bridge(ctx.mock, ctx.bridge, "tcp", 1, 1, 0, pad=size)}
+    down = {"direct": lambda: run_direct(ctx.mock, 1, 1, 0, size=size),
+            "tcp": lambda: run_bridge(ctx.mock, ctx.bridge, "tcp", 1, 1, 0, size=size)}
+    R["upload"] = alternate(rounds, up)
+    R["download"] = alternate(rounds, down)
+    R["large_size"] = size
+
+
+def scen_hold(ctx, R):
+    n = 2000 if ctx.quick else 10000
+    limit = nofile_limit()
+    if limit < n + 200:
+        n = max(100, limit - 200)
+        log(f"  (RLIMIT_NOFILE hard limit {limit}: holding {n} streams instead)")
+    mock = Mock(ctx.tmp, "hold")
+    bridge = Bridge(ctx.tmp, "hold", mock.port,
+                    extra=["--max-queue", str(n + 1000), "--queue-timeout", "600", "--request-timeout", "600"])
+    res = {"streams": n}
+    try:
+        time.sleep(0.3)
+        rss0 = proc_status(bridge.pid)["VmRSS"]
+        idle0_cpu, idle0_ns = proc_cpu_s(bridge.pid), proc_sched_ns(bridge.pid)
+        time.sleep(2.0)
+        res["idle_empty_cpu_ms_per_s"] = (proc_cpu_s(bridge.pid) - idle0_cpu) * 1000 / 2.0
+        if idle0_ns is not None:
+            res["idle_empty_sched_ms_per_s"] = (proc_sched_ns(bridge.pid) - idle0_ns) / 1e6 / 2.0
+        t0 = time.monotonic()
+        hp = spawn([HTTPLOAD, "--port", str(bridge.port), "--conns", str(n), "--hold", "--connect-rate", "4000",
+                    "--timeout", "120", "--hold-seconds", "300"],
+                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r, _, _ = select.select([hp.stdout], [], [], 150)
+        line = hp.stdout.readline() if r else ""
+        m = re.match(r"HELD (\d+)", line)
+        res["held_written"] = int(m.group(1)) if m else 0
+        # wait until tgbridge has every call (queued or in the window)
+        st = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = bridge.status()
+            calls = st.get("rest", {}).get("active_calls")
+            rq = st.get("requests", {})
+            inq = (rq.get("queued") or 0) + (rq.get("in_flight") or 0)
+            if (calls or inq) >= res["held_written"] > 0:
+                break
+            time.sleep(0.2)
+        res["ramp_s"] = time.monotonic() - t0
+        res["status"] = {"requests": st.get("requests"), "rest": st.get("rest")}
+        time.sleep(1.0)
+        s1 = proc_status(bridge.pid)
+        res["rss0_kb"], res["rss1_kb"] = rss0, s1["VmRSS"]
+        res["rss_per_stream_b"] = (s1["VmRSS"] - rss0) * 1024 / max(1, res["held_written"])
+        c0, ns0 = proc_cpu_s(bridge.pid), proc_sched_ns(bridge.pid)
+        v0 = s1.get("voluntary_ctxt_switches", 0) + s1.get("nonvoluntary_ctxt_switches", 0)
+        time.sleep(10.0)
+        s2 = proc_status(bridge.pid)
+        res["idle_cpu_ms"] = (proc_cpu_s(bridge.pid) - c0) * 1000
+        if ns0 is not None:
+            res["idle_sched_ms"] = (proc_sched_ns(bridge.pid) - ns0) / 1e6
+        res["idle_wakeups_per_s"] = (s2.get("voluntary_ctxt_switches", 0) + s2.get("nonvoluntary_ctxt_switches", 0)
+                                     - v0) / 10.0
+        out, _ = hp.communicate(timeout=60)  # closes its stdin: the callers hang up
+        lines = [l for l in out.splitlines() if l.startswith("{")]
+        if lines:
+            d = json.loads(lines[-1])
+            res["held_replies"] = d.get("held_replies")
+            res["connect_errors"] = d.get("connect_errors")
+            res["first_error"] = d.get("first_error")
+        # the callers are gone: does tgbridge give the memory back?
+        time.sleep(2.5)
+        res["rss_after_kb"] = proc_status(bridge.pid)["VmRSS"]
+    finally:
+        bridge.stop()
+        res["mock_log"] = mock.stop()
+    R["hold"] = res
+
+
+# ---- table -----------------------------------------------------------------------------
+
+def fmt(x, unit="", digits=None):
+    if x is None:
+        return "n/a"
+    if digits is None:
+        digits = 0 if abs(x) >= 100 else (1 if abs(x) >= 10 else 2)
+    return f"{x:,.{digits}f}{unit}"
+
+
+def build_rows(R, transports):
+    rows = []
+    label = {"tcp": "REST/TCP", "unix": "REST/unix", "line": "line/unix"}
+
+    def figure(runs, key, sub=None):
+        vals = []
+        for d in runs:
+            v = d.get(key)
+            if sub:
+                v = (v or {}).get(sub)
+            vals.append(v)
+        return med(vals)
+
+    def paired(dr, br, key, sub, op):
+        """Median over rounds of op(bridge_i, direct_i): pairs runs that ran side by side."""
+        vals = []
+        def get(d):
+            v = d.get(key)
+            return (v or {}).get(sub) if sub else v
+        for a, b in zip(dr, br):
+            x, y = get(a), get(b)
+            if x is not None and y is not None:
+                vals.append(op(y, x))
+        return med(vals)
+
+    if "unary1" in R:
+        u = R["unary1"]
+        for tr in transports:
+            if not u.get(tr):
+                continue
+            for pct, target, lim in (("p50", "added ≤ 100 µs", 100), ("p99", "added ≤ 1,000 µs", 1000)):
+                d = figure(u["direct"], "lat_us", pct)
+                b = figure(u[tr], "lat_us", pct)
+                add = paired(u["direct"], u[tr], "lat_us", pct, lambda y, x: y - x)
+                rows.append((f"unary, 1 caller, {label[tr]}: latency {pct} (µs)", fmt(d), fmt(b),
+                             f"+{fmt(add)} µs" if add is not None else "n/a", target,
+                             verdict(add is not None and add <= lim)))
+    if "fresh" in R:
+        u = R["fresh"]
+        for tr in transports:
+            if not u.get(tr):
+                continue
+            d = figure(u["direct"], "lat_us", "p50")
+            b = figure(u[tr], "lat_us", "p50")
+            add = paired(u["direct"], u[tr], "lat_us", "p50", lambda y, x: y - x)
+            rows.append((f"first call on a new connection, {label[tr]}: latency (µs)", fmt(d), fmt(b),
+                         f"+{fmt(add)} µs" if add is not None else "n/a", "report", ""))
+    if "unary64" in R:
+        u = R["unary64"]
+        for tr in transports:
+            if not u.get(tr):
+                continue
+            d = figure(u["direct"], "rps")
+            b = figure(u[tr], "rps")
+            ratio = paired(u["direct"], u[tr], "rps", None, lambda y, x: y / x if x else None)
+            rows.append((f"unary, 64 callers, {label[tr]}: throughput (req/s)", fmt(d), fmt(b),
+                         f"{fmt(ratio, '×', 2)}", "≥ 0.5×", verdict(ratio is not None and ratio >= 0.5)))
+        # CPU per request: tgbridge's utime+stime over the 64-caller runs; the direct
+        # column is the whole direct client's CPU per request, for scale.
+        d_cpu = med([d["cpu_s"] / d["requests"] * 1e6 for d in u["direct"] if d.get("requests")])
+        for tr in transports:
+            if not u.get(tr):
+                continue
+            b_cpu = med([d["tgb_cpu_s"] / d["total_requests"] * 1e6 for d in u[tr]])
+            rows.append((f"CPU per request, {label[tr]} (µs; direct = whole client)", fmt(d_cpu), fmt(b_cpu),
+                         fmt(b_cpu / d_cpu, "×", 2) if b_cpu and d_cpu else "n/a", "report", ""))
+    if "stream" in R:
+        s = R["stream"]
+        parts = R.get("stream_parts", 0)
+        for tr in transports:
+            if not s.get(tr):
+                continue
+            d = figure(s["direct"], "frames_per_s")
+            b = figure(s[tr], "frames_per_s")
+            ratio = paired(s["direct"], s[tr], "frames_per_s", None, lambda y, x: y / x if x else None)
+            rows.append((f"stream of {parts:,} parts, {label[tr]}: parts/s", fmt(d), fmt(b), fmt(ratio, "×", 2),
+                         "≥ 0.5×", verdict(ratio is not None and ratio >= 0.5)))
+            d = figure(s["direct"], "ttfb_us", "p50")
+            b = figure(s[tr], "ttfb_us", "p50")
+            add = paired(s["direct"], s[tr], "ttfb_us", "p50", lambda y, x: y - x)
+            rows.append((f"stream, {label[tr]}: time to first part (µs)", fmt(d), fmt(b),
+                         f"+{fmt(add)} µs" if add is not None else "n/a", "report", ""))
+        for tr in transports:
+            if s.get(tr):
+                # tgbridge's CPU covers the warm-up stream too: divide by every part it carried
+                b_cpu = med([d["tgb_cpu_fine_s"] / max(1, d["frames"] * d["total_requests"] / max(1, d["requests"]))
+                             * 1e6 for d in s[tr]])
+                d_cpu = med([d["cpu_s"] / max(1, d["frames"]) * 1e6 for d in s["direct"]])
+                rows.append((f"CPU per stream part, {label[tr]} (µs; direct = whole client)", fmt(d_cpu), fmt(b_cpu),
+                             fmt(b_cpu / d_cpu, "×", 2) if b_cpu and d_cpu else "n/a", "report", ""))
+    if "hold" in R:
+        h = R["hold"]
+        n = h.get("held_written", 0)
+        per = h.get("rss_per_stream_b")
+        rows.append((f"{n:,} open streams: tgbridge RSS per stream (KiB)", "n/a", fmt(per / 1024 if per else None),
+                     "", "≤ 8 KiB", verdict(per is not None and per <= 8192)))
+        cpu = h.get("idle_cpu_ms")
+        sched = h.get("idle_sched_ms")
+        shown = f"{fmt(cpu, ' ms', 0)} ({fmt(sched, ' ms', 1)} sched)" if sched is not None else fmt(cpu, " ms", 0)
+        rows.append((f"{n:,} open streams: tgbridge CPU over 10 s idle", "n/a", shown,
+                     f"{fmt(h.get('idle_wakeups_per_s'), '', 0)} wakeups/s", "0", verdict(cpu is not None and cpu == 0
+                                                                                          and (sched or 0) < 5)))
+    for key, what in (("upload", "request"), ("download", "reply")):
+        if key not in R:
+            continue
+        L = R[key]
+        size = R.get("large_size", MB20)
+        mbs = lambda d: size / 1048576 / (d["lat_us"]["p50"] / 1e6) if d.get("lat_us", {}).get("p50") else None
+        dthr = med([mbs(d) for d in L["direct"]])
+        bthr = med([mbs(d) for d in L.get("tcp", [])])
+        ratio = med([mbs(b) / mbs(a) for a, b in zip(L["direct"], L.get("tcp", [])) if mbs(a) and mbs(b)])
+        rows.append((f"{size // 1048576} MB {what}, REST/TCP: throughput (MB/s)", fmt(dthr), fmt(bthr),
+                     fmt(ratio, "×", 2), "report", ""))
+        dpk = med([(d["hwm_kb"] - d["rss_start_kb"]) * 1024 / size for d in L["direct"]])
+        bpk = med([(d["tgb_hwm_kb"] - d["tgb_rss0_kb"]) * 1024 / size for d in L.get("tcp", [])
+                   if d.get("tgb_hwm_kb") is not None])
+        rows.append((f"{size // 1048576} MB {what}: peak RSS growth / payload", fmt(dpk, "×", 2), fmt(bpk, "×", 2), "",
+                     "≤ 3×", verdict(bpk is not None and bpk <= 3)))
+    return rows
+
+
+def verdict(ok):
+    return "met" if ok else "MISSED"
+
+
+def print_table(rows, out=sys.stdout):
+    head = ("scenario", "direct", "tgbridge", "ratio / added", "target", "")
+    w = [max(len(str(r[i])) for r in rows + [head]) for i in range(6)]
+    line = "  ".join(h.ljust(w[i]) if i == 0 else h.rjust(w[i]) for i, h in enumerate(head))
+    print(line, file=out)
+    print("-" * len(line), file=out)
+    for r in rows:
+        print("  ".join(str(c).ljust(w[i]) if i == 0 else str(c).rjust(w[i]) for i, c in enumerate(r)), file=out)
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg": os.getloadavg()}
+
+
+def mock_summary(R):
+    """How busy the mock was: its CPU as a share of the runs' wall time, per scenario."""
+    out = []
+    for key in ("unary1", "unary64", "stream", "upload", "download"):
+        if key not in R:
+            continue
+        for path, runs in R[key].items():
+            if not runs:
+                continue
+            busy = med([d["mock_cpu_fine_s"] / d["mock_wall_s"] for d in runs if d.get("mock_wall_s")])
+            tgb = med([d["tgb_cpu_fine_s"] / d["mock_wall_s"] for d in runs
+                       if d.get("mock_wall_s") and "tgb_cpu_fine_s" in d])
+            out.append((key, path, busy, tgb))
+    return out
+
+
+# ---- profile (optional) ----------------------------------------------------------------
+
+def profile(ctx):
+    """perf cpu-clock sampling of tgbridge and fastmock at full speed, then callgrind on a
+    shorter run.  Prints the top entries; the raw files stay in bench/build/profile/."""
+    pdir = os.path.join(BUILD, "profile")
+    os.makedirs(pdir, exist_ok=True)
+    report = []
+    perf = shutil.which("perf")
+    if perf:
+        mock = Mock(ctx.tmp, "perf")
+        bridge = Bridge(ctx.tmp, "perf", mock.port)
+        try:
+            for tag, argv in (("unary64", [HTTPLOAD, "--port", str(bridge.port), "--conns", "64", "--requests", "20000",
+                                           "--warmup", "500"]),
+                              ("stream", [HTTPLOAD, "--port", str(bridge.port), "--conns", "1", "--requests", "3",
+                                          "--warmup", "0", "--parts", "100000", "--ndjson"])):
+                recs = []
+                for who, pid in (("tgbridge", bridge.pid), ("fastmock", mock.pid)):
+                    out = os.path.join(pdir, f"perf-{who}-{tag}.data")
+                    for stale in (out, out + ".old"):
+                        if os.path.exists(stale):
+                            os.unlink(stale)
+                    recs.append((who, out, spawn([perf, "record", "-q", "-e", "cpu-clock", "-F", "2000", "-g", "-p",
+                                                  str(pid), "-o", out], stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL)))
+                time.sleep(0.5)
+                w = Watch(mock, bridge)
+                run_tool(argv)
+                wall, (mcpu, bcpu) = w.done()
+                for who, out, p in recs:
+                    p.send_signal(signal.SIGINT)
+                    p.wait(30)
+                report.append(f"perf {tag}: wall {wall:.2f} s, tgbridge CPU {bcpu:.2f} s, fastmock CPU {mcpu:.2f} s")
+                for who, out, _ in recs:
+                    cp = subprocess.run([perf, "report", "-i", out, "--stdio", "--no-children", "--sort",
+                                         "dso,symbol", "--percent-limit", "0.7"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+                    top = [l for l in cp.stdout.splitlines() if re.match(r"\s+\d+\.\d+%", l)]
+                    top = top[:14 if who == "tgbridge" else 6]
+                    report.append(f"  perf top ({who}, {tag}, self time):")
+                    report += ["    " + re.sub(r"\s+", " ", l.strip()).replace(" - -", "") for l in top]
+                    if who != "tgbridge":
+                        continue
+                    # where the kernel time goes: system calls, with everything they cause
+                    cp = subprocess.run([perf, "report", "-i", out, "--stdio", "--children", "--sort", "symbol",
+                                         "--percent-limit", "0.5"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+                    sysc = []
+                    for l in cp.stdout.splitlines():
+                        m = re.match(r"\s+(\d+\.\d+)%\s+\d+\.\d+%\s+\[k\] (?:__x64_sys_(\w+)|__sys_(sendmsg))\s", l)
+                        if m:
+                            sysc.append(f"{m.group(2) or m.group(3)} {m.group(1)}%")
+                    if sysc:
+                        report.append("    system calls (incl. what they cause in the kernel): " + ", ".join(sysc[:8]))
+        finally:
+            bridge.stop()
+            mock.stop()
+    vg = shutil.which("valgrind")
+    if vg and shutil.which("callgrind_control"):
+        report += callgrind_profiles(ctx, pdir, vg)
+    return report
+
+
+def callgrind_top(path, n=14):
+    """(total Ir, [top self entries]) of one callgrind file."""
+    cp = subprocess.run(["callgrind_annotate", "--threshold=99", path], stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True)
+    lines = cp.stdout.splitlines()
+    tot = next((l for l in lines if "PROGRAM TOTALS" in l), "")
+    m = re.match(r"\s*([\d,]+)", tot)
+    total = int(m.group(1).replace(",", "")) if m else 0
+    start = next((i for i, l in enumerate(lines) if re.match(r"\s*Ir\s+file:function", l)), None)
+    top = []
+    if start is not None:
+        for l in lines[start + 2:]:
+            if not l.strip():
+                continue
+            l = re.sub(r"\s+", " ", l.strip())
+            l = re.sub(r"\./[^:]*/", "", l)  # glibc source paths
+            l = l.replace("/usr/lib/x86_64-linux-gnu/", "").replace(ROOT + "/", "")
+            top.append(l)
+            if len(top) >= n:
+                break
+    return total, top
+
+
+def callgrind_profiles(ctx, pdir, vg):
+    """Instruction counts (deterministic, unlike timings on a shared machine) for the same
+    work through tgbridge, through the mock, and through the direct client: 2,000 unary
+    requests from 64 callers, then (separately) one 20,000-part stream.  Only what runs
+    inside lws_service() is counted (--toggle-collect), so start-up — e.g. lws loading the
+    system CA store — is excluded; each workload gets fresh processes."""
+    report = []
+    n_req, parts = 2000, 20000
+    work = {"unary": (["--conns", "64", "--requests", str(n_req), "--warmup", "0"],
+                      ["--callers", "64", "--requests", str(n_req), "--warmup", "0"], n_req, "request"),
+            "stream": (["--conns", "1", "--requests", "1", "--warmup", "0", "--parts", str(parts), "--ndjson"],
+                       ["--callers", "1", "--requests", "1", "--warmup", "0", "--parts", str(parts)], parts, "part")}
+    for f in os.listdir(pdir):
+        if f.startswith("callgrind-"):
+            os.unlink(os.path.join(pdir, f))
+
+    def wrap(who, tag):
+        return [vg, "--tool=callgrind", "--toggle-collect=lws_service",
+                f"--callgrind-out-file={os.path.join(pdir, f'callgrind-{who}-{tag}.out')}"]
+
+    for tag, (hargs, dargs, n, unit) in work.items():
+        mock = Mock(ctx.tmp, f"cg-{tag}", wrapper=wrap("fastmock", tag))
+        bridge = None
+        try:
+            bridge = Bridge(ctx.tmp, f"cg-{tag}", mock.port, wrapper=wrap("tgbridge", tag), ready_timeout=120)
+            run_tool([HTTPLOAD, "--port", str(bridge.port), "--timeout", "300"] + hargs, timeout=400)
+        finally:
+            if bridge:
+                bridge.stop()
+            mock.stop()
+        mock = Mock(ctx.tmp, f"cg-d-{tag}")
+        try:
+            run_tool(wrap("direct", tag) + [DIRECT, "--port", str(mock.port), "--window", str(WINDOW),
+                                            "--timeout", "300"] + dargs, timeout=400)
+        finally:
+            mock.stop()
+        for who in ("tgbridge", "fastmock", "direct"):
+            path = os.path.join(pdir, f"callgrind-{who}-{tag}.out")
+            if not os.path.exists(path):
+                report.append(f"callgrind {who}, {tag}: no profile written")
+                continue
+            total, top = callgrind_top(path, 12 if who == "tgbridge" else 6)
+            report.append(f"callgrind {who}, {tag}: {total:,} instructions = {total / n:,.0f} per {unit}")
+            report += ["    " + l for l in top]
+    return report
+
+# ---- main ------------------------------------------------------------------------------
+
+HAS_UNIX = False
+
+
+class Ctx:
+    pass
+
+
+def main():
+    global HAS_UNIX
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", action="store_true", default=os.environ.get("BENCH_PROFILE") == "1")
+    ap.add_argument("--json", default=os.path.join(BUILD, "results.json"))
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+
+    cp = subprocess.run(["make", "-s", "-C", HERE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if cp.returncode:
+        print(cp.stdout, file=sys.stderr)
+        sys.exit("bench: building the bench programs failed")
+    if not os.access(TGBRIDGE, os.X_OK):
+        sys.exit(f"bench: {TGBRIDGE} not built (run `make`)")
+    help_text = subprocess.run([TGBRIDGE, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True).stdout
+    HAS_UNIX = "--unix" in help_text
+
+    ctx = Ctx()
+    ctx.rounds = max(1, args.rounds if not args.quick else min(args.rounds, 3))
+    ctx.quick = args.quick
+    ctx.transports = ["tcp"] + (["unix", "line"] if HAS_UNIX else [])
+    mach = machine()
+    R = {"machine": mach, "transports": ctx.transports, "rounds": ctx.rounds}
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tgbench-") as tmp:
+        ctx.tmp = tmp
+        try:
+            ctx.mock = Mock(tmp, "main")
+            ctx.bridge = Bridge(tmp, "main", ctx.mock.port, unix=HAS_UNIX)
+            # warm both paths once (page faults, allocator, TCP) before measuring
+            run_direct(ctx.mock, 4, 500, 0)
+            run_bridge(ctx.mock, ctx.bridge, "tcp", 4, 500, 0)
+            R["tgb_rss_start_kb"] = proc_status(ctx.bridge.pid)["VmRSS"]
+            for name, fn, what in (("unary1", scen_unary1, "unary, 1 caller"),
+                                   ("fresh", scen_fresh, "first call on a new connection"),
+                                   ("unary64", scen_unary64, "unary, 64 keep-alive callers"),
+                                   ("stream", scen_stream, "one long stream"),
+                                   ("large", scen_large, "20 MB request and reply")):
+                if only and name not in only:
+                    continue
+                log(f"bench: {what} ({ctx.rounds} alternating rounds) ...")
+                fn(ctx, R)
+            st = ctx.bridge.status()
+            R["tgb_status_end"] = st.get("requests")
+            R["tgb_rss_end_kb"] = proc_status(ctx.bridge.pid)["VmRSS"]
+            ctx.bridge.stop()
+            R["mock_log"] = ctx.mock.stop()
+            if not only or "hold" in only:
+                log("bench: 10,000 open streams held by the mock ...")
+                scen_hold(ctx, R)
+            if args.profile:
+                log("bench: profiling (perf cpu-clock, then callgrind) ...")
+                R["profile"] = profile(ctx)
+        finally:
+            cleanup()
+    R["elapsed_s"] = time.monotonic() - t_start
+    mach["loadavg_end"] = os.getloadavg()
+
+    rows = build_rows(R, ctx.transports)
+    print()
+    print(f"tgbridge benchmark — {mach['date']} — {mach['nproc']} × {mach['cpu']} — Linux {mach['kernel']}")
+    print(f"load average at start {mach['loadavg'][0]:.2f}, at end {mach['loadavg_end'][0]:.2f}; "
+          f"{ctx.rounds} alternating rounds; medians; window {WINDOW} on both paths")
+    print()
+    print_table(rows)
+    print()
+    ms = mock_summary(R)
+    if ms:
+        worst = max(ms, key=lambda x: x[2] or 0)
+        print(f"mock gateway CPU: at most {worst[2] * 100:.0f}% of one core (scenario {worst[0]}, path {worst[1]}); "
+              "the mock is single-threaded, so below 100% it was not the bottleneck")
+        for key, path, busy, tgb in ms:
+            if path != "direct" and tgb is not None:
+                print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%  tgbridge {tgb * 100:4.0f}% of one core")
+            else:
+                print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%")
+    if "hold" in R:
+        h = R["hold"]
+        rq = (h.get("status") or {}).get("requests") or {}
+        print(f"open streams: {h.get('held_written')} held; tgbridge had {rq.get('in_flight')} in the gateway's "
+              f"window and {rq.get('queued')} queued behind it (ramp {h.get('ramp_s', 0):.1f} s); "
+              f"RSS {h.get('rss0_kb')} → {h.get('rss1_kb')} KiB, {h.get('rss_after_kb')} KiB after the callers left; "
+              f"idle with no calls: {fmt(h.get('idle_empty_cpu_ms_per_s'), ' ms/s', 1)}")
+    if R.get("profile"):
+        print()
+        print("profile:")
+        for line in R["profile"]:
+            print("  " + line)
+    print(f"\n(total {R['elapsed_s']:.0f} s; raw figures in {os.path.relpath(args.json, ROOT)})")
+    R["rows"] = rows
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(R, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    def on_sig(sig, frame):
+        cleanup()
+        sys.exit(130)
+    signal.signal(signal.SIGTERM, on_sig)
+    signal.signal(signal.SIGINT, on_sig)
+    try:
+        main()
+    finally:
+        cleanup()
