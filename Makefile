@@ -1,6 +1,6 @@
 # tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test.
-PKGS      := libmicrohttpd libwebsockets libcjson
-DEB_PKGS  := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev \
+PKGS      := libmicrohttpd libwebsockets libcjson libcrypto
+DEB_PKGS  := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev \
              python3 python3-aiohttp curl openssl socat netcat-openbsd
 CC        ?= cc
 OPT       ?= -O2 -g

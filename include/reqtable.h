@@ -52,7 +52,7 @@ struct request {
     struct window *win;   /* the connection's window it was sent on */
     struct request *hnext;
     bool hashed;
-    lws_sorted_usec_list_t sul; /* the one deadline that applies to its state (mux.c) */
+    struct list dnode;    /* in mux.c's list of running request deadlines */
     const struct request_ops *ops;
     void *owner;          /* NULL once the owner has detached */
 };

@@ -65,6 +65,18 @@ size_t line_pending_requests(void)
     return L.pending;
 }
 
+size_t line_unsent_bytes(void)
+{
+    size_t n = 0;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &L.clients) {
+        const struct lclient *c = list_entry(pos, struct lclient, node);
+        if (!c->closing)
+            n += c->out.len;
+    }
+    return n;
+}
+
 static void error_line(struct buf *b, const char *cid, const char *type, const char *message)
 {
     buf_puts(b, "{\"id\":");

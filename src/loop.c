@@ -40,12 +40,17 @@ static int raw_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
 
 static struct lws_protocols protocols[4];
 
+static bool running;
+
+/* lws reports every failed connection attempt at error level; tgbridge reports the
+ * state change itself, once (upstream.c log_down), so after start-up lws's own
+ * lines are debug detail. */
 static void lws_log_emit(int level, const char *line)
 {
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         n--;
-    log_msg(level == LLL_ERR ? LOG_WARN : LOG_DEBUG, "lws: %.*s", (int)n, line);
+    log_msg(level == LLL_ERR && !running ? LOG_WARN : LOG_DEBUG, "lws: %.*s", (int)n, line);
 }
 
 int loop_init(const struct config *cfg)
@@ -56,6 +61,7 @@ int loop_init(const struct config *cfg)
     int lws_levels = LLL_ERR;
     if (log_get_level() >= LOG_DEBUG)
         lws_levels |= LLL_WARN | LLL_NOTICE;
+    /* The only lines lws can emit are ours to route: redaction applies to them too. */
     lws_set_log_level(lws_levels, lws_log_emit);
 
     struct lws_context_creation_info info;
@@ -117,6 +123,7 @@ void loop_unwatch(struct watcher *w)
 
 void loop_run(void)
 {
+    running = true;
     while (!stop_requested)
         if (lws_service(ctx, 0) < 0)
             break;

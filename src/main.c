@@ -32,7 +32,9 @@ static double close_deadline;
 static void close_check(lws_sorted_usec_list_t *sul)
 {
     (void)sul;
-    if (upstream_closed() || now_mono() >= close_deadline) {
+    /* The calls just failed still need their answers written. */
+    bool flushed = rest_active_calls() == 0 && line_unsent_bytes() == 0;
+    if ((upstream_closed() && flushed) || now_mono() >= close_deadline) {
         loop_stop();
         return;
     }

@@ -9,10 +9,16 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Every queued request has the same timeout and joins the queue's tail; every sent
+ * one has the same timeout and joins `sent`'s tail.  So each list expires from its
+ * head, and one timer per list does (O(1) per request, instead of one timer each
+ * inserted into lws's sorted timer list). */
 static struct {
     struct lws_context *ctx;
     const struct config *cfg;
     struct reqtable rt;
+    struct list sent;                    /* requests with a running request deadline */
+    lws_sorted_usec_list_t queue_sul, sent_sul;
     unsigned long long submitted, completed, failed;
 } M;
 
@@ -31,10 +37,13 @@ void mux_init(struct lws_context *ctx, const struct config *cfg)
     char prefix[24];
     snprintf(prefix, sizeof prefix, "tgb-%06x", nonce & 0xffffff);
     reqtable_init(&M.rt, prefix);
+    list_init(&M.sent);
 }
 
 void mux_shutdown(void)
 {
+    lws_sul_cancel(&M.queue_sul);
+    lws_sul_cancel(&M.sent_sul);
     reqtable_destroy(&M.rt);
 }
 
@@ -73,34 +82,70 @@ struct request *mux_new(const char *service, const char *flow, const char *works
 }
 
 static void close_upstream(struct request *req);
+static void queue_expired(lws_sorted_usec_list_t *sul);
+
+static void arm_queue_timer(void)
+{
+    struct request *head = reqtable_queue_head(&M.rt);
+    if (head)
+        lws_sul_schedule(M.ctx, 0, &M.queue_sul, queue_expired,
+                         seconds_to_us(head->enqueued_at + M.cfg->queue_timeout - now_mono()));
+}
 
 static void queue_expired(lws_sorted_usec_list_t *sul)
 {
-    struct request *req = lws_container_of(sul, struct request, sul);
-    reqtable_dequeue(&M.rt, req);
-    req->state = REQ_CLOSED;
-    char msg[512];
-    if (upstream_ready())
-        snprintf(msg, sizeof msg, "no room in the gateway's window within %.3g s", M.cfg->queue_timeout);
-    else
-        snprintf(msg, sizeof msg, "gateway not available within %.3g s: %s", M.cfg->queue_timeout,
-                 upstream_reason());
-    fail(req, 503, "gateway-unavailable", msg);
+    (void)sul;
+    double now = now_mono();
+    struct request *req;
+    while ((req = reqtable_queue_head(&M.rt)) && req->enqueued_at + M.cfg->queue_timeout <= now) {
+        reqtable_dequeue(&M.rt, req);
+        req->state = REQ_CLOSED;
+        char msg[512];
+        if (upstream_ready())
+            snprintf(msg, sizeof msg, "no room in the gateway's window within %.3g s", M.cfg->queue_timeout);
+        else
+            snprintf(msg, sizeof msg, "gateway not available within %.3g s: %s", M.cfg->queue_timeout,
+                     upstream_reason());
+        fail(req, 503, "gateway-unavailable", msg);
+    }
+    arm_queue_timer();
 }
 
-static void request_expired(lws_sorted_usec_list_t *sul)
+static void sent_expired(lws_sorted_usec_list_t *sul);
+
+static void arm_sent_timer(void)
 {
-    struct request *req = lws_container_of(sul, struct request, sul);
-    if (req->suspect) {
-        close_upstream(req);
+    if (list_empty(&M.sent))
         return;
-    }
+    struct request *head = list_entry(M.sent.next, struct request, dnode);
+    lws_sul_schedule(M.ctx, 0, &M.sent_sul, sent_expired,
+                     seconds_to_us(head->sent_at + M.cfg->request_timeout - now_mono()));
+}
+
+static void sent_expired(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    double now = now_mono();
     char msg[128];
     snprintf(msg, sizeof msg, "no complete reply within %.3g s", M.cfg->request_timeout);
-    /* The gateway has no cancel: the id stays in the window ledger until the gateway
-     * completes it or the socket goes; late frames for it are dropped. */
-    fail(req, 504, "request-timeout", msg);
-    upstream_kick(); /* an abandoned request may now pin the window: rotation? */
+    bool abandoned = false;
+    while (!list_empty(&M.sent)) {
+        struct request *req = list_entry(M.sent.next, struct request, dnode);
+        if (req->sent_at + M.cfg->request_timeout > now)
+            break;
+        list_del(&req->dnode);
+        if (req->suspect) {
+            close_upstream(req);
+            continue;
+        }
+        /* The gateway has no cancel: the id stays in the window ledger until the
+         * gateway completes it or the socket goes; late frames for it are dropped. */
+        abandoned = abandoned || !req->answered;
+        fail(req, 504, "request-timeout", msg);
+    }
+    arm_sent_timer();
+    if (abandoned)
+        upstream_kick(); /* an abandoned request may now pin the window: rotation? */
 }
 
 void mux_submit(struct request *req)
@@ -118,8 +163,10 @@ void mux_submit(struct request *req)
         return;
     }
     req->enqueued_at = now_mono();
+    bool was_empty = M.rt.nqueued == 0;
     reqtable_enqueue(&M.rt, req);
-    lws_sul_schedule(M.ctx, 0, &req->sul, queue_expired, seconds_to_us(M.cfg->queue_timeout));
+    if (was_empty)
+        arm_queue_timer();
     upstream_kick();
 }
 
@@ -134,7 +181,6 @@ void mux_detach(struct request *req)
         req->state = REQ_CLOSED;
     }
     if (req->state != REQ_SENT) {
-        lws_sul_cancel(&req->sul);
         reqtable_release(&M.rt, req);
     } else {
         upstream_kick(); /* it may pin the window now that nobody waits for it */
@@ -156,7 +202,6 @@ struct request *mux_next_to_send(struct window *w)
     if (!mux_has_sendable(w))
         return NULL;
     struct request *req = reqtable_queue_head(&M.rt);
-    lws_sul_cancel(&req->sul);
     reqtable_mark_sent(&M.rt, req, w);
     return req;
 }
@@ -198,14 +243,18 @@ void mux_sent(struct request *req)
 {
     req->sent_at = now_mono();
     buf_free(&req->frame);
-    if (!req->answered && req->state == REQ_SENT)
-        lws_sul_schedule(M.ctx, 0, &req->sul, request_expired, seconds_to_us(M.cfg->request_timeout));
+    if (req->answered || req->state != REQ_SENT)
+        return;
+    bool was_empty = list_empty(&M.sent);
+    list_add_tail(&M.sent, &req->dnode);
+    if (was_empty)
+        arm_sent_timer();
 }
 
 /* The gateway is done with req; it may be freed here (when its owner has gone). */
 static void close_upstream(struct request *req)
 {
-    lws_sul_cancel(&req->sul);
+    list_del(&req->dnode);
     reqtable_close(&M.rt, req);
     upstream_kick(); /* the window may have room now */
 }
@@ -308,7 +357,7 @@ void mux_upstream_lost(struct window *w, const char *why)
     list_for_each_safe(pos, tmp, &dropped) {
         struct request *r = list_entry(pos, struct request, wnode);
         list_del(pos);
-        lws_sul_cancel(&r->sul);
+        list_del(&r->dnode);
         fail(r, 502, "upstream-disconnected", msg);
     }
 }

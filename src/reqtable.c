@@ -75,6 +75,7 @@ struct request *reqtable_new(struct reqtable *rt)
     req->state = REQ_NEW;
     list_init(&req->qnode);
     list_init(&req->wnode);
+    list_init(&req->dnode);
     buf_init(&req->frame, LWS_PRE);
     rt->nlive++;
     return req;
@@ -170,7 +171,7 @@ bool reqtable_release(struct reqtable *rt, struct request *req)
         return false;
     if (req->state == REQ_SENT)
         return false;
-    lws_sul_cancel(&req->sul);
+    list_del(&req->dnode);
     buf_free(&req->frame);
     rt->nlive--;
     free(req);

@@ -5,6 +5,7 @@
 #include "mux.h"
 #include "util.h"
 #include <libwebsockets.h>
+#include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,9 +18,10 @@
 /* Replies have no size limit at the gateway (ref §2.4); cap what one frame may cost us. */
 #define MAX_REPLY_FRAME (512u * 1024 * 1024)
 
-/* One WebSocket to the gateway.  Normally there is one, `cur`; while the socket is
- * rotated (make-before-break) the previous one drains as `old`, receiving replies
- * for its live requests but sending nothing new. */
+/* One WebSocket to the gateway.  Normally there is one, `cur`.  A rotation is
+ * make-before-break: the replacement connects and authenticates as `next` while
+ * `cur` keeps serving; once `next` is ready it becomes `cur` and the previous one
+ * drains as `old`, receiving replies for its live requests but sending nothing new. */
 struct upconn {
     struct lws *wsi;
     unsigned serial;
@@ -28,6 +30,8 @@ struct upconn {
     bool kill;               /* close from the next WRITEABLE */
     bool auth_frame_due;     /* an auth frame (first or refresh) still has to be written */
     bool reauthenticating;   /* a refresh frame was sent, its reply not yet seen */
+    char tls_error[200];     /* why certificate verification failed, if it did */
+    char reason[512];        /* why this connection failed (next: not copied to U.reason) */
     struct window win;       /* this socket's share of the gateway's window */
     struct request *sending; /* an envelope partly written */
     struct buf rx;
@@ -41,15 +45,17 @@ struct upconn {
 static struct {
     struct lws_context *ctx;
     struct config *cfg;
-    struct upconn *cur, *old;
+    struct upconn *cur, *next, *old;
+    char rotate_pending[160]; /* a rotation asked for while another was under way */
     char reason[512];
     char era[48];
     char default_ws[256];
     char reauth_status[160];
     bool auth_rejected;      /* the last connection failed on credentials */
     bool stopping;
-    lws_sorted_usec_list_t retry_sul, drain_sul, rotate_sul;
+    lws_sorted_usec_list_t retry_sul, drain_sul, rotate_sul, rotate_retry_sul;
     uint16_t retry_count;
+    struct upconn *connecting; /* inside lws_client_connect_via_info */
     unsigned reconnects, rotations, serial;
     bool ever_connected;
     lws_retry_bo_t retry;
@@ -65,6 +71,22 @@ static void set_reason(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(U.reason, sizeof U.reason, fmt, ap);
     va_end(ap);
+}
+
+/* Records why connection c failed: for the replacement in a rotation only on c (the
+ * current connection is still fine), otherwise as the upstream's reason. */
+static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->reason, sizeof c->reason, fmt, ap);
+    va_end(ap);
+    if (c == U.next)
+        return;
+    snprintf(U.reason, sizeof U.reason, "%s", c->reason);
+    if (auth)
+        U.auth_rejected = true;
 }
 
 bool upstream_ready(void) { return U.cur && U.cur->state == UP_READY; }
@@ -153,6 +175,9 @@ static void conn_abort(struct upconn *c)
 }
 
 static void check_old(void);
+static void drain_expired(lws_sorted_usec_list_t *sul);
+
+static void retry_rotation(lws_sorted_usec_list_t *sul);
 
 static void conn_gone(struct upconn *c)
 {
@@ -161,26 +186,54 @@ static void conn_gone(struct upconn *c)
     mux_upstream_lost(&c->win, why);
     lws_sul_cancel(&c->auth_sul);
     buf_free(&c->rx);
+    bool was_cur = c == U.cur;
     if (c == U.old) {
         U.old = NULL;
         lws_sul_cancel(&U.drain_sul);
         log_info("rotated-out connection #%u closed", c->serial);
-    }
-    bool was_cur = c == U.cur;
-    if (was_cur)
+        if (U.rotate_pending[0] && !U.stopping)
+            lws_sul_schedule(U.ctx, 0, &U.rotate_retry_sul, retry_rotation, 1);
+    } else if (c == U.next) {
+        /* Make-before-break: the current connection keeps serving. */
+        U.next = NULL;
+        if (!U.stopping) {
+            log_warn("rotation failed, keeping connection #%u: %s", U.cur ? U.cur->serial : 0, c->reason);
+            if (!U.rotate_pending[0])
+                snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
+            lws_sul_schedule(U.ctx, 0, &U.rotate_retry_sul, retry_rotation, seconds_to_us(U.cfg->reconnect_max));
+        }
+    } else if (was_cur) {
         U.cur = NULL;
+    }
     free(c);
     if (!was_cur || U.stopping)
         return;
+    if (U.next) {
+        /* The replacement is already on its way: it becomes current when ready. */
+        log_warn("upstream connection lost (%s); its replacement is being set up", U.reason);
+        return;
+    }
     log_down();
     schedule_reconnect();
 }
 
 static void rotate_check(lws_sorted_usec_list_t *sul);
 
+static void rotation_done(void);
+
 static void became_ready(struct upconn *c, const char *era, const char *workspace)
 {
     c->state = UP_READY;
+    if (c == U.next) {
+        if (U.cur) {
+            U.old = U.cur;
+            U.old->draining = true;
+            U.drain_deadline = now_mono() + U.cfg->drain_timeout;
+            lws_sul_schedule(U.ctx, 0, &U.drain_sul, drain_expired, seconds_to_us(U.cfg->drain_timeout));
+        }
+        U.cur = c;
+        U.next = NULL;
+    }
     U.retry_count = 0;
     U.auth_rejected = false;
     lws_sul_cancel(&c->auth_sul);
@@ -194,13 +247,14 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
              era_changed ? "" : " (same era as before)");
     check_old();
     upstream_kick();
+    rotation_done();
 }
 
 static void auth_timed_out(lws_sorted_usec_list_t *sul)
 {
     struct upconn *c = lws_container_of(sul, struct upconn, auth_sul);
     if (c->state == UP_AUTHENTICATING) {
-        set_reason("no reply to the authentication frame");
+        conn_reason(c, false, "no reply to the authentication frame");
         conn_abort(c);
     } else if (c->reauthenticating) {
         c->reauthenticating = false;
@@ -210,11 +264,23 @@ static void auth_timed_out(lws_sorted_usec_list_t *sul)
     }
 }
 
+static struct upconn *start_connection(void);
+
 static void connect_now(lws_sorted_usec_list_t *sul)
 {
     (void)sul;
-    if (U.stopping || U.cur)
+    if (U.stopping || U.cur || U.next)
         return;
+    U.cur = start_connection();
+    if (!U.cur) {
+        log_down();
+        schedule_reconnect();
+    }
+}
+
+/* Opens a connection (re-reading the token file first); NULL if it could not start. */
+static struct upconn *start_connection(void)
+{
     char err[256];
     if (config_read_token_file(U.cfg, err, sizeof err)) {
         /* Keep the last token we had; a file mid-rotation must not take us down. */
@@ -244,8 +310,7 @@ static void connect_now(lws_sorted_usec_list_t *sul)
     if (too_long) {
         set_reason("gateway path plus token is too long");
         free(c);
-        schedule_reconnect();
-        return;
+        return NULL;
     }
     bool v6 = strchr(U.cfg->gw.host, ':') != NULL;
     snprintf(c->host_header, sizeof c->host_header, "%s%s%s:%d", v6 ? "[" : "", U.cfg->gw.host, v6 ? "]" : "",
@@ -272,16 +337,19 @@ static void connect_now(lws_sorted_usec_list_t *sul)
         i.alpn = "http/1.1";
     }
     c->state = UP_CONNECTING;
-    U.cur = c;
     log_debug("connecting to %s (connection #%u)", U.cfg->gateway, c->serial);
-    if (!lws_client_connect_via_info(&i) && U.cur == c) {
-        /* No CONNECTION_ERROR callback ran for it (that would have freed c). */
+    U.connecting = c;
+    struct lws *w = lws_client_connect_via_info(&i);
+    bool failed_inline = U.connecting == NULL; /* a CONNECTION_ERROR already ran for c */
+    U.connecting = NULL;
+    if (failed_inline)
+        return NULL;
+    if (!w) {
         set_reason("cannot start a connection to %s", U.cfg->gateway);
-        U.cur = NULL;
         free(c);
-        log_down();
-        schedule_reconnect();
+        return NULL;
     }
+    return c;
 }
 
 /* Rotation: abandoned requests (timed out, caller gone) still count in the gateway's
@@ -289,7 +357,7 @@ static void connect_now(lws_sorted_usec_list_t *sul)
 static void rotate_check(lws_sorted_usec_list_t *sul)
 {
     (void)sul;
-    if (!U.old && upstream_ready() && mux_window_blocked_by_abandoned(&U.cur->win))
+    if (!U.old && !U.next && upstream_ready() && mux_window_blocked_by_abandoned(&U.cur->win))
         upstream_rotate("requests nobody waits for any more hold the gateway's window");
 }
 
@@ -300,7 +368,7 @@ void upstream_kick(void)
         return;
     if (c->sending || mux_has_sendable(&c->win) || c->auth_frame_due)
         lws_callback_on_writable(c->wsi);
-    else if (!U.old && !mux_queue_empty())
+    else if (!U.old && !U.next && !mux_queue_empty())
         lws_sul_schedule(U.ctx, 0, &U.rotate_sul, rotate_check, 1);
 }
 
@@ -331,28 +399,51 @@ static void check_old(void)
 
 void upstream_rotate(const char *why)
 {
-    if (U.stopping || !U.cur || U.old)
+    if (U.stopping)
         return;
-    struct upconn *c = U.cur;
-    if (c->state != UP_READY) {
-        /* Not established yet: a new attempt will pick the new settings up anyway. */
+    if (!U.cur || U.cur->state != UP_READY) {
+        /* Nothing established to replace: the next connection attempt picks the new
+         * settings up anyway. */
         return;
     }
+    if (U.next || U.old) {
+        /* One rotation at a time; this one runs when the current one is done. */
+        snprintf(U.rotate_pending, sizeof U.rotate_pending, "%s", why);
+        return;
+    }
+    U.rotate_pending[0] = '\0';
+    lws_sul_cancel(&U.rotate_retry_sul);
     U.rotations++;
     log_info("rotating the gateway connection (make-before-break): %s", why);
-    c->draining = true;
-    U.old = c;
-    U.cur = NULL;
-    U.drain_deadline = now_mono() + U.cfg->drain_timeout;
-    lws_sul_schedule(U.ctx, 0, &U.drain_sul, drain_expired, seconds_to_us(U.cfg->drain_timeout));
-    lws_sul_cancel(&U.retry_sul);
-    connect_now(NULL);
+    U.next = start_connection();
+    if (!U.next) {
+        log_warn("rotation failed, keeping connection #%u: %s", U.cur->serial, U.reason);
+        snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
+        lws_sul_schedule(U.ctx, 0, &U.rotate_retry_sul, retry_rotation, seconds_to_us(U.cfg->reconnect_max));
+    }
+}
+
+static void retry_rotation(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    rotation_done();
+}
+
+/* Runs a rotation that was asked for while another was under way. */
+static void rotation_done(void)
+{
+    if (U.rotate_pending[0] && !U.next && !U.old) {
+        char why[160];
+        snprintf(why, sizeof why, "%s", U.rotate_pending);
+        U.rotate_pending[0] = '\0';
+        upstream_rotate(why);
+    }
 }
 
 static void on_established(struct upconn *c)
 {
     c->last_heard = now_mono();
-    if (U.ever_connected && !U.old)
+    if (U.ever_connected && c != U.next)
         U.reconnects++; /* a rotation is not a reconnect */
     U.ever_connected = true;
     if (!sends_auth_frame()) {
@@ -375,8 +466,7 @@ static int on_auth_reply(struct upconn *c, const struct frame *f)
         became_ready(c, f->auth_new_field ? "v2c/v2d" : "v2a/v2b", f->workspace);
         return 0;
     case FRAME_AUTH_FAILED:
-        set_reason("the gateway rejected the token (auth-failed: %s)", f->err_message);
-        U.auth_rejected = true;
+        conn_reason(c, true, "the gateway rejected the token (auth-failed: %s)", f->err_message);
         return -1;
     case FRAME_ORPHAN_ERROR:
         /* A V1 gateway does not know in-band auth: it answers "Bad message". Having
@@ -506,7 +596,7 @@ static int write_next(struct upconn *c)
     }
     if (c->sending || (!c->draining && mux_has_sendable(&c->win)))
         lws_callback_on_writable(c->wsi);
-    else if (!U.old && !mux_queue_empty())
+    else if (!U.old && !U.next && !mux_queue_empty())
         lws_sul_schedule(U.ctx, 0, &U.rotate_sul, rotate_check, 1);
     return 0;
 }
@@ -551,31 +641,41 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (c->state == UP_READY)
             return write_next(c);
         break;
+    case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
+        /* Only to say *why* verification failed; OpenSSL and lws decide. */
+        if (!len && user) {
+            int e = X509_STORE_CTX_get_error((X509_STORE_CTX *)user);
+            snprintf(c->tls_error, sizeof c->tls_error, "TLS certificate verification failed: %s",
+                     X509_verify_cert_error_string(e));
+        }
+        break;
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
         int status = (int)lws_http_client_http_response(wsi);
-        if (status == 401 || status == 403) {
-            set_reason("the gateway refused the WebSocket upgrade with HTTP %d (wrong or missing token "
-                       "for a V1 gateway)", status);
-            U.auth_rejected = true;
-        } else if (status) {
-            set_reason("the gateway answered the WebSocket upgrade with HTTP %d", status);
-        } else {
-            set_reason("cannot connect to %s: %s", U.cfg->gateway, in ? (const char *)in : "unknown error");
-        }
+        if (status == 401 || status == 403)
+            conn_reason(c, true, "the gateway refused the WebSocket upgrade with HTTP %d (wrong or missing "
+                                 "token for a V1 gateway)", status);
+        else if (status)
+            conn_reason(c, false, "the gateway answered the WebSocket upgrade with HTTP %d", status);
+        else if (c->tls_error[0])
+            conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, c->tls_error);
+        else
+            conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, in ? (const char *)in : "unknown error");
         lws_set_opaque_user_data(wsi, NULL);
         c->wsi = NULL;
+        if (U.connecting == c)
+            U.connecting = NULL; /* still inside lws_client_connect_via_info */
         conn_gone(c);
         break;
     }
     case LWS_CALLBACK_CLIENT_CLOSED:
-        if (c == U.cur && (c->state == UP_READY || c->state == UP_AUTHENTICATING) && !U.auth_rejected &&
-            !c->kill) {
+        if ((c->state == UP_READY || c->state == UP_AUTHENTICATING) && !c->kill && !c->reason[0]) {
             /* lws hangs up after an unanswered ping (the retry policy's validity). */
             double silent = now_mono() - c->last_heard;
             if (silent >= U.retry.secs_since_valid_hangup - 0.5)
-                set_reason("the gateway stopped answering (nothing heard for %.1f s, ping unanswered)", silent);
+                conn_reason(c, false, "the gateway stopped answering (nothing heard for %.1f s, ping unanswered)",
+                            silent);
             else
-                set_reason("the gateway closed the connection");
+                conn_reason(c, false, "the gateway closed the connection");
         }
         lws_set_opaque_user_data(wsi, NULL);
         c->wsi = NULL;
@@ -648,9 +748,10 @@ void upstream_stop(void)
     lws_sul_cancel(&U.retry_sul);
     lws_sul_cancel(&U.drain_sul);
     lws_sul_cancel(&U.rotate_sul);
-    struct upconn *both[2] = {U.cur, U.old};
-    for (int i = 0; i < 2; i++) {
-        struct upconn *c = both[i];
+    lws_sul_cancel(&U.rotate_retry_sul);
+    struct upconn *all[3] = {U.cur, U.next, U.old};
+    for (int i = 0; i < 3; i++) {
+        struct upconn *c = all[i];
         if (!c)
             continue;
         lws_sul_cancel(&c->auth_sul);
@@ -661,5 +762,5 @@ void upstream_stop(void)
 
 bool upstream_closed(void)
 {
-    return !U.cur && !U.old;
+    return !U.cur && !U.next && !U.old;
 }

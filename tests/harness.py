@@ -883,3 +883,315 @@ def tc(prompt="hello", streaming=None, **mock):
     if mock:
         body["_mock"] = mock
     return body
+
+
+# --------------------------------------------------------------------------
+# fault injection, TLS and proxies (tests/test_resilience.py,
+# tests/test_tls_proxy.py)
+
+def bridge_status(b):
+    """GET /status of a bridge, as JSON."""
+    r = b.get("/status", timeout=10)
+    check_status(r, 200, "/status")
+    return r.json()
+
+
+def wait_bridge_status(b, pred, timeout=5, what="/status condition"):
+    """Poll /status until pred(status) is true; returns the status."""
+    deadline = time.monotonic() + T(timeout)
+    while True:
+        st = bridge_status(b)
+        if pred(st):
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s; /status=%s"
+                                 % (what, _short(st)))
+        time.sleep(0.02)
+
+
+def log_count(b, regex):
+    """Number of log lines of bridge b matching regex."""
+    rx = re.compile(regex)
+    return sum(1 for line in b.log().splitlines() if rx.search(line))
+
+
+class Suspended:
+    """SIGSTOP a process for the duration of a with-block (SIGCONT on exit,
+    also on failure, so the process can be stopped normally afterwards)."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.stopped_at = None
+
+    def __enter__(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.stopped_at = time.monotonic()
+        return self
+
+    def resume(self):
+        if self.stopped_at is not None:
+            self.stopped_at = None
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def __exit__(self, *exc):
+        self.resume()
+        return False
+
+
+class Background:
+    """Runs fn(*args) in a thread; .result(timeout) returns its value or
+    re-raises its exception; .done_at is the monotonic completion time."""
+
+    def __init__(self, fn, *args, **kw):
+        self.value = None
+        self.error = None
+        self.started_at = time.monotonic()
+        self.done_at = None
+        self._t = threading.Thread(target=self._run, args=(fn, args, kw),
+                                   daemon=True)
+        self._t.start()
+
+    def _run(self, fn, args, kw):
+        try:
+            self.value = fn(*args, **kw)
+        except BaseException as e:  # noqa: B902 - handed to result()
+            self.error = e
+        finally:
+            self.done_at = time.monotonic()
+
+    def done(self):
+        return self.done_at is not None
+
+    def result(self, timeout=30):
+        self._t.join(T(timeout))
+        if self._t.is_alive():
+            raise AssertionError("background call still running after %ss"
+                                 % timeout)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _openssl(*args):
+    p = subprocess.run(["openssl"] + list(args), capture_output=True,
+                       text=True, errors="replace", timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError("openssl %s failed (%d): %s"
+                           % (" ".join(args), p.returncode, p.stderr[-2000:]))
+
+
+def make_pki():
+    """A throwaway PKI made with the openssl CLI (EC P-256, valid 2 days),
+    every file registered with tmpfile() for removal. Returns a dict of paths:
+      ca_a, ca_b                  two unrelated CA certificates
+      good_cert/good_key          leaf for IP:127.0.0.1 + DNS:localhost, by A
+      wrong_cert/wrong_key        leaf for DNS:wrong.example.invalid, by A
+      other_cert/other_key        leaf for IP:127.0.0.1 + DNS:localhost, by B
+    """
+    def path(suffix):
+        return tmpfile(b"", suffix)
+
+    ca_cnf = path(".cnf")
+    with open(ca_cnf, "w") as f:
+        f.write("[req]\ndistinguished_name = dn\nprompt = no\n"
+                "[dn]\nCN = tgbridge test CA\n"
+                "[v3_ca]\nbasicConstraints = critical,CA:TRUE\n"
+                "keyUsage = critical,keyCertSign,cRLSign\n"
+                "subjectKeyIdentifier = hash\n")
+    out = {}
+    for name in ("a", "b"):
+        key, cert = path(".key"), path(".pem")
+        _openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
+                 "-out", cert, "-days", "2", "-config", ca_cnf,
+                 "-extensions", "v3_ca", "-subj",
+                 "/CN=tgbridge test CA %s" % name.upper())
+        out["ca_" + name] = cert
+        out["ca_%s_key" % name] = key
+
+    def leaf(label, ca, sans, cn):
+        ext = path(".cnf")
+        with open(ext, "w") as f:
+            f.write("[v3]\nbasicConstraints = CA:FALSE\n"
+                    "keyUsage = critical,digitalSignature,keyEncipherment\n"
+                    "extendedKeyUsage = serverAuth\n"
+                    "subjectAltName = %s\n" % sans)
+        key, csr, cert = path(".key"), path(".csr"), path(".pem")
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
+                 "-out", csr, "-subj", "/CN=" + cn)
+        _openssl("x509", "-req", "-in", csr, "-CA", out["ca_" + ca],
+                 "-CAkey", out["ca_%s_key" % ca], "-set_serial",
+                 str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
+                 "-extfile", ext, "-extensions", "v3", "-out", cert)
+        out[label + "_cert"] = cert
+        out[label + "_key"] = key
+
+    leaf("good", "a", "IP:127.0.0.1,DNS:localhost", "127.0.0.1")
+    leaf("wrong", "a", "DNS:wrong.example.invalid", "wrong.example.invalid")
+    leaf("other", "b", "IP:127.0.0.1,DNS:localhost", "127.0.0.1")
+    return out
+
+
+class TlsMock(Mock):
+    """A mock gateway serving TLS; its own /_mock/* calls skip verification."""
+
+    def __init__(self, cmd):
+        super().__init__(cmd)
+        self.url = "https://127.0.0.1:%d" % self.port
+        self.ws_url = "wss://127.0.0.1:%d" % self.port
+
+    def _call(self, method, path):
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port,
+                                           timeout=T(10), context=ctx)
+        try:
+            conn.request(method, path, body=b"" if method == "POST" else None)
+            r = conn.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise RuntimeError("mock %s %s -> %d %r"
+                                   % (method, path, r.status, data[:200]))
+            return json.loads(data) if data.strip() else None
+        finally:
+            conn.close()
+
+
+def start_tls_mock(cert, key, era="v2d", tokens=(), port=0, extra=()):
+    cmd = [PYTHON, MOCK, "--port", str(port), "--era", era,
+           "--tls-cert", cert, "--tls-key", key]
+    for t in tokens:
+        cmd += ["--token", t]
+    cmd += list(extra)
+    return TlsMock(cmd)
+
+
+class ConnectProxy:
+    """A loopback HTTP CONNECT proxy (threads and sockets). Records every
+    request head it gets as (request_line, {lower-case header: value}) in
+    .requests; CONNECTs are tunnelled, anything else gets 405."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.requests = []
+        self._lock = threading.Lock()
+        self._socks = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def connects(self):
+        with self._lock:
+            return [r for r in self.requests if r[0].startswith("CONNECT ")]
+
+    def _track(self, s):
+        with self._lock:
+            self._socks.append(s)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self._track(c)
+            threading.Thread(target=self._serve, args=(c,),
+                             daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            c.settimeout(T(10))
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                chunk = c.recv(4096)
+                if not chunk:
+                    c.close()
+                    return
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            hdrs = {}
+            for ln in lines[1:]:
+                k, _, v = ln.partition(":")
+                hdrs[k.strip().lower()] = v.strip()
+            with self._lock:
+                self.requests.append((lines[0], hdrs))
+            parts = lines[0].split()
+            if len(parts) < 2 or parts[0] != "CONNECT":
+                c.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n"
+                          b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                c.close()
+                return
+            host, _, port = parts[1].rpartition(":")
+            try:
+                up = socket.create_connection((host.strip("[]"), int(port)),
+                                              timeout=T(10))
+            except (OSError, ValueError):
+                c.sendall(b"HTTP/1.1 502 Bad Gateway\r\n"
+                          b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                c.close()
+                return
+            self._track(up)
+            c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            c.settimeout(None)
+            up.settimeout(None)
+            if rest:
+                up.sendall(rest)
+            threading.Thread(target=self._pump, args=(up, c),
+                             daemon=True).start()
+            self._pump(c, up)
+        except OSError:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self._closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

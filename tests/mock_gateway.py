@@ -18,7 +18,11 @@ Usage (Python 3.11 + Debian python3-aiohttp 3.8.4, stdlib otherwise):
         [--era v1a|v1b|v1c|v2a|v2b|v2c|v2d] [--secret S] [--token T]...
         [--anonymous] [--flows default,...] [--workspaces default,...]
         [--exclude-kinds k,...] [--timeout SECONDS] [--auth-delay SECONDS]
-        [--verbose]
+        [--tls-cert FILE --tls-key FILE] [--verbose]
+
+With --tls-cert/--tls-key (PEM) the same routes are served over TLS
+(https:// / wss://) through an ssl.SSLContext on aiohttp's TCPSite; the
+certificate file may hold the chain.  Nothing else changes.
 
 After binding it prints exactly one line ``PORT <n>`` on stdout (other
 diagnostics go to stderr, only with --verbose; uncaught exceptions in a
@@ -98,6 +102,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import uuid
 
@@ -1748,8 +1753,14 @@ def parse_args(argv=None):
                    help="gateway idle timeout in seconds (0 = none)")
     p.add_argument("--auth-delay", type=float, default=0.0,
                    help="simulated inline IAM latency per auth/request frame")
+    p.add_argument("--tls-cert", default=None,
+                   help="serve TLS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", default=None,
+                   help="PEM private key for --tls-cert")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
 
     def csv(s):
         return [x.strip() for x in s.split(",") if x.strip()]
@@ -1766,7 +1777,12 @@ async def amain(args):
         app, access_log=logging.getLogger("aiohttp.access")
         if args.verbose else None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5)
+    ssl_context = None
+    if args.tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5,
+                       ssl_context=ssl_context)
     await site.start()
     port = runner.addresses[0][1]
     sys.stdout.write(f"PORT {port}\n")
