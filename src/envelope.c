@@ -155,91 +155,158 @@ static void copy_str(char *dst, size_t cap, const cJSON *s)
     }
 }
 
-/* Fills err_type/err_message from an error value: a string (V1a) or {type,message}. */
-static void read_error(struct frame *f, const cJSON *err)
+/* Fills err_type/err_message from an error value: a string (V1a) or {type,message}.
+ * Errors are rare, so this one path may build a cJSON tree. */
+static char no_message[1]; /* err_message of frames without an error: never NULL */
+
+static void read_error(struct frame *f, struct span v)
 {
-    free(f->err_message);
     f->err_message = NULL;
+    cJSON *err = cJSON_ParseWithLength(v.p, v.n);
     if (cJSON_IsString(err)) {
         f->error_is_string = true;
         f->err_message = strdup(err->valuestring ? err->valuestring : "");
-        return;
-    }
-    if (cJSON_IsObject(err)) {
+    } else if (cJSON_IsObject(err)) {
         copy_str(f->err_type, sizeof f->err_type, cJSON_GetObjectItemCaseSensitive(err, "type"));
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
         if (cJSON_IsString(m))
             f->err_message = strdup(m->valuestring);
     }
     if (!f->err_message) {
-        char *printed = cJSON_PrintUnformatted(err);
-        f->err_message = printed ? printed : strdup("");
+        /* Neither shape: say what it was rather than nothing. */
+        f->err_message = malloc(v.n + 1);
+        if (!f->err_message)
+            abort();
+        memcpy(f->err_message, v.p, v.n);
+        f->err_message[v.n] = '\0';
     }
+    cJSON_Delete(err);
 }
 
+/* Copies a JSON string value into out (unescaped); false if v is not a string or
+ * does not fit. */
+static bool string_value(struct span v, char *out, size_t cap)
+{
+    if (v.n < 2 || v.p[0] != '"')
+        return false;
+    if (!memchr(v.p, '\\', v.n)) {
+        if (v.n - 2 >= cap)
+            return false;
+        memcpy(out, v.p + 1, v.n - 2);
+        out[v.n - 2] = '\0';
+        return true;
+    }
+    cJSON *j = cJSON_ParseWithLength(v.p, v.n);
+    bool ok = cJSON_IsString(j) && strlen(j->valuestring) < cap;
+    if (ok)
+        strcpy(out, j->valuestring);
+    cJSON_Delete(j);
+    return ok;
+}
+
+static bool span_is(struct span v, const char *lit)
+{
+    return v.p && v.n == strlen(lit) && !memcmp(v.p, lit, v.n);
+}
+
+/* One pass over the top level, no allocation: every reply frame goes through here,
+ * and the response payload is forwarded as the bytes it arrived as (libraries.md
+ * c3).  The gateway's frames come from json.dumps, so the scan trusts the payload's
+ * inner syntax; the top level is checked, and a malformed frame is FRAME_INVALID. */
 void frame_parse(const char *text, size_t len, struct frame *f)
 {
     memset(f, 0, sizeof *f);
     f->kind = FRAME_INVALID;
-    f->err_message = strdup("");
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, NULL, 0);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
+    f->err_message = no_message;
+    struct span id = {0}, type = {0}, resp = {0}, err = {0}, complete = {0}, dws = {0}, ws = {0};
+    size_t i = skip_ws(text, 0, len);
+    if (i >= len || text[i] != '{')
         return;
+    i = skip_ws(text, i + 1, len);
+    if (i < len && text[i] == '}') {
+        i++;
+    } else {
+        for (;;) {
+            if (i >= len || text[i] != '"')
+                return;
+            size_t kl = string_len(text + i, len - i);
+            if (!kl)
+                return;
+            struct span key = {text + i + 1, kl - 2};
+            i = skip_ws(text, i + kl, len);
+            if (i >= len || text[i] != ':')
+                return;
+            i = skip_ws(text, i + 1, len);
+            size_t vl = json_value_len(text + i, len - i);
+            if (!vl)
+                return;
+            struct span v = {text + i, vl};
+            /* The first of repeated keys wins, as with cJSON. */
+            struct span *slot = span_is(key, "id") ? &id : span_is(key, "type") ? &type
+                              : span_is(key, "response") ? &resp : span_is(key, "error") ? &err
+                              : span_is(key, "complete") ? &complete
+                              : span_is(key, "default_workspace") ? &dws : span_is(key, "workspace") ? &ws : NULL;
+            if (slot && !slot->p)
+                *slot = v;
+            i = skip_ws(text, i + vl, len);
+            if (i < len && text[i] == ',') {
+                i = skip_ws(text, i + 1, len);
+                continue;
+            }
+            if (i < len && text[i] == '}') {
+                i++;
+                break;
+            }
+            return;
+        }
     }
+    if (skip_ws(text, i, len) != len)
+        return;
     f->kind = FRAME_OTHER;
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
-    const cJSON *resp = cJSON_GetObjectItemCaseSensitive(root, "response");
-    const cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
-    const cJSON *complete = cJSON_GetObjectItemCaseSensitive(root, "complete");
-
-    if (cJSON_IsString(type) && !strcmp(type->valuestring, "auth-ok")) {
-        f->kind = FRAME_AUTH_OK;
-        const cJSON *ws = cJSON_GetObjectItemCaseSensitive(root, "default_workspace");
-        f->auth_new_field = ws != NULL;
-        if (!ws)
-            ws = cJSON_GetObjectItemCaseSensitive(root, "workspace");
-        copy_str(f->workspace, sizeof f->workspace, ws);
-        goto out;
-    }
-    if (cJSON_IsString(type) && !strcmp(type->valuestring, "auth-failed")) {
-        f->kind = FRAME_AUTH_FAILED;
-        if (err)
-            read_error(f, err);
-        goto out;
+    char tbuf[16];
+    if (type.p && string_value(type, tbuf, sizeof tbuf)) {
+        if (!strcmp(tbuf, "auth-ok")) {
+            f->kind = FRAME_AUTH_OK;
+            f->auth_new_field = dws.p != NULL;
+            string_value(dws.p ? dws : ws, f->workspace, sizeof f->workspace);
+            return;
+        }
+        if (!strcmp(tbuf, "auth-failed")) {
+            f->kind = FRAME_AUTH_FAILED;
+            if (err.p)
+                read_error(f, err);
+            return;
+        }
     }
     /* Falsy ids are dropped from the gateway's own error frames (ref §4); ours never are. */
-    if (cJSON_IsString(id) && id->valuestring[0]) {
+    if (id.p && string_value(id, f->id, sizeof f->id) && f->id[0])
         f->has_id = true;
-        copy_str(f->id, sizeof f->id, id);
-    }
-    if (err) {
+    if (err.p) {
         read_error(f, err);
-        json_top_value(text, len, "error", &f->error);
+        f->error = err;
         f->kind = f->has_id ? FRAME_TOP_ERROR : FRAME_ORPHAN_ERROR;
-        goto out;
+        return;
     }
-    if (resp && f->has_id) {
-        json_top_value(text, len, "response", &f->response);
-        const cJSON *inner = cJSON_IsObject(resp) ? cJSON_GetObjectItemCaseSensitive(resp, "error") : NULL;
-        if (inner && !cJSON_IsNull(inner)) {
+    if (resp.p && f->has_id) {
+        f->response = resp;
+        struct span inner;
+        if (resp.p[0] == '{' && json_top_value(resp.p, resp.n, "error", &inner) == 0 && !span_is(inner, "null")) {
             /* A nested error ends the request even without complete (ref §5.3 rule 2). */
             read_error(f, inner);
             f->kind = FRAME_FINAL_ERROR;
         } else {
-            f->kind = cJSON_IsTrue(complete) ? FRAME_FINAL : FRAME_PART;
+            f->kind = span_is(complete, "true") ? FRAME_FINAL : FRAME_PART;
         }
     }
-out:
-    cJSON_Delete(root);
 }
 
 void frame_free(struct frame *f)
 {
-    free(f->err_message);
-    f->err_message = NULL;
+    if (f->err_message != no_message)
+        free(f->err_message);
+    f->err_message = no_message;
 }
+
 
 /* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates,
  * nothing above U+10FFFF), or 0. */
@@ -289,6 +356,9 @@ const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
                 in_string = false;
         } else if (c == '"') {
             in_string = true;
+        } else if (c < 0x20 && c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            /* cJSON skips any control character as whitespace; Python's json does not. */
+            return "has a control character outside a string";
         }
         i++;
     }

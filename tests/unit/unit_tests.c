@@ -214,10 +214,108 @@ static void test_body_check_matches_the_gateways_parser(void)
     CHECK(!body_ok("{\"a\":\"\xed\xa0\x80\"}"));  /* UTF-8-encoded surrogate */
     CHECK(!body_ok("{\"a\":\"\xc0\xaf\"}"));      /* overlong */
     CHECK(!body_ok("{\"a\":NaN}"));
+    CHECK(!body_ok("{\"a\":\x01 1}"));             /* cJSON's whitespace, not JSON's */
     cJSON *root = NULL;
     const char *b = "{\"streaming\":true}";
     CHECK(json_body_check(b, strlen(b), &root) == NULL && cJSON_IsObject(root));
     cJSON_Delete(root);
+}
+
+/* The §5.3 rules written plainly with cJSON: the oracle for the one-pass scanner. */
+static enum frame_kind oracle_kind(const cJSON *root)
+{
+    if (!cJSON_IsObject(root))
+        return FRAME_INVALID;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
+    if (cJSON_IsString(type) && !strcmp(type->valuestring, "auth-ok"))
+        return FRAME_AUTH_OK;
+    if (cJSON_IsString(type) && !strcmp(type->valuestring, "auth-failed"))
+        return FRAME_AUTH_FAILED;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
+    bool has_id = cJSON_IsString(id) && id->valuestring[0];
+    if (cJSON_GetObjectItemCaseSensitive(root, "error"))
+        return has_id ? FRAME_TOP_ERROR : FRAME_ORPHAN_ERROR;
+    const cJSON *resp = cJSON_GetObjectItemCaseSensitive(root, "response");
+    if (!resp || !has_id)
+        return FRAME_OTHER;
+    const cJSON *inner = cJSON_IsObject(resp) ? cJSON_GetObjectItemCaseSensitive(resp, "error") : NULL;
+    if (inner && !cJSON_IsNull(inner))
+        return FRAME_FINAL_ERROR;
+    return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "complete")) ? FRAME_FINAL : FRAME_PART;
+}
+
+static unsigned long long rng = 88172645463325252ULL;
+static unsigned next_rand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (unsigned)rng;
+}
+
+/* Every truncation and thousands of byte mutations of real frames: the scanner never
+ * reads out of bounds (ASan runs this too) and agrees with cJSON whenever cJSON
+ * accepts the text. */
+static void test_frame_scanner_agrees_with_cjson(void)
+{
+    static const char *const seeds[] = {
+        "{\"id\":\"tgb-1\",\"response\":{\"response\":\"Paris \\\"x\\\" }\",\"end_of_stream\":false},\"complete\":false}",
+        "{\"complete\": true, \"response\": {\"a\": [1, {\"b\": \"]}\"}], \"error\": null}, \"id\": \"r\"}",
+        "{\"id\":\"r9\",\"response\":{\"error\":{\"type\":\"llm-error\",\"message\":\"boom\"}},\"complete\":true}",
+        "{\"error\":{\"message\":\"Bad message\",\"type\":\"error\"},\"complete\":true}",
+        "{\"id\":\"r4\",\"error\":\"Invalid flow\"}",
+        "{\"type\":\"auth-ok\",\"default_workspace\":\"w\\u00e9\"}",
+        " { \"type\" : \"auth-failed\" , \"error\" : \"auth failure\" } ",
+        "{\"id\":\"\\u0074gb-2\",\"response\":[1,2.5e3,true,null],\"complete\":null}",
+    };
+    int compared = 0;
+    for (size_t k = 0; k < sizeof seeds / sizeof *seeds; k++) {
+        size_t n = strlen(seeds[k]);
+        for (int round = 0; round < 3000; round++) {
+            char buf[512];
+            memcpy(buf, seeds[k], n + 1);
+            size_t len = n;
+            if (round < (int)n) {
+                len = (size_t)round; /* every truncation */
+            } else {
+                int flips = 1 + (int)(next_rand() % 3);
+                static const char alphabet[] = "{}[]\":,\\ 0aetrnul\xc3"; /* not \x01: cJSON takes every control character for whitespace */
+                for (int j = 0; j < flips; j++)
+                    buf[next_rand() % n] = alphabet[next_rand() % (sizeof alphabet - 1)];
+            }
+            char *text = malloc(len + 1); /* exact size: ASan sees any over-read */
+            memcpy(text, buf, len);
+            text[len] = '\0';
+            struct frame f;
+            frame_parse(text, len, &f);
+            cJSON *root = cJSON_ParseWithLengthOpts(text, len, NULL, 0);
+            const char *end = NULL;
+            cJSON_Delete(root);
+            root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+            bool whole = root && end && (size_t)(end - text) <= len;
+            if (whole)
+                for (const char *p = end; p < text + len; p++)
+                    if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
+                        whole = false;
+            if (whole && cJSON_IsObject(root)) {
+                compared++;
+                enum frame_kind want = oracle_kind(root);
+                if (f.kind != want) {
+                    printf("  kind %d != oracle %d for: %s\n", f.kind, want, text);
+                    CHECK(f.kind == want);
+                }
+                if (want == FRAME_PART || want == FRAME_FINAL) {
+                    cJSON *mine = cJSON_ParseWithLength(f.response.p, f.response.n);
+                    CHECK(mine && cJSON_Compare(mine, cJSON_GetObjectItemCaseSensitive(root, "response"), 1));
+                    cJSON_Delete(mine);
+                }
+            }
+            cJSON_Delete(root);
+            frame_free(&f);
+            free(text);
+        }
+    }
+    CHECK(compared > 1000);
 }
 
 static struct window W;
@@ -423,6 +521,7 @@ int main(void)
     RUN(test_frame_kinds);
     RUN(test_frame_error_shapes);
     RUN(test_frame_auth_and_invalid);
+    RUN(test_frame_scanner_agrees_with_cjson);
     RUN(test_body_check_matches_the_gateways_parser);
     RUN(test_reqtable_ids_unique_and_lookup);
     RUN(test_reqtable_window_anchored_at_oldest);
