@@ -574,25 +574,32 @@ static int write_auth_frame(struct upconn *c)
     return n < (int)len ? -1 : 0;
 }
 
+/* Writes what is waiting, several envelopes per WRITEABLE while the socket takes
+ * them (lws allows more than one write when lws_send_pipe_choked says there is room),
+ * so a burst of requests costs one loop turn, not one each. */
 static int write_next(struct upconn *c)
 {
-    if (!c->sending && !c->draining)
-        c->sending = mux_next_to_send(&c->win);
-    struct request *req = c->sending;
-    if (!req)
-        return 0;
-    size_t total = req->frame.len, off = req->sent_off;
-    size_t chunk = total - off > WRITE_CHUNK ? WRITE_CHUNK : total - off;
-    int flags = lws_write_ws_flags(LWS_WRITE_TEXT, off == 0, off + chunk == total);
-    /* For later fragments the LWS_PRE bytes before p were already sent; lws may use them. */
-    unsigned char *p = (unsigned char *)buf_ptr(&req->frame) + off;
-    if (lws_write(c->wsi, p, chunk, (enum lws_write_protocol)flags) < 0)
-        return -1;
-    req->sent_off += chunk;
-    if (req->sent_off == total) {
-        c->sending = NULL;
-        log_debug("sent %s (%zu bytes) service=%s on #%u", req->id, total, req->service, c->serial);
-        mux_sent(req);
+    for (int n = 0; n < 32; n++) {
+        if (!c->sending && !c->draining)
+            c->sending = mux_next_to_send(&c->win);
+        struct request *req = c->sending;
+        if (!req)
+            break;
+        size_t total = req->frame.len, off = req->sent_off;
+        size_t chunk = total - off > WRITE_CHUNK ? WRITE_CHUNK : total - off;
+        int flags = lws_write_ws_flags(LWS_WRITE_TEXT, off == 0, off + chunk == total);
+        /* For later fragments the LWS_PRE bytes before p were already sent; lws may use them. */
+        unsigned char *p = (unsigned char *)buf_ptr(&req->frame) + off;
+        if (lws_write(c->wsi, p, chunk, (enum lws_write_protocol)flags) < 0)
+            return -1;
+        req->sent_off += chunk;
+        if (req->sent_off == total) {
+            c->sending = NULL;
+            log_debug("sent %s (%zu bytes) service=%s on #%u", req->id, total, req->service, c->serial);
+            mux_sent(req);
+        }
+        if (lws_send_pipe_choked(c->wsi))
+            break;
     }
     if (c->sending || (!c->draining && mux_has_sendable(&c->win)))
         lws_callback_on_writable(c->wsi);
