@@ -12,6 +12,8 @@ struct lws_context;
 
 void mux_init(struct lws_context *ctx, const struct config *cfg);
 bool mux_queue_empty(void);
+/* Before the loop is destroyed (timers live in it), then mux_shutdown after. */
+void mux_stop_timers(void);
 void mux_shutdown(void);
 
 /* A request for `service` (flow may be NULL); the envelope is built from body. */

@@ -158,6 +158,7 @@ int main(int argc, char **argv)
     loop_run();
     unix_listener_close(unix_listener);
     rest_shutdown();
+    mux_stop_timers();
     loop_destroy();
     mux_shutdown();
     log_info("stopped");

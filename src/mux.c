@@ -40,10 +40,14 @@ void mux_init(struct lws_context *ctx, const struct config *cfg)
     list_init(&M.sent);
 }
 
-void mux_shutdown(void)
+void mux_stop_timers(void)
 {
     lws_sul_cancel(&M.queue_sul);
     lws_sul_cancel(&M.sent_sul);
+}
+
+void mux_shutdown(void)
+{
     reqtable_destroy(&M.rt);
 }
 

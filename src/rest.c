@@ -56,8 +56,7 @@ struct call {
     bool done;
     double last_write;
     lws_sorted_usec_list_t sul; /* SSE heartbeat */
-    bool hup_watched;
-    int hup_fd;
+    struct conn_watch *watch;   /* its connection's hang-up watch */
     struct list node;
 };
 
@@ -72,6 +71,7 @@ static struct {
     double started;
 } R;
 
+struct conn_watch;
 static void pump(void);
 static void pump_timer(lws_sorted_usec_list_t *sul);
 
@@ -379,27 +379,42 @@ static void wake(struct call *call)
 }
 
 /* A suspended connection is invisible to MHD, hang-ups included (libraries.md a3,
- * a7).  Its socket sits in our own epoll set for EPOLLRDHUP instead: a caller that
- * goes away is noticed at once, and an idle one costs nothing. */
-static void watch_hangup(struct call *call)
+ * a7).  Each connection's socket sits in our own epoll set for EPOLLRDHUP instead —
+ * added once per connection (not per call: that would be two more system calls per
+ * keep-alive request), removed when MHD closes it: a caller that goes away is noticed
+ * at once, and an idle one costs nothing. */
+struct conn_watch {
+    int fd;
+    bool added;
+    bool hung_up;        /* seen while no call was suspended on it */
+    struct call *call;   /* the call being served on this connection, if any */
+};
+
+static void caller_gone(struct call *call)
 {
-    if (call->hup_watched)
+    if (call->client_gone)
         return;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(call->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci)
-        return;
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = call};
-    if (!epoll_ctl(R.hup_epfd, EPOLL_CTL_ADD, ci->connect_fd, &ev)) {
-        call->hup_watched = true;
-        call->hup_fd = ci->connect_fd;
-    }
+    log_debug("caller of %s hung up", call->req ? call->req->id : "(no request)");
+    call->client_gone = true;
+    mux_detach(call->req);
+    call->req = NULL;
+    wake(call); /* MHD then closes it (respond / stream_reader see client_gone) */
 }
 
-static void unwatch_hangup(struct call *call)
+static void watch_hangup(struct call *call)
 {
-    if (call->hup_watched)
-        epoll_ctl(R.hup_epfd, EPOLL_CTL_DEL, call->hup_fd, NULL);
-    call->hup_watched = false;
+    struct conn_watch *cw = call->watch;
+    if (!cw)
+        return;
+    if (cw->hung_up) {
+        caller_gone(call);
+        return;
+    }
+    if (cw->added)
+        return;
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = cw};
+    if (!epoll_ctl(R.hup_epfd, EPOLL_CTL_ADD, cw->fd, &ev))
+        cw->added = true;
 }
 
 static void on_hangups(void *arg)
@@ -408,14 +423,34 @@ static void on_hangups(void *arg)
     struct epoll_event evs[64];
     int n = epoll_wait(R.hup_epfd, evs, 64, 0);
     for (int i = 0; i < n; i++) {
-        struct call *call = evs[i].data.ptr;
-        if (!(evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || call->client_gone)
+        struct conn_watch *cw = evs[i].data.ptr;
+        if (!(evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
             continue;
-        log_debug("caller of %s hung up", call->req ? call->req->id : "(no request)");
-        call->client_gone = true;
-        mux_detach(call->req);
-        call->req = NULL;
-        wake(call); /* MHD then closes it (respond / stream_reader see client_gone) */
+        /* Edge-triggered: remember it for a call that suspends later. */
+        cw->hung_up = true;
+        if (cw->call && cw->call->suspended)
+            caller_gone(cw->call);
+    }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    struct conn_watch *cw = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        cw = calloc(1, sizeof *cw);
+        if (cw && ci)
+            cw->fd = ci->connect_fd;
+        *socket_context = cw;
+    } else if (cw) {
+        if (cw->added)
+            epoll_ctl(R.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
+        if (cw->call)
+            cw->call->watch = NULL;
+        free(cw);
+        *socket_context = NULL;
     }
 }
 
@@ -672,6 +707,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         buf_init(&call->body, 0);
         buf_init(&call->reply, 0);
         buf_init(&call->out, 0);
+        const union MHD_ConnectionInfo *sc = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        call->watch = sc ? sc->socket_context : NULL;
+        if (call->watch)
+            call->watch->call = call;
         list_add_tail(&R.calls, &call->node);
         R.ncalls++;
         if (R.ncalls > R.peak_calls)
@@ -710,7 +749,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_debug("call ended early (MHD code %d)", (int)toe);
     lws_sul_cancel(&call->sul);
-    unwatch_hangup(call);
+    if (call->watch)
+        call->watch->call = NULL;
     mux_detach(call->req);
     list_del(&call->node);
     R.ncalls--;
@@ -777,7 +817,7 @@ int rest_init(const struct config *cfg)
     R.daemon = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)(32 * 1024), MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000, MHD_OPTION_END);
     if (!R.daemon) {
         log_error("cannot start the HTTP server");
