@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 
-from harness import (FLOW_TC, T, Background, Suspended, bridge_status,
+from harness import (FLOW_TC, SCALE, T, Background, Suspended, bridge_status,
                      check_status, closed_port, eq, log_count, own_error,
                      start_bridge, start_mock, tc, timeout, tmpfile,
                      wait_bridge_status, wait_until)
@@ -305,7 +305,8 @@ def test_rejected_token_clear_errors_backoff_and_recovery_from_file():
         time.sleep(max(0, t_first + T(2.6) - time.monotonic()))
         st = m.stats()
         extra = st["auth_failed"] - 1
-        assert extra <= 3, "%d more rejected attempts within 2.6 s " \
+        # A rate: under a slow wrapper the window (T) is longer, so is the bound.
+        assert extra <= 3 * SCALE, "%d more rejected attempts within 2.6 s " \
             "(--reconnect-max 1)" % extra
         assert extra >= 1, "no retry at all within 2.6 s"
         eq(st["auth_ok"], 0, "auth_ok")
@@ -335,7 +336,7 @@ def test_v1_wrong_secret_401_backoff_no_tight_loop():
         check_status(r, 503, "/readyz with a wrong V1 secret")
         time.sleep(max(0, t_first + T(2.6) - time.monotonic()))
         extra = m.stats()["http_401"] - 1
-        assert 1 <= extra <= 3, "%d more refused upgrades within 2.6 s " \
+        assert 1 <= extra <= 3 * SCALE, "%d more refused upgrades within 2.6 s " \
             "(--reconnect-max 1)" % extra
         own_error(b.post(FLOW_TC, tc("x")), 503, "gateway-unavailable")
 
