@@ -177,7 +177,7 @@ void listener_close(struct listener *l)
 {
     if (!l)
         return;
-    loop_unwatch(l->watch); /* closes l->fd */
+    loop_unwatch_now(l->watch); /* closes l->fd: no connection is accepted after this */
     if (l->spare_fd >= 0)
         close(l->spare_fd);
     free(l);

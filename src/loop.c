@@ -121,6 +121,14 @@ void loop_unwatch(struct watcher *w)
     lws_set_timeout(w->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 }
 
+void loop_unwatch_now(struct watcher *w)
+{
+    if (!w)
+        return;
+    w->cb = NULL;
+    lws_set_timeout(w->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+}
+
 void loop_run(void)
 {
     running = true;

@@ -68,12 +68,12 @@ static void begin_shutdown(int sig)
         return;
     }
     draining = true;
-    log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish",
-             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout, rest_active_calls() + line_pending_requests());
     listener_close(rest_listener);
     rest_listener = NULL;
     unix_listener_close(unix_listener);
     unix_listener = NULL;
+    log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish",
+             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout, rest_active_calls() + line_pending_requests());
     drain_deadline = now_mono() + cfg.drain_timeout;
     drain_check(NULL);
 }
