@@ -12,7 +12,7 @@
  * same span the HTTP load generator measures from its side.  Time to first frame = from
  * the request's last byte handed to the kernel to its first reply frame.  Prints one JSON
  * line on stdout. */
-#include "jscan.h"
+#include "envelope.h" /* the daemon's own top-level scanner (json_members) */
 #include "stats.h"
 #include <libwebsockets.h>
 #include <signal.h>
@@ -108,21 +108,21 @@ static void on_timeout(lws_sorted_usec_list_t *sul)
 /* ---- frames in ------------------------------------------------------------------------ */
 
 struct fscan {
-    struct jspan id, type;
+    struct span id, type;
     bool has_id, has_type, complete, error;
 };
 
-static void f_cb(const char *k, size_t kl, struct jspan v, void *ctx)
+static void f_cb(struct span k, struct span v, void *ctx)
 {
     struct fscan *f = ctx;
-    if (js_key_is(k, kl, "id")) {
+    if (span_is(k, "id")) {
         f->id = v;
         f->has_id = true;
-    } else if (js_key_is(k, kl, "complete")) {
-        f->complete = js_is_true(v);
-    } else if (js_key_is(k, kl, "error")) {
+    } else if (span_is(k, "complete")) {
+        f->complete = span_is(v, "true");
+    } else if (span_is(k, "error")) {
         f->error = true;
-    } else if (js_key_is(k, kl, "type")) {
+    } else if (span_is(k, "type")) {
         f->type = v;
         f->has_type = true;
     }
@@ -132,7 +132,7 @@ static void on_message(const char *text, size_t len)
 {
     struct fscan f;
     memset(&f, 0, sizeof f);
-    if (js_members(text, len, f_cb, &f)) {
+    if (json_members(text, len, f_cb, &f) < 0) {
         D.errors++;
         return;
     }

@@ -15,14 +15,14 @@
  *     the reference describes.  There is no artificial 10 ms start spacing: the mock must
  *     never be the bottleneck.
  *
- * Speed: requests are scanned, never parsed into a tree (jscan.h); replies are built
+ * Speed: requests are scanned, never parsed into a tree (json_members from src/envelope.c); replies are built
  * straight into one output buffer, many WebSocket frames per send(2) (server frames are
  * unmasked, so they are framed here and written with LWS_WRITE_RAW); a huge reply is
  * streamed in 256 KiB slices without ever being materialised.
  *
  * Prints "PORT <n>" on stdout once listening; SIGTERM/SIGINT stop it and print counters
  * on stderr. */
-#include "jscan.h"
+#include "envelope.h" /* the daemon's own top-level scanner (json_members) */
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdint.h>
@@ -157,40 +157,49 @@ static void finish_job(struct pss *s, struct job *j)
 /* ---- reading ---------------------------------------------------------------------- */
 
 struct top_scan {
-    struct jspan id, type, request;
+    struct span id, type, request;
     bool has_id, has_type, has_request;
 };
 
-static void top_cb(const char *k, size_t kl, struct jspan v, void *ctxp)
+static void top_cb(struct span k, struct span v, void *ctxp)
 {
     struct top_scan *t = ctxp;
-    if (js_key_is(k, kl, "id")) {
+    if (span_is(k, "id")) {
         t->id = v;
         t->has_id = true;
-    } else if (js_key_is(k, kl, "type")) {
+    } else if (span_is(k, "type")) {
         t->type = v;
         t->has_type = true;
-    } else if (js_key_is(k, kl, "request")) {
+    } else if (span_is(k, "request")) {
         t->request = v;
         t->has_request = true;
     }
 }
 
-static void req_cb(const char *k, size_t kl, struct jspan v, void *ctxp)
+static long long js_to_ll(struct span v)
+{
+    char tmp[32];
+    size_t n = v.n < sizeof tmp - 1 ? v.n : sizeof tmp - 1;
+    memcpy(tmp, v.p, n);
+    tmp[n] = '\0';
+    return strtoll(tmp, NULL, 10);
+}
+
+static void req_cb(struct span k, struct span v, void *ctxp)
 {
     struct job *j = ctxp;
-    if (js_key_is(k, kl, "q") && v.n && v.p[0] == '"' && v.n <= LIT_MAX) {
+    if (span_is(k, "q") && v.n && v.p[0] == '"' && v.n <= LIT_MAX) {
         memcpy(j->echo, v.p, v.n);
         j->echon = v.n;
-    } else if (js_key_is(k, kl, "parts")) {
+    } else if (span_is(k, "parts")) {
         j->parts_left = js_to_ll(v);
         if (j->parts_left < 0)
             j->parts_left = 0;
-    } else if (js_key_is(k, kl, "size")) {
+    } else if (span_is(k, "size")) {
         j->size = js_to_ll(v);
         if (j->size < 0)
             j->size = 0;
-    } else if (js_key_is(k, kl, "hold") && js_is_true(v)) {
+    } else if (span_is(k, "hold") && span_is(v, "true")) {
         j->kind = J_HOLD;
     }
 }
@@ -199,7 +208,7 @@ static void on_message(struct pss *s, const char *text, size_t len)
 {
     struct top_scan t;
     memset(&t, 0, sizeof t);
-    if (js_members(text, len, top_cb, &t))
+    if (json_members(text, len, top_cb, &t) < 0)
         return;
     if (t.has_type && t.type.n == 6 && !memcmp(t.type.p, "\"auth\"", 6)) {
         struct job *j = calloc(1, sizeof *j);
@@ -221,7 +230,7 @@ static void on_message(struct pss *s, const char *text, size_t len)
     j->idn = t.id.n;
     memcpy(j->echo, "\"ok\"", 4);
     j->echon = 4;
-    js_members(t.request.p, t.request.n, req_cb, j);
+    json_members(t.request.p, t.request.n, req_cb, j);
     S.requests++;
     j->next = NULL;
     if (s->pend_tail)

@@ -21,7 +21,7 @@
  *
  * The request bodies are the bytes direct.c puts in its envelopes (stats.h bench_body).
  * Prints one JSON line on stdout. */
-#include "jscan.h"
+#include "envelope.h" /* the daemon's own top-level scanner (json_members) */
 #include "stats.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -352,12 +352,12 @@ static void response_done(struct conn *c)
 struct lscan {
     bool complete, error;
 };
-static void l_cb(const char *k, size_t kl, struct jspan v, void *ctx)
+static void l_cb(struct span k, struct span v, void *ctx)
 {
     struct lscan *s = ctx;
-    if (js_key_is(k, kl, "complete"))
-        s->complete = js_is_true(v);
-    else if (js_key_is(k, kl, "error"))
+    if (span_is(k, "complete"))
+        s->complete = span_is(v, "true");
+    else if (span_is(k, "error"))
         s->error = true;
 }
 
@@ -377,7 +377,7 @@ static void consume(struct conn *c, const char *p, size_t n)
                 c->t_first = now_s();
             c->lines++;
             struct lscan s = {false, false};
-            js_members(c->hbuf, c->hlen, l_cb, &s);
+            json_members(c->hbuf, c->hlen, l_cb, &s);
             if (s.error && !L.first_error[0])
                 snprintf(L.first_error, sizeof L.first_error, "%.*s", (int)(c->hlen > 200 ? 200 : c->hlen), c->hbuf);
             c->hlen = 0;

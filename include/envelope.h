@@ -59,6 +59,14 @@ void frame_free(struct frame *f);
 struct cJSON;
 const char *json_body_check(const char *body, size_t len, struct cJSON **root);
 
+/* Calls fn(key, value, arg) for each top-level member of the object in text (key
+ * without its quotes, not unescaped).  Returns the offset just past the object's
+ * closing brace, or -1 when the top level is not a well-formed object.  Values are
+ * delimited, not validated: callers own text they trust or have validated. */
+typedef void (*json_member_fn)(struct span key, struct span value, void *arg);
+long json_members(const char *text, size_t len, json_member_fn fn, void *arg);
+bool span_is(struct span v, const char *lit);
+
 /* Byte span of the value of `key` in the top-level object `text`; 0 on success. */
 int json_top_value(const char *text, size_t len, const char *key, struct span *out);
 /* Byte length of the JSON value starting at p (whitespace not skipped), 0 if malformed. */

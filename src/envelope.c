@@ -111,22 +111,21 @@ size_t json_value_len(const char *p, size_t len)
     return i;
 }
 
-int json_top_value(const char *text, size_t len, const char *key, struct span *out)
+long json_members(const char *text, size_t len, json_member_fn fn, void *arg)
 {
-    size_t klen = strlen(key);
     size_t i = skip_ws(text, 0, len);
     if (i >= len || text[i] != '{')
         return -1;
-    i++;
+    i = skip_ws(text, i + 1, len);
+    if (i < len && text[i] == '}')
+        return (long)i + 1;
     for (;;) {
-        i = skip_ws(text, i, len);
         if (i >= len || text[i] != '"')
             return -1;
         size_t kl = string_len(text + i, len - i);
         if (!kl)
             return -1;
-        /* Our keys never need escapes; an escaped key simply won't match. */
-        bool match = kl - 2 == klen && !memcmp(text + i + 1, key, klen);
+        struct span key = {text + i + 1, kl - 2};
         i = skip_ws(text, i + kl, len);
         if (i >= len || text[i] != ':')
             return -1;
@@ -134,16 +133,41 @@ int json_top_value(const char *text, size_t len, const char *key, struct span *o
         size_t vl = json_value_len(text + i, len - i);
         if (!vl)
             return -1;
-        if (match) {
-            out->p = text + i;
-            out->n = vl;
-            return 0;
-        }
+        fn(key, (struct span){text + i, vl}, arg);
         i = skip_ws(text, i + vl, len);
+        if (i < len && text[i] == '}')
+            return (long)i + 1;
         if (i >= len || text[i] != ',')
             return -1;
-        i++;
+        i = skip_ws(text, i + 1, len);
     }
+}
+
+bool span_is(struct span v, const char *lit)
+{
+    return v.p && v.n == strlen(lit) && !memcmp(v.p, lit, v.n);
+}
+
+struct top_find {
+    const char *key;
+    struct span *out;
+    bool found;
+};
+
+static void find_member(struct span key, struct span value, void *arg)
+{
+    struct top_find *t = arg;
+    /* Our keys never need escapes; an escaped key simply won't match. */
+    if (!t->found && span_is(key, t->key)) {
+        *t->out = value;
+        t->found = true;
+    }
+}
+
+int json_top_value(const char *text, size_t len, const char *key, struct span *out)
+{
+    struct top_find t = {key, out, false};
+    return json_members(text, len, find_member, &t) >= 0 && t.found ? 0 : -1;
 }
 
 static void copy_str(char *dst, size_t cap, const cJSON *s)
@@ -204,9 +228,19 @@ static bool string_value(struct span v, char *out, size_t cap)
     return ok;
 }
 
-static bool span_is(struct span v, const char *lit)
+struct frame_members {
+    struct span id, type, resp, err, complete, dws, ws;
+};
+
+static void collect_member(struct span key, struct span v, void *arg)
 {
-    return v.p && v.n == strlen(lit) && !memcmp(v.p, lit, v.n);
+    struct frame_members *m = arg;
+    struct span *slot = span_is(key, "id") ? &m->id : span_is(key, "type") ? &m->type
+                      : span_is(key, "response") ? &m->resp : span_is(key, "error") ? &m->err
+                      : span_is(key, "complete") ? &m->complete
+                      : span_is(key, "default_workspace") ? &m->dws : span_is(key, "workspace") ? &m->ws : NULL;
+    if (slot && !slot->p) /* the first of repeated keys wins, as with cJSON */
+        *slot = v;
 }
 
 /* One pass over the top level, no allocation: every reply frame goes through here,
@@ -218,50 +252,13 @@ void frame_parse(const char *text, size_t len, struct frame *f)
     memset(f, 0, sizeof *f);
     f->kind = FRAME_INVALID;
     f->err_message = no_message;
-    struct span id = {0}, type = {0}, resp = {0}, err = {0}, complete = {0}, dws = {0}, ws = {0};
-    size_t i = skip_ws(text, 0, len);
-    if (i >= len || text[i] != '{')
+    struct frame_members m;
+    memset(&m, 0, sizeof m);
+    long end = json_members(text, len, collect_member, &m);
+    if (end < 0 || skip_ws(text, (size_t)end, len) != len)
         return;
-    i = skip_ws(text, i + 1, len);
-    if (i < len && text[i] == '}') {
-        i++;
-    } else {
-        for (;;) {
-            if (i >= len || text[i] != '"')
-                return;
-            size_t kl = string_len(text + i, len - i);
-            if (!kl)
-                return;
-            struct span key = {text + i + 1, kl - 2};
-            i = skip_ws(text, i + kl, len);
-            if (i >= len || text[i] != ':')
-                return;
-            i = skip_ws(text, i + 1, len);
-            size_t vl = json_value_len(text + i, len - i);
-            if (!vl)
-                return;
-            struct span v = {text + i, vl};
-            /* The first of repeated keys wins, as with cJSON. */
-            struct span *slot = span_is(key, "id") ? &id : span_is(key, "type") ? &type
-                              : span_is(key, "response") ? &resp : span_is(key, "error") ? &err
-                              : span_is(key, "complete") ? &complete
-                              : span_is(key, "default_workspace") ? &dws : span_is(key, "workspace") ? &ws : NULL;
-            if (slot && !slot->p)
-                *slot = v;
-            i = skip_ws(text, i + vl, len);
-            if (i < len && text[i] == ',') {
-                i = skip_ws(text, i + 1, len);
-                continue;
-            }
-            if (i < len && text[i] == '}') {
-                i++;
-                break;
-            }
-            return;
-        }
-    }
-    if (skip_ws(text, i, len) != len)
-        return;
+    struct span id = m.id, type = m.type, resp = m.resp, err = m.err, complete = m.complete, dws = m.dws,
+                ws = m.ws;
     f->kind = FRAME_OTHER;
     char tbuf[16];
     if (type.p && string_value(type, tbuf, sizeof tbuf)) {

@@ -30,11 +30,6 @@ static int passed, failed, current_failed;
         if (current_failed) failed++; else passed++; \
     } while (0)
 
-static bool span_is(struct span s, const char *text)
-{
-    return s.n == strlen(text) && !memcmp(s.p, text, s.n);
-}
-
 static void test_envelope_splices_body_byte_exact(void)
 {
     struct buf b;
