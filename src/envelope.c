@@ -353,7 +353,7 @@ const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
                 in_string = false;
         } else if (c == '"') {
             in_string = true;
-        } else if (c < 0x20 && c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+        } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
             /* cJSON skips any control character as whitespace; Python's json does not. */
             return "has a control character outside a string";
         }

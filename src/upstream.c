@@ -61,7 +61,6 @@ static struct {
     lws_retry_bo_t retry;
     uint32_t retry_table[16];
     char last_logged_reason[512];
-    double drain_deadline;
 } U;
 
 static void set_reason(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -228,7 +227,6 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
         if (U.cur) {
             U.old = U.cur;
             U.old->draining = true;
-            U.drain_deadline = now_mono() + U.cfg->drain_timeout;
             lws_sul_schedule(U.ctx, 0, &U.drain_sul, drain_expired, seconds_to_us(U.cfg->drain_timeout));
         }
         U.cur = c;
