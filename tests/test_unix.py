@@ -230,11 +230,12 @@ def http_one_write(where, method, url, body=None, headers=None,
     """An HTTP/1.1 request written in ONE write (head and body together),
     then the response read; `where` is a Unix socket path or a TCP port.
 
-    (tgbridge answers some errors - 404, 405, 413 - as soon as it has the
+    (tgbridge answers a body over --max-body (413) as soon as it has the
     head, then closes: a client that writes its body separately, as
     http.client does, may get EPIPE on a Unix socket instead of the
     response, where TCP hides that. This helper keeps the comparison of
-    statuses deterministic.)"""
+    statuses deterministic. Other head-decided errors - 404, 405, 501 - read
+    the body first: test_unix_route_errors_read_the_body_and_keep_alive.)"""
     hdrs = {"Host": "localhost", "Connection": "close"}
     if body is not None:
         hdrs["Content-Type"] = "application/json"
@@ -1676,3 +1677,33 @@ def test_unix_examples_shell_oneliners():
         if shutil.which("curl"):
             assert any('"status":"ready"' in x.replace(" ", "")
                        for x in out), "no curl /readyz output in %r" % out
+
+
+def test_unix_route_errors_read_the_body_and_keep_alive():
+    # A 404/405 decided from the request head alone is answered only after the body
+    # has been read, so a client that sends head and body in separate writes (as
+    # http.client does) gets the status, not EPIPE, and may reuse the connection.
+    with Env() as env:
+        env.ready()
+        for make in (lambda: UnixHTTPConnection(env.path),
+                     lambda: http.client.HTTPConnection("127.0.0.1", env.bridge.port, timeout=T(30))):
+            conn = make()
+            try:
+                for method, url, status in (("POST", "/healthz", 405), ("POST", "/nope", 404),
+                                            ("GET", "/api/v1/config", 405)):
+                    body = b'{"pad":"' + b"x" * 65536 + b'"}'
+                    conn.putrequest(method, url)
+                    conn.putheader("Content-Type", "application/json")
+                    conn.putheader("Content-Length", str(len(body)))
+                    conn.endheaders()
+                    conn.send(body[:10])   # separate writes, like any streaming client
+                    conn.send(body[10:])
+                    r = conn.getresponse()
+                    data = r.read()
+                    eq(r.status, status, "%s %s: %r" % (method, url, data[:120]))
+                conn.request("GET", "/healthz")  # the same connection is still usable
+                r = conn.getresponse()
+                eq(r.status, 200, "keep-alive after route errors")
+                r.read()
+            finally:
+                conn.close()
