@@ -63,7 +63,6 @@ struct call {
 static struct {
     const struct config *cfg;
     struct MHD_Daemon *daemon;
-    struct watcher *watch;
     lws_sorted_usec_list_t pump_sul;
     int hup_epfd;
     struct list calls;
@@ -830,7 +829,7 @@ int rest_init(const struct config *cfg)
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(R.daemon, MHD_DAEMON_INFO_EPOLL_FD);
     int fd = di ? dup(di->epoll_fd) : -1;
-    if (fd < 0 || !(R.watch = loop_watch_fd(fd, on_epoll_readable, NULL))) {
+    if (fd < 0 || !loop_watch_fd(fd, on_epoll_readable, NULL)) {
         log_error("cannot watch the HTTP server's epoll fd");
         return -1;
     }
