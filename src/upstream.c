@@ -72,8 +72,8 @@ static void set_reason(const char *fmt, ...)
     va_end(ap);
 }
 
-/* Records why connection c failed: for the replacement in a rotation only on c (the
- * current connection is still fine), otherwise as the upstream's reason. */
+/* Records why connection c failed: for the replacement in a rotation only on c while
+ * the current connection is still there, otherwise as the upstream's reason. */
 static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...)
 {
@@ -81,7 +81,7 @@ static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(c->reason, sizeof c->reason, fmt, ap);
     va_end(ap);
-    if (c == U.next)
+    if (c == U.next && U.cur)
         return;
     snprintf(U.reason, sizeof U.reason, "%s", c->reason);
     if (auth)
@@ -185,17 +185,18 @@ static void conn_gone(struct upconn *c)
     mux_upstream_lost(&c->win, why);
     lws_sul_cancel(&c->auth_sul);
     buf_free(&c->rx);
-    bool was_cur = c == U.cur;
+    bool was_cur = c == U.cur, was_next = c == U.next;
     if (c == U.old) {
         U.old = NULL;
         lws_sul_cancel(&U.drain_sul);
         log_info("rotated-out connection #%u closed", c->serial);
         if (U.rotate_pending[0] && !U.stopping)
             lws_sul_schedule(U.ctx, 0, &U.rotate_retry_sul, retry_rotation, 1);
-    } else if (c == U.next) {
-        /* Make-before-break: the current connection keeps serving. */
+    } else if (was_next) {
+        /* Make-before-break: the current connection keeps serving -- if there still
+         * is one; if it was lost meanwhile, this was the only way back up. */
         U.next = NULL;
-        if (!U.stopping) {
+        if (!U.stopping && U.cur) {
             log_warn("rotation failed, keeping connection #%u: %s", U.cur ? U.cur->serial : 0, c->reason);
             if (!U.rotate_pending[0])
                 snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
@@ -205,13 +206,17 @@ static void conn_gone(struct upconn *c)
         U.cur = NULL;
     }
     free(c);
-    if (!was_cur || U.stopping)
+    if (U.stopping || !(was_cur || was_next) || U.cur)
         return;
     if (U.next) {
         /* The replacement is already on its way: it becomes current when ready. */
         log_warn("upstream connection lost (%s); its replacement is being set up", U.reason);
         return;
     }
+    /* Nothing serves and nothing is on its way: a fresh connection replaces both,
+     * and whatever a rotation was wanted for is moot on it. */
+    U.rotate_pending[0] = '\0';
+    lws_sul_cancel(&U.rotate_retry_sul);
     log_down();
     schedule_reconnect();
 }

@@ -478,6 +478,36 @@ def test_callers_hanging_up_on_a_pinned_window_trigger_rotation():
                      what="the abandoned socket closed")
 
 
+@timeout(40)
+def test_connection_and_its_replacement_both_lost_mid_rotation_reconnects():
+    """The current socket and the one replacing it (still authenticating)
+    go down together: nothing is left serving and nothing on its way, so
+    tgbridge must reconnect from scratch (it used to stay down for good)."""
+    m = start_mock("v2d", tokens=[TOKEN], extra=["--auth-delay", "1"])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--max-inflight", "1",
+                     "--request-timeout", "60", "--queue-timeout", "20")
+    with m, b:
+        b.wait_ready()
+        s = b.stream(FLOW_TC, tc("pin", streaming=True, never=True, after=1))
+        check_status(s, 200, "pinning stream")
+        next(s.lines())
+        waiting = Background(b.post, FLOW_TC, tc("after-both-lost"))
+        wait_bridge_status(b, lambda x: x["requests"]["queued"] == 1,
+                           what="a call waiting behind the pinning one")
+        s.hangup()  # the window is now pinned by nobody: rotation
+        m.wait_stats(lambda x: x["connections_open"] == 2, timeout=3,
+                     what="the replacement connected (authenticating)")
+        m.drop()    # both sockets go at once
+        wait_bridge_status(b, lambda x: x["upstream"]["reconnects"] >= 1
+                           and x["upstream"]["state"] == "ready", timeout=10,
+                           what="connected again after losing both sockets")
+        r = waiting.result(15)
+        check_status(r, 200, "the queued call, after the reconnect")
+        eq(r.json().get("response"), "after-both-lost", "reply")
+        st = bridge_status(b)["upstream"]
+        eq(st["rotations"], 1, "/status rotations")
+
+
 @timeout(30)
 def test_live_calls_holding_the_window_503_after_queue_timeout_no_rotation():
     m, b = bridge_on("--max-inflight", "4", "--queue-timeout", "1",
