@@ -31,6 +31,8 @@ void mux_detach(struct request *req);
 /* --- for upstream.c: each connection owns a struct window --- */
 /* The next request to write on the connection owning w, if w has room (marks it sent). */
 struct request *mux_next_to_send(struct window *w);
+/* What mux_next_to_send would return, without taking it. */
+const struct request *mux_peek_next(const struct window *w);
 bool mux_has_sendable(const struct window *w);
 void mux_sent(struct request *req);   /* last byte written: start its deadline */
 /* A frame that arrived on the connection owning w. */

@@ -201,6 +201,11 @@ bool mux_has_sendable(const struct window *w)
     return M.rt.nqueued && window_has_room(w, M.cfg->max_inflight);
 }
 
+const struct request *mux_peek_next(const struct window *w)
+{
+    return mux_has_sendable(w) ? reqtable_queue_head(&M.rt) : NULL;
+}
+
 struct request *mux_next_to_send(struct window *w)
 {
     if (!mux_has_sendable(w))

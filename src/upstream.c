@@ -4,6 +4,7 @@
 #include "log.h"
 #include "mux.h"
 #include "util.h"
+#include "wsframe.h"
 #include <libwebsockets.h>
 #include <openssl/x509.h>
 #include <stdarg.h>
@@ -15,6 +16,13 @@
 /* Fragment size for large envelopes: big enough to be cheap, small enough that the
  * kernel nearly always takes it whole and pings can interleave (libraries.md b6). */
 #define WRITE_CHUNK (64 * 1024)
+/* Envelopes up to this size are framed by us and sent in bursts, one send each burst
+ * (wsframe.h); a burst stays within what lws_issue_raw sends in one go for this
+ * protocol (its rx_buffer_size), so nothing of it is copied into lws's buflist unless
+ * the kernel itself is full.  Larger envelopes go alone, fragmented by lws. */
+#define BURST_MAX_ENVELOPE (16 * 1024)
+#define BURST_MAX_BYTES (60 * 1024)
+#define BURST_MAX_COUNT 64
 /* Replies have no size limit at the gateway (ref §2.4); cap what one frame may cost us. */
 #define MAX_REPLY_FRAME (512u * 1024 * 1024)
 
@@ -34,6 +42,7 @@ struct upconn {
     char reason[512];        /* why this connection failed (next: not copied to U.reason) */
     struct window win;       /* this socket's share of the gateway's window */
     struct request *sending; /* an envelope partly written */
+    struct buf burst;        /* frames of small envelopes, written with one send */
     struct buf rx;
     bool rx_overflow;
     double last_heard;       /* for telling a dead peer from a closed one */
@@ -185,6 +194,7 @@ static void conn_gone(struct upconn *c)
     mux_upstream_lost(&c->win, why);
     lws_sul_cancel(&c->auth_sul);
     buf_free(&c->rx);
+    buf_free(&c->burst);
     bool was_cur = c == U.cur, was_next = c == U.next;
     if (c == U.old) {
         U.old = NULL;
@@ -295,6 +305,7 @@ static struct upconn *start_connection(void)
     c->serial = ++U.serial;
     window_init(&c->win);
     buf_init(&c->rx, 0);
+    buf_init(&c->burst, LWS_PRE);
     struct buf path;
     buf_init(&path, 0);
     buf_printf(&path, "%s/api/v1/socket", U.cfg->gw.base_path);
@@ -577,14 +588,59 @@ static int write_auth_frame(struct upconn *c)
     return n < (int)len ? -1 : 0;
 }
 
-/* Writes what is waiting, several envelopes per WRITEABLE while the socket takes
- * them (lws allows more than one write when lws_send_pipe_choked says there is room),
- * so a burst of requests costs one loop turn, not one each. */
+static bool burstable(const struct request *req)
+{
+    return req && req->frame.len <= BURST_MAX_ENVELOPE;
+}
+
+/* Frames the small envelopes at the head of the queue, first included, into one
+ * buffer and writes it with one send.  lws keeps whatever the kernel does not take
+ * and flushes it before the next WRITEABLE, ahead of its own pings and close. */
+static int write_burst(struct upconn *c, struct request *first)
+{
+    struct request *batch[BURST_MAX_COUNT];
+    size_t n = 0;
+    c->burst.len = 0;
+    for (struct request *req = first;;) {
+        wsframe_append_text(&c->burst, buf_ptr(&req->frame), req->frame.len);
+        batch[n++] = req;
+        const struct request *next = mux_peek_next(&c->win);
+        if (n == BURST_MAX_COUNT || !burstable(next) ||
+            c->burst.len + wsframe_header_len(next->frame.len) + next->frame.len > BURST_MAX_BYTES)
+            break;
+        req = mux_next_to_send(&c->win);
+    }
+    int rc = lws_write(c->wsi, (unsigned char *)buf_ptr(&c->burst), c->burst.len, LWS_WRITE_RAW);
+    if (c->burst.cap > 4 * BURST_MAX_BYTES)
+        buf_free(&c->burst);
+    if (rc < 0)
+        return -1; /* the batch is in the window: it fails with the connection */
+    for (size_t i = 0; i < n; i++) {
+        log_debug("sent %s (%zu bytes) service=%s on #%u", batch[i]->id, batch[i]->frame.len, batch[i]->service,
+                  c->serial);
+        mux_sent(batch[i]);
+    }
+    return 0;
+}
+
+/* Writes what is waiting: small envelopes a burst at a time, a large one in
+ * WRITE_CHUNK fragments so pings can interleave (libraries.md b6). */
 static int write_next(struct upconn *c)
 {
     for (int n = 0; n < 32; n++) {
-        if (!c->sending && !c->draining)
-            c->sending = mux_next_to_send(&c->win);
+        if (!c->sending && !c->draining) {
+            struct request *req = mux_next_to_send(&c->win);
+            if (!req)
+                break;
+            if (burstable(req)) {
+                if (write_burst(c, req))
+                    return -1;
+                if (lws_send_pipe_choked(c->wsi))
+                    break;
+                continue;
+            }
+            c->sending = req;
+        }
         struct request *req = c->sending;
         if (!req)
             break;

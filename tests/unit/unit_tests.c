@@ -6,6 +6,7 @@
 #include "log.h"
 #include "reqtable.h"
 #include "util.h"
+#include "wsframe.h"
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -504,6 +505,69 @@ static void test_proxy_choice(void)
     unsetenv("https_proxy"); unsetenv("http_proxy"); unsetenv("no_proxy");
 }
 
+/* Decodes one client frame as a server would (RFC 6455 §5.2); returns bytes used. */
+static size_t unframe(const unsigned char *p, size_t avail, unsigned char *payload, size_t *len)
+{
+    CHECK(avail >= 6);
+    CHECK(p[0] == 0x81);     /* FIN + text */
+    CHECK(p[1] & 0x80);      /* masked */
+    size_t h = 2, n = p[1] & 0x7f;
+    if (n == 126) {
+        n = (size_t)p[2] << 8 | p[3];
+        h = 4;
+    } else if (n == 127) {
+        n = 0;
+        for (int i = 0; i < 8; i++)
+            n = n << 8 | p[2 + i];
+        h = 10;
+    }
+    const unsigned char *key = p + h;
+    h += 4;
+    CHECK(h + n <= avail);
+    for (size_t i = 0; i < n; i++)
+        payload[i] = p[h + i] ^ key[i & 3];
+    *len = n;
+    return h + n;
+}
+
+static void test_wsframe_lengths_masking_and_bursts(void)
+{
+    /* Every length encoding, each side of its boundary, several frames in one buffer. */
+    static const size_t lens[] = {0, 1, 7, 8, 9, 125, 126, 127, 65535, 65536, 70001};
+    size_t nl = sizeof lens / sizeof *lens;
+    unsigned char *src = malloc(70001), *got = malloc(70001);
+    for (size_t i = 0; i < 70001; i++)
+        src[i] = (unsigned char)("{\"abc\":123}"[i % 11] + i % 3);
+    struct buf b;
+    buf_init(&b, 16);
+    size_t want_total = 0;
+    for (size_t i = 0; i < nl; i++) {
+        wsframe_append_text(&b, src, lens[i]);
+        want_total += wsframe_header_len(lens[i]) + lens[i];
+    }
+    CHECK(b.len == want_total);
+    CHECK(wsframe_header_len(125) == 6 && wsframe_header_len(126) == 8 && wsframe_header_len(65536) == 14);
+    const unsigned char *p = (const unsigned char *)buf_ptr(&b);
+    size_t off = 0;
+    unsigned char keys[16][4];
+    for (size_t i = 0; i < nl; i++) {
+        size_t n = 0;
+        size_t used = unframe(p + off, b.len - off, got, &n);
+        CHECK(n == lens[i]);
+        CHECK(!memcmp(got, src, n));
+        memcpy(keys[i], p + off + wsframe_header_len(n) - 4, 4);
+        off += used;
+    }
+    CHECK(off == b.len);
+    /* Fresh keys per frame (a repeat among 11 random 32-bit keys is ~1e-8 likely). */
+    for (size_t i = 0; i < nl; i++)
+        for (size_t j = i + 1; j < nl; j++)
+            CHECK(memcmp(keys[i], keys[j], 4) != 0);
+    buf_free(&b);
+    free(src);
+    free(got);
+}
+
 int main(void)
 {
     log_set_level(LOG_ERROR);
@@ -525,6 +589,7 @@ int main(void)
     RUN(test_sizes_and_seconds);
     RUN(test_config_flags_override_env);
     RUN(test_proxy_choice);
+    RUN(test_wsframe_lengths_masking_and_bursts);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -1,0 +1,13 @@
+/* Client-to-server WebSocket frames (RFC 6455 §5.2), built by us so that a burst of
+ * small envelopes leaves in one send instead of one lws_write — and one mask-key read
+ * from /dev/urandom — each (BENCHMARKS.md, "One send per burst"). */
+#ifndef TGB_WSFRAME_H
+#define TGB_WSFRAME_H
+#include <stddef.h>
+#include "buf.h"
+
+/* Bytes of header (with the 4-byte mask key) a frame of len payload bytes needs. */
+size_t wsframe_header_len(size_t len);
+/* Appends one complete (FIN) masked text frame holding payload to out. */
+void wsframe_append_text(struct buf *out, const void *payload, size_t len);
+#endif
