@@ -399,6 +399,8 @@ static int on_readable(struct lclient *c)
         ssize_t n = recv(c->fd, data, sizeof data, MSG_DONTWAIT);
         if (n > 0) {
             on_rx(c, data, (size_t)n);
+            if ((size_t)n < sizeof data)
+                break; /* drained: lws polls level-triggered, so no read just to see EAGAIN */
             continue;
         }
         if (n == 0) {
