@@ -5,14 +5,20 @@
  *
  *   direct --port P [--host H] [--callers C] [--requests N] [--warmup W]
  *          [--parts N] [--size BYTES] [--pad BYTES] [--window 15] [--timeout S]
+ *          [--per-frame]
  *
  * C callers each keep one request outstanding; a caller's request waits in a local FIFO
  * until the window has room (as a request waits in tgbridge's queue).  Latency = from the
  * moment the caller issues the request to its final frame (local queueing included), the
  * same span the HTTP load generator measures from its side.  Time to first frame = from
  * the request's last byte handed to the kernel to its first reply frame.  Prints one JSON
- * line on stdout. */
+ * line on stdout.
+ *
+ * Small envelopes waiting together are framed into one buffer and sent with one write,
+ * as tgbridge does (src/wsframe.c): the baseline stays the best a client can do.
+ * --per-frame writes each with its own lws_write instead, as a naive client would. */
 #include "envelope.h" /* the daemon's own top-level scanner (json_members) */
+#include "wsframe.h"   /* and its frame writer */
 #include "stats.h"
 #include <libwebsockets.h>
 #include <signal.h>
@@ -23,6 +29,10 @@
 #include <sys/resource.h>
 
 #define WRITE_CHUNK (64 * 1024)
+/* The same limits as src/upstream.c. */
+#define BURST_MAX_ENVELOPE (16 * 1024)
+#define BURST_MAX_BYTES (60 * 1024)
+#define BURST_MAX_COUNT 64
 #define RING 256
 
 struct rec {
@@ -38,7 +48,8 @@ static struct {
     long long requests, warmup, parts, size, pad;
     double timeout;
     const char *service, *flow, *token;
-} O = {"127.0.0.1", 0, 1, 15, 1000, 100, 0, 0, 0, 120.0, "text-completion", "default", "tg_bench"};
+    bool per_frame;
+} O = {"127.0.0.1", 0, 1, 15, 1000, 100, 0, 0, 0, 120.0, "text-completion", "default", "tg_bench", false};
 
 static struct {
     struct lws_context *ctx;
@@ -55,6 +66,7 @@ static struct {
     long long cur;
     unsigned char *cur_buf;
     size_t cur_len, cur_off;
+    struct buf burst;
     bool auth_due, started, finished, failed;
     char *body;
     size_t body_len;
@@ -226,6 +238,43 @@ static void build_envelope(long long seq)
     D.cur_off = 0;
 }
 
+static void sent_current(void)
+{
+    D.recs[D.cur].t_sent = now_s();
+    free(D.cur_buf);
+    D.cur_buf = NULL;
+    D.cur = -1;
+}
+
+/* The envelope just built, and those behind it that fit, in one write. */
+static int write_burst(void)
+{
+    long long batch[BURST_MAX_COUNT];
+    size_t n = 0;
+    D.burst.len = 0;
+    for (;;) {
+        wsframe_append_text(&D.burst, D.cur_buf + LWS_PRE, D.cur_len);
+        batch[n++] = D.cur;
+        free(D.cur_buf);
+        D.cur_buf = NULL;
+        D.cur = -1;
+        if (n == BURST_MAX_COUNT || D.fhead == D.ftail || window_len() >= (unsigned)O.window ||
+            D.burst.len + 14 + D.body_len + 256 > BURST_MAX_BYTES || D.body_len + 256 > BURST_MAX_ENVELOPE)
+            break;
+        long long seq = D.fifo[D.fhead++];
+        D.ring[D.rtail++ % RING] = seq;
+        build_envelope(seq);
+    }
+    /* lws buffers what the kernel does not take; a short count is not an error */
+    if (lws_write(D.wsi, (unsigned char *)buf_ptr(&D.burst), D.burst.len, LWS_WRITE_RAW) < 0)
+        return -1;
+    D.bytes_tx += D.burst.len;
+    double t = now_s();
+    for (size_t i = 0; i < n; i++)
+        D.recs[batch[i]].t_sent = t;
+    return 0;
+}
+
 static int on_writeable(void)
 {
     if (D.auth_due) {
@@ -243,6 +292,13 @@ static int on_writeable(void)
             long long seq = D.fifo[D.fhead++];
             D.ring[D.rtail++ % RING] = seq;
             build_envelope(seq);
+            if (!O.per_frame && D.cur_len <= BURST_MAX_ENVELOPE) {
+                if (write_burst() < 0)
+                    return -1;
+                if (lws_send_pipe_choked(D.wsi))
+                    break;
+                continue;
+            }
         }
         size_t left = D.cur_len - D.cur_off;
         size_t chunk = left > WRITE_CHUNK ? WRITE_CHUNK : left;
@@ -251,12 +307,8 @@ static int on_writeable(void)
             return -1;
         D.bytes_tx += chunk;
         D.cur_off += chunk;
-        if (D.cur_off == D.cur_len) {
-            D.recs[D.cur].t_sent = now_s();
-            free(D.cur_buf);
-            D.cur_buf = NULL;
-            D.cur = -1;
-        }
+        if (D.cur_off == D.cur_len)
+            sent_current();
         if (lws_send_pipe_choked(D.wsi))
             break;
     }
@@ -303,7 +355,7 @@ static const struct lws_protocols protocols[] = {
 static void usage(void)
 {
     fprintf(stderr, "usage: direct --port P [--host H] [--callers C] [--requests N] [--warmup W] [--parts N]\n"
-                    "              [--size BYTES] [--pad BYTES] [--window N] [--timeout S]\n");
+                    "              [--size BYTES] [--pad BYTES] [--window N] [--timeout S] [--per-frame]\n");
     exit(2);
 }
 
@@ -349,6 +401,10 @@ int main(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--per-frame")) {
+            O.per_frame = true;
+            continue;
+        }
         if (i + 1 >= argc)
             usage();
         const char *v = argv[++i];
@@ -376,6 +432,7 @@ int main(int argc, char **argv)
     if (!D.recs || !D.fifo)
         return 1;
     D.cur = -1;
+    buf_init(&D.burst, LWS_PRE);
     D.body = bench_body(O.parts, O.size, 0, O.pad, &D.body_len);
 
     lws_set_log_level(LLL_ERR, NULL);

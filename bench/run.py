@@ -38,6 +38,9 @@ BUILD = os.path.join(HERE, "build")
 TGBRIDGE = os.environ.get("TGBRIDGE_BIN", os.path.join(ROOT, "tgbridge"))
 FASTMOCK = os.path.join(BUILD, "fastmock")
 DIRECT = os.path.join(BUILD, "direct")
+# BENCH_DIRECT_PER_FRAME=1: the baseline writes one lws_write per frame (a naive client)
+# instead of one send per burst, as tgbridge does.
+DIRECT_MODE = ["--per-frame"] if os.environ.get("BENCH_DIRECT_PER_FRAME") == "1" else []
 HTTPLOAD = os.path.join(BUILD, "httpload")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB20 = 20 * 1024 * 1024
@@ -312,7 +315,7 @@ def load_args(callers, requests, warmup, parts=0, size=0, pad=0):
 def run_direct(mock, callers, requests, warmup, **kw):
     w = Watch(mock)
     d = run_tool([DIRECT, "--port", str(mock.port), "--callers", str(callers), "--window", str(WINDOW)]
-                 + load_args(callers, requests, warmup, **kw))
+                 + DIRECT_MODE + load_args(callers, requests, warmup, **kw))
     wall, (mock_cpu,) = w.done()
     if d:
         d["mock_cpu_s"] = mock_cpu
@@ -866,7 +869,8 @@ def main():
     print()
     print(f"tgbridge benchmark — {mach['date']} — {mach['nproc']} × {mach['cpu']} — Linux {mach['kernel']}")
     print(f"load average at start {mach['loadavg'][0]:.2f}, at end {mach['loadavg_end'][0]:.2f}; "
-          f"{ctx.rounds} alternating rounds; medians; window {WINDOW} on both paths")
+          f"{ctx.rounds} alternating rounds; medians; window {WINDOW} on both paths; direct client writes "
+          f"{'one frame per lws_write (BENCH_DIRECT_PER_FRAME=1)' if DIRECT_MODE else 'bursts in one send, as tgbridge'}")
     print()
     print_table(rows)
     print()
