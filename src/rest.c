@@ -598,6 +598,17 @@ static bool accept_only_json(const char *accept)
     return !strchr(accept + 16, ',');
 }
 
+/* The gateway parses bodies with Python's json, where a repeated key's last value
+ * wins; cJSON's lookup returns the first.  Agree with the gateway. */
+static const cJSON *last_member(const cJSON *obj, const char *name)
+{
+    const cJSON *found = NULL, *it;
+    cJSON_ArrayForEach(it, obj)
+        if (it->string && !strcmp(it->string, name))
+            found = it;
+    return found;
+}
+
 static enum MHD_Result start_call(struct call *call)
 {
     struct MHD_Connection *c = call->conn;
@@ -623,19 +634,15 @@ static enum MHD_Result start_call(struct call *call)
         call->fmt = FMT_SSE;
     else if (accept_has(accept, "application/x-ndjson"))
         call->fmt = FMT_NDJSON;
-    else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "streaming")) && !accept_only_json(accept))
+    else if (cJSON_IsTrue(last_member(root, "streaming")) && !accept_only_json(accept))
         call->fmt = FMT_NDJSON;
-    const cJSON *ws = cJSON_GetObjectItemCaseSensitive(root, "workspace");
-    char workspace[256] = "";
-    if (cJSON_IsString(ws))
-        snprintf(workspace, sizeof workspace, "%s", ws->valuestring);
-    else if (R.cfg->workspace)
-        snprintf(workspace, sizeof workspace, "%s", R.cfg->workspace);
-    cJSON_Delete(root);
+    const cJSON *ws = last_member(root, "workspace");
+    const char *workspace = cJSON_IsString(ws) ? ws->valuestring : R.cfg->workspace ? R.cfg->workspace : "";
 
     call->phase = PH_WAITING;
     call->req = mux_new(call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL, workspace, body,
                         call->body.len, &call_ops, call);
+    cJSON_Delete(root);
     buf_free(&call->body);
     mux_submit(call->req);
     return respond(call);

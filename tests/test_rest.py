@@ -211,6 +211,33 @@ def test_body_workspace_copied_to_envelope():
         eq(env.get("workspace"), "default", "envelope workspace")
 
 
+
+def test_repeated_body_keys_read_as_the_gateway_reads_them():
+    """The gateway's JSON parser keeps a repeated key's last value; the
+    envelope's workspace and the streaming choice must agree with it.  A
+    long workspace name is carried whole, not cut to a buffer's size."""
+    long_ws = "w" * 300
+    m = start_mock("v2d", tokens=[TOKEN],
+                   extra=["--workspaces", "default,b," + long_ws])
+    b = start_bridge(m.url, "--token", TOKEN)
+    with m, b:
+        b.wait_ready()
+        raw = ('{"workspace":"a","system":"","prompt":"x",'
+               '"_mock":{"echo":true},"workspace":"b"}')
+        env = echo(b, FLOW_TC, raw)
+        eq(env.get("workspace"), "b", "envelope workspace (last key wins)")
+        env = echo(b, FLOW_TC, {"system": "", "prompt": "x",
+                                "_mock": {"echo": True},
+                                "workspace": long_ws})
+        eq(env.get("workspace"), long_ws, "a 300-character workspace")
+        # "streaming": true then false: not a stream, as the gateway sees it
+        r = b.post(FLOW_TC, '{"streaming":true,"system":"","prompt":"y",'
+                   '"streaming":false}', headers={"Accept": "*/*"})
+        check_status(r, 200, "repeated streaming key")
+        assert is_json_ct(r.headers), r.headers
+        eq(r.json().get("response"), "y", "unary reply")
+
+
 # --------------------------------------------------- non-streaming replies
 
 def final_only(b, kind, body, check):
