@@ -7,7 +7,7 @@ OPT       ?= -O2 -g
 SAN       ?=
 ALL_CFLAGS = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
-LDLIBS    += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS    += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
 BUILD     ?= build
 PYTHON    := /usr/bin/python3
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -50,20 +50,27 @@ $(BUILD):
 $(BUILD)/unit_tests: $(UNIT_SRCS) $(LIB_OBJS)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# Test fixture: an LD_PRELOAD resolver that takes its time (tests/test_dns.py).  Never
+# sanitized: it is loaded into the daemon under test, whatever that was built with.
+TEST_FIXTURES := build/slowdns.so
+build/slowdns.so: tests/slowdns.c
+	@mkdir -p build
+	$(CC) -O2 -g -std=c11 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
+
 unit: deps $(BUILD)/unit_tests
 	./$(BUILD)/unit_tests
 
-test: deps tgbridge $(BUILD)/unit_tests
+test: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
 	UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
 
 # Same tests against an AddressSanitizer+UBSan build.
 asan:
-	$(MAKE) deps
+	$(MAKE) deps $(TEST_FIXTURES)
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge build-asan/unit_tests
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TGBRIDGE_BIN=build-asan/tgbridge UNIT_TESTS=build-asan/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
 
-valgrind: deps tgbridge $(BUILD)/unit_tests
+valgrind: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
 	valgrind -q --error-exitcode=99 --leak-check=full ./$(BUILD)/unit_tests
 	TGBRIDGE_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" \
 	  UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
+#include "resolver.h"
 #include "rest.h"
 #include "unix_listener.h"
 #include "upstream.h"
@@ -131,7 +132,7 @@ int main(int argc, char **argv)
         const char *at = strrchr(cfg.proxy_used, '@');
         log_info("connecting to the gateway through the HTTP proxy %s", at ? at + 1 : cfg.proxy_used);
     }
-    if (loop_init(&cfg) || setup_signals()) {
+    if (loop_init(&cfg) || setup_signals() || resolver_init()) {
         log_error("cannot set up the event loop");
         return 1;
     }

@@ -213,6 +213,7 @@ static enum route match_route(const char *url, struct call *out)
 static const char *state_name(enum upstream_state s)
 {
     switch (s) {
+    case UP_RESOLVING: return "resolving";
     case UP_CONNECTING: return "connecting";
     case UP_AUTHENTICATING: return "authenticating";
     case UP_READY: return "ready";

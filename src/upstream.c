@@ -3,9 +3,11 @@
 #include "envelope.h"
 #include "log.h"
 #include "mux.h"
+#include "resolver.h"
 #include "util.h"
 #include "wsframe.h"
 #include <libwebsockets.h>
+#include <netdb.h>
 #include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -47,6 +49,7 @@ struct upconn {
     bool rx_overflow;
     double last_heard;       /* for telling a dead peer from a closed one */
     lws_sorted_usec_list_t auth_sul;
+    unsigned lookup;         /* the DNS lookup under way (UP_RESOLVING), else 0 */
     char path[4096];
     char host_header[300];
 };
@@ -69,6 +72,7 @@ static struct {
     bool ever_connected;
     lws_retry_bo_t retry;
     uint32_t retry_table[16];
+    unsigned addr_turn;      /* which of a name's addresses to try: the next one after a failure */
     char last_logged_reason[512];
 } U;
 
@@ -189,6 +193,8 @@ static void retry_rotation(lws_sorted_usec_list_t *sul);
 
 static void conn_gone(struct upconn *c)
 {
+    if (c->lookup)
+        resolver_cancel(c->lookup);
     const char *why = U.stopping ? "tgbridge is shutting down"
                       : c->draining ? "the rotated-out gateway connection closed" : U.reason;
     mux_upstream_lost(&c->win, why);
@@ -291,7 +297,11 @@ static void connect_now(lws_sorted_usec_list_t *sul)
     }
 }
 
-/* Opens a connection (re-reading the token file first); NULL if it could not start. */
+static bool connect_to(struct upconn *c, const char *address);
+static void on_resolved(unsigned lookup, const struct resolved *r, void *arg);
+
+/* Opens a connection (re-reading the token file first): looks the gateway's name up
+ * off the loop first unless it is numeric.  NULL if it could not start. */
 static struct upconn *start_connection(void)
 {
     char err[256];
@@ -330,13 +340,32 @@ static struct upconn *start_connection(void)
     snprintf(c->host_header, sizeof c->host_header, "%s%s%s:%d", v6 ? "[" : "", U.cfg->gw.host, v6 ? "]" : "",
              U.cfg->gw.port);
 
+    if (U.cfg->proxy_used || resolver_is_numeric(U.cfg->gw.host))
+        /* Nothing to look up (a proxy resolves the gateway's name itself). */
+        return connect_to(c, U.cfg->gw.host) ? c : NULL;
+    c->state = UP_RESOLVING;
+    c->lookup = resolver_start(U.cfg->gw.host, on_resolved, NULL);
+    if (!c->lookup) {
+        set_reason("cannot start a DNS lookup for %s", U.cfg->gw.host);
+        free(c);
+        return NULL;
+    }
+    log_debug("resolving %s (connection #%u)", U.cfg->gw.host, c->serial);
+    return c;
+}
+
+/* Opens the WebSocket to address (numeric, or the gateway's name when a proxy is used).
+ * False if it failed at once; c is then already gone (CONNECTION_ERROR ran for it) or,
+ * when lws refused to start, freed here -- through conn_gone() if c already holds a slot. */
+static bool connect_to(struct upconn *c, const char *address)
+{
     struct lws_client_connect_info i;
     memset(&i, 0, sizeof i);
     i.context = U.ctx;
-    i.address = U.cfg->gw.host;
+    i.address = address;
     i.port = U.cfg->gw.port;
     i.path = c->path;
-    i.host = c->host_header;
+    i.host = c->host_header; /* also what TLS sends as SNI and checks the certificate against */
     i.origin = NULL;
     i.protocol = NULL;
     i.local_protocol_name = "tgb-upstream";
@@ -351,19 +380,38 @@ static struct upconn *start_connection(void)
         i.alpn = "http/1.1";
     }
     c->state = UP_CONNECTING;
-    log_debug("connecting to %s (connection #%u)", U.cfg->gateway, c->serial);
+    log_debug("connecting to %s at %s (connection #%u)", U.cfg->gateway, address, c->serial);
     U.connecting = c;
     struct lws *w = lws_client_connect_via_info(&i);
     bool failed_inline = U.connecting == NULL; /* a CONNECTION_ERROR already ran for c */
     U.connecting = NULL;
     if (failed_inline)
-        return NULL;
+        return false;
     if (!w) {
-        set_reason("cannot start a connection to %s", U.cfg->gateway);
-        free(c);
-        return NULL;
+        conn_reason(c, false, "cannot start a connection to %s", U.cfg->gateway);
+        if (c == U.cur || c == U.next)
+            conn_gone(c);
+        else
+            free(c);
+        return false;
     }
-    return c;
+    return true;
+}
+
+static void on_resolved(unsigned lookup, const struct resolved *r, void *arg)
+{
+    (void)arg;
+    struct upconn *c = U.cur && U.cur->lookup == lookup ? U.cur : U.next && U.next->lookup == lookup ? U.next : NULL;
+    if (!c)
+        return; /* cancelled lookups are never answered; belt and braces */
+    c->lookup = 0;
+    if (r->err) {
+        conn_reason(c, false, "cannot resolve the gateway's host name %s: %s", U.cfg->gw.host,
+                    gai_strerror(r->err));
+        conn_gone(c);
+        return;
+    }
+    connect_to(c, r->addr[U.addr_turn % r->n]);
 }
 
 /* Rotation: abandoned requests (timed out, caller gone) still count in the gateway's
@@ -726,6 +774,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, c->tls_error);
         else
             conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, in ? (const char *)in : "unknown error");
+        if (!status)
+            U.addr_turn++; /* a name with several addresses: the next attempt tries another */
         lws_set_opaque_user_data(wsi, NULL);
         c->wsi = NULL;
         if (U.connecting == c)
@@ -823,6 +873,8 @@ void upstream_stop(void)
         lws_sul_cancel(&c->auth_sul);
         if (c->wsi)
             lws_callback_on_writable(c->wsi); /* sends a close frame, then closes */
+        else if (c->state == UP_RESOLVING)
+            conn_gone(c); /* nothing open yet */
     }
 }
 
