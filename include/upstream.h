@@ -35,6 +35,10 @@ const char *upstream_reauth_status(void);
 void upstream_rotate(const char *why);
 /* SIGHUP: re-read --token-file; V2: re-authenticate in-band; otherwise rotate. */
 void upstream_reload_token(void);
+/* Called when the upstream becomes ready (what: the era) or, once per distinct
+ * reason, not ready (what: the reason). */
+typedef void (*upstream_change_fn)(bool ready, const char *what);
+void upstream_on_change(upstream_change_fn fn);
 /* Begins a clean close of every connection. */
 void upstream_stop(void);
 bool upstream_closed(void);

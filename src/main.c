@@ -8,6 +8,7 @@
 #include "mux.h"
 #include "resolver.h"
 #include "rest.h"
+#include "sdnotify.h"
 #include "unix_listener.h"
 #include "upstream.h"
 #include "util.h"
@@ -69,6 +70,10 @@ static void begin_shutdown(int sig)
         return;
     }
     draining = true;
+    char status[160];
+    snprintf(status, sizeof status, "%s: draining %zu call(s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+             rest_active_calls() + line_pending_requests());
+    sdnotify_stopping(status);
     listener_close(rest_listener);
     rest_listener = NULL;
     unix_listener_close(unix_listener);
@@ -95,6 +100,13 @@ static void on_signal(void *arg)
             break;
         }
     }
+}
+
+static void upstream_changed(bool ready, const char *what)
+{
+    char status[700];
+    snprintf(status, sizeof status, ready ? "gateway connected (era %s)" : "gateway not ready: %s", what);
+    sdnotify_status(status);
 }
 
 static int setup_signals(void)
@@ -136,6 +148,7 @@ int main(int argc, char **argv)
         log_error("cannot set up the event loop");
         return 1;
     }
+    sdnotify_init(loop_ctx());
     mux_init(loop_ctx(), &cfg);
     line_init(&cfg);
     upstream_init(loop_ctx(), &cfg);
@@ -155,8 +168,16 @@ int main(int argc, char **argv)
     bool v6 = strchr(cfg.listen_host, ':') != NULL;
     log_info("listening rest=%s%s%s:%d unix=%s gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
              port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway, auth_mode_name(cfg.auth));
+    upstream_on_change(upstream_changed);
+    char status[300];
+    snprintf(status, sizeof status, "listening on %s%s%s:%d; connecting to the gateway", v6 ? "[" : "",
+             cfg.listen_host, v6 ? "]" : "", port);
+    /* Ready means serving: callers get answers (503s included) from now on; whether the
+     * gateway is there is /readyz's business, and STATUS= follows it. */
+    sdnotify_ready(status);
     upstream_start();
     loop_run();
+    sdnotify_close();
     unix_listener_close(unix_listener);
     rest_shutdown();
     mux_stop_timers();

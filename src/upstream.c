@@ -74,6 +74,7 @@ static struct {
     uint32_t retry_table[16];
     unsigned addr_turn;      /* which of a name's addresses to try: the next one after a failure */
     char last_logged_reason[512];
+    upstream_change_fn on_change;
 } U;
 
 static void set_reason(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -162,12 +163,16 @@ static void schedule_reconnect(void)
     lws_retry_sul_schedule(U.ctx, 0, &U.retry_sul, &U.retry, connect_now, &U.retry_count);
 }
 
+void upstream_on_change(upstream_change_fn fn) { U.on_change = fn; }
+
 /* Logs a state change once, not once per retry. */
 static void log_down(void)
 {
     if (strcmp(U.last_logged_reason, U.reason)) {
         log_warn("upstream not ready: %s (retrying with backoff)", U.reason);
         snprintf(U.last_logged_reason, sizeof U.last_logged_reason, "%s", U.reason);
+        if (U.on_change)
+            U.on_change(false, U.reason);
     } else {
         log_debug("upstream still not ready: %s", U.reason);
     }
@@ -264,6 +269,8 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
     log_info("upstream ready (connection #%u): %s auth=%s era=%s%s%s%s", c->serial, U.cfg->gateway,
              auth_mode_name(U.cfg->auth), U.era, U.default_ws[0] ? " default_workspace=" : "", U.default_ws,
              era_changed ? "" : " (same era as before)");
+    if (U.on_change)
+        U.on_change(true, U.era);
     check_old();
     upstream_kick();
     rotation_done();

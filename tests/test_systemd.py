@@ -1,0 +1,132 @@
+"""systemd notification (sd_notify(3) protocol, spoken without libsystemd):
+READY=1 once tgbridge serves, STATUS= following the gateway connection,
+STOPPING=1 on SIGTERM, WATCHDOG=1 keep-alives when systemd asks for them.
+A datagram socket in a temporary directory plays systemd."""
+
+import os
+import signal
+import socket
+import tempfile
+import time
+import uuid
+
+from harness import (T, check_status, eq, start_bridge, start_mock, timeout)
+
+TOKEN = "tg_systemd_token_41c9"
+
+
+class FakeSystemd:
+    def __init__(self, abstract=False):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = "tgb-test-%s" % uuid.uuid4().hex[:12]
+            self.sock.bind("\0" + name)
+            self.env_value = "@" + name
+        else:
+            self.dir = tempfile.mkdtemp(prefix="tgb-sd-")
+            path = os.path.join(self.dir, "notify")
+            self.sock.bind(path)
+            self.env_value = path
+        self.messages = []
+
+    def env(self, **extra):
+        e = {"NOTIFY_SOCKET": self.env_value}
+        e.update(extra)
+        return e
+
+    def wait_for(self, pred, timeout_s, what):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for m in self.messages:
+                if pred(m):
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no notification %s within %.1fs; got %r"
+                                     % (what, timeout_s, self.messages))
+            self.sock.settimeout(left)
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+
+    def drain(self, seconds):
+        """Everything that arrives within `seconds`."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.001, end - time.monotonic()))
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+        return self.messages
+
+    def close(self):
+        self.sock.close()
+
+
+def fields(msg):
+    return dict(line.split("=", 1) for line in msg.split("\n") if "=" in line)
+
+
+@timeout(60)
+def test_ready_status_and_stopping():
+    sd = FakeSystemd()
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, "--reconnect-min", "0.05",
+                     env=sd.env())
+    with m, b:
+        ready = sd.wait_for(lambda x: "READY=1" in x, T(10), "READY=1")
+        st = fields(ready).get("STATUS", "")
+        assert st.startswith("listening on 127.0.0.1:%d" % b.port), ready
+        # READY means serving: the daemon answers at once
+        check_status(b.get("/healthz"), 200, "/healthz after READY=1")
+        sd.wait_for(lambda x: fields(x).get("STATUS", "").startswith(
+            "gateway connected (era v2c/v2d)"), T(10), "gateway connected")
+        # the gateway going away shows in systemctl status
+        m.stop()
+        sd.wait_for(lambda x: fields(x).get("STATUS", "").startswith(
+            "gateway not ready: "), T(10), "gateway not ready")
+        b.proc.send_signal(signal.SIGTERM)
+        stopping = sd.wait_for(lambda x: "STOPPING=1" in x, T(10),
+                               "STOPPING=1")
+        assert fields(stopping).get("STATUS", "").startswith(
+            "SIGTERM: draining"), stopping
+        b.stop()  # exit status 0
+        assert not any("WATCHDOG=1" in x for x in sd.messages), \
+            "watchdog pings nobody asked for: %r" % sd.messages
+    sd.close()
+
+
+@timeout(60)
+def test_watchdog_keepalive_only_when_asked_for_this_process():
+    sd = FakeSystemd()
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN,
+                     env=sd.env(WATCHDOG_USEC=str(int(T(0.2) * 1e6))))
+    with m, b:
+        sd.wait_for(lambda x: "READY=1" in x, T(10), "READY=1")
+        got = sd.drain(T(1.0))
+        n = sum("WATCHDOG=1" in x for x in got)
+        # every half interval (0.1 s): about 10 in a second
+        assert n >= 4, "only %d WATCHDOG=1 in %.1fs: %r" % (n, T(1.0), got)
+    # WATCHDOG_PID naming another process: the request is not ours
+    sd2 = FakeSystemd()
+    b2 = start_bridge(m.url, "--token", TOKEN,
+                      env=sd2.env(WATCHDOG_USEC="100000", WATCHDOG_PID="1"))
+    with m, b2:
+        sd2.wait_for(lambda x: "READY=1" in x, T(10), "READY=1")
+        got = sd2.drain(T(0.5))
+        eq(sum("WATCHDOG=1" in x for x in got), 0, "WATCHDOG=1 for pid 1")
+    sd.close()
+    sd2.close()
+
+
+@timeout(30)
+def test_abstract_notify_socket():
+    sd = FakeSystemd(abstract=True)
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, env=sd.env())
+    with m, b:
+        sd.wait_for(lambda x: "READY=1" in x, T(10), "READY=1 (@abstract)")
+    sd.close()
