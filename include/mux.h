@@ -52,4 +52,8 @@ struct mux_stats {
     unsigned long long submitted, completed, failed;
 };
 void mux_get_stats(struct mux_stats *out);
+/* Failed requests by error type (request-timeout, gateway-unavailable, ...), in first-seen
+ * order; false past the last.  Past MUX_FAILURE_TYPES - 1 types the rest count as "other". */
+#define MUX_FAILURE_TYPES 16
+bool mux_failures(size_t i, const char **type, unsigned long long *n);
 #endif

@@ -1,6 +1,6 @@
 /* The local REST mirror (libmicrohttpd in external-epoll mode inside the lws loop):
  * the gateway's own routes, answered from the one upstream socket, with optional
- * NDJSON / SSE streaming, plus /healthz, /readyz and /status. */
+ * NDJSON / SSE streaming, plus /healthz, /readyz, /status and /metrics. */
 #ifndef TGB_REST_H
 #define TGB_REST_H
 #include <stddef.h>

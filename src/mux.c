@@ -20,7 +20,27 @@ static struct {
     struct list sent;                    /* requests with a running request deadline */
     lws_sorted_usec_list_t queue_sul, sent_sul;
     unsigned long long submitted, completed, failed;
+    struct { char type[40]; unsigned long long n; } by_type[MUX_FAILURE_TYPES];
 } M;
+
+static void count_failure(const char *type)
+{
+    size_t i = 0;
+    while (i < MUX_FAILURE_TYPES - 1 && M.by_type[i].type[0] && strcmp(M.by_type[i].type, type))
+        i++;
+    if (!M.by_type[i].type[0])
+        snprintf(M.by_type[i].type, sizeof M.by_type[i].type, "%s", i < MUX_FAILURE_TYPES - 1 ? type : "other");
+    M.by_type[i].n++;
+}
+
+bool mux_failures(size_t i, const char **type, unsigned long long *n)
+{
+    if (i >= MUX_FAILURE_TYPES || !M.by_type[i].type[0])
+        return false;
+    *type = M.by_type[i].type;
+    *n = M.by_type[i].n;
+    return true;
+}
 
 void mux_init(struct lws_context *ctx, const struct config *cfg)
 {
@@ -58,6 +78,7 @@ static void fail(struct request *req, int status, const char *type, const char *
     if (!req->answered) {
         req->answered = true;
         M.failed++;
+        count_failure(type);
         if (req->owner && req->ops && req->ops->on_fail) {
             req->busy = true;
             req->ops->on_fail(req, status, type, message);

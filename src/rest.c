@@ -4,6 +4,7 @@
 #include "list.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "mux.h"
 #include "upstream.h"
 #include "util.h"
@@ -22,7 +23,7 @@
 #define STREAM_BLOCK (64 * 1024)
 
 enum route {
-    R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
+    R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_METRICS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
 };
 enum fmt { FMT_JSON, FMT_NDJSON, FMT_SSE };
 enum phase { PH_BODY, PH_WAITING, PH_STREAMING, PH_DONE };
@@ -172,6 +173,8 @@ static enum route match_route(const char *url, struct call *out)
         return R_READYZ;
     if (!strcmp(url, "/status"))
         return R_STATUS;
+    if (!strcmp(url, "/metrics"))
+        return R_METRICS;
     if (unsupported_path(url))
         return R_UNSUPPORTED;
     static const char flowp[] = "/api/v1/flow/";
@@ -222,8 +225,25 @@ static const char *state_name(enum upstream_state s)
     }
 }
 
+static enum MHD_Result serve_metrics(struct MHD_Connection *c)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    metrics_render(&b, R.cfg, now_mono() - R.started, R.ncalls);
+    struct MHD_Response *r = MHD_create_response_from_buffer(b.len, buf_ptr(&b), MHD_RESPMEM_MUST_COPY);
+    buf_free(&b);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result serve_status(struct MHD_Connection *c, enum route route)
 {
+    if (route == R_METRICS)
+        return serve_metrics(c);
     struct buf b;
     buf_init(&b, 0);
     unsigned status = 200;
@@ -682,7 +702,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             route = R_KIND;
             snprintf(probe.kind, sizeof probe.kind, "socket");
             break;
-        case R_HEALTHZ: case R_READYZ: case R_STATUS:
+        case R_HEALTHZ: case R_READYZ: case R_STATUS: case R_METRICS:
             if (get)
                 return serve_status(c, route);
             rj = (struct reject){405, "method-not-allowed", "use GET", "GET, HEAD"};
