@@ -1,11 +1,14 @@
 #include "config.h"
 #include "util.h"
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <strings.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +23,7 @@ enum opt_id {
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
     O_LOG_LEVEL, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
-    O_MAX_CLIENT_BUFFER, O_HELP, O_VERSION,
+    O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
 };
 
 struct opt_doc {
@@ -92,6 +95,9 @@ static const struct opt_doc docs[] = {
      "do not verify the gateway's TLS certificate (dangerous)"},
     {O_LOG_LEVEL, "log-level", "LEVEL", "TGBRIDGE_LOG_LEVEL",
      "error | warn | info (default) | debug"},
+    {O_CONFIG, "config", "PATH", "TGBRIDGE_CONFIG",
+     "read settings from PATH first: one 'option = value' per line, option\n"
+     "names as above without '--'; the environment and flags override it"},
     {O_HELP, "help", NULL, NULL, "show this help and exit"},
     {O_VERSION, "version", NULL, NULL, "show the version and exit"},
 };
@@ -384,10 +390,120 @@ int config_read_token_file(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+static int parse_bool(const char *v)
+{
+    if (!strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on") || !strcmp(v, "1"))
+        return 1;
+    if (!strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off") || !strcmp(v, "0"))
+        return 0;
+    return -1;
+}
+
+/* The config file: "name = value" lines, names from the option table.  Strict, like
+ * the flags: an unknown name, a repeated one or a bad value stops the start with the
+ * file and line, rather than running with a setting the operator did not mean. */
+static int load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return errorf(err, errlen, "cannot open config file %s: %s", path, strerror(errno));
+    bool seen[NDOCS + 1];
+    memset(seen, 0, sizeof seen);
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, rc = 0;
+    bool has_token = false;
+    while (!rc && getline(&line, &cap, f) >= 0) {
+        lineno++;
+        char *l = trim(line);
+        if (!*l || *l == '#')
+            continue;
+        char *eq = strchr(l, '=');
+        if (!eq) {
+            rc = errorf(err, errlen, "%s:%d: expected 'option = value'", path, lineno);
+            break;
+        }
+        *eq = '\0';
+        char *name = trim(l), *value = trim(eq + 1);
+        size_t vn = strlen(value);
+        if (vn >= 2 && value[0] == '"' && value[vn - 1] == '"') { /* for values with edge spaces or '#' */
+            value[vn - 1] = '\0';
+            value++;
+        }
+        size_t i = 0;
+        while (i < NDOCS && strcmp(docs[i].name, name))
+            i++;
+        if (i == NDOCS || docs[i].id == O_HELP || docs[i].id == O_VERSION || docs[i].id == O_CONFIG) {
+            rc = errorf(err, errlen, "%s:%d: unknown option '%s' (see --help)", path, lineno, name);
+            break;
+        }
+        if (seen[i]) {
+            rc = errorf(err, errlen, "%s:%d: '%s' is set twice", path, lineno, name);
+            break;
+        }
+        seen[i] = true;
+        char e2[256];
+        if (!docs[i].arg) {
+            int b = parse_bool(value);
+            if (b < 0) {
+                rc = errorf(err, errlen, "%s:%d: '%s' wants true or false", path, lineno, name);
+                break;
+            }
+            value = b ? "1" : "0";
+        }
+        if (docs[i].id == O_TOKEN) {
+            log_add_secret(value);
+            has_token = true;
+        }
+        if (apply(cfg, docs[i].id, value, e2, sizeof e2))
+            rc = errorf(err, errlen, "%s:%d: %s", path, lineno, e2);
+    }
+    if (line) {
+        explicit_bzero(line, cap); /* it may have held the token */
+        free(line);
+    }
+    struct stat st;
+    if (!rc && has_token && !fstat(fileno(f), &st) && (st.st_mode & 077))
+        log_warn("config file %s holds a token and is readable by group or others (mode %04o); "
+                 "chmod 600 it, or use token-file",
+                 path, (unsigned)(st.st_mode & 07777));
+    fclose(f);
+    return rc;
+}
+
+/* --config / TGBRIDGE_CONFIG, found before anything else is applied: the file is the
+ * lowest layer, under the environment and the flags. */
+static const char *config_path(int argc, char **argv)
+{
+    const char *path = getenv("TGBRIDGE_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--"))
+            break;
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            path = argv[++i];
+        else if (!strncmp(argv[i], "--config=", 9))
+            path = argv[i] + 9;
+    }
+    return path && *path ? path : NULL;
+}
+
 int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     defaults(cfg);
     if (apply(cfg, O_GATEWAY, "http://localhost:8088", err, errlen))
+        return -1;
+    const char *file = config_path(argc, argv);
+    if (file && load_file(cfg, file, err, errlen))
         return -1;
     /* Environment first, so that flags override it. */
     for (size_t i = 0; i < NDOCS; i++) {

@@ -1,12 +1,14 @@
-"""Command line: --help, --version, bad flags, gateway URL forms, sizes."""
+"""Command line: --help, --version, bad flags, gateway URL forms, sizes, the
+config file."""
 
+import os
 import signal
 import subprocess
 import time
 
 from harness import (FLOW_TC, T, check_status, closed_port, eq, own_error,
                      post_early_reply, run_bridge, start_bridge, start_mock,
-                     stream, tc)
+                     stream, tc, tmpfile)
 
 TOKEN = "tg_cli_token_5e1f"
 
@@ -204,3 +206,76 @@ def test_missing_token_file_fails_at_startup():
                    "--listen", "127.0.0.1:0", timeout=10)
     assert r.returncode != 0, "a missing --token-file was accepted"
     assert r.stderr.strip(), "no message for a missing --token-file"
+
+
+# ----------------------------------------------------------- config file
+
+def write_config(text, mode=0o600):
+    path = tmpfile(text, suffix=".conf")  # removed at cleanup
+    os.chmod(path, mode)
+    return path
+
+
+def test_config_file_under_environment_under_flags():
+    m = start_mock("v2d", tokens=[TOKEN])
+    conf = write_config(
+        "# tgbridge settings\n"
+        "\n"
+        "gateway = %s\n"
+        "token   = \"%s\"\n"
+        "max-inflight = 4\n"
+        "max-queue = 7\n"
+        "request-timeout = 0.5\n"
+        "insecure = false\n" % (m.url, TOKEN))
+    with m:
+        # the file alone: gateway, token and limits come from it
+        with start_bridge(None, "--config", conf) as b:
+            b.wait_ready()
+            check_status(b.post(FLOW_TC, tc("from the file")), 200, "call")
+            eq(b.get("/status").json()["requests"]["window_max"], 4,
+               "max-inflight from the file")
+            own_error(b.post(FLOW_TC, tc("slow", never=True)), 504,
+                      "request-timeout")
+            assert TOKEN not in b.log(), "the token from the file was logged"
+        # the environment overrides the file, a flag overrides both
+        with start_bridge(None, env={"TGBRIDGE_CONFIG": conf,
+                                     "TGBRIDGE_MAX_INFLIGHT": "6"}) as b:
+            b.wait_ready()
+            eq(b.get("/status").json()["requests"]["window_max"], 6,
+               "environment over the file")
+        with start_bridge(None, "--config=" + conf, "--max-inflight", "8",
+                          env={"TGBRIDGE_MAX_INFLIGHT": "6"}) as b:
+            b.wait_ready()
+            eq(b.get("/status").json()["requests"]["window_max"], 8,
+               "flag over the environment and the file")
+
+
+def test_config_file_mistakes_stop_the_start_with_file_and_line():
+    cases = [
+        ("max-inflight = 4\nno-such-option = 1\n", ":2: unknown option 'no-such-option'"),
+        ("max-inflight = 4\nmax-inflight = 5\n", ":2: 'max-inflight' is set twice"),
+        ("\n\nmax-inflight = lots\n", ":3: option wants a positive integer"),
+        ("insecure = perhaps\n", ":1: 'insecure' wants true or false"),
+        ("just words\n", ":1: expected 'option = value'"),
+        ("help = 1\n", ":1: unknown option 'help'"),
+    ]
+    for text, want in cases:
+        conf = write_config(text)
+        r = run_bridge("--config", conf, "--listen", "127.0.0.1:0")
+        eq(r.returncode, 2, "exit status for %r" % text)
+        assert conf + want in r.stderr, "message for %r: %r" % (text, r.stderr)
+    r = run_bridge("--config", "/nonexistent/tgbridge.conf")
+    eq(r.returncode, 2, "exit status for a missing config file")
+    assert "cannot open config file /nonexistent/tgbridge.conf" in r.stderr, \
+        r.stderr
+
+
+def test_config_file_with_a_token_readable_by_others_is_warned_about():
+    m = start_mock("v2d", tokens=[TOKEN])
+    conf = write_config("gateway = %s\ntoken = %s\n" % (m.url, TOKEN),
+                        mode=0o644)
+    with m, start_bridge(None, "--config", conf) as b:
+        b.wait_ready()
+        b.wait_log(r"holds a token and is readable by group or others "
+                   r"\(mode 0644\)")
+        assert TOKEN not in b.log(), "the token was logged"
