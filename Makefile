@@ -17,7 +17,7 @@ OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 
-.PHONY: all deps test unit asan valgrind demo bench clean
+.PHONY: all deps test unit asan soak valgrind demo bench clean
 
 all: deps tgbridge
 
@@ -69,6 +69,15 @@ asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge build-asan/unit_tests
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TGBRIDGE_BIN=build-asan/tgbridge UNIT_TESTS=build-asan/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+
+# The soak test for SOAK_SECONDS (default 300) against the ASan+UBSan build.
+SOAK_SECONDS ?= 300
+soak:
+	$(MAKE) deps
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  TGBRIDGE_BIN=build-asan/tgbridge TGBRIDGE_SOAK_SECONDS=$(SOAK_SECONDS) \
+	  $(PYTHON) tests/run.py -k test_soak
 
 valgrind: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
 	valgrind -q --error-exitcode=99 --leak-check=full ./$(BUILD)/unit_tests

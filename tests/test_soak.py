@@ -14,10 +14,11 @@ import tempfile
 import threading
 import time
 
-from harness import SCALE, start_bridge, start_mock
+from harness import SCALE, start_bridge, start_mock, timeout
 
 TOKEN = "tg_soak_token_5d1"
-DURATION = 6.0
+# A few seconds in `make test`; `make soak` runs it for minutes (TGBRIDGE_SOAK_SECONDS).
+DURATION = float(os.environ.get("TGBRIDGE_SOAK_SECONDS") or 6.0)
 
 
 def _rest_caller(port, seed, stop, problems):
@@ -78,6 +79,7 @@ def _line_caller(path, seed, stop, problems):
             s.close()
 
 
+@timeout(DURATION + 120)
 def test_soak_callers_drops_and_token_reloads():
     work = tempfile.mkdtemp(prefix="tgb-soak-")
     token_file = os.path.join(work, "token")
