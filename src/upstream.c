@@ -665,9 +665,8 @@ static int write_burst(struct upconn *c, struct request *first)
             break;
         req = mux_next_to_send(&c->win);
     }
+    /* The buffer is kept for the next burst: it never outgrows BURST_MAX_BYTES + one envelope. */
     int rc = lws_write(c->wsi, (unsigned char *)buf_ptr(&c->burst), c->burst.len, LWS_WRITE_RAW);
-    if (c->burst.cap > 4 * BURST_MAX_BYTES)
-        buf_free(&c->burst);
     if (rc < 0)
         return -1; /* the batch is in the window: it fails with the connection */
     for (size_t i = 0; i < n; i++) {
