@@ -14,7 +14,7 @@ TOKEN = "tg_cli_token_5e1f"
 
 DOCUMENTED = ("--gateway", "--token-file", "--token", "--auth", "--listen",
               "--max-body", "--request-timeout", "--queue-timeout",
-              "--max-inflight", "--log-level", "--help", "--version")
+              "--max-inflight", "--log-level", "--config", "--help", "--version")
 
 
 def test_help_prints_usage_to_stdout_and_exits_0():
