@@ -42,7 +42,8 @@ static void *resolve_thread(void *p)
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
+    /* No AI_ADDRCONFIG: it hides loopback names in a namespace with only "lo" (a sidecar
+     * without networking); unusable addresses are skipped at connect time instead. */
     l->r.err = getaddrinfo(l->host, NULL, &hints, &res);
     for (struct addrinfo *ai = res; ai && l->r.n < RESOLVER_MAX_ADDRS; ai = ai->ai_next) {
         const void *a = ai->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr

@@ -50,6 +50,9 @@ struct upconn {
     double last_heard;       /* for telling a dead peer from a closed one */
     lws_sorted_usec_list_t auth_sul;
     unsigned lookup;         /* the DNS lookup under way (UP_RESOLVING), else 0 */
+    struct resolved *addrs;  /* the gateway name's addresses, tried in turn like lws does */
+    size_t addr_idx;
+    lws_sorted_usec_list_t addr_sul;
     char path[4096];
     char host_header[300];
 };
@@ -72,7 +75,6 @@ static struct {
     bool ever_connected;
     lws_retry_bo_t retry;
     uint32_t retry_table[16];
-    unsigned addr_turn;      /* which of a name's addresses to try: the next one after a failure */
     char last_logged_reason[512];
     upstream_change_fn on_change;
 } U;
@@ -200,6 +202,8 @@ static void conn_gone(struct upconn *c)
 {
     if (c->lookup)
         resolver_cancel(c->lookup);
+    lws_sul_cancel(&c->addr_sul);
+    free(c->addrs);
     const char *why = U.stopping ? "tgbridge is shutting down"
                       : c->draining ? "the rotated-out gateway connection closed" : U.reason;
     mux_upstream_lost(&c->win, why);
@@ -418,7 +422,33 @@ static void on_resolved(unsigned lookup, const struct resolved *r, void *arg)
         conn_gone(c);
         return;
     }
-    connect_to(c, r->addr[U.addr_turn % r->n]);
+    c->addrs = malloc(sizeof *c->addrs);
+    if (!c->addrs)
+        abort();
+    *c->addrs = *r;
+    c->addr_idx = 0;
+    connect_to(c, c->addrs->addr[0]);
+}
+
+static void try_next_address(lws_sorted_usec_list_t *sul)
+{
+    struct upconn *c = lws_container_of(sul, struct upconn, addr_sul);
+    connect_to(c, c->addrs->addr[c->addr_idx]);
+}
+
+/* A refused or unreachable address of a name with several: the next one is tried at
+ * once, within the same attempt (as lws does with names it resolves itself), from the
+ * loop rather than from inside the failing connection's callback. */
+static bool next_address(struct upconn *c, int http_status)
+{
+    if (http_status || c->tls_error[0] || !c->addrs || c->addr_idx + 1 >= c->addrs->n || U.stopping)
+        return false;
+    log_debug("%s (at %s); trying the next address, %s", c->reason, c->addrs->addr[c->addr_idx],
+              c->addrs->addr[c->addr_idx + 1]);
+    c->addr_idx++;
+    c->state = UP_CONNECTING;
+    lws_sul_schedule(U.ctx, 0, &c->addr_sul, try_next_address, 1);
+    return true;
 }
 
 /* Rotation: abandoned requests (timed out, caller gone) still count in the gateway's
@@ -780,13 +810,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, c->tls_error);
         else
             conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, in ? (const char *)in : "unknown error");
-        if (!status)
-            U.addr_turn++; /* a name with several addresses: the next attempt tries another */
         lws_set_opaque_user_data(wsi, NULL);
         c->wsi = NULL;
         if (U.connecting == c)
             U.connecting = NULL; /* still inside lws_client_connect_via_info */
-        conn_gone(c);
+        if (!next_address(c, status))
+            conn_gone(c);
         break;
     }
     case LWS_CALLBACK_CLIENT_CLOSED:
@@ -879,8 +908,8 @@ void upstream_stop(void)
         lws_sul_cancel(&c->auth_sul);
         if (c->wsi)
             lws_callback_on_writable(c->wsi); /* sends a close frame, then closes */
-        else if (c->state == UP_RESOLVING)
-            conn_gone(c); /* nothing open yet */
+        else
+            conn_gone(c); /* nothing open yet: resolving, or between two addresses */
     }
 }
 
