@@ -102,6 +102,43 @@ def test_tls_wrong_hostname_not_ready():
 
 
 @timeout(30)
+def test_tls_by_host_name_checks_the_name_not_the_address():
+    """The gateway's name is looked up by tgbridge (src/resolver.c) and the
+    connection goes to the numeric address, but SNI and the certificate check
+    still use the name: a certificate for localhost and 127.0.0.1 is right
+    for https://localhost and wrong for a name that merely resolves to
+    127.0.0.1."""
+    import os
+    from harness import ROOT
+    pki = make_pki()
+    m = start_tls_mock(pki["good_cert"], pki["good_key"], tokens=[TOKEN])
+    with m:
+        b = start_bridge("https://localhost:%d" % m.port, "--token", TOKEN,
+                         *FAST, "--ca-file", pki["ca_a"])
+        with b:
+            b.wait_ready(5)
+            call_ok(b, "by name")
+        lib = os.environ.get("SLOWDNS_LIB") or os.path.join(ROOT, "build",
+                                                            "slowdns.so")
+        if not os.path.exists(lib):
+            skip("%s not built" % lib)
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = {"LD_PRELOAD": lib, "SLOWDNS_DELAY": "0",
+               "ASAN_OPTIONS": (asan + ":" if asan else "") +
+               "verify_asan_link_order=0"}
+        m.reset()
+        b = start_bridge("https://gw.slow.test:%d" % m.port, "--token", TOKEN,
+                         *FAST, "--ca-file", pki["ca_a"], env=env)
+        with b:
+            body = wait_not_ready_reason(b)
+            assert NAME_REASON.search(body["reason"]), \
+                "/readyz reason does not name the host name: %r" % \
+                body["reason"]
+            eq(m.stats()["connections_total"], 0,
+               "WebSocket upgrades the gateway accepted")
+
+
+@timeout(30)
 def test_tls_insecure_accepts_untrusted_and_warns():
     pki = make_pki()
     m = start_tls_mock(pki["other_cert"], pki["other_key"], tokens=[TOKEN])
