@@ -21,11 +21,16 @@ struct lookup {
     struct resolved r;
 };
 
-/* What the loop remembers of a lookup in flight (only the loop touches this). */
+/* What the loop remembers of a lookup in flight (only the loop touches this).  It
+ * stays listed until the answer arrives, even when cancelled, so that a lookup still
+ * running at exit (or answered into a pipe nobody reads any more) is still reachable
+ * memory, not a leak. */
 struct pending {
     unsigned ticket;
     resolve_cb cb;
     void *arg;
+    bool cancelled;
+    struct lookup *lookup;
     struct pending *next;
 };
 
@@ -89,10 +94,9 @@ static void on_answer(void *arg)
     struct lookup *l;
     while (read(rfd, &l, sizeof l) == (ssize_t)sizeof l) {
         struct pending *p = take_pending(l->ticket);
-        if (p) {
+        if (p && !p->cancelled)
             p->cb(l->ticket, &l->r, p->arg);
-            free(p);
-        }
+        free(p);
         free(l);
     }
 }
@@ -137,6 +141,7 @@ unsigned resolver_start(const char *host, resolve_cb cb, void *arg)
     snprintf(l->host, sizeof l->host, "%s", host);
     p->cb = cb;
     p->arg = arg;
+    p->lookup = l;
 
     pthread_attr_t attr;
     pthread_t t;
@@ -158,5 +163,7 @@ unsigned resolver_start(const char *host, resolve_cb cb, void *arg)
 
 void resolver_cancel(unsigned ticket)
 {
-    free(take_pending(ticket));
+    for (struct pending *p = RS.pending; p; p = p->next)
+        if (p->ticket == ticket)
+            p->cancelled = true;
 }

@@ -99,3 +99,20 @@ def test_name_with_two_addresses_falls_back_to_the_second():
         check_status(b.post(FLOW_TC, tc("second address")), 200, "call")
         eq(m.stats()["connections_total"], 1, "connections to the mock")
         eq(log_count(b, r"upstream not ready"), 0, "not-ready warnings")
+
+
+@timeout(60)
+def test_shutdown_during_a_lookup_is_prompt_and_clean():
+    """SIGTERM while the gateway's name is still being looked up: tgbridge
+    exits at once with status 0 (and, under make asan / make valgrind,
+    without a leak: the lookup still running is not waited for)."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge("http://gw.slow.test:%d" % m.port, "--token", TOKEN,
+                     *FAST, env=shim_env(T(3)))
+    with m, b:
+        eq(b.get("/status").json()["upstream"]["state"], "resolving",
+           "/status state")
+        t0 = time.monotonic()
+        b.stop()  # exit status 0, checked by the harness
+        assert time.monotonic() - t0 < T(2), \
+            "shutdown waited for the lookup (%.1fs)" % (time.monotonic() - t0)
