@@ -81,7 +81,7 @@ soak:
 
 valgrind: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
 	valgrind -q --error-exitcode=99 --leak-check=full ./$(BUILD)/unit_tests
-	TGBRIDGE_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" \
+	TGBRIDGE_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --suppressions=$(CURDIR)/tests/valgrind.supp" \
 	  UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
 
 demo: deps tgbridge
