@@ -10,7 +10,7 @@
 struct lws_context;
 struct lws_protocols;
 
-enum upstream_state { UP_DOWN, UP_RESOLVING, UP_CONNECTING, UP_AUTHENTICATING, UP_READY, UP_CLOSING };
+enum upstream_state { UP_DOWN, UP_RESOLVING, UP_CONNECTING, UP_AUTHENTICATING, UP_READY };
 
 extern const struct lws_protocols upstream_protocol;
 

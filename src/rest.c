@@ -220,7 +220,6 @@ static const char *state_name(enum upstream_state s)
     case UP_CONNECTING: return "connecting";
     case UP_AUTHENTICATING: return "authenticating";
     case UP_READY: return "ready";
-    case UP_CLOSING: return "closing";
     default: return "down";
     }
 }
