@@ -806,6 +806,22 @@ def _short(obj, n=600):
     return s if len(s) <= n else s[:n] + "..."
 
 
+def slowdns_env(delay):
+    """Environment that preloads tests/slowdns.c (built by the Makefile as
+    build/slowdns.so, or $SLOWDNS_LIB): names ending .slow.test / .fail.test /
+    .two.test resolve slowly, fail, or to two addresses.  Skips the test if
+    the library was not built."""
+    lib = os.environ.get("SLOWDNS_LIB") or os.path.join(ROOT, "build",
+                                                        "slowdns.so")
+    if not os.path.exists(lib):
+        skip("%s not built (make build/slowdns.so)" % lib)
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    # An ASan build wants its runtime first; the shim has no ASan in it.
+    asan = (asan + ":" if asan else "") + "verify_asan_link_order=0"
+    return {"LD_PRELOAD": lib, "SLOWDNS_DELAY": str(delay),
+            "ASAN_OPTIONS": asan}
+
+
 def tmpfile(content, suffix=""):
     """A temporary file removed at cleanup; returns its path."""
     fd, path = tempfile.mkstemp(prefix="tgbridge-test-", suffix=suffix)

@@ -3,26 +3,14 @@ resolver never freezes local callers; a name with several addresses is tried
 address by address.  The resolver is tests/slowdns.c (LD_PRELOAD), so the
 machine's resolver configuration is never touched."""
 
-import os
 import time
 
-from harness import (FLOW_TC, ROOT, T, check_status, eq, log_count, skip,
+from harness import (FLOW_TC, T, check_status, eq, log_count, slowdns_env,
                      start_bridge, start_mock, tc, timeout, wait_bridge_status,
                      wait_until)
 
 TOKEN = "tg_dns_token_7e3a"
 FAST = ("--reconnect-min", "0.05", "--reconnect-max", "0.2")
-
-
-def shim_env(delay):
-    lib = os.environ.get("SLOWDNS_LIB") or os.path.join(ROOT, "build", "slowdns.so")
-    if not os.path.exists(lib):
-        skip("%s not built (make build/slowdns.so)" % lib)
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    # An ASan build wants its runtime first; the shim has no ASan in it.
-    asan = (asan + ":" if asan else "") + "verify_asan_link_order=0"
-    return {"LD_PRELOAD": lib, "SLOWDNS_DELAY": str(delay),
-            "ASAN_OPTIONS": asan}
 
 
 def timed_healthz(b):
@@ -36,7 +24,7 @@ def test_slow_resolver_does_not_freeze_the_daemon():
     delay = 1.5 * (T(1))  # longer under valgrind, where everything is slower
     m = start_mock("v2d", tokens=[TOKEN])
     b = start_bridge("http://gw.slow.test:%d" % m.port, "--token", TOKEN,
-                     *FAST, env=shim_env(delay))
+                     *FAST, env=slowdns_env(delay))
     with m, b:
         # The first lookup is under way: the daemon answers meanwhile.
         st = b.get("/status").json()["upstream"]
@@ -68,7 +56,7 @@ def test_unresolvable_name_is_a_clear_reason_and_retried():
     m = start_mock("v2d", tokens=[TOKEN])
     b = start_bridge("http://gw.fail.test:%d" % m.port, "--token", TOKEN,
                      *FAST, "--queue-timeout", "1", "--log-level", "debug",
-                     env=shim_env(0.05))
+                     env=slowdns_env(0.05))
     with m, b:
         wait_until(lambda: "cannot resolve" in b.readyz().body.decode(),
                    timeout=5, what="/readyz names the DNS failure")
@@ -93,7 +81,7 @@ def test_name_with_two_addresses_falls_back_to_the_second():
     m = start_mock("v2d", tokens=[TOKEN])
     b = start_bridge("http://gw.two.test:%d" % m.port, "--token", TOKEN,
                      "--reconnect-min", "5", "--reconnect-max", "5",
-                     env=shim_env(0))
+                     env=slowdns_env(0))
     with m, b:
         b.wait_ready(timeout=4)  # well before a 5 s backoff could end
         check_status(b.post(FLOW_TC, tc("second address")), 200, "call")
@@ -108,7 +96,7 @@ def test_shutdown_during_a_lookup_is_prompt_and_clean():
     without a leak: the lookup still running is not waited for)."""
     m = start_mock("v2d", tokens=[TOKEN])
     b = start_bridge("http://gw.slow.test:%d" % m.port, "--token", TOKEN,
-                     *FAST, env=shim_env(T(3)))
+                     *FAST, env=slowdns_env(T(3)))
     with m, b:
         eq(b.get("/status").json()["upstream"]["state"], "resolving",
            "/status state")

@@ -5,7 +5,7 @@ import json
 import uuid
 
 from harness import (FLOW_TC, check_status, eq, flow_path, is_json_ct,
-                     start_bridge, start_mock)
+                     start_bridge, start_mock, tc)
 
 TOKEN = "tg_rest_token_0c4e"
 
@@ -14,14 +14,6 @@ def bridge_on(era="v2d", *args):
     m = start_mock(era, tokens=[TOKEN])
     b = start_bridge(m.url, "--token", TOKEN, *args)
     return m, b
-
-
-def tc(prompt="hello", **mock):
-    """A text-completion body (the service needs system and prompt)."""
-    body = {"system": "", "prompt": prompt}
-    if mock:
-        body["_mock"] = mock
-    return body
 
 
 def echo(b, path, body):

@@ -12,7 +12,7 @@ import json
 import time
 
 from harness import (FLOW_TC, T, check_status, eq, flow_path, is_json_ct,
-                     start_bridge, start_mock, sse_payloads)
+                     start_bridge, start_mock, sse_payloads, tc)
 
 TOKEN = "tg_stream_token_91ab"
 NDJSON = "application/x-ndjson"
@@ -27,12 +27,7 @@ def bridge_on(era="v2d", *args):
 
 def tcs(prompt="The quick brown fox", streaming=True, **mock):
     """A (streaming) text-completion body."""
-    body = {"system": "", "prompt": prompt}
-    if streaming is not None:
-        body["streaming"] = streaming
-    if mock:
-        body["_mock"] = mock
-    return body
+    return tc(prompt, streaming, **mock)
 
 
 def ctype(headers):

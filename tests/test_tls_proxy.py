@@ -10,8 +10,8 @@ import socket
 import time
 
 from harness import (FLOW_TC, T, ConnectProxy, check_status, closed_port,
-                     eq, log_count, make_pki, own_error, skip, start_bridge,
-                     start_mock, start_tls_mock, tc, timeout)
+                     eq, log_count, make_pki, own_error, skip, slowdns_env,
+                     start_bridge, start_mock, start_tls_mock, tc, timeout)
 
 TOKEN = "tg_tls_proxy_token_9d3e"
 FAST = ("--reconnect-min", "0.1", "--reconnect-max", "0.5",
@@ -108,8 +108,6 @@ def test_tls_by_host_name_checks_the_name_not_the_address():
     still use the name: a certificate for localhost and 127.0.0.1 is right
     for https://localhost and wrong for a name that merely resolves to
     127.0.0.1."""
-    import os
-    from harness import ROOT
     pki = make_pki()
     m = start_tls_mock(pki["good_cert"], pki["good_key"], tokens=[TOKEN])
     with m:
@@ -118,14 +116,7 @@ def test_tls_by_host_name_checks_the_name_not_the_address():
         with b:
             b.wait_ready(5)
             call_ok(b, "by name")
-        lib = os.environ.get("SLOWDNS_LIB") or os.path.join(ROOT, "build",
-                                                            "slowdns.so")
-        if not os.path.exists(lib):
-            skip("%s not built" % lib)
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        env = {"LD_PRELOAD": lib, "SLOWDNS_DELAY": "0",
-               "ASAN_OPTIONS": (asan + ":" if asan else "") +
-               "verify_asan_link_order=0"}
+        env = slowdns_env(0)
         m.reset()
         b = start_bridge("https://gw.slow.test:%d" % m.port, "--token", TOKEN,
                          *FAST, "--ca-file", pki["ca_a"], env=env)
