@@ -8,9 +8,7 @@
 #include "envelope.h"
 #include "reqtable.h"
 
-struct lws_context;
-
-void mux_init(struct lws_context *ctx, const struct config *cfg);
+void mux_init(const struct config *cfg);
 bool mux_queue_empty(void);
 /* Before the loop is destroyed (timers live in it), then mux_shutdown after. */
 void mux_stop_timers(void);

@@ -5,10 +5,8 @@
 #define TGB_SDNOTIFY_H
 #include <stdbool.h>
 
-struct lws_context;
-
 /* Reads and unsets $NOTIFY_SOCKET / $WATCHDOG_USEC / $WATCHDOG_PID. */
-void sdnotify_init(struct lws_context *ctx);
+void sdnotify_init(void);
 /* READY=1 with a STATUS= line; starts the watchdog keep-alive if systemd asked for one. */
 void sdnotify_ready(const char *status);
 /* STATUS=<text>, for `systemctl status`. */

@@ -25,22 +25,22 @@ static struct listener *rest_listener;
 static struct unix_listener *unix_listener;
 static bool draining;
 static double drain_deadline;
-static lws_sorted_usec_list_t drain_sul;
+static struct timer drain_timer;
 
-static lws_sorted_usec_list_t close_sul;
+static struct timer close_timer;
 static double close_deadline;
 
 /* Waits (briefly) for the upstream close handshake before leaving the loop. */
-static void close_check(lws_sorted_usec_list_t *sul)
+static void close_check(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     /* The calls just failed still need their answers written. */
     bool flushed = rest_active_calls() == 0 && line_unsent_bytes() == 0;
     if ((upstream_closed() && flushed) || now_mono() >= close_deadline) {
         loop_stop();
         return;
     }
-    lws_sul_schedule(loop_ctx(), 0, &close_sul, close_check, 20 * 1000);
+    timer_after(&close_timer, 0.02, close_check);
 }
 
 static void finish(void)
@@ -52,14 +52,14 @@ static void finish(void)
     close_check(NULL);
 }
 
-static void drain_check(lws_sorted_usec_list_t *sul)
+static void drain_check(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     if ((rest_active_calls() == 0 && line_pending_requests() == 0) || now_mono() >= drain_deadline) {
         finish();
         return;
     }
-    lws_sul_schedule(loop_ctx(), 0, &drain_sul, drain_check, 50 * 1000);
+    timer_after(&drain_timer, 0.05, drain_check);
 }
 
 static void begin_shutdown(int sig)
@@ -148,8 +148,8 @@ int main(int argc, char **argv)
         log_error("cannot set up the event loop");
         return 1;
     }
-    sdnotify_init(loop_ctx());
-    mux_init(loop_ctx(), &cfg);
+    sdnotify_init();
+    mux_init(&cfg);
     line_init(&cfg);
     upstream_init(loop_ctx(), &cfg);
     if (rest_init(&cfg))

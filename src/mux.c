@@ -1,5 +1,6 @@
 #include "mux.h"
 #include "log.h"
+#include "loop.h"
 #include "upstream.h"
 #include "util.h"
 #include <fcntl.h>
@@ -14,11 +15,10 @@
  * head, and one timer per list does (O(1) per request, instead of one timer each
  * inserted into lws's sorted timer list). */
 static struct {
-    struct lws_context *ctx;
     const struct config *cfg;
     struct reqtable rt;
     struct list sent;                    /* requests with a running request deadline */
-    lws_sorted_usec_list_t queue_sul, sent_sul;
+    struct timer queue_timer, sent_timer;
     unsigned long long submitted, completed, failed;
     struct { char type[40]; unsigned long long n; } by_type[MUX_FAILURE_TYPES];
 } M;
@@ -42,9 +42,8 @@ bool mux_failures(size_t i, const char **type, unsigned long long *n)
     return true;
 }
 
-void mux_init(struct lws_context *ctx, const struct config *cfg)
+void mux_init(const struct config *cfg)
 {
-    M.ctx = ctx;
     M.cfg = cfg;
     /* A per-boot nonce keeps ids distinct across restarts in the gateway's logs;
      * the counter keeps them distinct for the life of this process. */
@@ -62,8 +61,8 @@ void mux_init(struct lws_context *ctx, const struct config *cfg)
 
 void mux_stop_timers(void)
 {
-    lws_sul_cancel(&M.queue_sul);
-    lws_sul_cancel(&M.sent_sul);
+    timer_cancel(&M.queue_timer);
+    timer_cancel(&M.sent_timer);
 }
 
 void mux_shutdown(void)
@@ -107,19 +106,18 @@ struct request *mux_new(const char *service, const char *flow, const char *works
 }
 
 static void close_upstream(struct request *req);
-static void queue_expired(lws_sorted_usec_list_t *sul);
+static void queue_expired(struct timer *t);
 
 static void arm_queue_timer(void)
 {
     struct request *head = reqtable_queue_head(&M.rt);
     if (head)
-        lws_sul_schedule(M.ctx, 0, &M.queue_sul, queue_expired,
-                         seconds_to_us(head->enqueued_at + M.cfg->queue_timeout - now_mono()));
+        timer_after(&M.queue_timer, head->enqueued_at + M.cfg->queue_timeout - now_mono(), queue_expired);
 }
 
-static void queue_expired(lws_sorted_usec_list_t *sul)
+static void queue_expired(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     double now = now_mono();
     struct request *req;
     while ((req = reqtable_queue_head(&M.rt)) && req->enqueued_at + M.cfg->queue_timeout <= now) {
@@ -136,20 +134,19 @@ static void queue_expired(lws_sorted_usec_list_t *sul)
     arm_queue_timer();
 }
 
-static void sent_expired(lws_sorted_usec_list_t *sul);
+static void sent_expired(struct timer *t);
 
 static void arm_sent_timer(void)
 {
     if (list_empty(&M.sent))
         return;
     struct request *head = list_entry(M.sent.next, struct request, dnode);
-    lws_sul_schedule(M.ctx, 0, &M.sent_sul, sent_expired,
-                     seconds_to_us(head->sent_at + M.cfg->request_timeout - now_mono()));
+    timer_after(&M.sent_timer, head->sent_at + M.cfg->request_timeout - now_mono(), sent_expired);
 }
 
-static void sent_expired(lws_sorted_usec_list_t *sul)
+static void sent_expired(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     double now = now_mono();
     char msg[128];
     snprintf(msg, sizeof msg, "no complete reply within %.3g s", M.cfg->request_timeout);

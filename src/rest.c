@@ -56,7 +56,7 @@ struct call {
     struct buf out;
     bool done;
     double last_write;
-    lws_sorted_usec_list_t sul; /* SSE heartbeat */
+    struct timer heartbeat; /* SSE heartbeat */
     struct conn_watch *watch;   /* its connection's hang-up watch */
     struct list node;
 };
@@ -64,7 +64,7 @@ struct call {
 static struct {
     const struct config *cfg;
     struct MHD_Daemon *daemon;
-    lws_sorted_usec_list_t pump_sul;
+    struct timer pump_timer;
     int hup_epfd;
     struct list calls;
     size_t ncalls, peak_calls;
@@ -73,7 +73,7 @@ static struct {
 
 struct conn_watch;
 static void pump(void);
-static void pump_timer(lws_sorted_usec_list_t *sul);
+static void pump_timer(struct timer *t);
 
 static void json_error_body(struct buf *b, const char *type, const char *message)
 {
@@ -394,7 +394,7 @@ static void wake(struct call *call)
     MHD_resume_connection(call->conn);
     /* MHD must run after a resume (libraries.md a3).  Not from here: we may be inside
      * MHD's own callbacks; on the next loop turn instead (Taler's "trigger"). */
-    lws_sul_schedule(loop_ctx(), 0, &R.pump_sul, pump_timer, 1);
+    timer_after(&R.pump_timer, 0, pump_timer);
 }
 
 /* A suspended connection is invisible to MHD, hang-ups included (libraries.md a3,
@@ -473,9 +473,9 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     }
 }
 
-static void heartbeat_due(lws_sorted_usec_list_t *sul)
+static void heartbeat_due(struct timer *t)
 {
-    struct call *call = lws_container_of(sul, struct call, sul);
+    struct call *call = timer_owner(t, struct call, heartbeat);
     if (!call->suspended)
         return;
     /* Keeps proxies from cutting an idle stream, and proves the caller alive. */
@@ -490,7 +490,7 @@ static void suspend(struct call *call)
     watch_hangup(call);
     if (call->fmt == FMT_SSE && call->phase == PH_STREAMING && R.cfg->heartbeat > 0) {
         double due = call->last_write + R.cfg->heartbeat - now_mono();
-        lws_sul_schedule(loop_ctx(), 0, &call->sul, heartbeat_due, seconds_to_us(due > 0 ? due : 0));
+        timer_after(&call->heartbeat, due > 0 ? due : 0, heartbeat_due);
     }
 }
 
@@ -774,7 +774,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         return;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_debug("call ended early (MHD code %d)", (int)toe);
-    lws_sul_cancel(&call->sul);
+    timer_cancel(&call->heartbeat);
     if (call->watch)
         call->watch->call = NULL;
     mux_detach(call->req);
@@ -804,9 +804,9 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("mhd: %s", line);
 }
 
-static void pump_timer(lws_sorted_usec_list_t *sul)
+static void pump_timer(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     pump();
 }
 
@@ -817,9 +817,9 @@ static void pump(void)
     MHD_run(R.daemon);
     MHD_UNSIGNED_LONG_LONG ms;
     if (MHD_get_timeout(R.daemon, &ms) == MHD_YES)
-        lws_sul_schedule(loop_ctx(), 0, &R.pump_sul, pump_timer, ms ? (lws_usec_t)ms * 1000 : 1);
+        timer_after(&R.pump_timer, (double)ms / 1000, pump_timer);
     else
-        lws_sul_cancel(&R.pump_sul);
+        timer_cancel(&R.pump_timer);
 }
 
 static void on_epoll_readable(void *arg)
@@ -900,7 +900,7 @@ void rest_shutdown(void)
         wake(call);
     }
     MHD_run(R.daemon);
-    lws_sul_cancel(&R.pump_sul);
+    timer_cancel(&R.pump_timer);
     MHD_stop_daemon(R.daemon);
     R.daemon = NULL;
 }

@@ -1,6 +1,6 @@
 #include "sdnotify.h"
+#include "loop.h"
 #include "log.h"
-#include <libwebsockets.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -11,12 +11,11 @@
 #include <unistd.h>
 
 static struct {
-    struct lws_context *ctx;
     int fd;
     struct sockaddr_un addr;
     socklen_t addrlen;
     unsigned long long watchdog_usec;
-    lws_sorted_usec_list_t watchdog_sul;
+    struct timer watchdog_timer;
 } N = {.fd = -1};
 
 static void send_state(const char *msg)
@@ -39,9 +38,8 @@ static void send_with_status(const char *head, const char *status)
     send_state(msg);
 }
 
-void sdnotify_init(struct lws_context *ctx)
+void sdnotify_init(void)
 {
-    N.ctx = ctx;
     const char *path = getenv("NOTIFY_SOCKET");
     const char *wd = getenv("WATCHDOG_USEC");
     const char *wpid = getenv("WATCHDOG_PID");
@@ -67,12 +65,12 @@ void sdnotify_init(struct lws_context *ctx)
     unsetenv("WATCHDOG_PID");
 }
 
-static void watchdog_tick(lws_sorted_usec_list_t *sul)
+static void watchdog_tick(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     send_state("WATCHDOG=1");
     /* Twice per interval, as sd_watchdog_enabled(3) advises: the loop is alive if this runs. */
-    lws_sul_schedule(N.ctx, 0, &N.watchdog_sul, watchdog_tick, (lws_usec_t)(N.watchdog_usec / 2));
+    timer_after(&N.watchdog_timer, (double)N.watchdog_usec / 2e6, watchdog_tick);
 }
 
 void sdnotify_ready(const char *status)
@@ -94,7 +92,7 @@ void sdnotify_stopping(const char *status)
 
 void sdnotify_close(void)
 {
-    lws_sul_cancel(&N.watchdog_sul);
+    timer_cancel(&N.watchdog_timer);
     if (N.fd >= 0)
         close(N.fd);
     N.fd = -1;

@@ -2,6 +2,7 @@
 #include "buf.h"
 #include "envelope.h"
 #include "log.h"
+#include "loop.h"
 #include "mux.h"
 #include "resolver.h"
 #include "util.h"
@@ -48,11 +49,11 @@ struct upconn {
     struct buf rx;
     bool rx_overflow;
     double last_heard;       /* for telling a dead peer from a closed one */
-    lws_sorted_usec_list_t auth_sul;
+    struct timer auth_timer;
     unsigned lookup;         /* the DNS lookup under way (UP_RESOLVING), else 0 */
     struct resolved *addrs;  /* the gateway name's addresses, tried in turn like lws does */
     size_t addr_idx;
-    lws_sorted_usec_list_t addr_sul;
+    struct timer addr_timer;
     char path[4096];
     char host_header[300];
 };
@@ -68,7 +69,7 @@ static struct {
     char reauth_status[160];
     bool auth_rejected;      /* the last connection failed on credentials */
     bool stopping;
-    lws_sorted_usec_list_t retry_sul, drain_sul, rotate_sul, rotate_retry_sul;
+    struct timer retry_timer, drain_timer, rotate_timer, rotate_retry_timer;
     uint16_t retry_count;
     struct upconn *connecting; /* inside lws_client_connect_via_info */
     unsigned reconnects, rotations, serial;
@@ -150,7 +151,7 @@ static void build_retry_policy(void)
     U.retry.jitter_percent = 30;
 }
 
-static void connect_now(lws_sorted_usec_list_t *sul);
+static void connect_now(struct timer *t);
 
 static void schedule_reconnect(void)
 {
@@ -159,10 +160,12 @@ static void schedule_reconnect(void)
     if (U.auth_rejected) {
         /* Hammering a gateway that refuses the token helps nobody: the backoff resets
          * only after a successful authentication. */
-        lws_sul_schedule(U.ctx, 0, &U.retry_sul, connect_now, seconds_to_us(U.cfg->reconnect_max));
+        timer_after(&U.retry_timer, U.cfg->reconnect_max, connect_now);
         return;
     }
-    lws_retry_sul_schedule(U.ctx, 0, &U.retry_sul, &U.retry, connect_now, &U.retry_count);
+    char conceal;
+    unsigned ms = lws_retry_get_delay_ms(U.ctx, &U.retry, &U.retry_count, &conceal);
+    timer_after(&U.retry_timer, ms / 1000.0, connect_now);
 }
 
 void upstream_on_change(upstream_change_fn fn) { U.on_change = fn; }
@@ -194,29 +197,29 @@ static void conn_abort(struct upconn *c)
 }
 
 static void check_old(void);
-static void drain_expired(lws_sorted_usec_list_t *sul);
+static void drain_expired(struct timer *t);
 
-static void retry_rotation(lws_sorted_usec_list_t *sul);
+static void retry_rotation(struct timer *t);
 
 static void conn_gone(struct upconn *c)
 {
     if (c->lookup)
         resolver_cancel(c->lookup);
-    lws_sul_cancel(&c->addr_sul);
+    timer_cancel(&c->addr_timer);
     free(c->addrs);
     const char *why = U.stopping ? "tgbridge is shutting down"
                       : c->draining ? "the rotated-out gateway connection closed" : U.reason;
     mux_upstream_lost(&c->win, why);
-    lws_sul_cancel(&c->auth_sul);
+    timer_cancel(&c->auth_timer);
     buf_free(&c->rx);
     buf_free(&c->burst);
     bool was_cur = c == U.cur, was_next = c == U.next;
     if (c == U.old) {
         U.old = NULL;
-        lws_sul_cancel(&U.drain_sul);
+        timer_cancel(&U.drain_timer);
         log_info("rotated-out connection #%u closed", c->serial);
         if (U.rotate_pending[0] && !U.stopping)
-            lws_sul_schedule(U.ctx, 0, &U.rotate_retry_sul, retry_rotation, 1);
+            timer_after(&U.rotate_retry_timer, 0, retry_rotation);
     } else if (was_next) {
         /* Make-before-break: the current connection keeps serving -- if there still
          * is one; if it was lost meanwhile, this was the only way back up. */
@@ -225,7 +228,7 @@ static void conn_gone(struct upconn *c)
             log_warn("rotation failed, keeping connection #%u: %s", U.cur ? U.cur->serial : 0, c->reason);
             if (!U.rotate_pending[0])
                 snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
-            lws_sul_schedule(U.ctx, 0, &U.rotate_retry_sul, retry_rotation, seconds_to_us(U.cfg->reconnect_max));
+            timer_after(&U.rotate_retry_timer, U.cfg->reconnect_max, retry_rotation);
         }
     } else if (was_cur) {
         U.cur = NULL;
@@ -241,12 +244,12 @@ static void conn_gone(struct upconn *c)
     /* Nothing serves and nothing is on its way: a fresh connection replaces both,
      * and whatever a rotation was wanted for is moot on it. */
     U.rotate_pending[0] = '\0';
-    lws_sul_cancel(&U.rotate_retry_sul);
+    timer_cancel(&U.rotate_retry_timer);
     log_down();
     schedule_reconnect();
 }
 
-static void rotate_check(lws_sorted_usec_list_t *sul);
+static void rotate_check(struct timer *t);
 
 static void rotation_done(void);
 
@@ -257,14 +260,14 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
         if (U.cur) {
             U.old = U.cur;
             U.old->draining = true;
-            lws_sul_schedule(U.ctx, 0, &U.drain_sul, drain_expired, seconds_to_us(U.cfg->drain_timeout));
+            timer_after(&U.drain_timer, U.cfg->drain_timeout, drain_expired);
         }
         U.cur = c;
         U.next = NULL;
     }
     U.retry_count = 0;
     U.auth_rejected = false;
-    lws_sul_cancel(&c->auth_sul);
+    timer_cancel(&c->auth_timer);
     bool era_changed = strcmp(U.era, era) != 0;
     snprintf(U.era, sizeof U.era, "%s", era);
     if (workspace)
@@ -280,9 +283,9 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
     rotation_done();
 }
 
-static void auth_timed_out(lws_sorted_usec_list_t *sul)
+static void auth_timed_out(struct timer *t)
 {
-    struct upconn *c = lws_container_of(sul, struct upconn, auth_sul);
+    struct upconn *c = timer_owner(t, struct upconn, auth_timer);
     if (c->state == UP_AUTHENTICATING) {
         conn_reason(c, false, "no reply to the authentication frame");
         conn_abort(c);
@@ -296,9 +299,9 @@ static void auth_timed_out(lws_sorted_usec_list_t *sul)
 
 static struct upconn *start_connection(void);
 
-static void connect_now(lws_sorted_usec_list_t *sul)
+static void connect_now(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     if (U.stopping || U.cur || U.next)
         return;
     U.cur = start_connection();
@@ -430,9 +433,9 @@ static void on_resolved(unsigned lookup, const struct resolved *r, void *arg)
     connect_to(c, c->addrs->addr[0]);
 }
 
-static void try_next_address(lws_sorted_usec_list_t *sul)
+static void try_next_address(struct timer *t)
 {
-    struct upconn *c = lws_container_of(sul, struct upconn, addr_sul);
+    struct upconn *c = timer_owner(t, struct upconn, addr_timer);
     connect_to(c, c->addrs->addr[c->addr_idx]);
 }
 
@@ -447,15 +450,15 @@ static bool next_address(struct upconn *c, int http_status)
               c->addrs->addr[c->addr_idx + 1]);
     c->addr_idx++;
     c->state = UP_CONNECTING;
-    lws_sul_schedule(U.ctx, 0, &c->addr_sul, try_next_address, 1);
+    timer_after(&c->addr_timer, 0, try_next_address);
     return true;
 }
 
 /* Rotation: abandoned requests (timed out, caller gone) still count in the gateway's
  * window until the gateway's own timeout — only a new socket frees it (issue 5). */
-static void rotate_check(lws_sorted_usec_list_t *sul)
+static void rotate_check(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     if (!U.old && !U.next && upstream_ready() && mux_window_blocked_by_abandoned(&U.cur->win))
         upstream_rotate("requests nobody waits for any more hold the gateway's window");
 }
@@ -468,12 +471,12 @@ void upstream_kick(void)
     if (c->sending || mux_has_sendable(&c->win) || c->auth_frame_due)
         lws_callback_on_writable(c->wsi);
     else if (!U.old && !U.next && !mux_queue_empty())
-        lws_sul_schedule(U.ctx, 0, &U.rotate_sul, rotate_check, 1);
+        timer_after(&U.rotate_timer, 0, rotate_check);
 }
 
-static void drain_expired(lws_sorted_usec_list_t *sul)
+static void drain_expired(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     struct upconn *o = U.old;
     if (!o)
         return;
@@ -511,20 +514,20 @@ void upstream_rotate(const char *why)
         return;
     }
     U.rotate_pending[0] = '\0';
-    lws_sul_cancel(&U.rotate_retry_sul);
+    timer_cancel(&U.rotate_retry_timer);
     U.rotations++;
     log_info("rotating the gateway connection (make-before-break): %s", why);
     U.next = start_connection();
     if (!U.next) {
         log_warn("rotation failed, keeping connection #%u: %s", U.cur->serial, U.reason);
         snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
-        lws_sul_schedule(U.ctx, 0, &U.rotate_retry_sul, retry_rotation, seconds_to_us(U.cfg->reconnect_max));
+        timer_after(&U.rotate_retry_timer, U.cfg->reconnect_max, retry_rotation);
     }
 }
 
-static void retry_rotation(lws_sorted_usec_list_t *sul)
+static void retry_rotation(struct timer *t)
 {
-    (void)sul;
+    (void)t;
     rotation_done();
 }
 
@@ -553,7 +556,7 @@ static void on_established(struct upconn *c)
     c->state = UP_AUTHENTICATING;
     c->auth_frame_due = true;
     double t = U.cfg->ping_timeout > 5 ? U.cfg->ping_timeout : 5;
-    lws_sul_schedule(U.ctx, 0, &c->auth_sul, auth_timed_out, seconds_to_us(t));
+    timer_after(&c->auth_timer, t, auth_timed_out);
     lws_callback_on_writable(c->wsi);
 }
 
@@ -589,7 +592,7 @@ static void on_reauth_reply(struct upconn *c, const struct frame *f)
         return;
     }
     c->reauthenticating = false;
-    lws_sul_cancel(&c->auth_sul);
+    timer_cancel(&c->auth_timer);
     if (f->kind == FRAME_AUTH_OK) {
         if (f->workspace[0])
             snprintf(U.default_ws, sizeof U.default_ws, "%s", f->workspace);
@@ -666,7 +669,7 @@ static int write_auth_frame(struct upconn *c)
     if (c->state == UP_READY) {
         c->reauthenticating = true;
         double t = U.cfg->ping_timeout > 5 ? U.cfg->ping_timeout : 5;
-        lws_sul_schedule(U.ctx, 0, &c->auth_sul, auth_timed_out, seconds_to_us(t));
+        timer_after(&c->auth_timer, t, auth_timed_out);
     }
     if (c->sending || mux_has_sendable(&c->win))
         lws_callback_on_writable(c->wsi);
@@ -747,7 +750,7 @@ static int write_next(struct upconn *c)
     if (c->sending || (!c->draining && mux_has_sendable(&c->win)))
         lws_callback_on_writable(c->wsi);
     else if (!U.old && !U.next && !mux_queue_empty())
-        lws_sul_schedule(U.ctx, 0, &U.rotate_sul, rotate_check, 1);
+        timer_after(&U.rotate_timer, 0, rotate_check);
     return 0;
 }
 
@@ -896,16 +899,16 @@ void upstream_reload_token(void)
 void upstream_stop(void)
 {
     U.stopping = true;
-    lws_sul_cancel(&U.retry_sul);
-    lws_sul_cancel(&U.drain_sul);
-    lws_sul_cancel(&U.rotate_sul);
-    lws_sul_cancel(&U.rotate_retry_sul);
+    timer_cancel(&U.retry_timer);
+    timer_cancel(&U.drain_timer);
+    timer_cancel(&U.rotate_timer);
+    timer_cancel(&U.rotate_retry_timer);
     struct upconn *all[3] = {U.cur, U.next, U.old};
     for (int i = 0; i < 3; i++) {
         struct upconn *c = all[i];
         if (!c)
             continue;
-        lws_sul_cancel(&c->auth_sul);
+        timer_cancel(&c->auth_timer);
         if (c->wsi)
             lws_callback_on_writable(c->wsi); /* sends a close frame, then closes */
         else
