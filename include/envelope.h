@@ -5,8 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include "buf.h"
-
-struct span { const char *p; size_t n; };
+#include "json.h"
 
 /* Appends {"id":…,"service":…[,"flow":…][,"workspace":…],"request":<body>} to out.
  * The body is spliced byte-exact: payloads we do not own are never re-serialised. */
@@ -20,7 +19,8 @@ void envelope_rewrite(struct buf *out, const char *text, size_t len, const struc
                       const char *our_id, const char *workspace);
 
 enum frame_kind {
-    FRAME_INVALID,      /* not JSON, not an object: a gateway bug; logged and dropped */
+    FRAME_INVALID,      /* not valid JSON/UTF-8, or not an object: a gateway bug; never forwarded
+                         * (has_id when the top-level scan could still read the id) */
     FRAME_AUTH_OK,      /* {"type":"auth-ok", "default_workspace"|"workspace": …} */
     FRAME_AUTH_FAILED,  /* {"type":"auth-failed", "error": …} */
     FRAME_PART,         /* response, complete false/null/absent */
@@ -49,26 +49,4 @@ struct frame {
 void frame_parse(const char *text, size_t len, struct frame *f);
 void frame_free(struct frame *f);
 
-/* NULL if body is one JSON value the gateway will accept as it is; else why not, as
- * a phrase to put after a subject ("is not valid UTF-8").
- * Stricter than cJSON where the gateway is: the text must be valid UTF-8 (aiohttp
- * closes the whole socket on a text frame that is not), strings must not hold raw
- * control characters (Python's json rejects them), and nothing may follow the value.
- * Any of these would otherwise come back as an error without an id (ref §5.2 E3).
- * On success *root (if root is not NULL) gets the parsed value, which the caller frees. */
-struct cJSON;
-const char *json_body_check(const char *body, size_t len, struct cJSON **root);
-
-/* Calls fn(key, value, arg) for each top-level member of the object in text (key
- * without its quotes, not unescaped).  Returns the offset just past the object's
- * closing brace, or -1 when the top level is not a well-formed object.  Values are
- * delimited, not validated: callers own text they trust or have validated. */
-typedef void (*json_member_fn)(struct span key, struct span value, void *arg);
-long json_members(const char *text, size_t len, json_member_fn fn, void *arg);
-bool span_is(struct span v, const char *lit);
-
-/* Byte span of the value of `key` in the top-level object `text`; 0 on success. */
-int json_top_value(const char *text, size_t len, const char *key, struct span *out);
-/* Byte length of the JSON value starting at p (whitespace not skipped), 0 if malformed. */
-size_t json_value_len(const char *p, size_t len);
 #endif

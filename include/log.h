@@ -1,6 +1,7 @@
 /* Leveled logging to stderr (journald-friendly), with secrets redacted by construction. */
 #ifndef TGB_LOG_H
 #define TGB_LOG_H
+#include <stdbool.h>
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -12,6 +13,15 @@ int log_parse_level(const char *name, enum log_level *out);
 void log_add_secret(const char *secret);
 void log_clear_secrets(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* For events that can repeat at the peer's pace (a bad frame per reply, a refused
+ * connection per accept): log_limit_ok is true at most once per `interval` seconds
+ * and then tells how many were held back since the last time. */
+struct log_limit {
+    double next;
+    unsigned long held;
+};
+bool log_limit_ok(struct log_limit *l, double interval, unsigned long *held_back);
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)

@@ -24,8 +24,6 @@ void envelope_build(struct buf *out, const char *id, const char *service, const 
     buf_puts(out, "}");
 }
 
-static size_t skip_ws(const char *p, size_t i, size_t len);
-
 void envelope_rewrite(struct buf *out, const char *text, size_t len, const struct span *id_span,
                       const char *our_id, const char *workspace)
 {
@@ -43,9 +41,9 @@ void envelope_rewrite(struct buf *out, const char *text, size_t len, const struc
         buf_puts(&extra, ",");
     }
     buf_reserve(out, len + extra.len + strlen(our_id) + 8);
-    size_t open = skip_ws(text, 0, len) + 1; /* just after '{' */
+    size_t open = json_skip_ws(text, 0, len) + 1; /* just after '{' */
     /* "{}"-like objects have nothing after the insertion: drop the trailing comma. */
-    bool empty = skip_ws(text, open, len) < len && text[skip_ws(text, open, len)] == '}';
+    bool empty = json_skip_ws(text, open, len) < len && text[json_skip_ws(text, open, len)] == '}';
     if (empty && extra.len)
         extra.len--;
     buf_append(out, text, open);
@@ -59,115 +57,6 @@ void envelope_rewrite(struct buf *out, const char *text, size_t len, const struc
         buf_append(out, text + open, len - open);
     }
     buf_free(&extra);
-}
-
-static size_t skip_ws(const char *p, size_t i, size_t len)
-{
-    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
-        i++;
-    return i;
-}
-
-static size_t string_len(const char *p, size_t len)
-{
-    for (size_t i = 1; i < len; i++) {
-        if (p[i] == '\\')
-            i++;
-        else if (p[i] == '"')
-            return i + 1;
-    }
-    return 0;
-}
-
-/* Callers have validated the text with cJSON, so this only has to find the end
- * of a value, not judge it. */
-size_t json_value_len(const char *p, size_t len)
-{
-    if (!len)
-        return 0;
-    if (p[0] == '"')
-        return string_len(p, len);
-    if (p[0] == '{' || p[0] == '[') {
-        int depth = 0;
-        for (size_t i = 0; i < len; i++) {
-            char c = p[i];
-            if (c == '"') {
-                size_t s = string_len(p + i, len - i);
-                if (!s)
-                    return 0;
-                i += s - 1;
-            } else if (c == '{' || c == '[') {
-                depth++;
-            } else if (c == '}' || c == ']') {
-                if (--depth == 0)
-                    return i + 1;
-            }
-        }
-        return 0;
-    }
-    size_t i = 0;
-    while (i < len && !strchr(",}] \t\r\n", p[i]))
-        i++;
-    return i;
-}
-
-long json_members(const char *text, size_t len, json_member_fn fn, void *arg)
-{
-    size_t i = skip_ws(text, 0, len);
-    if (i >= len || text[i] != '{')
-        return -1;
-    i = skip_ws(text, i + 1, len);
-    if (i < len && text[i] == '}')
-        return (long)i + 1;
-    for (;;) {
-        if (i >= len || text[i] != '"')
-            return -1;
-        size_t kl = string_len(text + i, len - i);
-        if (!kl)
-            return -1;
-        struct span key = {text + i + 1, kl - 2};
-        i = skip_ws(text, i + kl, len);
-        if (i >= len || text[i] != ':')
-            return -1;
-        i = skip_ws(text, i + 1, len);
-        size_t vl = json_value_len(text + i, len - i);
-        if (!vl)
-            return -1;
-        fn(key, (struct span){text + i, vl}, arg);
-        i = skip_ws(text, i + vl, len);
-        if (i < len && text[i] == '}')
-            return (long)i + 1;
-        if (i >= len || text[i] != ',')
-            return -1;
-        i = skip_ws(text, i + 1, len);
-    }
-}
-
-bool span_is(struct span v, const char *lit)
-{
-    return v.p && v.n == strlen(lit) && !memcmp(v.p, lit, v.n);
-}
-
-struct top_find {
-    const char *key;
-    struct span *out;
-    bool found;
-};
-
-static void find_member(struct span key, struct span value, void *arg)
-{
-    struct top_find *t = arg;
-    /* Our keys never need escapes; an escaped key simply won't match. */
-    if (!t->found && span_is(key, t->key)) {
-        *t->out = value;
-        t->found = true;
-    }
-}
-
-int json_top_value(const char *text, size_t len, const char *key, struct span *out)
-{
-    struct top_find t = {key, out, false};
-    return json_members(text, len, find_member, &t) >= 0 && t.found ? 0 : -1;
 }
 
 static void copy_str(char *dst, size_t cap, const cJSON *s)
@@ -245,8 +134,8 @@ static void collect_member(struct span key, struct span v, void *arg)
 
 /* One pass over the top level, no allocation: every reply frame goes through here,
  * and the response payload is forwarded as the bytes it arrived as (libraries.md
- * c3).  The gateway's frames come from json.dumps, so the scan trusts the payload's
- * inner syntax; the top level is checked, and a malformed frame is FRAME_INVALID. */
+ * c3).  The whole frame is validated first (json_valid): a frame that is not JSON, not
+ * UTF-8 or not an object is FRAME_INVALID and none of it is ever forwarded. */
 void frame_parse(const char *text, size_t len, struct frame *f)
 {
     memset(f, 0, sizeof *f);
@@ -255,10 +144,13 @@ void frame_parse(const char *text, size_t len, struct frame *f)
     struct frame_members m;
     memset(&m, 0, sizeof m);
     long end = json_members(text, len, collect_member, &m);
-    if (end < 0 || skip_ws(text, (size_t)end, len) != len)
-        return;
     struct span id = m.id, type = m.type, resp = m.resp, err = m.err, complete = m.complete, dws = m.dws,
                 ws = m.ws;
+    /* Falsy ids are dropped from the gateway's own error frames (ref §4); ours never are. */
+    if (id.p && string_value(id, f->id, sizeof f->id) && f->id[0])
+        f->has_id = true;
+    if (end < 0 || json_skip_ws(text, (size_t)end, len) != len || !json_valid(text, len))
+        return; /* FRAME_INVALID, with the id if the scan got that far: its request fails */
     f->kind = FRAME_OTHER;
     char tbuf[16];
     if (type.p && string_value(type, tbuf, sizeof tbuf)) {
@@ -275,9 +167,6 @@ void frame_parse(const char *text, size_t len, struct frame *f)
             return;
         }
     }
-    /* Falsy ids are dropped from the gateway's own error frames (ref §4); ours never are. */
-    if (id.p && string_value(id, f->id, sizeof f->id) && f->id[0])
-        f->has_id = true;
     if (err.p) {
         read_error(f, err);
         f->error = err;
@@ -302,76 +191,4 @@ void frame_free(struct frame *f)
     if (f->err_message != no_message)
         free(f->err_message);
     f->err_message = no_message;
-}
-
-
-/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates,
- * nothing above U+10FFFF), or 0. */
-static size_t utf8_seq_len(const unsigned char *p, size_t len)
-{
-    unsigned char c = p[0];
-    size_t n;
-    unsigned min;
-    unsigned cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1f; min = 0x80; }
-    else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0f; min = 0x800; }
-    else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07; min = 0x10000; }
-    else return 0;
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
-const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
-{
-    const unsigned char *p = (const unsigned char *)body;
-    bool in_string = false;
-    for (size_t i = 0; i < len;) {
-        unsigned char c = p[i];
-        if (c >= 0x80) {
-            size_t n = utf8_seq_len(p + i, len - i);
-            if (!n)
-                return "is not valid UTF-8";
-            i += n;
-            continue;
-        }
-        if (in_string) {
-            if (c < 0x20)
-                return "has a raw control character inside a JSON string";
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
-            /* cJSON skips any control character as whitespace; Python's json does not. */
-            return "has a control character outside a string";
-        }
-        i++;
-    }
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (!root)
-        return "is not valid JSON";
-    size_t off = end ? (size_t)(end - body) : len;
-    off = skip_ws(body, off, len);
-    if (off != len) {
-        cJSON_Delete(root);
-        return "has data after the JSON value";
-    }
-    if (rootp)
-        *rootp = root;
-    else
-        cJSON_Delete(root);
-    return NULL;
 }

@@ -79,6 +79,19 @@ static void redact(struct buf *b)
     }
 }
 
+bool log_limit_ok(struct log_limit *l, double interval, unsigned long *held_back)
+{
+    double now = now_mono();
+    if (now < l->next) {
+        l->held++;
+        return false;
+    }
+    *held_back = l->held;
+    l->held = 0;
+    l->next = now + interval;
+    return true;
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
     if (level > current)

@@ -58,6 +58,9 @@ void metrics_render(struct buf *b, const struct config *cfg, double uptime, size
         label_value(b, type);
         buf_printf(b, "\"} %llu\n", n);
     }
+    metric_u(b, "tgbridge_gateway_bad_frames_total", "counter",
+             "Gateway frames that were not valid JSON, not UTF-8 or not an object (never forwarded).",
+             ms.bad_frames);
     metric_u(b, "tgbridge_requests_in_flight", "gauge",
              "Requests sent to the gateway and not finished (abandoned ones included).", ms.live - ms.queued);
     metric_u(b, "tgbridge_requests_queued", "gauge", "Requests waiting in tgbridge's queue for the gateway.",

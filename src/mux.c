@@ -19,7 +19,7 @@ static struct {
     struct reqtable rt;
     struct list sent;                    /* requests with a running request deadline */
     struct timer queue_timer, sent_timer;
-    unsigned long long submitted, completed, failed;
+    unsigned long long submitted, completed, failed, bad_frames;
     struct { char type[40]; unsigned long long n; } by_type[MUX_FAILURE_TYPES];
 } M;
 
@@ -358,8 +358,27 @@ static void on_orphan(const struct frame *f, struct window *w)
     }
 }
 
+/* A frame that is not valid JSON (or UTF-8) is never forwarded.  Its request, when the
+ * id could be read, fails now; whether the bad frame was its last one is unknowable,
+ * so it stays in the window ledger until a valid final frame or its deadline. */
+static void on_bad_frame(const struct frame *f, struct window *w)
+{
+    M.bad_frames++;
+    struct request *req = f->has_id ? reqtable_lookup(&M.rt, f->id) : NULL;
+    if (!req || req->win != w || req->answered)
+        return;
+    req->suspect = true;
+    req->got_frame = true;
+    fail(req, 502, "bad-gateway-frame",
+         "the gateway sent a reply frame for this request that is not valid JSON (or not valid UTF-8)");
+}
+
 void mux_on_frame(const struct frame *f, struct window *w)
 {
+    if (f->kind == FRAME_INVALID) {
+        on_bad_frame(f, w);
+        return;
+    }
     if (f->kind == FRAME_ORPHAN_ERROR) {
         on_orphan(f, w);
         return;
@@ -396,4 +415,5 @@ void mux_get_stats(struct mux_stats *out)
     out->submitted = M.submitted;
     out->completed = M.completed;
     out->failed = M.failed;
+    out->bad_frames = M.bad_frames;
 }

@@ -612,7 +612,14 @@ static int on_message(struct upconn *c, const char *text, size_t len)
     frame_parse(text, len, &f);
     int rc = 0;
     if (f.kind == FRAME_INVALID) {
-        log_warn("dropping a gateway frame that is not a JSON object (%zu bytes)", len);
+        static struct log_limit limit;
+        unsigned long held;
+        if (log_limit_ok(&limit, 10, &held))
+            log_warn("dropped a gateway frame that is not valid JSON, not UTF-8 or not an object (%zu bytes%s%s)%s",
+                     len, f.has_id ? ", for " : "", f.has_id ? f.id : "",
+                     held ? "; more since the last report, see tgbridge_gateway_bad_frames_total" : "");
+        if (c->state == UP_READY)
+            mux_on_frame(&f, &c->win);
     } else if (c->state == UP_AUTHENTICATING) {
         rc = on_auth_reply(c, &f);
     } else if (f.kind == FRAME_AUTH_OK || f.kind == FRAME_AUTH_FAILED) {

@@ -76,6 +76,11 @@ Test controls: ``request._mock`` (ignored by the real gateway)
                    envelope re-parsed from the raw frame, before any
                    gateway rewriting)
   timeout true     E5 gateway-error (message "" in v2d, else "Timeout")
+  bad_frame KIND   after `after` partial frames, one final frame for the request
+                   that is not what the gateway would send: "utf8" (a text
+                   frame whose bytes are not valid UTF-8), "json" (not JSON),
+                   "nonobject" (a JSON array); the request then counts as
+                   finished at the mock
   Missing required fields behave like the translators: E5 gateway-error
   "'<field>'" (text-completion needs system+prompt, agent question,
   graph-rag/document-rag query, embeddings texts, mcp-tool name, ...).
@@ -428,6 +433,8 @@ class MockControls:
         self.timeout = bool(m.get("timeout"))
         self.echo = bool(m.get("echo"))
         self.size = self._int(m.get("size"), None)
+        bad = m.get("bad_frame")
+        self.bad_frame = bad if bad in ("utf8", "json", "nonobject") else None
         self.after = max(0, self._int(m.get("after"), 0))
         err = m.get("error")
         if err is not None and not isinstance(err, dict):
@@ -1442,6 +1449,25 @@ class Connection:
             self.requests_completed += 1
             self.stats.requests_completed += 1
 
+    async def send_bad_frame(self, req, kind):
+        """_mock.bad_frame: a final frame no real gateway sends (a text frame
+        is written with raw bytes, so its UTF-8 is not checked on the way)."""
+        ident = json.dumps(req.id)
+        if kind == "utf8":
+            data = (b'{"id":' + ident.encode() + b',"response":{"response":"'
+                    + bytes([0xff, 0xfe]) + b' bad ' + bytes([0xc3])
+                    + b'"},"complete":true}')
+        elif kind == "json":
+            data = ('{"id":%s,"response":{"response":[1}],"complete":true}'
+                    % ident).encode()
+        else:
+            data = ('[{"id":%s,"response":{},"complete":true}]'
+                    % ident).encode()
+        self.mark_finished(req)
+        self.frames_out += 1
+        self.stats.frames_out += 1
+        await self.ws._writer.send(data, binary=False)
+
     async def send_final(self, req, frame):
         # Count the request finished *before* the write: a client that reacts
         # to this frame must never see it still counted.
@@ -1528,7 +1554,7 @@ class Connection:
             k = None
             if mc.error is not None:
                 k = mc.error_after
-            elif mc.drop or mc.timeout or mc.never:
+            elif mc.drop or mc.timeout or mc.never or mc.bad_frame:
                 k = mc.after
             parts = mc.parts
             if k is not None and k > (parts or 3):
@@ -1575,6 +1601,8 @@ class Connection:
             if mc.error is not None:
                 await self.send_final(req, self.mock_error_frame(
                     req.id, req.service, mc.error))
+            elif mc.bad_frame:
+                await self.send_bad_frame(req, mc.bad_frame)
             elif mc.drop:
                 raise Drop()
             elif mc.timeout:

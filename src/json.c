@@ -1,0 +1,361 @@
+#include "json.h"
+#include <cjson/cJSON.h>
+#include <string.h>
+
+size_t json_skip_ws(const char *p, size_t i, size_t len)
+{
+    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i;
+}
+
+static size_t string_len(const char *p, size_t len)
+{
+    for (size_t i = 1; i < len; i++) {
+        if (p[i] == '\\')
+            i++;
+        else if (p[i] == '"')
+            return i + 1;
+    }
+    return 0;
+}
+
+/* Callers have validated the text with cJSON, so this only has to find the end
+ * of a value, not judge it. */
+size_t json_value_len(const char *p, size_t len)
+{
+    if (!len)
+        return 0;
+    if (p[0] == '"')
+        return string_len(p, len);
+    if (p[0] == '{' || p[0] == '[') {
+        int depth = 0;
+        for (size_t i = 0; i < len; i++) {
+            char c = p[i];
+            if (c == '"') {
+                size_t s = string_len(p + i, len - i);
+                if (!s)
+                    return 0;
+                i += s - 1;
+            } else if (c == '{' || c == '[') {
+                depth++;
+            } else if (c == '}' || c == ']') {
+                if (--depth == 0)
+                    return i + 1;
+            }
+        }
+        return 0;
+    }
+    size_t i = 0;
+    while (i < len && !strchr(",}] \t\r\n", p[i]))
+        i++;
+    return i;
+}
+
+long json_members(const char *text, size_t len, json_member_fn fn, void *arg)
+{
+    size_t i = json_skip_ws(text, 0, len);
+    if (i >= len || text[i] != '{')
+        return -1;
+    i = json_skip_ws(text, i + 1, len);
+    if (i < len && text[i] == '}')
+        return (long)i + 1;
+    for (;;) {
+        if (i >= len || text[i] != '"')
+            return -1;
+        size_t kl = string_len(text + i, len - i);
+        if (!kl)
+            return -1;
+        struct span key = {text + i + 1, kl - 2};
+        i = json_skip_ws(text, i + kl, len);
+        if (i >= len || text[i] != ':')
+            return -1;
+        i = json_skip_ws(text, i + 1, len);
+        size_t vl = json_value_len(text + i, len - i);
+        if (!vl)
+            return -1;
+        fn(key, (struct span){text + i, vl}, arg);
+        i = json_skip_ws(text, i + vl, len);
+        if (i < len && text[i] == '}')
+            return (long)i + 1;
+        if (i >= len || text[i] != ',')
+            return -1;
+        i = json_skip_ws(text, i + 1, len);
+    }
+}
+
+bool span_is(struct span v, const char *lit)
+{
+    return v.p && v.n == strlen(lit) && !memcmp(v.p, lit, v.n);
+}
+
+struct top_find {
+    const char *key;
+    struct span *out;
+    bool found;
+};
+
+static void find_member(struct span key, struct span value, void *arg)
+{
+    struct top_find *t = arg;
+    /* Our keys never need escapes; an escaped key simply won't match. */
+    if (!t->found && span_is(key, t->key)) {
+        *t->out = value;
+        t->found = true;
+    }
+}
+
+int json_top_value(const char *text, size_t len, const char *key, struct span *out)
+{
+    struct top_find t = {key, out, false};
+    return json_members(text, len, find_member, &t) >= 0 && t.found ? 0 : -1;
+}
+
+/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates,
+ * nothing above U+10FFFF), or 0. */
+static size_t utf8_seq_len(const unsigned char *p, size_t len)
+{
+    unsigned char c = p[0];
+    size_t n;
+    unsigned min;
+    unsigned cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1f; min = 0x80; }
+    else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0f; min = 0x800; }
+    else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07; min = 0x10000; }
+    else return 0;
+    if (len < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+/* The validator walks the text once with an explicit stack of open containers (one
+ * bit each: object or array), so a hostile nesting depth costs no C stack. */
+struct jv {
+    const unsigned char *p;
+    size_t i, len;
+};
+
+static bool jv_lit(struct jv *v, const char *lit)
+{
+    size_t n = strlen(lit);
+    if (v->len - v->i < n || memcmp(v->p + v->i, lit, n))
+        return false;
+    v->i += n;
+    return true;
+}
+
+static bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+static bool jv_number(struct jv *v)
+{
+    if (v->i < v->len && v->p[v->i] == '-') {
+        v->i++;
+        if (v->i < v->len && v->p[v->i] == 'I')
+            return jv_lit(v, "Infinity");
+    }
+    if (v->i >= v->len)
+        return false;
+    if (v->p[v->i] == '0') {
+        v->i++;
+    } else if (is_digit(v->p[v->i])) {
+        while (v->i < v->len && is_digit(v->p[v->i]))
+            v->i++;
+    } else {
+        return false;
+    }
+    if (v->i < v->len && v->p[v->i] == '.') {
+        v->i++;
+        if (v->i >= v->len || !is_digit(v->p[v->i]))
+            return false;
+        while (v->i < v->len && is_digit(v->p[v->i]))
+            v->i++;
+    }
+    if (v->i < v->len && (v->p[v->i] == 'e' || v->p[v->i] == 'E')) {
+        v->i++;
+        if (v->i < v->len && (v->p[v->i] == '+' || v->p[v->i] == '-'))
+            v->i++;
+        if (v->i >= v->len || !is_digit(v->p[v->i]))
+            return false;
+        while (v->i < v->len && is_digit(v->p[v->i]))
+            v->i++;
+    }
+    return true;
+}
+
+static bool is_hex(unsigned char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static bool jv_string(struct jv *v)
+{
+    v->i++; /* the opening quote */
+    while (v->i < v->len) {
+        unsigned char c = v->p[v->i];
+        if (c == '"') {
+            v->i++;
+            return true;
+        }
+        if (c < 0x20)
+            return false;
+        if (c == '\\') {
+            if (++v->i >= v->len)
+                return false;
+            c = v->p[v->i];
+            if (c == 'u') {
+                if (v->len - v->i < 5)
+                    return false;
+                for (int k = 1; k <= 4; k++)
+                    if (!is_hex(v->p[v->i + (size_t)k]))
+                        return false;
+                v->i += 5;
+            } else if (strchr("\"\\/bfnrt", c) && c) {
+                v->i++;
+            } else {
+                return false;
+            }
+            continue;
+        }
+        if (c < 0x80) {
+            v->i++;
+            continue;
+        }
+        size_t n = utf8_seq_len(v->p + v->i, v->len - v->i);
+        if (!n)
+            return false;
+        v->i += n;
+    }
+    return false;
+}
+
+/* A scalar value (anything but an object or array) at v->i. */
+static bool jv_scalar(struct jv *v)
+{
+    switch (v->p[v->i]) {
+    case '"': return jv_string(v);
+    case 't': return jv_lit(v, "true");
+    case 'f': return jv_lit(v, "false");
+    case 'n': return jv_lit(v, "null");
+    case 'N': return jv_lit(v, "NaN");
+    case 'I': return jv_lit(v, "Infinity");
+    default: return jv_number(v);
+    }
+}
+
+bool json_valid(const char *text, size_t len)
+{
+    struct jv v = {(const unsigned char *)text, 0, len};
+    unsigned char stack[JSON_MAX_DEPTH / 8];
+    size_t depth = 0;
+    /* After a value inside a container: expect ',' or the closer; at the top: the end. */
+    for (;;) {
+        v.i = json_skip_ws(text, v.i, len);
+        if (v.i >= len)
+            return false;
+        unsigned char c = v.p[v.i];
+        if (c == '{' || c == '[') {
+            if (depth == JSON_MAX_DEPTH)
+                return false;
+            if (c == '{')
+                stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
+            else
+                stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
+            depth++;
+            v.i = json_skip_ws(text, v.i + 1, len);
+            if (v.i < len && v.p[v.i] == (c == '{' ? '}' : ']')) {
+                v.i++;
+                depth--;
+                goto after_value;
+            }
+            if (c == '{')
+                goto member_key;
+            continue; /* first array element */
+        }
+        if (!jv_scalar(&v))
+            return false;
+    after_value:
+        for (;;) {
+            v.i = json_skip_ws(text, v.i, len);
+            if (!depth)
+                return v.i == len;
+            bool in_object = stack[(depth - 1) / 8] & (1u << ((depth - 1) % 8));
+            if (v.i >= len)
+                return false;
+            c = v.p[v.i];
+            if (c == (in_object ? '}' : ']')) {
+                v.i++;
+                depth--;
+                continue;
+            }
+            if (c != ',')
+                return false;
+            v.i++;
+            if (in_object)
+                goto member_key;
+            break; /* next array element */
+        }
+        continue;
+    member_key:
+        v.i = json_skip_ws(text, v.i, len);
+        if (v.i >= len || v.p[v.i] != '"' || !jv_string(&v))
+            return false;
+        v.i = json_skip_ws(text, v.i, len);
+        if (v.i >= len || v.p[v.i] != ':')
+            return false;
+        v.i++;
+    }
+}
+
+const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
+{
+    const unsigned char *p = (const unsigned char *)body;
+    bool in_string = false;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        if (c >= 0x80) {
+            size_t n = utf8_seq_len(p + i, len - i);
+            if (!n)
+                return "is not valid UTF-8";
+            i += n;
+            continue;
+        }
+        if (in_string) {
+            if (c < 0x20)
+                return "has a raw control character inside a JSON string";
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+            /* cJSON skips any control character as whitespace; Python's json does not. */
+            return "has a control character outside a string";
+        }
+        i++;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root)
+        return "is not valid JSON";
+    size_t off = end ? (size_t)(end - body) : len;
+    off = json_skip_ws(body, off, len);
+    if (off != len) {
+        cJSON_Delete(root);
+        return "has data after the JSON value";
+    }
+    if (rootp)
+        *rootp = root;
+    else
+        cJSON_Delete(root);
+    return NULL;
+}
