@@ -18,6 +18,14 @@ struct gateway_url {
     char base_path[1024]; /* "" or "/prefix" without trailing slash */
 };
 
+/* An HTTP CONNECT proxy: http://[user:password@]host[:port] (port 1080 if none, as
+ * curl has it). */
+struct proxy_url {
+    char host[256];      /* without brackets for IPv6 literals */
+    int port;
+    char userinfo[256];  /* "user:password", percent-decoded; "" = none */
+};
+
 struct config {
     char *gateway;             /* as given, for logs (never contains the token) */
     struct gateway_url gw;
@@ -40,7 +48,7 @@ struct config {
     bool ca_only;              /* trust --ca-file alone, not the system store */
     bool insecure;
     char *proxy;               /* --proxy as given; "none" = never */
-    char *proxy_used;          /* the decision: host:port (with user:pass@), or NULL */
+    struct proxy_url *via_proxy; /* the decision (config_pick_proxy), or NULL: direct */
     enum log_level log_level;
     /* Unix-domain socket (line JSON and HTTP) */
     char *unix_path;           /* NULL = disabled */
@@ -64,6 +72,7 @@ const char *auth_mode_name(enum auth_mode m);
  * or http_proxy (ws/http) from the environment; no_proxy and loopback excluded.
  * Returns "[user:pass@]host:port" (malloc'd). */
 char *config_pick_proxy(const struct gateway_url *gw, const char *flag);
+int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t errlen);
 bool host_is_loopback(const char *host);
 void config_usage(FILE *out);
 #endif

@@ -8,8 +8,7 @@ enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 int log_parse_level(const char *name, enum log_level *out);
-/* Every later message has each occurrence of `secret` (and its percent-encoded
- * form) replaced by "***".  Call for every credential the daemon learns. */
+/* Every line is redacted (redact.h) before it is written. */
 void log_add_secret(const char *secret);
 void log_clear_secrets(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,4 +1,5 @@
 #include "config.h"
+#include "redact.h"
 #include "util.h"
 #include <ctype.h>
 #include <errno.h>
@@ -386,7 +387,7 @@ int config_read_token_file(struct config *cfg, char *err, size_t errlen)
         tok[--n] = '\0';
     set_str(&cfg->token, tok);
     explicit_bzero(tok, sizeof tok);
-    log_add_secret(cfg->token);
+    secret_add(cfg->token);
     return 0;
 }
 
@@ -462,7 +463,7 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
             value = b ? "1" : "0";
         }
         if (docs[i].id == O_TOKEN) {
-            log_add_secret(value);
+            secret_add(value);
             has_token = true;
         }
         if (apply(cfg, docs[i].id, value, e2, sizeof e2))
@@ -479,6 +480,85 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
                  path, (unsigned)(st.st_mode & 07777));
     fclose(f);
     return rc;
+}
+
+/* The variables a secret may come in.  Once read, each is overwritten where it lies
+ * (the bytes /proc/PID/environ shows: unsetenv alone leaves them there) and removed,
+ * as NOTIFY_SOCKET is (sdnotify.c). */
+static const char *const secret_env[] = {"TRUSTGRAPH_TOKEN", "GATEWAY_SECRET"};
+static const char *const proxy_env[] = {"TGBRIDGE_PROXY", "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"};
+
+static void scrub_env(const char *name)
+{
+    char *v = getenv(name);
+    if (!v)
+        return;
+    explicit_bzero(v, strlen(v));
+    unsetenv(name);
+}
+
+/* The user:password@ of a URL, overwritten in place (argv, the environment). */
+static void scrub_userinfo(char *url)
+{
+    char *start = strstr(url, "://");
+    start = start ? start + 3 : url;
+    char *at = strrchr(start, '@');
+    if (at && at > start)
+        memset(start, 'x', (size_t)(at - start));
+}
+
+static void add_proxy_secrets(const char *url)
+{
+    const char *start = strstr(url, "://");
+    start = start ? start + 3 : url;
+    const char *at = strrchr(start, '@');
+    if (!at || at == start)
+        return;
+    char given[512];
+    snprintf(given, sizeof given, "%.*s", (int)(at - start), start);
+    secret_add_userinfo(given); /* as written (percent-encoded) */
+    struct proxy_url p;
+    if (!config_parse_proxy(url, &p, NULL, 0))
+        secret_add_userinfo(p.userinfo); /* as sent */
+    explicit_bzero(given, sizeof given);
+    explicit_bzero(&p, sizeof p);
+}
+
+static void scrub_secret_env(void)
+{
+    for (size_t i = 0; i < sizeof secret_env / sizeof *secret_env; i++) {
+        secret_add(getenv(secret_env[i]));
+        scrub_env(secret_env[i]);
+    }
+    for (size_t i = 0; i < sizeof proxy_env / sizeof *proxy_env; i++) {
+        const char *v = getenv(proxy_env[i]);
+        if (v && strchr(v, '@')) {
+            add_proxy_secrets(v);
+            scrub_env(proxy_env[i]);
+        }
+    }
+}
+
+static int pick_proxy(struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->proxy)
+        add_proxy_secrets(cfg->proxy);
+    char *url = config_pick_proxy(&cfg->gw, cfg->proxy);
+    if (!url)
+        return 0;
+    cfg->via_proxy = calloc(1, sizeof *cfg->via_proxy);
+    if (!cfg->via_proxy)
+        abort();
+    char e2[256];
+    int rc = config_parse_proxy(url, cfg->via_proxy, e2, sizeof e2);
+    explicit_bzero(url, strlen(url));
+    free(url);
+    if (rc) {
+        free(cfg->via_proxy);
+        cfg->via_proxy = NULL;
+        return errorf(err, errlen, "%s proxy: %s", cfg->proxy ? "--proxy" : "the environment's", e2);
+    }
+    return 0;
 }
 
 /* --config / TGBRIDGE_CONFIG, found before anything else is applied: the file is the
@@ -545,11 +625,13 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
             return errorf(err, errlen, "option '%s' needs a value", argv[optind - 1]);
         if (apply(cfg, (enum opt_id)c, optarg, err, errlen))
             return -1;
+        /* Scrub the process title: /proc/PID/cmdline shows argv's memory. */
         if (c == O_TOKEN && optarg) {
-            /* Scrub the process title: /proc/PID/cmdline shows argv's memory. */
-            log_add_secret(optarg);
+            secret_add(optarg);
             memset(optarg, 'x', strlen(optarg));
         }
+        if (c == O_PROXY && optarg)
+            scrub_userinfo(optarg);
         if (c == O_INSECURE)
             cfg->insecure = true;
         if (c == O_CA_ONLY)
@@ -562,19 +644,84 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
     if (cfg->reconnect_max < cfg->reconnect_min)
         cfg->reconnect_max = cfg->reconnect_min;
     if (cfg->token)
-        log_add_secret(cfg->token);
+        secret_add(cfg->token);
     if (cfg->ca_only && !cfg->ca_file)
         return errorf(err, errlen, "--ca-only needs --ca-file");
-    cfg->proxy_used = config_pick_proxy(&cfg->gw, cfg->proxy);
-    if (cfg->proxy_used && strchr(cfg->proxy_used, '@')) {
-        /* Proxy credentials are secrets too. */
-        char cred[256];
-        snprintf(cred, sizeof cred, "%.*s", (int)(strrchr(cfg->proxy_used, '@') - cfg->proxy_used),
-                 cfg->proxy_used);
-        log_add_secret(cred);
-    }
-    if (config_read_token_file(cfg, err, errlen))
+    int rc = pick_proxy(cfg, err, errlen);
+    scrub_secret_env();
+    if (rc || config_read_token_file(cfg, err, errlen))
         return -1;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    const char *p = url;
+    const char *scheme_end = strstr(p, "://");
+    if (scheme_end) {
+        if (scheme_end - p != 4 || strncasecmp(p, "http", 4))
+            return errorf(err, errlen, "only http:// proxies are supported (HTTP CONNECT)");
+        p = scheme_end + 3;
+    }
+    size_t n = strcspn(p, "/?#");
+    if (p[n] && strspn(p + n, "/") != strlen(p + n))
+        return errorf(err, errlen, "a proxy URL has no path, query or fragment");
+    const char *end = p + n, *at = NULL;
+    for (const char *q = p; q < end; q++)
+        if (*q == '@')
+            at = q;
+    if (at) {
+        size_t o = 0;
+        for (const char *q = p; q < at; q++) {
+            char ch = *q;
+            if (ch == '%') {
+                int hi = q + 2 < at ? hexval(q[1]) : -1, lo = hi >= 0 ? hexval(q[2]) : -1;
+                if (lo < 0)
+                    return errorf(err, errlen, "bad percent-encoding in the proxy credentials");
+                ch = (char)(hi * 16 + lo);
+                q += 2;
+            }
+            if (!ch || o + 1 >= sizeof out->userinfo)
+                return errorf(err, errlen, "proxy credentials too long or holding a NUL");
+            out->userinfo[o++] = ch;
+        }
+        out->userinfo[o] = '\0';
+        p = at + 1;
+    }
+    const char *hend;
+    if (*p == '[') {
+        hend = memchr(p, ']', (size_t)(end - p));
+        if (!hend || (size_t)(hend - p - 1) >= sizeof out->host || hend == p + 1)
+            return errorf(err, errlen, "bad IPv6 literal in the proxy URL");
+        memcpy(out->host, p + 1, (size_t)(hend - p - 1));
+        hend++;
+    } else {
+        hend = p;
+        while (hend < end && *hend != ':')
+            hend++;
+        if (hend == p || (size_t)(hend - p) >= sizeof out->host)
+            return errorf(err, errlen, "the proxy URL has no host (or one too long)");
+        memcpy(out->host, p, (size_t)(hend - p));
+    }
+    out->port = 1080;
+    if (hend < end) {
+        if (*hend != ':' || hend + 1 == end)
+            return errorf(err, errlen, "bad port in the proxy URL");
+        long port = 0;
+        for (const char *q = hend + 1; q < end; q++) {
+            if (*q < '0' || *q > '9' || (port = port * 10 + (*q - '0')) > 65535)
+                return errorf(err, errlen, "bad port in the proxy URL");
+        }
+        if (port < 1)
+            return errorf(err, errlen, "bad port in the proxy URL");
+        out->port = (int)port;
+    }
     return 0;
 }
 
@@ -651,7 +798,9 @@ void config_free(struct config *cfg)
     free(cfg->ca_file);
     free(cfg->unix_path);
     free(cfg->proxy);
-    free(cfg->proxy_used);
+    if (cfg->via_proxy)
+        explicit_bzero(cfg->via_proxy, sizeof *cfg->via_proxy);
+    free(cfg->via_proxy);
     free(cfg->unix_group);
     memset(cfg, 0, sizeof *cfg);
 }

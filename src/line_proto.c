@@ -5,6 +5,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
+#include "redact.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <libwebsockets.h>
@@ -84,7 +85,9 @@ static void error_line(struct buf *b, const char *cid, const char *type, const c
     buf_puts(b, ",\"error\":{\"type\":");
     buf_json_string(b, type, strlen(type));
     buf_puts(b, ",\"message\":");
-    buf_json_string(b, message, strlen(message));
+    char *clean = redact_dup(message, strlen(message)); /* it may quote the gateway */
+    buf_json_string(b, clean, strlen(clean));
+    free(clean);
     buf_puts(b, "},\"complete\":true}\n");
 }
 

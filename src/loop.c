@@ -4,6 +4,7 @@
 #include "upstream.h"
 #include "util.h"
 #include <libwebsockets.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,14 +76,21 @@ int loop_init(const struct config *cfg)
         info.options |= LWS_SERVER_OPTION_DISABLE_OS_CA_CERTS;
     /* The proxy decision is ours (config_pick_proxy); lws would otherwise read
      * http_proxy by itself, even for wss:// and for loopback. */
-    if (cfg->proxy_used)
-        info.http_proxy_address = cfg->proxy_used;
-    else
+    char proxy[600];
+    if (cfg->via_proxy) {
+        const struct proxy_url *p = cfg->via_proxy;
+        bool v6 = strchr(p->host, ':') != NULL;
+        snprintf(proxy, sizeof proxy, "%s%s%s%s%s:%d", p->userinfo, p->userinfo[0] ? "@" : "", v6 ? "[" : "",
+                 p->host, v6 ? "]" : "", p->port);
+        info.http_proxy_address = proxy;
+    } else {
         unsetenv("http_proxy");
+    }
     /* Room for a long JWT in the handshake headers (libraries.md b2). */
     info.pt_serv_buf_size = 32 * 1024;
     info.connect_timeout_secs = 10;
     ctx = lws_create_context(&info);
+    explicit_bzero(proxy, sizeof proxy);
     if (!ctx) {
         log_error("cannot create the libwebsockets context");
         return -1;

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
+#include "redact.h"
 #include "resolver.h"
 #include "rest.h"
 #include "sdnotify.h"
@@ -140,10 +141,9 @@ int main(int argc, char **argv)
     if (cfg.insecure)
         log_warn("--insecure: the gateway's TLS certificate is NOT verified; anyone on the path can "
                  "read the token and every request");
-    if (cfg.proxy_used) {
-        const char *at = strrchr(cfg.proxy_used, '@');
-        log_info("connecting to the gateway through the HTTP proxy %s", at ? at + 1 : cfg.proxy_used);
-    }
+    if (cfg.via_proxy)
+        log_info("connecting to the gateway through the HTTP proxy %s:%d%s", cfg.via_proxy->host,
+                 cfg.via_proxy->port, cfg.via_proxy->userinfo[0] ? " (with credentials)" : "");
     if (loop_init(&cfg) || setup_signals() || resolver_init()) {
         log_error("cannot set up the event loop");
         return 1;
@@ -184,7 +184,7 @@ int main(int argc, char **argv)
     loop_destroy();
     mux_shutdown();
     log_info("stopped");
-    log_clear_secrets();
+    secrets_clear();
     config_free(&cfg);
     return 0;
 }

@@ -6,6 +6,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "mux.h"
+#include "redact.h"
 #include "upstream.h"
 #include "util.h"
 #include <cjson/cJSON.h>
@@ -75,13 +76,19 @@ struct conn_watch;
 static void pump(void);
 static void pump_timer(struct timer *t);
 
+/* Every error body tgbridge writes; the message may quote the gateway. */
 static void json_error_body(struct buf *b, const char *type, const char *message)
 {
-    buf_puts(b, "{\"error\":{\"type\":");
-    buf_json_string(b, type, strlen(type));
-    buf_puts(b, ",\"message\":");
-    buf_json_string(b, message, strlen(message));
-    buf_puts(b, "}}");
+    struct buf e;
+    buf_init(&e, 0);
+    buf_puts(&e, "{\"error\":{\"type\":");
+    buf_json_string(&e, type, strlen(type));
+    buf_puts(&e, ",\"message\":");
+    buf_json_string(&e, message, strlen(message));
+    buf_puts(&e, "}}");
+    redact_buf(&e);
+    buf_append(b, buf_ptr(&e), e.len);
+    buf_free(&e);
 }
 
 static enum MHD_Result queue_json(struct MHD_Connection *c, unsigned status, const char *body, size_t len,
@@ -229,6 +236,7 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c)
     struct buf b;
     buf_init(&b, 0);
     metrics_render(&b, R.cfg, now_mono() - R.started, R.ncalls);
+    redact_buf(&b);
     struct MHD_Response *r = MHD_create_response_from_buffer(b.len, buf_ptr(&b), MHD_RESPMEM_MUST_COPY);
     buf_free(&b);
     if (!r)
@@ -292,6 +300,7 @@ static enum MHD_Result serve_status(struct MHD_Connection *c, enum route route)
                    ms.live - ms.queued, ms.queued, upstream_window_used(), R.cfg->max_inflight, ms.submitted,
                    ms.completed, ms.failed, R.ncalls, now_mono() - R.started);
     }
+    redact_buf(&b);
     enum MHD_Result ret = queue_json(c, status, buf_ptr(&b), b.len, NULL);
     buf_free(&b);
     return ret;
@@ -334,6 +343,7 @@ static void map_unary(struct call *call, const struct frame *f)
         buf_puts(&call->reply, "{\"error\":");
         buf_append(&call->reply, f->error.p, f->error.n);
         buf_puts(&call->reply, "}");
+        redact_buf(&call->reply); /* the gateway's own words, as they came */
     }
 }
 

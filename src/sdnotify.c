@@ -1,6 +1,7 @@
 #include "sdnotify.h"
 #include "loop.h"
 #include "log.h"
+#include "redact.h"
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -35,6 +36,8 @@ static void send_with_status(const char *head, const char *status)
     for (const char *p = status; *p && i + 1 < sizeof msg; p++)
         msg[i++] = *p == '\n' ? ' ' : *p;
     msg[i] = '\0';
+    /* `systemctl status` shows this line to any user. */
+    redact_str(msg, sizeof msg);
     send_state(msg);
 }
 

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
+#include "redact.h"
 #include "resolver.h"
 #include "util.h"
 #include "wsframe.h"
@@ -87,6 +88,7 @@ static void set_reason(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(U.reason, sizeof U.reason, fmt, ap);
     va_end(ap);
+    redact_str(U.reason, sizeof U.reason);
 }
 
 /* Records why connection c failed: for the replacement in a rotation only on c while
@@ -98,6 +100,8 @@ static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(c->reason, sizeof c->reason, fmt, ap);
     va_end(ap);
+    /* Reasons quote the gateway, which may quote the token back (auth-failed). */
+    redact_str(c->reason, sizeof c->reason);
     if (c == U.next && U.cur)
         return;
     snprintf(U.reason, sizeof U.reason, "%s", c->reason);
@@ -354,7 +358,7 @@ static struct upconn *start_connection(void)
     snprintf(c->host_header, sizeof c->host_header, "%s%s%s:%d", v6 ? "[" : "", U.cfg->gw.host, v6 ? "]" : "",
              U.cfg->gw.port);
 
-    if (U.cfg->proxy_used || resolver_is_numeric(U.cfg->gw.host))
+    if (U.cfg->via_proxy || resolver_is_numeric(U.cfg->gw.host))
         /* Nothing to look up (a proxy resolves the gateway's name itself). */
         return connect_to(c, U.cfg->gw.host) ? c : NULL;
     c->state = UP_RESOLVING;
@@ -610,6 +614,13 @@ static int on_message(struct upconn *c, const char *text, size_t len)
 {
     struct frame f;
     frame_parse(text, len, &f);
+    if (f.err_message[0] && secret_count()) {
+        /* Error texts become tgbridge's own words (reasons, error bodies and lines):
+         * a gateway quoting the token in one must not pass it on. */
+        char *clean = redact_dup(f.err_message, strlen(f.err_message));
+        frame_free(&f);
+        f.err_message = clean;
+    }
     int rc = 0;
     if (f.kind == FRAME_INVALID) {
         static struct log_limit limit;

@@ -15,7 +15,7 @@ are aiohttp's own and match the gateway exactly (§2.4).
 Usage (Python 3.11 + Debian python3-aiohttp 3.8.4, stdlib otherwise):
 
     /usr/bin/python3 tests/mock_gateway.py [--host 127.0.0.1] [--port 0]
-        [--era v1a|v1b|v1c|v2a|v2b|v2c|v2d] [--secret S] [--token T]...
+        [--era v1a|v1b|v1c|v2a|v2b|v2c|v2d] [--secret S] [--token T]... [--echo-token]
         [--anonymous] [--flows default,...] [--workspaces default,...]
         [--exclude-kinds k,...] [--timeout SECONDS] [--auth-delay SECONDS]
         [--tls-cert FILE --tls-key FILE] [--verbose]
@@ -110,6 +110,7 @@ import signal
 import ssl
 import sys
 import uuid
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
@@ -1006,6 +1007,7 @@ class Connection:
         self.open = True
         self.close_code = None
         self.identity = None                 # V2: set by auth-ok (§3.2)
+        self.last_token = None               # --echo-token quotes it back
         self.q = asyncio.Queue(maxsize=MAX_QUEUE_SIZE)
         self.running = True
         self.workers = []                    # Mux.run's worker list
@@ -1309,6 +1311,9 @@ class Connection:
 
     def policy_error(self, id, type_, message=None):
         # E4 key order as in Mux.receive: id, error, complete.
+        if self.args.echo_token and self.last_token is not None:
+            message = "%s (token %s)" % (
+                message or POLICY_MESSAGES.get(type_, type_), self.last_token)
         return {"id": id,
                 "error": {"message": message or POLICY_MESSAGES.get(
                     type_, type_), "type": type_},
@@ -1318,6 +1323,7 @@ class Connection:
         """Mux._handle_auth_frame + IamAuth.authenticate (§3.2)."""
         tok = data.get("token", "")
         token = f"{tok}".strip() if tok else ""
+        self.last_token = token
         if self.args.auth_delay:
             await asyncio.sleep(self.args.auth_delay)   # IAM round trip
         identity = None
@@ -1338,7 +1344,10 @@ class Connection:
         if identity is None:
             # Failure keeps the socket open and any previous identity (Q9).
             self.stats.auth_failed += 1
-            await self.send({"type": "auth-failed", "error": "auth failure"})
+            error = "auth failure"
+            if self.args.echo_token:
+                error += " for token %s (%s)" % (token, quote(token, safe=""))
+            await self.send({"type": "auth-failed", "error": error})
             return
         self.identity = identity
         self.stats.auth_ok += 1
@@ -1697,6 +1706,10 @@ class Server:
             # ignored.  aiohttp's HTTPUnauthorized body: "401: Unauthorized".
             if request.query.get("token", "") != self.args.secret:
                 st.http_401 += 1
+                if self.args.echo_token:
+                    return web.HTTPUnauthorized(
+                        text="401: Unauthorized (token %s)"
+                        % request.query.get("token", ""))
                 return web.HTTPUnauthorized()
         # V2: the handshake is always accepted; auth is in-band (§3.2).
 
@@ -1785,6 +1798,9 @@ def parse_args(argv=None):
                    help="serve TLS with this PEM certificate (chain)")
     p.add_argument("--tls-key", default=None,
                    help="PEM private key for --tls-cert")
+    p.add_argument("--echo-token", action="store_true",
+                   help="hostile: every refusal quotes the credential it got "
+                        "(auth-failed, policy errors, the V1 401 body)")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     if bool(a.tls_cert) != bool(a.tls_key):

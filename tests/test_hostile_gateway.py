@@ -3,12 +3,17 @@ every phase of a connection attempt, refusals that quote the token.  tgbridge
 must keep every caller answered, never forward what it cannot vouch for, name
 truthfully what went wrong, and recover without a restart."""
 
+import base64
 import json
 import os
+import signal
 import tempfile
+from urllib.parse import quote
 
-from harness import (FLOW_TC, T, check_status, eq, is_json_ct, own_error,
-                     start_bridge, start_mock, tc, timeout, wait_until)
+from harness import (FLOW_TC, T, ConnectProxy, check_status, eq, is_json_ct,
+                     own_error, start_bridge, start_mock, tc, timeout,
+                     wait_until)
+from test_systemd import FakeSystemd
 from test_unix import LineClient, envelope
 
 TOKEN = "tg_hostile_token_9c41"
@@ -70,3 +75,107 @@ def test_bad_reply_frames_fail_their_caller_and_nobody_else():
            "the array counted too")
         assert b.log().count("dropped a gateway frame") <= 2, \
             "bad frames are logged at most once per 10 s:\n" + b.log()
+
+
+# ------------------------------------------------------------ secrets
+
+def secret_forms(secret):
+    """Every spelling a secret may take on its way out."""
+    forms = {secret, quote(secret, safe=""), quote(secret, safe="").lower(),
+             json.dumps(secret)[1:-1],
+             json.dumps(secret, ensure_ascii=False)[1:-1],
+             base64.b64encode(secret.encode()).decode()}
+    return {f for f in forms if f}
+
+
+@timeout(90)
+def test_no_secret_on_any_surface():
+    """A hostile gateway quotes the token back in every refusal it can make
+    (auth-failed, policy errors, the 401 body); tokens are rotated through,
+    proxy credentials and spare secrets come in flags and the environment.
+    No form of any of them may appear in the log, /status, /readyz,
+    /metrics, error bodies, error lines, systemd's STATUS= or
+    /proc/PID/{cmdline,environ}."""
+    good = 'tg_go"od\\tok/+&%\u00e9 x'
+    bad1 = 'tg_b"ad1\\/+%\u00e9'
+    bad2 = 'tg_bad2 "\\x'
+    env_token = 'tg_env"tok\\en+'
+    gw_secret = 'gw_se"cret\\value'
+    proxy_user, proxy_pass = "proxyuser", 'p@ss"w\\0rd'
+    env_proxy_user, env_proxy_pass = "envuser", "envpa55word"
+    work = tempfile.mkdtemp(prefix="tgb-secrets-")
+    token_file = os.path.join(work, "token")
+    with open(token_file, "w") as f:
+        f.write(good + "\n")
+    sock = os.path.join(work, "s.sock")
+    sd = FakeSystemd()
+    m = start_mock("v2d", tokens=[good], extra=["--echo-token"])
+    with m, ConnectProxy() as proxy:
+        proxy_url = "http://%s:%s@127.0.0.1:%d" % (
+            proxy_user, quote(proxy_pass, safe=""), proxy.port)
+        b = start_bridge(m.url, "--token-file", token_file, "--proxy", proxy_url,
+                         "--unix", sock, "-v", "--reconnect-min", "0.05",
+                         "--reconnect-max", "0.2", "--queue-timeout", "0.5",
+                         env=sd.env(TRUSTGRAPH_TOKEN=env_token,
+                                    GATEWAY_SECRET=gw_secret,
+                                    HTTPS_PROXY="http://%s:%s@127.0.0.1:1" % (
+                                        env_proxy_user, env_proxy_pass)))
+        with b:
+            b.wait_ready()
+            auth = [h.get("proxy-authorization") for _, h in proxy.connects()]
+            want = "basic " + base64.b64encode(
+                ("%s:%s" % (proxy_user, proxy_pass)).encode()).decode()
+            assert want in [a.lower() if a else a for a in auth] or want in auth, \
+                "the proxy got %r, not the decoded credentials" % auth
+            # an in-band re-authentication the gateway refuses, quoting it
+            with open(token_file, "w") as f:
+                f.write(bad1)
+            os.kill(b.pid, signal.SIGHUP)
+            wait_until(lambda: b.get("/status").json()["upstream"]["reauth"]
+                       .startswith("rejected"), what="the refresh refused")
+            # reconnecting with it: refused again, and the reason quotes it
+            m.drop()
+            b.wait_unready()
+            wait_until(lambda: m.stats()["auth_failed"] >= 2,
+                       what="the reconnect refused")
+            with open(token_file, "w") as f:
+                f.write(bad2)
+            os.kill(b.pid, signal.SIGHUP)
+            wait_until(lambda: m.stats()["auth_failed"] >= 3,
+                       what="the next token refused too")
+            wait_until(lambda: b"auth-failed" in b.readyz().body,
+                       what="/readyz names the refusal")
+            surfaces = {}
+            surfaces["/readyz"] = b.readyz().body
+            surfaces["/status"] = b.get("/status").body
+            surfaces["/metrics"] = b.get("/metrics").body
+            r = b.post(FLOW_TC, tc("x"), timeout=10)
+            own_error(r, 503, "gateway-unavailable")
+            surfaces["503 body"] = r.body
+            c = LineClient(sock)
+            c.send(envelope(id="s1"))
+            surfaces["error line"] = c.raw_line(timeout=10)
+            c.sock.close()
+            surfaces["STATUS="] = "\n".join(sd.drain(T(0.3))).encode()
+            with open("/proc/%d/cmdline" % b.pid, "rb") as f:
+                surfaces["cmdline"] = f.read()
+            with open("/proc/%d/environ" % b.pid, "rb") as f:
+                surfaces["environ"] = f.read()
+            b.stop()
+            surfaces["log"] = b.log().encode()
+    sd.close()
+    # the surfaces are real: the refusal is there, redacted
+    for where in ("/readyz", "/status", "503 body", "error line", "STATUS=", "log"):
+        assert b"auth-failed: auth failure for token ***" in surfaces[where], \
+            "%s: %r" % (where, surfaces[where][-2000:])
+    secrets = [good, bad1, bad2, env_token, gw_secret, proxy_pass,
+               "%s:%s" % (proxy_user, proxy_pass),
+               "%s:%s" % (proxy_user, quote(proxy_pass, safe="")),
+               env_proxy_pass]
+    leaks = []
+    for s in secrets:
+        for form in secret_forms(s):
+            for where, text in surfaces.items():
+                if form.encode() in text:
+                    leaks.append("%r (form %r) in %s" % (s, form, where))
+    assert not leaks, "\n".join(leaks[:20])
