@@ -41,6 +41,7 @@ struct config {
     double reconnect_min, reconnect_max;
     double ping_interval, ping_timeout;
     double drain_timeout;
+    double connect_timeout;     /* a whole gateway connection attempt */
     int max_inflight;
     int max_queue;
     char *workspace;           /* envelope workspace when the body names none */

@@ -6,4 +6,12 @@
 #include "config.h"
 
 void metrics_render(struct buf *out, const struct config *cfg, double uptime, size_t rest_calls);
+
+/* Local callers tgbridge closed on its own, by why. */
+enum drop_reason {
+    DROP_SLOW_READER,     /* more than --max-client-buffer waiting for it */
+    DROP_CLIENT_TIMEOUT,  /* no complete request within --client-timeout */
+    DROP_REASONS
+};
+void metrics_caller_dropped(enum drop_reason why);
 #endif

@@ -22,7 +22,7 @@
 enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
-    O_PING_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
+    O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
     O_LOG_LEVEL, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
 };
@@ -76,6 +76,9 @@ static const struct opt_doc docs[] = {
      "ping the gateway after this much silence (default 20)"},
     {O_PING_TIMEOUT, "ping-timeout", "SECONDS", "TGBRIDGE_PING_TIMEOUT",
      "drop the connection this long after an unanswered ping (default 20)"},
+    {O_CONNECT_TIMEOUT, "connect-timeout", "SECONDS", "TGBRIDGE_CONNECT_TIMEOUT",
+     "bound on a whole gateway connection attempt: name lookup, TCP, proxy,\n"
+     "TLS, upgrade and authentication (default 10)"},
     {O_DRAIN_TIMEOUT, "drain-timeout", "SECONDS", "TGBRIDGE_DRAIN_TIMEOUT",
      "how long live requests may finish on shutdown or on a rotated-out\n"
      "connection before they are failed (default 10)"},
@@ -295,16 +298,20 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
             return errorf(err, errlen, "--max-body wants a size such as 1048576 or 50m");
         return 0;
     case O_REQUEST_TIMEOUT: case O_QUEUE_TIMEOUT: case O_HEARTBEAT: case O_RECONNECT_MIN:
-    case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: case O_DRAIN_TIMEOUT: {
+    case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: case O_DRAIN_TIMEOUT:
+    case O_CONNECT_TIMEOUT: {
         double *dst = id == O_REQUEST_TIMEOUT ? &cfg->request_timeout
                     : id == O_QUEUE_TIMEOUT ? &cfg->queue_timeout
                     : id == O_HEARTBEAT ? &cfg->heartbeat
                     : id == O_RECONNECT_MIN ? &cfg->reconnect_min
                     : id == O_RECONNECT_MAX ? &cfg->reconnect_max
                     : id == O_PING_INTERVAL ? &cfg->ping_interval
-                    : id == O_DRAIN_TIMEOUT ? &cfg->drain_timeout : &cfg->ping_timeout;
+                    : id == O_DRAIN_TIMEOUT ? &cfg->drain_timeout
+                    : id == O_CONNECT_TIMEOUT ? &cfg->connect_timeout : &cfg->ping_timeout;
         if (parse_seconds(v, dst))
             return errorf(err, errlen, "option wants seconds (fractions allowed), got '%s'", v);
+        if (id == O_CONNECT_TIMEOUT && *dst <= 0)
+            return errorf(err, errlen, "--connect-timeout must be more than 0");
         return 0;
     }
     case O_MAX_INFLIGHT: case O_MAX_QUEUE:
@@ -359,6 +366,7 @@ static void defaults(struct config *cfg)
     cfg->ping_interval = 20;
     cfg->ping_timeout = 20;
     cfg->drain_timeout = 10;
+    cfg->connect_timeout = 10;
     cfg->max_inflight = 15;
     cfg->max_queue = 4096;
     cfg->log_level = LOG_INFO;

@@ -4,6 +4,7 @@
 #include "list.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "mux.h"
 #include "redact.h"
 #include <cjson/cJSON.h>
@@ -113,6 +114,7 @@ static void send_bytes(struct lclient *c, const char *p, size_t n)
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, limit %zu)",
                  c->out.len + n, L.cfg->max_client_buffer);
+        metrics_caller_dropped(DROP_SLOW_READER);
         kill_client(c, why);
         return;
     }

@@ -40,7 +40,19 @@ static int raw_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     return 0;
 }
 
-static struct lws_protocols protocols[4];
+/* lws tells some things about a wsi only to the first protocol: its destruction
+ * (LWS_CALLBACK_WSI_DESTROY, the last word on any connection) and the verdict on a
+ * server certificate.  This one passes them on to the wsi's own protocol. */
+static int root_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    bool forward = reason == LWS_CALLBACK_WSI_DESTROY || reason == LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION;
+    const struct lws_protocols *p = forward ? lws_get_protocol(wsi) : NULL;
+    if (p && p->callback && p->callback != root_callback)
+        return p->callback(wsi, reason, user, in, len);
+    return 0;
+}
+
+static struct lws_protocols protocols[5];
 
 static bool running;
 
@@ -57,9 +69,10 @@ static void lws_log_emit(int level, const char *line)
 
 int loop_init(const struct config *cfg)
 {
-    protocols[0] = upstream_protocol;
-    protocols[1] = (struct lws_protocols){"tgb-raw", raw_callback, 0, 0, 0, NULL, 0};
-    protocols[2] = line_protocol;
+    protocols[0] = (struct lws_protocols){"tgb-root", root_callback, 0, 0, 0, NULL, 0};
+    protocols[1] = upstream_protocol;
+    protocols[2] = (struct lws_protocols){"tgb-raw", raw_callback, 0, 0, 0, NULL, 0};
+    protocols[3] = line_protocol;
     int lws_levels = LLL_ERR;
     if (log_get_level() >= LOG_DEBUG)
         lws_levels |= LLL_WARN | LLL_NOTICE;
@@ -74,23 +87,17 @@ int loop_init(const struct config *cfg)
     info.client_ssl_ca_filepath = cfg->ca_file;
     if (cfg->ca_only)
         info.options |= LWS_SERVER_OPTION_DISABLE_OS_CA_CERTS;
-    /* The proxy decision is ours (config_pick_proxy); lws would otherwise read
-     * http_proxy by itself, even for wss:// and for loopback. */
-    char proxy[600];
-    if (cfg->via_proxy) {
-        const struct proxy_url *p = cfg->via_proxy;
-        bool v6 = strchr(p->host, ':') != NULL;
-        snprintf(proxy, sizeof proxy, "%s%s%s%s%s:%d", p->userinfo, p->userinfo[0] ? "@" : "", v6 ? "[" : "",
-                 p->host, v6 ? "]" : "", p->port);
-        info.http_proxy_address = proxy;
-    } else {
-        unsetenv("http_proxy");
-    }
+    /* The proxy decision is ours (config_pick_proxy), and dial.c sets it on the vhost
+     * for each connection, as a number it looked up off the loop. */
+    unsetenv("http_proxy");
     /* Room for a long JWT in the handshake headers (libraries.md b2). */
     info.pt_serv_buf_size = 32 * 1024;
-    info.connect_timeout_secs = 10;
+    /* Every phase of a gateway connection has tgbridge's own deadline (dial.c), which
+     * lws's must never beat to it. */
+    unsigned lws_timeout = (unsigned)cfg->connect_timeout + 5;
+    info.timeout_secs = lws_timeout;
+    info.connect_timeout_secs = lws_timeout;
     ctx = lws_create_context(&info);
-    explicit_bzero(proxy, sizeof proxy);
     if (!ctx) {
         log_error("cannot create the libwebsockets context");
         return -1;

@@ -1,6 +1,7 @@
 /* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
  * REST with streaming.  main() wires the modules together; see README "Design". */
 #include "config.h"
+#include "dial.h"
 #include "line_proto.h"
 #include "listener.h"
 #include "log.h"
@@ -151,6 +152,7 @@ int main(int argc, char **argv)
     sdnotify_init();
     mux_init(&cfg);
     line_init(&cfg);
+    dial_init(loop_ctx(), &cfg);
     upstream_init(loop_ctx(), &cfg);
     if (rest_init(&cfg))
         return 1;

@@ -4,6 +4,14 @@
 #include "upstream.h"
 #include <string.h>
 
+static unsigned long long dropped[DROP_REASONS];
+static const char *const drop_names[DROP_REASONS] = {"slow-reader", "client-timeout"};
+
+void metrics_caller_dropped(enum drop_reason why)
+{
+    dropped[why]++;
+}
+
 static void head(struct buf *b, const char *name, const char *type, const char *help)
 {
     buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -71,6 +79,11 @@ void metrics_render(struct buf *b, const struct config *cfg, double uptime, size
              (unsigned long long)cfg->max_inflight);
     metric_u(b, "tgbridge_rest_active_calls", "gauge", "REST calls waiting for or streaming a reply.",
              rest_calls);
+    head(b, "tgbridge_callers_dropped_total", "counter",
+         "Local connections tgbridge closed itself: slow-reader (more than --max-client-buffer waiting), "
+         "client-timeout (no complete request within --client-timeout).");
+    for (int i = 0; i < DROP_REASONS; i++)
+        buf_printf(b, "tgbridge_callers_dropped_total{reason=\"%s\"} %llu\n", drop_names[i], dropped[i]);
     metric_u(b, "tgbridge_line_pending_requests", "gauge", "Line-protocol requests not yet finished.",
              line_pending_requests());
     head(b, "tgbridge_uptime_seconds", "gauge", "Seconds since tgbridge started.");

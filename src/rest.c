@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define STREAM_BLOCK (64 * 1024)
@@ -370,8 +371,12 @@ static void map_stream_error(struct call *call, const struct frame *f)
     json_error_body(&call->reply, error_type_of(f), f->err_message);
 }
 
+static bool over_budget(struct call *call, size_t more);
+
 static void append_event(struct call *call, const char *json, size_t n, bool is_error)
 {
+    if (call->client_gone || over_budget(call, n + 32))
+        return;
     if (call->fmt == FMT_SSE)
         buf_puts(&call->out, is_error ? "event: error\ndata: " : "data: ");
     size_t start = call->out.len;
@@ -430,6 +435,23 @@ static void caller_gone(struct call *call)
     wake(call); /* MHD then closes it (respond / stream_reader see client_gone) */
 }
 
+/* A caller that lets too much pile up is dropped rather than allowed to grow our
+ * memory or to slow the shared socket (README "Failure semantics").  What counts is
+ * what waits: a single part larger than the bound still goes to a caller that reads. */
+static bool over_budget(struct call *call, size_t more)
+{
+    if (!call->out.len || call->out.len + more <= R.cfg->max_client_buffer)
+        return false;
+    log_warn("closing a REST caller that reads too slowly (%zu bytes of its reply waiting, "
+             "--max-client-buffer %zu)", call->out.len + more, R.cfg->max_client_buffer);
+    metrics_caller_dropped(DROP_SLOW_READER);
+    if (call->watch && call->watch->fd >= 0)
+        shutdown(call->watch->fd, SHUT_RDWR); /* MHD notices at once, suspended or not */
+    buf_free(&call->out);
+    caller_gone(call);
+    return true;
+}
+
 static void watch_hangup(struct call *call)
 {
     struct conn_watch *cw = call->watch;
@@ -470,8 +492,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cw = calloc(1, sizeof *cw);
-        if (cw && ci)
-            cw->fd = ci->connect_fd;
+        if (cw)
+            cw->fd = ci ? ci->connect_fd : -1;
         *socket_context = cw;
     } else if (cw) {
         if (cw->added)
@@ -525,6 +547,8 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
             append_error_event(call, error_type_of(f), f->err_message);
         else
             append_event(call, f->response.p, f->response.n, false);
+        if (call->client_gone)
+            return; /* dropped for reading too slowly: req is no longer ours */
         call->stream_ready = true;
         call->done = final;
     }
@@ -540,6 +564,8 @@ static void on_fail(struct request *req, int status, const char *type, const cha
     struct call *call = req->owner;
     if (call->phase == PH_STREAMING || call->stream_ready) {
         append_error_event(call, type, message);
+        if (call->client_gone)
+            return; /* dropped for reading too slowly: req is no longer ours */
         call->stream_ready = true;
     } else {
         call->reply_status = status;

@@ -1,16 +1,14 @@
 #include "upstream.h"
 #include "buf.h"
+#include "dial.h"
 #include "envelope.h"
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
 #include "redact.h"
-#include "resolver.h"
 #include "util.h"
 #include "wsframe.h"
 #include <libwebsockets.h>
-#include <netdb.h>
-#include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,28 +33,20 @@
  * `cur` keeps serving; once `next` is ready it becomes `cur` and the previous one
  * drains as `old`, receiving replies for its live requests but sending nothing new. */
 struct upconn {
-    struct lws *wsi;
+    struct dial dial;        /* the connection itself: wsi, phase, deadline, reason */
     unsigned serial;
-    enum upstream_state state;
+    enum upstream_state state; /* UP_AUTHENTICATING / UP_READY once open; before that the dial's phase */
     bool draining;
-    bool kill;               /* close from the next WRITEABLE */
+    bool auth_refused;       /* failed on credentials: the backoff stays at its longest */
     bool auth_frame_due;     /* an auth frame (first or refresh) still has to be written */
     bool reauthenticating;   /* a refresh frame was sent, its reply not yet seen */
-    char tls_error[200];     /* why certificate verification failed, if it did */
-    char reason[512];        /* why this connection failed (next: not copied to U.reason) */
     struct window win;       /* this socket's share of the gateway's window */
     struct request *sending; /* an envelope partly written */
     struct buf burst;        /* frames of small envelopes, written with one send */
     struct buf rx;
     bool rx_overflow;
     double last_heard;       /* for telling a dead peer from a closed one */
-    struct timer auth_timer;
-    unsigned lookup;         /* the DNS lookup under way (UP_RESOLVING), else 0 */
-    struct resolved *addrs;  /* the gateway name's addresses, tried in turn like lws does */
-    size_t addr_idx;
-    struct timer addr_timer;
-    char path[4096];
-    char host_header[300];
+    struct timer reauth_timer; /* an in-band refresh unanswered */
 };
 
 static struct {
@@ -72,7 +62,6 @@ static struct {
     bool stopping;
     struct timer retry_timer, drain_timer, rotate_timer, rotate_retry_timer;
     uint16_t retry_count;
-    struct upconn *connecting; /* inside lws_client_connect_via_info */
     unsigned reconnects, rotations, serial;
     bool ever_connected;
     lws_retry_bo_t retry;
@@ -81,36 +70,30 @@ static struct {
     upstream_change_fn on_change;
 } U;
 
-static void set_reason(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void set_reason(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(U.reason, sizeof U.reason, fmt, ap);
-    va_end(ap);
-    redact_str(U.reason, sizeof U.reason);
-}
-
-/* Records why connection c failed: for the replacement in a rotation only on c while
- * the current connection is still there, otherwise as the upstream's reason. */
+/* Records why connection c is failing (the first reason given wins); it becomes the
+ * upstream's reason when c goes, unless c was a rotation's replacement and the
+ * current connection still serves. */
 static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...)
 {
+    char why[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->reason, sizeof c->reason, fmt, ap);
+    vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
-    /* Reasons quote the gateway, which may quote the token back (auth-failed). */
-    redact_str(c->reason, sizeof c->reason);
-    if (c == U.next && U.cur)
-        return;
-    snprintf(U.reason, sizeof U.reason, "%s", c->reason);
-    if (auth)
-        U.auth_rejected = true;
+    dial_reason(&c->dial, "%s", why);
+    c->auth_refused = c->auth_refused || auth;
+}
+
+static enum upstream_state conn_state(const struct upconn *c)
+{
+    if (c->state >= UP_AUTHENTICATING)
+        return c->state;
+    return c->dial.phase == DIAL_RESOLVING ? UP_RESOLVING : c->dial.phase == DIAL_IDLE ? UP_DOWN : UP_CONNECTING;
 }
 
 bool upstream_ready(void) { return U.cur && U.cur->state == UP_READY; }
-enum upstream_state upstream_state(void) { return U.cur ? U.cur->state : UP_DOWN; }
+enum upstream_state upstream_state(void) { return U.cur ? conn_state(U.cur) : UP_DOWN; }
 const char *upstream_reason(void) { return upstream_ready() ? "" : U.reason; }
 const char *upstream_era(void) { return U.era; }
 const char *upstream_default_workspace(void) { return U.default_ws; }
@@ -187,34 +170,38 @@ static void log_down(void)
     }
 }
 
-/* Aborts the TCP connection: a gateway whose reader is stalled would never answer a
- * close handshake (ref §2.4 "Close frames while back-pressured"). */
-static void conn_abort(struct upconn *c)
-{
-    if (c->wsi) {
-        int fd = (int)lws_get_socket_fd(c->wsi);
-        if (fd >= 0)
-            shutdown(fd, SHUT_RDWR);
-        c->kill = true;
-        lws_callback_on_writable(c->wsi);
-    }
-}
-
 static void check_old(void);
 static void drain_expired(struct timer *t);
 
 static void retry_rotation(struct timer *t);
 
-static void conn_gone(struct upconn *c)
+/* Why a connection that failed on the way up or was lost says so, in the upstream's
+ * words (dial.c words it for every connection alike). */
+static void word_reason(struct upconn *c)
 {
-    if (c->lookup)
-        resolver_cancel(c->lookup);
-    timer_cancel(&c->addr_timer);
-    free(c->addrs);
+    struct dial *d = &c->dial;
+    int st = d->http_status;
+    if (st == 401 || st == 403) {
+        snprintf(d->reason, sizeof d->reason, "the gateway refused the WebSocket upgrade with HTTP %d (wrong or "
+                 "missing token for a V1 gateway)", st);
+        c->auth_refused = true;
+    }
+}
+
+/* dial.c's gone: the connection failed or closed; nothing of it is left in lws. */
+static void conn_gone(struct dial *d)
+{
+    struct upconn *c = timer_owner(d, struct upconn, dial);
+    word_reason(c);
+    bool counts = c == U.cur || (c == U.next && !U.cur);
+    if (counts && !U.stopping) {
+        snprintf(U.reason, sizeof U.reason, "%s", c->dial.reason);
+        U.auth_rejected = c->auth_refused;
+    }
     const char *why = U.stopping ? "tgbridge is shutting down"
-                      : c->draining ? "the rotated-out gateway connection closed" : U.reason;
+                      : c->draining ? "the rotated-out gateway connection closed" : c->dial.reason;
     mux_upstream_lost(&c->win, why);
-    timer_cancel(&c->auth_timer);
+    timer_cancel(&c->reauth_timer);
     buf_free(&c->rx);
     buf_free(&c->burst);
     bool was_cur = c == U.cur, was_next = c == U.next;
@@ -229,7 +216,7 @@ static void conn_gone(struct upconn *c)
          * is one; if it was lost meanwhile, this was the only way back up. */
         U.next = NULL;
         if (!U.stopping && U.cur) {
-            log_warn("rotation failed, keeping connection #%u: %s", U.cur ? U.cur->serial : 0, c->reason);
+            log_warn("rotation failed, keeping connection #%u: %s", U.cur ? U.cur->serial : 0, c->dial.reason);
             if (!U.rotate_pending[0])
                 snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
             timer_after(&U.rotate_retry_timer, U.cfg->reconnect_max, retry_rotation);
@@ -271,7 +258,7 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
     }
     U.retry_count = 0;
     U.auth_rejected = false;
-    timer_cancel(&c->auth_timer);
+    dial_settled(&c->dial);
     bool era_changed = strcmp(U.era, era) != 0;
     snprintf(U.era, sizeof U.era, "%s", era);
     if (workspace)
@@ -287,13 +274,12 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
     rotation_done();
 }
 
-static void auth_timed_out(struct timer *t)
+/* The first authentication is under the connection's deadline (dial.c); this is the
+ * in-band refresh of an open one. */
+static void reauth_timed_out(struct timer *t)
 {
-    struct upconn *c = timer_owner(t, struct upconn, auth_timer);
-    if (c->state == UP_AUTHENTICATING) {
-        conn_reason(c, false, "no reply to the authentication frame");
-        conn_abort(c);
-    } else if (c->reauthenticating) {
+    struct upconn *c = timer_owner(t, struct upconn, reauth_timer);
+    if (c->reauthenticating) {
         c->reauthenticating = false;
         snprintf(U.reauth_status, sizeof U.reauth_status, "no reply to the re-authentication frame");
         log_warn("no reply to the re-authentication frame; rotating the connection instead");
@@ -301,26 +287,27 @@ static void auth_timed_out(struct timer *t)
     }
 }
 
-static struct upconn *start_connection(void);
+static struct upconn *start_connection(char *why, size_t whylen);
 
 static void connect_now(struct timer *t)
 {
     (void)t;
     if (U.stopping || U.cur || U.next)
         return;
-    U.cur = start_connection();
+    U.cur = start_connection(U.reason, sizeof U.reason);
     if (!U.cur) {
         log_down();
         schedule_reconnect();
     }
 }
 
-static bool connect_to(struct upconn *c, const char *address);
-static void on_resolved(unsigned lookup, const struct resolved *r, void *arg);
+static void on_opened(struct dial *d);
+static int append_headers(struct dial *d, unsigned char **p, unsigned char *end);
+static const struct dial_ops conn_ops = {on_opened, conn_gone, append_headers};
 
-/* Opens a connection (re-reading the token file first): looks the gateway's name up
- * off the loop first unless it is numeric.  NULL if it could not start. */
-static struct upconn *start_connection(void)
+/* Opens a connection through dial.c (re-reading the token file first).  NULL if it
+ * could not start, with why. */
+static struct upconn *start_connection(char *why, size_t whylen)
 {
     char err[256];
     if (config_read_token_file(U.cfg, err, sizeof err)) {
@@ -334,6 +321,9 @@ static struct upconn *start_connection(void)
     window_init(&c->win);
     buf_init(&c->rx, 0);
     buf_init(&c->burst, LWS_PRE);
+    c->dial.ops = &conn_ops;
+    c->dial.local_protocol = "tgb-upstream";
+    c->dial.retry = &U.retry;
     struct buf path;
     buf_init(&path, 0);
     buf_printf(&path, "%s/api/v1/socket", U.cfg->gw.base_path);
@@ -344,118 +334,21 @@ static struct upconn *start_connection(void)
         buf_printf(&path, "?token=%s", enc ? enc : "");
         free(enc);
     }
-    bool too_long = path.len >= sizeof c->path;
+    bool too_long = path.len >= sizeof c->dial.path;
     if (!too_long)
-        memcpy(c->path, buf_ptr(&path), path.len + 1);
+        memcpy(c->dial.path, buf_ptr(&path), path.len + 1);
     explicit_bzero(path.data, path.cap);
     buf_free(&path);
-    if (too_long) {
-        set_reason("gateway path plus token is too long");
+    if (too_long || dial_start(&c->dial)) {
+        snprintf(why, whylen, "%s", too_long ? "gateway path plus token is too long" : c->dial.reason);
+        explicit_bzero(c->dial.path, sizeof c->dial.path);
+        buf_free(&c->burst);
         free(c);
         return NULL;
     }
-    bool v6 = strchr(U.cfg->gw.host, ':') != NULL;
-    snprintf(c->host_header, sizeof c->host_header, "%s%s%s:%d", v6 ? "[" : "", U.cfg->gw.host, v6 ? "]" : "",
-             U.cfg->gw.port);
-
-    if (U.cfg->via_proxy || resolver_is_numeric(U.cfg->gw.host))
-        /* Nothing to look up (a proxy resolves the gateway's name itself). */
-        return connect_to(c, U.cfg->gw.host) ? c : NULL;
-    c->state = UP_RESOLVING;
-    c->lookup = resolver_start(U.cfg->gw.host, on_resolved, NULL);
-    if (!c->lookup) {
-        set_reason("cannot start a DNS lookup for %s", U.cfg->gw.host);
-        free(c);
-        return NULL;
-    }
-    log_debug("resolving %s (connection #%u)", U.cfg->gw.host, c->serial);
+    log_debug("connection #%u: %s %s", c->serial, dial_phase_name(&c->dial),
+              U.cfg->via_proxy ? U.cfg->via_proxy->host : U.cfg->gw.host);
     return c;
-}
-
-/* Opens the WebSocket to address (numeric, or the gateway's name when a proxy is used).
- * False if it failed at once; c is then already gone (CONNECTION_ERROR ran for it) or,
- * when lws refused to start, freed here -- through conn_gone() if c already holds a slot. */
-static bool connect_to(struct upconn *c, const char *address)
-{
-    struct lws_client_connect_info i;
-    memset(&i, 0, sizeof i);
-    i.context = U.ctx;
-    i.address = address;
-    i.port = U.cfg->gw.port;
-    i.path = c->path;
-    i.host = c->host_header; /* also what TLS sends as SNI and checks the certificate against */
-    i.origin = NULL;
-    i.protocol = NULL;
-    i.local_protocol_name = "tgb-upstream";
-    i.retry_and_idle_policy = &U.retry;
-    i.opaque_user_data = c;
-    i.pwsi = &c->wsi;
-    if (U.cfg->gw.tls) {
-        i.ssl_connection = LCCSCF_USE_SSL;
-        if (U.cfg->insecure)
-            i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
-                                LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
-        i.alpn = "http/1.1";
-    }
-    c->state = UP_CONNECTING;
-    log_debug("connecting to %s at %s (connection #%u)", U.cfg->gateway, address, c->serial);
-    U.connecting = c;
-    struct lws *w = lws_client_connect_via_info(&i);
-    bool failed_inline = U.connecting == NULL; /* a CONNECTION_ERROR already ran for c */
-    U.connecting = NULL;
-    if (failed_inline)
-        return false;
-    if (!w) {
-        conn_reason(c, false, "cannot start a connection to %s", U.cfg->gateway);
-        if (c == U.cur || c == U.next)
-            conn_gone(c);
-        else
-            free(c);
-        return false;
-    }
-    return true;
-}
-
-static void on_resolved(unsigned lookup, const struct resolved *r, void *arg)
-{
-    (void)arg;
-    struct upconn *c = U.cur && U.cur->lookup == lookup ? U.cur : U.next && U.next->lookup == lookup ? U.next : NULL;
-    if (!c)
-        return; /* cancelled lookups are never answered; belt and braces */
-    c->lookup = 0;
-    if (r->err) {
-        conn_reason(c, false, "cannot resolve the gateway's host name %s: %s", U.cfg->gw.host,
-                    gai_strerror(r->err));
-        conn_gone(c);
-        return;
-    }
-    c->addrs = malloc(sizeof *c->addrs);
-    if (!c->addrs)
-        abort();
-    *c->addrs = *r;
-    c->addr_idx = 0;
-    connect_to(c, c->addrs->addr[0]);
-}
-
-static void try_next_address(struct timer *t)
-{
-    struct upconn *c = timer_owner(t, struct upconn, addr_timer);
-    connect_to(c, c->addrs->addr[c->addr_idx]);
-}
-
-/* A refused or unreachable address of a name with several: the next one is tried at
- * once, within the same attempt (as lws does with names it resolves itself), from the
- * loop rather than from inside the failing connection's callback. */
-static bool next_address(struct upconn *c, int http_status)
-{
-    if (http_status || c->tls_error[0] || !c->addrs || c->addr_idx + 1 >= c->addrs->n || U.stopping)
-        return false;
-    log_debug("%s (at %s); trying the next address, %s", c->reason, c->addrs->addr[c->addr_idx],
-              c->addrs->addr[c->addr_idx + 1]);
-    c->addr_idx++;
-    c->state = UP_CONNECTING;
-    timer_after(&c->addr_timer, 0, try_next_address);
-    return true;
 }
 
 /* Rotation: abandoned requests (timed out, caller gone) still count in the gateway's
@@ -470,10 +363,10 @@ static void rotate_check(struct timer *t)
 void upstream_kick(void)
 {
     struct upconn *c = U.cur;
-    if (!c || c->state != UP_READY || !c->wsi)
+    if (!c || c->state != UP_READY || !c->dial.wsi)
         return;
     if (c->sending || mux_has_sendable(&c->win) || c->auth_frame_due)
-        lws_callback_on_writable(c->wsi);
+        lws_callback_on_writable(c->dial.wsi);
     else if (!U.old && !U.next && !mux_queue_empty())
         timer_after(&U.rotate_timer, 0, rotate_check);
 }
@@ -488,18 +381,18 @@ static void drain_expired(struct timer *t)
     snprintf(msg, sizeof msg, "the gateway connection was rotated and the request did not finish within "
                               "--drain-timeout (%.3g s)", U.cfg->drain_timeout);
     mux_fail_window(&o->win, 502, "upstream-disconnected", msg);
-    conn_abort(o);
+    dial_close(&o->dial);
 }
 
 /* The old socket closes once the new one is ready and nobody waits on the old one. */
 static void check_old(void)
 {
     struct upconn *o = U.old;
-    if (!o || o->kill)
+    if (!o || o->dial.closing)
         return;
     if (upstream_ready() && mux_window_live(&o->win) == 0) {
         log_info("closing rotated-out connection #%u (nothing left to wait for)", o->serial);
-        conn_abort(o);
+        dial_close(&o->dial);
     }
 }
 
@@ -521,9 +414,10 @@ void upstream_rotate(const char *why)
     timer_cancel(&U.rotate_retry_timer);
     U.rotations++;
     log_info("rotating the gateway connection (make-before-break): %s", why);
-    U.next = start_connection();
+    char why_not[512];
+    U.next = start_connection(why_not, sizeof why_not);
     if (!U.next) {
-        log_warn("rotation failed, keeping connection #%u: %s", U.cur->serial, U.reason);
+        log_warn("rotation failed, keeping connection #%u: %s", U.cur->serial, why_not);
         snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
         timer_after(&U.rotate_retry_timer, U.cfg->reconnect_max, retry_rotation);
     }
@@ -546,8 +440,9 @@ static void rotation_done(void)
     }
 }
 
-static void on_established(struct upconn *c)
+static void on_opened(struct dial *d)
 {
+    struct upconn *c = timer_owner(d, struct upconn, dial);
     c->last_heard = now_mono();
     if (U.ever_connected && c != U.next)
         U.reconnects++; /* a rotation is not a reconnect */
@@ -559,9 +454,8 @@ static void on_established(struct upconn *c)
     }
     c->state = UP_AUTHENTICATING;
     c->auth_frame_due = true;
-    double t = U.cfg->ping_timeout > 5 ? U.cfg->ping_timeout : 5;
-    timer_after(&c->auth_timer, t, auth_timed_out);
-    lws_callback_on_writable(c->wsi);
+    d->awaiting = "reply to the authentication frame"; /* still under the attempt's deadline */
+    lws_callback_on_writable(d->wsi);
 }
 
 /* Reference §1.1: the reply to the auth frame tells the era. */
@@ -596,7 +490,7 @@ static void on_reauth_reply(struct upconn *c, const struct frame *f)
         return;
     }
     c->reauthenticating = false;
-    timer_cancel(&c->auth_timer);
+    timer_cancel(&c->reauth_timer);
     if (f->kind == FRAME_AUTH_OK) {
         if (f->workspace[0])
             snprintf(U.default_ws, sizeof U.default_ws, "%s", f->workspace);
@@ -646,7 +540,7 @@ static int on_message(struct upconn *c, const char *text, size_t len)
 
 static int on_receive(struct upconn *c, const char *in, size_t len)
 {
-    lws_validity_confirmed(c->wsi);
+    lws_validity_confirmed(c->dial.wsi);
     c->last_heard = now_mono();
     if (!c->rx_overflow) {
         if (c->rx.len + len > MAX_REPLY_FRAME) {
@@ -656,7 +550,7 @@ static int on_receive(struct upconn *c, const char *in, size_t len)
             buf_append(&c->rx, in, len);
         }
     }
-    if (!lws_is_final_fragment(c->wsi) || lws_remaining_packet_payload(c->wsi))
+    if (!lws_is_final_fragment(c->dial.wsi) || lws_remaining_packet_payload(c->dial.wsi))
         return 0;
     int rc = 0;
     if (c->rx_overflow) {
@@ -680,17 +574,17 @@ static int write_auth_frame(struct upconn *c)
     buf_json_string(&b, token(), strlen(token()));
     buf_puts(&b, "}");
     size_t len = b.len;
-    int n = lws_write(c->wsi, (unsigned char *)buf_ptr(&b), len, LWS_WRITE_TEXT);
+    int n = lws_write(c->dial.wsi, (unsigned char *)buf_ptr(&b), len, LWS_WRITE_TEXT);
     explicit_bzero(b.data, b.cap);
     buf_free(&b);
     c->auth_frame_due = false;
     if (c->state == UP_READY) {
         c->reauthenticating = true;
         double t = U.cfg->ping_timeout > 5 ? U.cfg->ping_timeout : 5;
-        timer_after(&c->auth_timer, t, auth_timed_out);
+        timer_after(&c->reauth_timer, t, reauth_timed_out);
     }
     if (c->sending || mux_has_sendable(&c->win))
-        lws_callback_on_writable(c->wsi);
+        lws_callback_on_writable(c->dial.wsi);
     return n < (int)len ? -1 : 0;
 }
 
@@ -717,7 +611,7 @@ static int write_burst(struct upconn *c, struct request *first)
         req = mux_next_to_send(&c->win);
     }
     /* The buffer is kept for the next burst: it never outgrows BURST_MAX_BYTES + one envelope. */
-    int rc = lws_write(c->wsi, (unsigned char *)buf_ptr(&c->burst), c->burst.len, LWS_WRITE_RAW);
+    int rc = lws_write(c->dial.wsi, (unsigned char *)buf_ptr(&c->burst), c->burst.len, LWS_WRITE_RAW);
     if (rc < 0)
         return -1; /* the batch is in the window: it fails with the connection */
     for (size_t i = 0; i < n; i++) {
@@ -740,7 +634,7 @@ static int write_next(struct upconn *c)
             if (burstable(req)) {
                 if (write_burst(c, req))
                     return -1;
-                if (lws_send_pipe_choked(c->wsi))
+                if (lws_send_pipe_choked(c->dial.wsi))
                     break;
                 continue;
             }
@@ -754,7 +648,7 @@ static int write_next(struct upconn *c)
         int flags = lws_write_ws_flags(LWS_WRITE_TEXT, off == 0, off + chunk == total);
         /* For later fragments the LWS_PRE bytes before p were already sent; lws may use them. */
         unsigned char *p = (unsigned char *)buf_ptr(&req->frame) + off;
-        if (lws_write(c->wsi, p, chunk, (enum lws_write_protocol)flags) < 0)
+        if (lws_write(c->dial.wsi, p, chunk, (enum lws_write_protocol)flags) < 0)
             return -1;
         req->sent_off += chunk;
         if (req->sent_off == total) {
@@ -762,11 +656,11 @@ static int write_next(struct upconn *c)
             log_debug("sent %s (%zu bytes) service=%s on #%u", req->id, total, req->service, c->serial);
             mux_sent(req);
         }
-        if (lws_send_pipe_choked(c->wsi))
+        if (lws_send_pipe_choked(c->dial.wsi))
             break;
     }
     if (c->sending || (!c->draining && mux_has_sendable(&c->win)))
-        lws_callback_on_writable(c->wsi);
+        lws_callback_on_writable(c->dial.wsi);
     else if (!U.old && !U.next && !mux_queue_empty())
         timer_after(&U.rotate_timer, 0, rotate_check);
     return 0;
@@ -779,31 +673,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     if (!c)
         return 0;
     switch (reason) {
-    case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
-        if (U.cfg->auth == AUTH_HEADER && token()[0]) {
-            unsigned char **p = (unsigned char **)in, *end = *p + len;
-            struct buf v;
-            buf_init(&v, 0);
-            buf_printf(&v, "Bearer %s", token());
-            int bad = lws_add_http_header_by_name(wsi, (const unsigned char *)"authorization:",
-                                                  (const unsigned char *)buf_ptr(&v), (int)v.len, p, end);
-            explicit_bzero(v.data, v.cap);
-            buf_free(&v);
-            if (bad)
-                return -1;
-        }
-        break;
-    case LWS_CALLBACK_CLIENT_ESTABLISHED:
-        on_established(c);
-        break;
     case LWS_CALLBACK_CLIENT_RECEIVE:
         return on_receive(c, in, len);
     case LWS_CALLBACK_CLIENT_RECEIVE_PONG:
         lws_validity_confirmed(wsi);
         c->last_heard = now_mono();
-        break;
+        return 0;
     case LWS_CALLBACK_CLIENT_WRITEABLE:
-        if (c->kill || U.stopping) {
+        if (c->dial.closing || U.stopping) {
             lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
             return -1;
         }
@@ -811,36 +688,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return write_auth_frame(c);
         if (c->state == UP_READY)
             return write_next(c);
-        break;
-    case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
-        /* Only to say *why* verification failed; OpenSSL and lws decide. */
-        if (!len && user) {
-            int e = X509_STORE_CTX_get_error((X509_STORE_CTX *)user);
-            snprintf(c->tls_error, sizeof c->tls_error, "TLS certificate verification failed: %s",
-                     X509_verify_cert_error_string(e));
-        }
-        break;
-    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
-        int status = (int)lws_http_client_http_response(wsi);
-        if (status == 401 || status == 403)
-            conn_reason(c, true, "the gateway refused the WebSocket upgrade with HTTP %d (wrong or missing "
-                                 "token for a V1 gateway)", status);
-        else if (status)
-            conn_reason(c, false, "the gateway answered the WebSocket upgrade with HTTP %d", status);
-        else if (c->tls_error[0])
-            conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, c->tls_error);
-        else
-            conn_reason(c, false, "cannot connect to %s: %s", U.cfg->gateway, in ? (const char *)in : "unknown error");
-        lws_set_opaque_user_data(wsi, NULL);
-        c->wsi = NULL;
-        if (U.connecting == c)
-            U.connecting = NULL; /* still inside lws_client_connect_via_info */
-        if (!next_address(c, status))
-            conn_gone(c);
-        break;
-    }
+        return 0;
     case LWS_CALLBACK_CLIENT_CLOSED:
-        if ((c->state == UP_READY || c->state == UP_AUTHENTICATING) && !c->kill && !c->reason[0]) {
+        if (c->state >= UP_AUTHENTICATING && !c->dial.closing) {
             /* lws hangs up after an unanswered ping (the retry policy's validity). */
             double silent = now_mono() - c->last_heard;
             if (silent >= U.retry.secs_since_valid_hangup - 0.5)
@@ -849,14 +699,27 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             else
                 conn_reason(c, false, "the gateway closed the connection");
         }
-        lws_set_opaque_user_data(wsi, NULL);
-        c->wsi = NULL;
-        conn_gone(c);
         break;
     default:
         break;
     }
-    return 0;
+    /* Connection phases and every way of closing: dial.c (which may free c). */
+    return dial_event(&c->dial, wsi, (int)reason, user, in, len) < 0 ? -1 : 0;
+}
+
+/* --auth header: the token as a Bearer header on the upgrade request. */
+static int append_headers(struct dial *d, unsigned char **p, unsigned char *end)
+{
+    if (U.cfg->auth != AUTH_HEADER || !token()[0])
+        return 0;
+    struct buf v;
+    buf_init(&v, 0);
+    buf_printf(&v, "Bearer %s", token());
+    int bad = lws_add_http_header_by_name(d->wsi, (const unsigned char *)"authorization:",
+                                          (const unsigned char *)buf_ptr(&v), (int)v.len, p, end);
+    explicit_bzero(v.data, v.cap);
+    buf_free(&v);
+    return bad;
 }
 
 const struct lws_protocols upstream_protocol = {"tgb-upstream", callback, 0, 64 * 1024, 0, NULL, 0};
@@ -866,7 +729,7 @@ int upstream_init(struct lws_context *ctx, struct config *cfg)
     memset(&U, 0, sizeof U);
     U.ctx = ctx;
     U.cfg = cfg;
-    set_reason("not connected yet");
+    snprintf(U.reason, sizeof U.reason, "not connected yet");
     snprintf(U.era, sizeof U.era, "unknown");
     build_retry_policy();
     return 0;
@@ -908,7 +771,7 @@ void upstream_reload_token(void)
          * reads the refresh at once (ref §3.2, §6.2). */
         log_info("SIGHUP: new token read; re-authenticating in-band");
         c->auth_frame_due = true;
-        lws_callback_on_writable(c->wsi);
+        lws_callback_on_writable(c->dial.wsi);
     } else {
         upstream_rotate("the token changed (the gateway checks it only at the handshake)");
     }
@@ -926,11 +789,11 @@ void upstream_stop(void)
         struct upconn *c = all[i];
         if (!c)
             continue;
-        timer_cancel(&c->auth_timer);
-        if (c->wsi)
-            lws_callback_on_writable(c->wsi); /* sends a close frame, then closes */
+        timer_cancel(&c->reauth_timer);
+        if (c->dial.wsi && c->state >= UP_AUTHENTICATING)
+            lws_callback_on_writable(c->dial.wsi); /* sends a close frame, then closes */
         else
-            conn_gone(c); /* nothing open yet: resolving, or between two addresses */
+            dial_abort(&c->dial, "tgbridge is shutting down"); /* not open yet: nobody to say goodbye to */
     }
 }
 

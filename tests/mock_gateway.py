@@ -69,6 +69,9 @@ Test controls: ``request._mock`` (ignored by the real gateway)
                    blob[i] = "abcdefghijklmnopqrstuvwxyz0123456789"[i % 36]
                    (streamed over the parts), and the final payload also
                    carries it as "blob"
+  part_size N      text-completion streaming: each of the `parts` partial
+                   frames carries N bytes of text (generated once, so a long
+                   stream costs the mock no memory), and nothing else is big
   drop true        after `after` partial frames, abort the TCP connection
   after K          partial frames before drop / timeout / never
   echo true        single final frame {"echo": request, "envelope": frame,
@@ -434,6 +437,7 @@ class MockControls:
         self.timeout = bool(m.get("timeout"))
         self.echo = bool(m.get("echo"))
         self.size = self._int(m.get("size"), None)
+        self.part_size = self._int(m.get("part_size"), None)
         bad = m.get("bad_frame")
         self.bad_frame = bad if bad in ("utf8", "json", "nonobject") else None
         self.after = max(0, self._int(m.get("after"), 0))
@@ -1579,7 +1583,13 @@ class Connection:
                 ctx = Ctx(self, req, parts)
                 if mc.size is not None and mc.size >= 0:
                     ctx.blob = make_blob(mc.size)
-                frames = SERVICES[req.service](ctx)
+                if mc.part_size and req.service == "text-completion":
+                    part = make_blob(mc.part_size)
+                    frames = [({"response": part, "end_of_stream": False}, False)
+                              for _ in range(ctx.parts)]
+                    frames.append(({"response": "", "end_of_stream": True}, True))
+                else:
+                    frames = SERVICES[req.service](ctx)
             if mc.size is not None and mc.size >= 0:
                 # ...and the final payload always carries "blob" too.
                 final = dict(frames[-1][0])

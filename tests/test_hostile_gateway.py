@@ -7,12 +7,15 @@ import base64
 import json
 import os
 import signal
+import socket
 import tempfile
+import threading
+import time
 from urllib.parse import quote
 
 from harness import (FLOW_TC, T, ConnectProxy, check_status, eq, is_json_ct,
-                     own_error, start_bridge, start_mock, tc, timeout,
-                     wait_until)
+                     own_error, slowdns_env, start_bridge, start_mock, tc,
+                     timeout, wait_until)
 from test_systemd import FakeSystemd
 from test_unix import LineClient, envelope
 
@@ -179,3 +182,262 @@ def test_no_secret_on_any_surface():
                 if form.encode() in text:
                     leaks.append("%r (form %r) in %s" % (s, form, where))
     assert not leaks, "\n".join(leaks[:20])
+
+
+# ------------------------------------------------------------ silent gateways
+
+class Gatekeeper:
+    """A TCP listener standing in for a gateway (or a proxy) that misbehaves:
+    mode "silent" accepts and says nothing; "half101" answers the upgrade
+    with half a 101 and stops; "forward" tunnels to target_port (the mock)
+    from then on.  Counts connections; ends by itself (daemon threads)."""
+
+    def __init__(self, mode="silent", target_port=None):
+        self.mode = mode
+        self.target_port = target_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.accepted = 0
+        self.heads = []
+        self._socks = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+                self._socks.append(c)
+                mode = self.mode
+            threading.Thread(target=self._serve, args=(c, mode),
+                             daemon=True).start()
+
+    def _serve(self, c, mode):
+        try:
+            if mode == "forward":
+                up = socket.create_connection(("127.0.0.1", self.target_port))
+                with self._lock:
+                    self._socks.append(up)
+                threading.Thread(target=ConnectProxy._pump, args=(up, c),
+                                 daemon=True).start()
+                ConnectProxy._pump(c, up)
+                return
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            with self._lock:
+                self.heads.append(data.split(b"\r\n")[0])
+            if mode == "half101":
+                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\n"
+                          b"Upgrade: websocket\r\n")
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def set_mode(self, mode):
+        with self._lock:
+            self.mode = mode
+
+    def count(self):
+        with self._lock:
+            return self.accepted
+
+    def close(self):
+        self.sock.close()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+FAST = ("--reconnect-min", "0.05", "--reconnect-max", "0.2")
+
+
+def wait_reason(b, text, timeout=10):
+    """/readyz is 503 and its reason is exactly `text`; returns its body."""
+    def ok():
+        r = b.readyz()
+        if r.status != 503:
+            return None
+        body = r.json()
+        return body if body.get("reason") == text else None
+    try:
+        return wait_until(ok, timeout=timeout, what="/readyz reason %r" % text)
+    except AssertionError:
+        raise AssertionError("/readyz reason is not %r: %r" % (text, b.readyz().body))
+
+
+@timeout(60)
+def test_gateway_that_accepts_and_says_nothing():
+    with Gatekeeper("silent") as g:
+        b = start_bridge(g.url, "--token", TOKEN, "--connect-timeout", "0.5", *FAST)
+        with b:
+            wait_reason(b, "no upgrade reply from the gateway within 0.5 s")
+            wait_until(lambda: g.count() >= 3, what="the attempt retried")
+            st = b.get("/status").json()["upstream"]
+            assert st["state"] in ("connecting", "down"), st
+            eq(st["reason"], "no upgrade reply from the gateway within 0.5 s", "/status reason")
+
+
+@timeout(60)
+def test_gateway_that_sends_half_a_101():
+    with Gatekeeper("half101") as g:
+        b = start_bridge(g.url, "--token", TOKEN, "--connect-timeout", "0.5", *FAST)
+        with b:
+            wait_reason(b, "no upgrade reply from the gateway within 0.5 s")
+            wait_until(lambda: g.count() >= 3, what="the attempt retried")
+
+
+@timeout(60)
+def test_gateway_silent_for_a_while_then_behaving():
+    """No restart needed: the attempts that hit the deadline are retried, and
+    the first one that meets a working gateway makes tgbridge ready."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    with m, Gatekeeper("silent", target_port=m.port) as g:
+        b = start_bridge(g.url, "--token", TOKEN, "--connect-timeout", "0.5", *FAST)
+        with b:
+            wait_reason(b, "no upgrade reply from the gateway within 0.5 s")
+            g.set_mode("forward")
+            b.wait_ready(timeout=10)
+            check_status(b.post(FLOW_TC, tc("at last")), 200, "call once it behaves")
+
+
+@timeout(60)
+def test_gateway_silent_after_the_upgrade_is_an_auth_timeout():
+    """A 101 followed by silence: the authentication reply is the phase that
+    times out (regression: the auth timer caught this before the deadline
+    covered every phase)."""
+    m = start_mock("v2d", tokens=[TOKEN], extra=["--auth-delay", "30"])
+    b = start_bridge(m.url, "--token", TOKEN, "--connect-timeout", "0.5", *FAST)
+    with m, b:
+        wait_reason(b, "no reply to the authentication frame from the gateway within 0.5 s")
+        wait_until(lambda: m.stats()["connections_total"] >= 3, what="retried")
+
+
+@timeout(60)
+def test_tcp_connect_that_never_completes():
+    """A listener whose accept queue is full drops new SYNs: the TCP connect
+    itself is what never finishes."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(0)
+    port = s.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    try:
+        b = start_bridge("http://127.0.0.1:%d" % port, "--token", TOKEN,
+                         "--connect-timeout", "0.5", *FAST)
+        with b:
+            wait_reason(b, "no TCP connection to 127.0.0.1:%d within 0.5 s" % port)
+    finally:
+        filler.close()
+        s.close()
+
+
+@timeout(60)
+def test_tls_server_that_never_answers_the_hello():
+    with Gatekeeper("silent") as g:
+        b = start_bridge("https://127.0.0.1:%d" % g.port, "--token", TOKEN,
+                         "--connect-timeout", "0.5", *FAST)
+        with b:
+            wait_reason(b, "no TLS handshake with the gateway within 0.5 s")
+
+
+@timeout(60)
+def test_proxy_that_never_answers_connect():
+    m = start_mock("v2d", tokens=[TOKEN])
+    with m, Gatekeeper("silent") as g:
+        b = start_bridge(m.url, "--token", TOKEN, "--proxy", g.url,
+                         "--connect-timeout", "0.5", *FAST)
+        with b:
+            wait_reason(b, "no reply from the proxy 127.0.0.1:%d to CONNECT within 0.5 s" % g.port)
+            assert any(h.startswith(b"CONNECT 127.0.0.1:%d " % m.port) for h in g.heads), g.heads
+
+
+@timeout(60)
+def test_name_that_resolves_too_slowly():
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge("http://gw.slow.test:%d" % m.port, "--token", TOKEN,
+                     "--connect-timeout", "0.3", *FAST, env=slowdns_env(T(3)))
+    with m, b:
+        wait_reason(b, "cannot resolve the gateway's host name gw.slow.test within 0.3 s")
+
+
+@timeout(60)
+def test_rotation_replacement_that_never_answers_keeps_the_current_one():
+    """The deadline holds for a rotation's replacement too: it fails, the
+    current connection keeps serving (readiness untouched), and the rotation
+    is retried and succeeds once the gateway answers again."""
+    m = start_mock("v1b")
+    with m, Gatekeeper("forward", target_port=m.port) as g:
+        token_file = token_file_with("tg_first")
+        b = start_bridge(g.url, "--auth", "query", "--connect-timeout", "0.5",
+                         "--reconnect-min", "0.05", "--reconnect-max", "0.5",
+                         "--token-file", token_file)
+        with b:
+            b.wait_ready()
+            g.set_mode("silent")
+            with open(token_file, "w") as f:
+                f.write("tg_second")
+            os.kill(b.pid, signal.SIGHUP)
+            b.wait_log(r"rotation failed, keeping connection #1: no upgrade reply from the gateway "
+                       r"within 0\.5 s", timeout=10)
+            check_status(b.readyz(), 200, "/readyz while the replacement fails")
+            check_status(b.post(FLOW_TC, tc("still")), 200, "served meanwhile")
+            g.set_mode("forward")
+            wait_until(lambda: b.get("/status").json()["upstream"]["rotations"] >= 2 and
+                       not b.get("/status").json()["upstream"]["draining_old_connection"] and
+                       m.stats().get("last_query_token") == "tg_second",
+                       timeout=15, what="the rotation retried and done")
+            check_status(b.post(FLOW_TC, tc("rotated")), 200, "served after the rotation")
+
+
+def token_file_with(token):
+    fd, path = tempfile.mkstemp(prefix="tgb-token-")
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return path
+
+
+@timeout(60)
+def test_proxy_host_name_is_looked_up_off_the_loop():
+    """With a proxy given by name, the proxy's name is resolved on a thread
+    like the gateway's: a slow resolver never freezes local callers."""
+    delay = 1.5 * T(1)
+    m = start_mock("v2d", tokens=[TOKEN])
+    with m, ConnectProxy() as proxy:
+        b = start_bridge(m.url, "--token", TOKEN, "--proxy",
+                         "http://proxy.slow.test:%d" % proxy.port, *FAST,
+                         env=slowdns_env(delay))
+        with b:
+            eq(b.get("/status").json()["upstream"]["state"], "resolving",
+               "state while the proxy's name is looked up")
+            t0 = time.monotonic()
+            check_status(b.get("/healthz"), 200, "/healthz during the lookup")
+            took = time.monotonic() - t0
+            assert took < T(0.5), "/healthz took %.2fs during the proxy lookup" % took
+            b.wait_ready(timeout=10)
+            assert proxy.connects(), "the proxy was not used"
+            check_status(b.post(FLOW_TC, tc("via the proxy")), 200, "call")
