@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Self-test for tests/mock_gateway.py (not part of the tgbridge suite).
+"""Self-test for tests/mock_gateway.py; `make test` runs it as tests/test_mock_selftest.py.
 
     /usr/bin/python3 tests/mock_gateway_selftest.py [-v]
 

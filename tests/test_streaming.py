@@ -11,8 +11,9 @@ first; `error.after`/`after` partial frames precede an error/drop/hang."""
 import json
 import time
 
-from harness import (FLOW_TC, T, check_status, eq, flow_path, is_json_ct,
-                     start_bridge, start_mock, sse_payloads, tc)
+from harness import (FLOW_TC, T, WRAPPER, check_status, eq, flow_path,
+                     is_json_ct, start_bridge, start_mock, sse_payloads, tc,
+                     wait_bridge_status)
 
 TOKEN = "tg_stream_token_91ab"
 NDJSON = "application/x-ndjson"
@@ -411,18 +412,90 @@ def test_caller_hangs_up_before_first_byte():
                      "after hang-up")
 
 
+def rss_kib(pid):
+    """Resident set size of a process, from /proc/PID/status (KiB)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/%d/status" % pid)
+
+
+def links_asan(pid):
+    """True when the process runs with AddressSanitizer (its quarantine holds freed
+    memory, so RSS says nothing about leaks; LeakSanitizer checks them at exit)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return any("libasan" in line for line in f)
+
+
+def drained(st):
+    """/status shows nothing left: no call, nothing in flight, queued or in the
+    window."""
+    return (st["rest"]["active_calls"] == 0
+            and st["requests"]["in_flight"] == 0
+            and st["requests"]["queued"] == 0
+            and st["requests"]["window_used"] == 0)
+
+
 def test_many_hangups_do_not_leak_or_block():
+    # Rounds of 30 callers hanging up: 20 mid-stream (NDJSON and SSE, after the
+    # first frame), then 10 before the first byte (while the gateway sits on their
+    # requests).  Each request carries 64 KiB up and back, so a leaked body or reply
+    # buffer would show in the RSS.  The mock completes every abandoned request (at
+    # most ~10 are open at once, so they never fill the window and cause a socket
+    # rotation, which would abort them instead), so after each round tgbridge must
+    # be back to nothing in flight, and its RSS must stay where the warm-up round
+    # left it.
     m, b = bridge_on()
+    pad = "x" * 65536
+    rounds = 6
     with m, b:
         b.wait_ready()
-        for i in range(30):
-            s = b.stream(FLOW_TC, tcs("h %d" % i, parts=3, delay=0.02),
-                         NDJSON if i % 2 else SSE)
-            s.hangup()
-        m.wait_stats(lambda st: st["requests_completed"] >= 30, timeout=20,
-                     what="30 abandoned streams to finish upstream")
+        sent = 0
+        rss = []
+
+        def finished_upstream(what):
+            m.wait_stats(lambda st: st["requests_completed"] >= sent,
+                         timeout=20, what="%d abandoned requests (%s) to "
+                         "finish upstream" % (sent, what))
+
+        for rnd in range(rounds):
+            for i in range(20):
+                s = b.stream(FLOW_TC, tcs("h %d %d %s" % (rnd, i, pad), parts=3,
+                                          delay=0.02),
+                             NDJSON if i % 2 else SSE)
+                eq(s.status, 200, "stream status before the hang-up")
+                s.hangup()
+                sent += 1
+            finished_upstream("mid-stream")
+            for i in range(10):
+                s = b.stream(FLOW_TC, tcs("w %d %d %s" % (rnd, i, pad), parts=3,
+                                          delay=0.02, first_delay=0.2),
+                             NDJSON if i % 2 else SSE, wait=False)
+                m.wait_stats(lambda st: st["requests_received"] > sent,
+                             what="request %d upstream" % (sent + 1))
+                s.hangup()
+                sent += 1
+            finished_upstream("before the first byte")
+            st = wait_bridge_status(
+                b, drained, timeout=5,
+                what="round %d: no call, nothing in flight or queued" % rnd)
+            eq(st["requests"]["submitted"], sent, "requests submitted")
+            eq(st["upstream"]["rotations"], 0, "socket rotations")
+            eq(st["upstream"]["reconnects"], 0, "reconnects")
+            rss.append(rss_kib(b.pid))
         with b.stream(FLOW_TC, tcs("still fine", parts=2), NDJSON) as s:
             check_text_completion(read_ndjson(s), "still fine", 2)
+        if not WRAPPER and not links_asan(b.pid):
+            # round 0 is the warm-up (allocator pools, buffers at their peak size);
+            # a leak of even one 64 KiB buffer per request would add ~1.9 MiB a round
+            base = rss[0]
+            assert max(rss) - base <= 1024, \
+                "RSS grew by %d KiB over the warm-up's %d KiB (KiB per round: %s)" \
+                % (max(rss) - base, base, rss)
+            half = rounds // 2
+            assert rss[-1] - rss[half] <= 256, \
+                "RSS still climbing in the last rounds (KiB per round: %s)" % rss
 
 
 def test_hangup_of_waiting_caller_frees_its_state_at_once():
