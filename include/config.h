@@ -26,6 +26,11 @@ struct proxy_url {
     char userinfo[256];  /* "user:password", percent-decoded; "" = none */
 };
 
+struct str_list {
+    char **v;
+    int n;
+};
+
 struct config {
     char *gateway;             /* as given, for logs (never contains the token) */
     struct gateway_url gw;
@@ -42,6 +47,7 @@ struct config {
     double ping_interval, ping_timeout;
     double drain_timeout;
     double connect_timeout;     /* a whole gateway connection attempt */
+    double client_timeout;      /* a local caller's request head (and body pace) */
     int max_inflight;
     int max_queue;
     char *workspace;           /* envelope workspace when the body names none */
@@ -58,6 +64,8 @@ struct config {
     char *unix_group;
     unsigned allow_uid[32], allow_gid[32];
     int n_allow_uid, n_allow_gid;
+    struct str_list allow_origin; /* web origins that may call; "*" = any */
+    struct str_list allow_host;   /* Host names accepted besides loopback and the listen address */
     size_t max_line;
     size_t max_client_buffer;
 };
@@ -75,5 +83,7 @@ const char *auth_mode_name(enum auth_mode m);
 char *config_pick_proxy(const struct gateway_url *gw, const char *flag);
 int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t errlen);
 bool host_is_loopback(const char *host);
+/* s is in l (case-insensitively), or l holds "*". */
+bool config_list_has(const struct str_list *l, const char *s);
 void config_usage(FILE *out);
 #endif

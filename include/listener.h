@@ -4,6 +4,7 @@
 #define TGB_LISTENER_H
 #include <stddef.h>
 #include <sys/socket.h>
+#include "config.h"
 
 struct listener;
 typedef void (*accept_cb)(int fd, const struct sockaddr *addr, socklen_t len, void *arg);
@@ -11,6 +12,7 @@ typedef void (*accept_cb)(int fd, const struct sockaddr *addr, socklen_t len, vo
 /* Protocols a listener may speak; several means "tell them apart by the first bytes". */
 enum { PROTO_HTTP = 1, PROTO_LINE = 2 };
 
+void listener_init(const struct config *cfg);
 /* Watches a listening fd; cb gets every accepted (non-blocking, close-on-exec) fd. */
 struct listener *listener_start(int fd, accept_cb cb, void *arg);
 /* Binds and listens on host:port (port 0 = any); *bound_port gets the real port. */

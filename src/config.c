@@ -23,7 +23,7 @@ enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
-    O_LOG_LEVEL, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
+    O_LOG_LEVEL, O_CLIENT_TIMEOUT, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
 };
 
@@ -46,6 +46,12 @@ static const struct opt_doc docs[] = {
      "auto (default) | query | header | first-frame: how the token is presented"},
     {O_LISTEN, "listen", "HOST:PORT", "TGBRIDGE_LISTEN",
      "REST listener (default 127.0.0.1:8089; port 0 picks a free port)"},
+    {O_ALLOW_ORIGIN, "allow-origin", "LIST", "TGBRIDGE_ALLOW_ORIGIN",
+     "web origins (https://app.example) whose pages may call tgbridge, comma-\n"
+     "separated, or '*'; requests with any other Origin get 403 (default: none)"},
+    {O_ALLOW_HOST, "allow-host", "LIST", "TGBRIDGE_ALLOW_HOST",
+     "Host names accepted on TCP besides loopback ones and the listen address,\n"
+     "comma-separated, or '*' (default: none)"},
     {O_UNIX, "unix", "PATH", "TGBRIDGE_UNIX",
      "Unix socket for line JSON and HTTP; 'none' disables (default\n"
      "$RUNTIME_DIRECTORY/tgbridge.sock, /run/tgbridge/tgbridge.sock as root,\n"
@@ -60,6 +66,9 @@ static const struct opt_doc docs[] = {
     {O_MAX_CLIENT_BUFFER, "max-client-buffer", "BYTES", "TGBRIDGE_MAX_CLIENT_BUFFER",
      "replies buffered for a Unix client that reads too slowly\n"
      "before it is disconnected (default 64m)"},
+    {O_CLIENT_TIMEOUT, "client-timeout", "SECONDS", "TGBRIDGE_CLIENT_TIMEOUT",
+     "a local connection must send a complete request head within this, and\n"
+     "its body at least 1 MiB per this much more (default 30)"},
     {O_MAX_BODY, "max-body", "BYTES", "TGBRIDGE_MAX_BODY",
      "largest request body accepted (default 50m = the gateway's frame limit)"},
     {O_REQUEST_TIMEOUT, "request-timeout", "SECONDS", "TGBRIDGE_REQUEST_TIMEOUT",
@@ -219,6 +228,42 @@ static void set_str(char **dst, const char *v)
     *dst = v ? strdup(v) : NULL;
 }
 
+static void free_list(struct str_list *l)
+{
+    for (int i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+/* "a, b,c" → {"a","b","c"}; empty entries are refused. */
+static int parse_list(const char *v, struct str_list *out, char *err, size_t errlen)
+{
+    free_list(out);
+    char *copy = strdup(v), *save = NULL;
+    if (!copy)
+        abort();
+    for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        out->v = realloc(out->v, (size_t)(out->n + 1) * sizeof *out->v);
+        if (!out->v)
+            abort();
+        out->v[out->n++] = strdup(t);
+    }
+    free(copy);
+    if (!out->n)
+        return errorf(err, errlen, "option wants a comma-separated list, got '%s'", v);
+    return 0;
+}
+
+bool config_list_has(const struct str_list *l, const char *s)
+{
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i], "*") || !strcasecmp(l->v[i], s))
+            return true;
+    return false;
+}
+
 /* "alice,1001" → uids; group names for gids. */
 static int parse_ids(const char *v, bool groups, unsigned *out, int *n, char *err, size_t errlen)
 {
@@ -299,7 +344,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         return 0;
     case O_REQUEST_TIMEOUT: case O_QUEUE_TIMEOUT: case O_HEARTBEAT: case O_RECONNECT_MIN:
     case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: case O_DRAIN_TIMEOUT:
-    case O_CONNECT_TIMEOUT: {
+    case O_CONNECT_TIMEOUT: case O_CLIENT_TIMEOUT: {
         double *dst = id == O_REQUEST_TIMEOUT ? &cfg->request_timeout
                     : id == O_QUEUE_TIMEOUT ? &cfg->queue_timeout
                     : id == O_HEARTBEAT ? &cfg->heartbeat
@@ -307,11 +352,13 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
                     : id == O_RECONNECT_MAX ? &cfg->reconnect_max
                     : id == O_PING_INTERVAL ? &cfg->ping_interval
                     : id == O_DRAIN_TIMEOUT ? &cfg->drain_timeout
-                    : id == O_CONNECT_TIMEOUT ? &cfg->connect_timeout : &cfg->ping_timeout;
+                    : id == O_CONNECT_TIMEOUT ? &cfg->connect_timeout
+                    : id == O_CLIENT_TIMEOUT ? &cfg->client_timeout : &cfg->ping_timeout;
         if (parse_seconds(v, dst))
             return errorf(err, errlen, "option wants seconds (fractions allowed), got '%s'", v);
-        if (id == O_CONNECT_TIMEOUT && *dst <= 0)
-            return errorf(err, errlen, "--connect-timeout must be more than 0");
+        if ((id == O_CONNECT_TIMEOUT || id == O_CLIENT_TIMEOUT) && *dst <= 0)
+            return errorf(err, errlen, "--%s must be more than 0",
+                          id == O_CONNECT_TIMEOUT ? "connect-timeout" : "client-timeout");
         return 0;
     }
     case O_MAX_INFLIGHT: case O_MAX_QUEUE:
@@ -331,6 +378,8 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         cfg->unix_mode = (unsigned)n;
         return 0;
     case O_UNIX_GROUP: set_str(&cfg->unix_group, v); return 0;
+    case O_ALLOW_ORIGIN: return parse_list(v, &cfg->allow_origin, err, errlen);
+    case O_ALLOW_HOST: return parse_list(v, &cfg->allow_host, err, errlen);
     case O_UNIX_ALLOW_UID: return parse_ids(v, false, cfg->allow_uid, &cfg->n_allow_uid, err, errlen);
     case O_UNIX_ALLOW_GID: return parse_ids(v, true, cfg->allow_gid, &cfg->n_allow_gid, err, errlen);
     case O_MAX_LINE: case O_MAX_CLIENT_BUFFER: {
@@ -367,6 +416,7 @@ static void defaults(struct config *cfg)
     cfg->ping_timeout = 20;
     cfg->drain_timeout = 10;
     cfg->connect_timeout = 10;
+    cfg->client_timeout = 30;
     cfg->max_inflight = 15;
     cfg->max_queue = 4096;
     cfg->log_level = LOG_INFO;
@@ -810,5 +860,7 @@ void config_free(struct config *cfg)
         explicit_bzero(cfg->via_proxy, sizeof *cfg->via_proxy);
     free(cfg->via_proxy);
     free(cfg->unix_group);
+    free_list(&cfg->allow_origin);
+    free_list(&cfg->allow_host);
     memset(cfg, 0, sizeof *cfg);
 }

@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "mux.h"
 #include "redact.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <libwebsockets.h>
@@ -39,6 +40,9 @@ struct lclient {
     unsigned uid;
     struct buf in;
     bool discarding;         /* the rest of an over-long line */
+    size_t partial;          /* bytes of the line under way (discarded ones included) */
+    double partial_since;
+    struct timer partial_timer; /* a line under way must finish within --client-timeout */
     struct buf out;
     bool closing;
     bool paused;
@@ -340,11 +344,32 @@ static void too_long(struct lclient *c)
     send_error(c, NULL, "line-too-long", msg);
 }
 
+/* A line must arrive whole within --client-timeout of its first byte, plus as much
+ * again per MiB of it; a client idle between lines is not limited. */
+static void partial_overdue(struct timer *t)
+{
+    struct lclient *c = timer_owner(t, struct lclient, partial_timer);
+    double due = c->partial_since + L.cfg->client_timeout * (1.0 + (double)c->partial / (1024.0 * 1024.0));
+    if (now_mono() < due) {
+        timer_after(&c->partial_timer, due - now_mono(), partial_overdue);
+        return;
+    }
+    static struct log_limit limit;
+    unsigned long held;
+    if (log_limit_ok(&limit, 10, &held))
+        log_warn("closing Unix client #%llu (uid %u): it sent %zu bytes of a line and not the rest within "
+                 "--client-timeout (%g s)%s", c->serial, c->uid, c->partial, L.cfg->client_timeout,
+                 held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
+    metrics_caller_dropped(DROP_CLIENT_TIMEOUT);
+    kill_client(c, NULL);
+}
+
 static void on_rx(struct lclient *c, const char *data, size_t len)
 {
     while (len && !c->closing) {
         const char *nl = memchr(data, '\n', len);
         size_t n = nl ? (size_t)(nl - data) : len;
+        c->partial = nl ? 0 : c->partial + n;
         if (c->discarding) {
             if (nl)
                 c->discarding = false;
@@ -367,6 +392,14 @@ static void on_rx(struct lclient *c, const char *data, size_t len)
             break;
         len -= n + 1;
         data = nl + 1;
+    }
+    if (c->closing)
+        return;
+    if (!c->partial) {
+        timer_cancel(&c->partial_timer);
+    } else if (!timer_pending(&c->partial_timer)) {
+        c->partial_since = now_mono();
+        timer_after(&c->partial_timer, L.cfg->client_timeout, partial_overdue);
     }
 }
 
@@ -410,6 +443,7 @@ static int on_readable(struct lclient *c)
         }
         if (n == 0) {
             c->eof = true;
+            timer_cancel(&c->partial_timer);
             if (c->in.len && !c->discarding) { /* a last line without its newline */
                 handle_line(c, buf_ptr(&c->in), c->in.len);
                 c->in.len = 0;
@@ -430,12 +464,15 @@ static void drop_requests(struct lclient *c)
         lreq_free(list_entry(c->reqs.next, struct lreq, node));
 }
 
+/* why == NULL: the caller logged it. */
 static void kill_client(struct lclient *c, const char *why)
 {
     if (c->closing)
         return;
-    log_warn("closing Unix client #%llu (uid %u): %s", c->serial, c->uid, why);
+    if (why)
+        log_warn("closing Unix client #%llu (uid %u): %s", c->serial, c->uid, why);
     c->closing = true;
+    timer_cancel(&c->partial_timer);
     drop_requests(c);
     buf_free(&c->out);
     lws_callback_on_writable(c->wsi); /* returns -1 there, which closes it */
@@ -444,6 +481,7 @@ static void kill_client(struct lclient *c, const char *why)
 static void client_free(struct lclient *c)
 {
     c->closing = true;
+    timer_cancel(&c->partial_timer);
     drop_requests(c);
     list_del(&c->node);
     buf_free(&c->in);

@@ -3,6 +3,7 @@
 #include "log.h"
 #include "util.h"
 #include "loop.h"
+#include "metrics.h"
 #include "rest.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -30,8 +31,17 @@ struct sniff {
     unsigned uid;
     struct sockaddr_storage addr;
     socklen_t len;
+    double accepted_at;
     struct watcher *watch; /* on a dup of fd: the loop closes what it watches */
+    struct timer deadline; /* nothing said within --client-timeout: closed */
 };
+
+static const struct config *LC;
+
+void listener_init(const struct config *cfg)
+{
+    LC = cfg;
+}
 
 static void sniff_readable(void *arg)
 {
@@ -41,10 +51,11 @@ static void sniff_readable(void *arg)
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     loop_unwatch(s->watch);
+    timer_cancel(&s->deadline);
     if (n <= 0) {
         close(s->fd); /* gone before saying anything */
     } else if (first >= 'A' && first <= 'Z') {
-        rest_add_connection(s->fd, (struct sockaddr *)&s->addr, s->len);
+        rest_add_connection(s->fd, (struct sockaddr *)&s->addr, s->len, s->accepted_at);
     } else {
         /* '{', blanks, or anything else: the line protocol answers junk with an error. */
         line_client_adopt(s->fd, s->uid);
@@ -52,10 +63,24 @@ static void sniff_readable(void *arg)
     free(s);
 }
 
+static void sniff_overdue(struct timer *t)
+{
+    struct sniff *s = timer_owner(t, struct sniff, deadline);
+    static struct log_limit limit;
+    unsigned long held;
+    if (log_limit_ok(&limit, 10, &held))
+        log_warn("closing a Unix connection that said nothing within --client-timeout (%g s)%s",
+                 LC->client_timeout, held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
+    metrics_caller_dropped(DROP_CLIENT_TIMEOUT);
+    loop_unwatch(s->watch);
+    close(s->fd);
+    free(s);
+}
+
 void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsigned protos, unsigned uid)
 {
     if (protos == PROTO_HTTP) {
-        rest_add_connection(fd, addr, len);
+        rest_add_connection(fd, addr, len, now_mono());
         return;
     }
     if (protos == PROTO_LINE) {
@@ -72,13 +97,16 @@ void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsig
     }
     s->fd = fd;
     s->uid = uid;
+    s->accepted_at = now_mono();
     s->len = len < sizeof s->addr ? len : sizeof s->addr;
     memcpy(&s->addr, addr, s->len);
     s->watch = loop_watch_fd(dupfd, sniff_readable, s);
     if (!s->watch) {
         close(fd);
         free(s);
+        return;
     }
+    timer_after(&s->deadline, LC->client_timeout, sniff_overdue);
 }
 
 static void on_readable(void *arg)
@@ -95,7 +123,11 @@ static void on_readable(void *arg)
         if (errno == EINTR || errno == ECONNABORTED)
             continue;
         if ((errno == EMFILE || errno == ENFILE) && l->spare_fd >= 0) {
-            log_warn("out of file descriptors: refusing a connection");
+            static struct log_limit limit;
+            unsigned long held;
+            if (log_limit_ok(&limit, 5, &held))
+                log_warn("out of file descriptors: refusing a connection (%lu more refused since the last "
+                         "report)", held);
             close(l->spare_fd);
             int c = accept(l->fd, NULL, NULL);
             if (c >= 0)

@@ -152,6 +152,7 @@ int main(int argc, char **argv)
     sdnotify_init();
     mux_init(&cfg);
     line_init(&cfg);
+    listener_init(&cfg);
     dial_init(loop_ctx(), &cfg);
     upstream_init(loop_ctx(), &cfg);
     if (rest_init(&cfg))

@@ -68,6 +68,7 @@ static struct {
     struct MHD_Daemon *daemon;
     struct timer pump_timer;
     int hup_epfd;
+    double accepted_at;  /* of the connection being added (rest_add_connection) */
     struct list calls;
     size_t ncalls, peak_calls;
     double started;
@@ -422,6 +423,14 @@ struct conn_watch {
     bool added;
     bool hung_up;        /* seen while no call was suspended on it */
     struct call *call;   /* the call being served on this connection, if any */
+    /* Getting a request in has a deadline (--client-timeout): the head within T of the
+     * connection (or of the previous reply), the body at 1 MiB per T after T of grace.
+     * Checked lazily: the timer fires at the earliest possible expiry and the body's
+     * pace is judged then, so an upload costs no timer work per chunk. */
+    enum { CW_HEAD, CW_BODY, CW_SERVING } phase;
+    double since;        /* head: when it could start; body: when it started */
+    size_t received;     /* body bytes so far */
+    struct timer deadline;
 };
 
 static void caller_gone(struct call *call)
@@ -484,6 +493,61 @@ static void on_hangups(void *arg)
     }
 }
 
+static void request_overdue(struct timer *t)
+{
+    struct conn_watch *cw = timer_owner(t, struct conn_watch, deadline);
+    double T = R.cfg->client_timeout;
+    if (cw->phase == CW_BODY) {
+        double due = cw->since + T * (1.0 + (double)cw->received / (1024.0 * 1024.0));
+        if (now_mono() < due) {
+            timer_after(&cw->deadline, due - now_mono(), request_overdue);
+            return;
+        }
+    }
+    static struct log_limit limit;
+    unsigned long held;
+    if (log_limit_ok(&limit, 10, &held))
+        log_warn("closing an HTTP connection that sent no complete request %s within --client-timeout (%g s)%s",
+                 cw->phase == CW_BODY ? "body (1 MiB per timeout, after one of grace)" : "head", T,
+                 held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
+    metrics_caller_dropped(DROP_CLIENT_TIMEOUT);
+    if (cw->fd >= 0)
+        shutdown(cw->fd, SHUT_RDWR); /* MHD sees the hang-up and closes it */
+}
+
+static void await_head(struct conn_watch *cw, double since)
+{
+    cw->phase = CW_HEAD;
+    cw->since = since;
+    timer_after(&cw->deadline, since + R.cfg->client_timeout - now_mono(), request_overdue);
+}
+
+static struct conn_watch *conn_watch_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *sc = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return sc ? sc->socket_context : NULL;
+}
+
+/* The head is in; a body may follow. */
+static void await_body(struct conn_watch *cw)
+{
+    if (!cw)
+        return;
+    cw->phase = CW_BODY;
+    cw->since = now_mono();
+    cw->received = 0;
+    timer_after(&cw->deadline, R.cfg->client_timeout, request_overdue);
+}
+
+/* The whole request is in: what follows is ours to answer. */
+static void request_in(struct conn_watch *cw)
+{
+    if (cw && cw->phase != CW_SERVING) {
+        cw->phase = CW_SERVING;
+        timer_cancel(&cw->deadline);
+    }
+}
+
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
@@ -492,10 +556,13 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cw = calloc(1, sizeof *cw);
-        if (cw)
+        if (cw) {
             cw->fd = ci ? ci->connect_fd : -1;
+            await_head(cw, R.accepted_at > 0 ? R.accepted_at : now_mono());
+        }
         *socket_context = cw;
     } else if (cw) {
+        timer_cancel(&cw->deadline);
         if (cw->added)
             epoll_ctl(R.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
         if (cw->call)
@@ -637,6 +704,136 @@ static enum MHD_Result respond(struct call *call)
     return MHD_YES;
 }
 
+/* ---- what a request must be before anything else looks at it ------------------- */
+
+/* RFC 9112 §6: the body's length must be unambiguous, or a proxy in front and we
+ * would disagree on where this request ends and the next begins. */
+struct framing {
+    int n_cl, n_te;
+    bool cl_bad;
+    unsigned long long cl;
+    bool te_chunked;
+};
+
+/* One number (libmicrohttpd has already refused anything else in the first one). */
+static bool parse_content_length(const char *v, unsigned long long *out)
+{
+    unsigned long long n = 0;
+    if (*v < '0' || *v > '9')
+        return false;
+    for (; *v >= '0' && *v <= '9'; v++) {
+        if (n > (~0ULL - 9) / 10)
+            return false;
+        n = n * 10 + (unsigned)(*v - '0');
+    }
+    *out = n;
+    return !*v;
+}
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    struct framing *f = cls;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        unsigned long long n;
+        if (!value || !parse_content_length(value, &n) || (f->n_cl && n != f->cl))
+            f->cl_bad = true;
+        else
+            f->cl = n;
+        f->n_cl++;
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        const char *v = value ? value : "";
+        while (*v == ' ' || *v == '\t')
+            v++;
+        size_t n = strlen(v);
+        while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+            n--;
+        f->te_chunked = f->n_te == 0 && n == 7 && !strncasecmp(v, "chunked", 7);
+        f->n_te++;
+    }
+    return MHD_YES;
+}
+
+/* The reject for a body whose framing is ambiguous or unsupported, or NULL. */
+static const struct reject *framing_reject(struct MHD_Connection *c, struct framing *f)
+{
+    static const struct reject two_lengths = {400, "bad-request", "conflicting or malformed Content-Length", NULL};
+    static const struct reject both = {400, "bad-request", "both Transfer-Encoding and Content-Length", NULL};
+    static const struct reject coding = {501, "not-implemented",
+                                         "the only Transfer-Encoding tgbridge accepts is \"chunked\"", NULL};
+    memset(f, 0, sizeof *f);
+    MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, f);
+    if (f->cl_bad)
+        return &two_lengths;
+    if (f->n_te && f->n_cl)
+        return &both;
+    if (f->n_te && !f->te_chunked)
+        return &coding;
+    return NULL;
+}
+
+/* "[::1]:8089" -> "::1", "localhost:8089" -> "localhost". */
+static void host_of(const char *v, char *out, size_t cap)
+{
+    size_t n;
+    if (*v == '[') {
+        v++;
+        n = strcspn(v, "]");
+    } else {
+        const char *colon = strrchr(v, ':');
+        n = colon && !strchr(colon + 1, ':') ? (size_t)(colon - v) : strlen(v);
+    }
+    snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), v);
+}
+
+static bool is_wildcard(const char *host)
+{
+    return !*host || !strcmp(host, "0.0.0.0") || !strcmp(host, "::");
+}
+
+/* A browser page on any site can send requests to a loopback port, and with DNS
+ * rebinding read the answers (README "Security"): requests from web origins not
+ * allowed, and Host names that are not this machine's, are refused. */
+static const char *browser_refusal(struct MHD_Connection *c, char *why, size_t whylen)
+{
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (origin && !config_list_has(&R.cfg->allow_origin, origin)) {
+        snprintf(why, whylen, "requests from the web origin %.200s are refused (not in --allow-origin)", origin);
+        return "forbidden-origin";
+    }
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    bool unix_peer = ci && ci->client_addr && ci->client_addr->sa_family == AF_UNIX;
+    const char *hosth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (unix_peer || !hosth) /* no browser reaches a Unix socket; HTTP/1.0 may omit Host */
+        return NULL;
+    char host[256];
+    host_of(hosth, host, sizeof host);
+    if (host_is_loopback(host) || (!is_wildcard(R.cfg->listen_host) && !strcasecmp(host, R.cfg->listen_host)) ||
+        config_list_has(&R.cfg->allow_host, host))
+        return NULL;
+    snprintf(why, whylen, "the Host %.200s is not this machine's name (see --allow-host)", hosth);
+    return "forbidden-host";
+}
+
+/* Logged once per origin or host (up to a few dozen), then at most every 10 s. */
+static void log_refusal(const char *type, const char *why)
+{
+    static char *seen[32];
+    static struct log_limit limit;
+    for (size_t i = 0; i < sizeof seen / sizeof *seen; i++) {
+        if (seen[i] && !strcmp(seen[i], why))
+            return;
+        if (!seen[i]) {
+            seen[i] = strdup(why);
+            log_warn("refused (%s): %s", type, why);
+            return;
+        }
+    }
+    unsigned long held;
+    if (log_limit_ok(&limit, 10, &held))
+        log_warn("refused (%s): %s (%lu more since the last report)", type, why, held);
+}
+
 static bool accept_has(const char *accept, const char *type)
 {
     return accept && strcasestr(accept, type) != NULL;
@@ -712,10 +909,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     (void)version;
     struct call *call = *con_cls;
     if (!call) {
+        struct conn_watch *cw = conn_watch_of(c);
         struct call probe;
         memset(&probe, 0, sizeof probe);
         enum route route = match_route(url, &probe);
         bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+        struct framing fr;
+        const struct reject *bad = framing_reject(c, &fr);
+        if (bad) { /* where the body ends is unknowable: answer, and MHD closes */
+            request_in(cw);
+            return queue_error(c, bad->status, bad->type, bad->message, NULL);
+        }
+        bool probe_route = route == R_HEALTHZ || route == R_READYZ || route == R_METRICS;
+        char why[300];
+        const char *refused = probe_route ? NULL : browser_refusal(c, why, sizeof why);
+        if (refused) {
+            log_refusal(refused, why);
+            request_in(cw);
+            return queue_error(c, 403, refused, why, NULL);
+        }
         struct reject rj = {0};
         switch (route) {
         case R_NOT_FOUND:
@@ -738,8 +950,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             snprintf(probe.kind, sizeof probe.kind, "socket");
             break;
         case R_HEALTHZ: case R_READYZ: case R_STATUS: case R_METRICS:
-            if (get)
+            if (get) {
+                request_in(cw);
                 return serve_status(c, route);
+            }
             rj = (struct reject){405, "method-not-allowed", "use GET", "GET, HEAD"};
             break;
         default:
@@ -747,18 +961,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         if (!rj.status && strcmp(method, "POST"))
             rj = (struct reject){405, "method-not-allowed", "use POST", "POST"};
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        unsigned long long clen = cl ? strtoull(cl, NULL, 10) : 0;
+        unsigned long long clen = fr.n_cl ? fr.cl : 0;
         if (clen > R.cfg->max_body) {
             char msg[128];
             snprintf(msg, sizeof msg, "request body is larger than --max-body (%zu bytes)", R.cfg->max_body);
+            request_in(cw);
             return queue_error(c, 413, "payload-too-large", msg, NULL);
         }
-        bool has_body = clen > 0 || MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        bool has_body = clen > 0 || fr.te_chunked;
         /* Answering before a body is read closes the connection under a client that is
          * still writing it (EPIPE instead of our status): read small bodies first. */
-        if (rj.status && !has_body)
+        if (rj.status && !has_body) {
+            request_in(cw);
             return queue_error(c, rj.status, rj.type, rj.message, rj.allow);
+        }
+        await_body(cw);
         call = calloc(1, sizeof *call);
         if (!call)
             return MHD_NO;
@@ -769,8 +986,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         buf_init(&call->body, 0);
         buf_init(&call->reply, 0);
         buf_init(&call->out, 0);
-        const union MHD_ConnectionInfo *sc = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-        call->watch = sc ? sc->socket_context : NULL;
+        call->watch = cw;
         if (call->watch)
             call->watch->call = call;
         list_add_tail(&R.calls, &call->node);
@@ -781,6 +997,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*upload_data_size) {
+        if (call->watch)
+            call->watch->received += *upload_data_size;
         if (!call->too_large && !call->reject.status) {
             if (call->body.len + *upload_data_size > R.cfg->max_body) {
                 call->too_large = true; /* keep reading, answer 413 at the end */
@@ -792,6 +1010,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (call->phase == PH_BODY)
+        request_in(call->watch);
     if (call->phase == PH_BODY && call->reject.status) {
         call->phase = PH_DONE;
         return queue_error(c, call->reject.status, call->reject.type, call->reject.message, call->reject.allow);
@@ -804,7 +1024,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
-    (void)c;
+    struct conn_watch *cw = conn_watch_of(c);
+    if (cw && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        await_head(cw, now_mono()); /* kept alive: the next head has the same deadline */
     struct call *call = *con_cls;
     if (!call)
         return;
@@ -899,9 +1121,12 @@ int rest_init(const struct config *cfg)
     return 0;
 }
 
-int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen)
+int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at)
 {
-    if (MHD_add_connection(R.daemon, fd, addr, addrlen) != MHD_YES) {
+    R.accepted_at = accepted_at; /* read by on_connection, which MHD_add_connection calls */
+    enum MHD_Result ok = MHD_add_connection(R.daemon, fd, addr, addrlen);
+    R.accepted_at = 0;
+    if (ok != MHD_YES) {
         log_warn("cannot serve a new connection: %s", strerror(errno));
         return -1;
     }
