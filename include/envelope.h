@@ -18,6 +18,30 @@ void envelope_build(struct buf *out, const char *id, const char *service, const 
 void envelope_rewrite(struct buf *out, const char *text, size_t len, const struct span *id_span,
                       const char *our_id, const char *workspace);
 
+/* A local client's envelope -- a line of the line protocol, or a local WebSocket
+ * message -- checked as the gateway would read it (ref §4), before envelope_rewrite
+ * splices it.  Pure: the caller owns text, which must outlive out. */
+enum client_msg {
+    CMSG_BLANK,    /* nothing but whitespace: ignored */
+    CMSG_BAD,      /* error says why; id is set when the reply can carry the client's id */
+    CMSG_REQUEST,  /* service, has_flow, id (if any) */
+    CMSG_CONTROL,  /* a "type" frame: type says which ("ping", "auth", ...) */
+};
+
+struct client_msg_info {
+    enum client_msg kind;
+    bool id_present;           /* an "id" key (then id_span is its value) */
+    struct span id_span;
+    struct span id;            /* the client's id as JSON text; .p NULL when absent or null */
+    char service[96];
+    bool has_flow;             /* a non-empty "flow" string */
+    char type[32];             /* CMSG_CONTROL, when a string (else "") */
+    char error[160];           /* CMSG_BAD */
+};
+
+/* `what` names the text in errors ("line", "message"). */
+void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out);
+
 enum frame_kind {
     FRAME_INVALID,      /* not valid JSON/UTF-8, or not an object: a gateway bug; never forwarded
                          * (has_id when the top-level scan could still read the id) */

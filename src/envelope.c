@@ -1,5 +1,7 @@
 #include "envelope.h"
 #include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +59,90 @@ void envelope_rewrite(struct buf *out, const char *text, size_t len, const struc
         buf_append(out, text + open, len - open);
     }
     buf_free(&extra);
+}
+
+/* The first envelope key that occurs twice at the top level, or NULL.  cJSON keeps
+ * repeated keys as separate members, decoded, so escaped spellings count too. */
+static const char *repeated_key(const cJSON *root)
+{
+    static const char *const keys[] = {"id", "service", "flow", "request", "workspace", "type"};
+    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+        int n = 0;
+        for (const cJSON *m = root->child; m; m = m->next)
+            if (m->string && !strcmp(m->string, keys[k]))
+                n++;
+        if (n > 1)
+            return keys[k];
+    }
+    return NULL;
+}
+
+static void bad(struct client_msg_info *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bad(struct client_msg_info *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    out->kind = CMSG_BAD;
+    vsnprintf(out->error, sizeof out->error, fmt, ap);
+    va_end(ap);
+}
+
+void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
+        i++;
+    if (i == len) {
+        out->kind = CMSG_BLANK;
+        return;
+    }
+    cJSON *root = NULL;
+    const char *why = json_body_check(text, len, &root);
+    if (why) {
+        bad(out, "%s %s", what, why);
+        return;
+    }
+    if (!cJSON_IsObject(root)) {
+        bad(out, "a %s must be a JSON object", what);
+        goto out;
+    }
+    const char *dup = repeated_key(root);
+    if (dup) {
+        /* The gateway's parser keeps the last of repeated keys, we would read the
+         * first: refuse rather than forward something we misread. */
+        bad(out, "the key \"%s\" appears more than once", dup);
+        goto out;
+    }
+    out->id_present = json_top_value(text, len, "id", &out->id_span) == 0;
+    if (!out->id_present && cJSON_GetObjectItemCaseSensitive(root, "id")) {
+        bad(out, "write the \"id\" key without escapes");
+        goto out;
+    }
+    /* "id":null counts as no id. */
+    if (out->id_present && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id")))
+        out->id = out->id_span;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
+    const cJSON *service = cJSON_GetObjectItemCaseSensitive(root, "service");
+    const cJSON *flow = cJSON_GetObjectItemCaseSensitive(root, "flow");
+    const cJSON *request = cJSON_GetObjectItemCaseSensitive(root, "request");
+    if (type) {
+        out->kind = CMSG_CONTROL;
+        if (cJSON_IsString(type))
+            snprintf(out->type, sizeof out->type, "%s", type->valuestring);
+    } else if (!cJSON_IsString(service) || !service->valuestring[0]) {
+        bad(out, "missing \"service\" (a string such as \"graph-rag\")");
+    } else if (!cJSON_IsObject(request)) {
+        bad(out, "\"request\" must be a JSON object");
+    } else if (flow && !cJSON_IsNull(flow) && !cJSON_IsString(flow)) {
+        bad(out, "\"flow\" must be a string");
+    } else {
+        out->kind = CMSG_REQUEST;
+        snprintf(out->service, sizeof out->service, "%s", service->valuestring);
+        out->has_flow = cJSON_IsString(flow) && flow->valuestring[0];
+    }
+out:
+    cJSON_Delete(root);
 }
 
 static void copy_str(char *dst, size_t cap, const cJSON *s)

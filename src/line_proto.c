@@ -1,6 +1,7 @@
 #include "line_proto.h"
 #include "buf.h"
 #include "envelope.h"
+#include "lineframe.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
@@ -8,7 +9,6 @@
 #include "mux.h"
 #include "redact.h"
 #include "util.h"
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -38,9 +38,7 @@ struct lclient {
     bool reading;            /* POLLIN wanted (lws rx flow control) */
     unsigned long long serial;
     unsigned uid;
-    struct buf in;
-    bool discarding;         /* the rest of an over-long line */
-    size_t partial;          /* bytes of the line under way (discarded ones included) */
+    struct lineframe frame;
     double partial_since;
     struct timer partial_timer; /* a line under way must finish within --client-timeout */
     struct buf out;
@@ -229,112 +227,45 @@ static char *span_dup(struct span s)
     return p;
 }
 
-/* The first envelope key that occurs twice at the top level, or NULL.  cJSON keeps
- * repeated keys as separate members, decoded, so escaped spellings count too. */
-static const char *repeated_key(const cJSON *root)
-{
-    static const char *const keys[] = {"id", "service", "flow", "request", "workspace", "type"};
-    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
-        int n = 0;
-        for (const cJSON *m = root->child; m; m = m->next)
-            if (m->string && !strcmp(m->string, keys[k]))
-                n++;
-        if (n > 1)
-            return keys[k];
-    }
-    return NULL;
-}
-
 static void handle_line(struct lclient *c, const char *line, size_t len)
 {
-    size_t i = 0;
-    while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
-        i++;
-    if (i == len)
+    struct client_msg_info m;
+    client_msg_parse(line, len, "line", &m);
+    if (m.kind == CMSG_BLANK)
         return; /* blank lines are allowed and ignored */
-    cJSON *root = NULL;
-    const char *why = json_body_check(line, len, &root);
-    if (why) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "line %s", why);
-        send_error(c, NULL, "bad-request", msg);
-        return;
-    }
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        send_error(c, NULL, "bad-request", "a line must be a JSON object");
-        return;
-    }
-    const char *dup = repeated_key(root);
-    if (dup) {
-        /* The gateway's parser keeps the last of repeated keys, we would read the
-         * first: refuse rather than forward something we misread. */
-        char msg[96];
-        snprintf(msg, sizeof msg, "the key \"%s\" appears more than once", dup);
-        send_error(c, NULL, "bad-request", msg);
-        cJSON_Delete(root);
-        return;
-    }
-    struct span id_span;
-    bool id_present = json_top_value(line, len, "id", &id_span) == 0;
-    if (!id_present && cJSON_GetObjectItemCaseSensitive(root, "id")) {
-        send_error(c, NULL, "bad-request", "write the \"id\" key without escapes");
-        cJSON_Delete(root);
-        return;
-    }
-    /* "id":null counts as no id: one is assigned, replacing the null in place. */
-    bool has_id = id_present && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id"));
-    char *cid = has_id ? span_dup(id_span) : NULL;
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
-    const cJSON *service = cJSON_GetObjectItemCaseSensitive(root, "service");
-    const cJSON *flow = cJSON_GetObjectItemCaseSensitive(root, "flow");
-    const cJSON *request = cJSON_GetObjectItemCaseSensitive(root, "request");
-    const char *err = NULL;
-    if (type) {
-        if (cJSON_IsString(type) && !strcmp(type->valuestring, "ping")) {
+    char *cid = m.id.p ? span_dup(m.id) : NULL;
+    if (m.kind == CMSG_BAD) {
+        send_error(c, cid, "bad-request", m.error);
+    } else if (m.kind == CMSG_CONTROL) {
+        if (!strcmp(m.type, "ping"))
             send_bytes(c, "{\"type\":\"pong\"}\n", strlen("{\"type\":\"pong\"}\n"));
-        } else {
+        else
             send_error(c, cid, "bad-request",
                        "unknown control line (tgbridge authenticates upstream itself; only "
                        "{\"type\":\"ping\"} is a control line)");
-        }
-        goto out;
-    }
-    if (!cJSON_IsString(service) || !service->valuestring[0])
-        err = "missing \"service\" (a string such as \"graph-rag\")";
-    else if (!cJSON_IsObject(request))
-        err = "\"request\" must be a JSON object";
-    else if (flow && !cJSON_IsNull(flow) && !cJSON_IsString(flow))
-        err = "\"flow\" must be a string";
-    if (err) {
-        send_error(c, cid, "bad-request", err);
-        goto out;
-    }
-    if (cid && id_in_flight(c, cid)) {
+    } else if (cid && id_in_flight(c, cid)) {
         send_error(c, cid, "duplicate-id", "this id is already in flight on this connection");
-        goto out;
+    } else {
+        if (!cid) {
+            char tmp[48];
+            snprintf(tmp, sizeof tmp, "\"tgb-c%llu\"", ++c->next_auto_id);
+            cid = strdup(tmp);
+        }
+        struct lreq *r = calloc(1, sizeof *r);
+        if (!r)
+            abort();
+        r->client = c;
+        r->cid = cid;
+        cid = NULL;
+        list_add_tail(&c->reqs, &r->node);
+        c->npending++;
+        L.pending++;
+        r->req = mux_alloc(m.service, m.has_flow, &lreq_ops, r);
+        envelope_rewrite(&r->req->frame, line, len, m.id_present ? &m.id_span : NULL, r->req->id, L.cfg->workspace);
+        update_flow_control(c);
+        mux_submit(r->req); /* may answer at once (and free r) */
     }
-    if (!cid) {
-        char tmp[48];
-        snprintf(tmp, sizeof tmp, "\"tgb-c%llu\"", ++c->next_auto_id);
-        cid = strdup(tmp);
-    }
-    struct lreq *r = calloc(1, sizeof *r);
-    if (!r)
-        abort();
-    r->client = c;
-    r->cid = cid;
-    cid = NULL;
-    list_add_tail(&c->reqs, &r->node);
-    c->npending++;
-    L.pending++;
-    r->req = mux_alloc(service->valuestring, cJSON_IsString(flow) && flow->valuestring[0], &lreq_ops, r);
-    envelope_rewrite(&r->req->frame, line, len, id_present ? &id_span : NULL, r->req->id, L.cfg->workspace);
-    update_flow_control(c);
-    mux_submit(r->req); /* may answer at once (and free r) */
-out:
     free(cid);
-    cJSON_Delete(root);
 }
 
 static void too_long(struct lclient *c)
@@ -349,7 +280,7 @@ static void too_long(struct lclient *c)
 static void partial_overdue(struct timer *t)
 {
     struct lclient *c = timer_owner(t, struct lclient, partial_timer);
-    double due = c->partial_since + L.cfg->client_timeout * (1.0 + (double)c->partial / (1024.0 * 1024.0));
+    double due = c->partial_since + L.cfg->client_timeout * (1.0 + (double)c->frame.partial / (1024.0 * 1024.0));
     if (now_mono() < due) {
         timer_after(&c->partial_timer, due - now_mono(), partial_overdue);
         return;
@@ -358,44 +289,29 @@ static void partial_overdue(struct timer *t)
     unsigned long held;
     if (log_limit_ok(&limit, 10, &held))
         log_warn("closing Unix client #%llu (uid %u): it sent %zu bytes of a line and not the rest within "
-                 "--client-timeout (%g s)%s", c->serial, c->uid, c->partial, L.cfg->client_timeout,
+                 "--client-timeout (%g s)%s", c->serial, c->uid, c->frame.partial, L.cfg->client_timeout,
                  held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
     metrics_caller_dropped(DROP_CLIENT_TIMEOUT);
     kill_client(c, NULL);
 }
 
+static bool on_line(void *arg, enum lineframe_event ev, const char *line, size_t len)
+{
+    struct lclient *c = arg;
+    if (ev == LINEFRAME_TOO_LONG)
+        too_long(c);
+    else
+        handle_line(c, line, len);
+    return !c->closing;
+}
+
 static void on_rx(struct lclient *c, const char *data, size_t len)
 {
-    while (len && !c->closing) {
-        const char *nl = memchr(data, '\n', len);
-        size_t n = nl ? (size_t)(nl - data) : len;
-        c->partial = nl ? 0 : c->partial + n;
-        if (c->discarding) {
-            if (nl)
-                c->discarding = false;
-        } else if (c->in.len + n > L.cfg->max_line) {
-            buf_free(&c->in);
-            too_long(c);
-            c->discarding = !nl;
-        } else if (nl && !c->in.len) {
-            handle_line(c, data, n); /* the common case: no copy */
-        } else {
-            buf_append(&c->in, data, n);
-            if (nl) {
-                handle_line(c, buf_ptr(&c->in), c->in.len);
-                c->in.len = 0;
-                if (c->in.cap > 1024 * 1024)
-                    buf_free(&c->in);
-            }
-        }
-        if (!nl)
-            break;
-        len -= n + 1;
-        data = nl + 1;
-    }
+    if (!lineframe_feed(&c->frame, data, len, on_line, c))
+        return;
     if (c->closing)
         return;
-    if (!c->partial) {
+    if (!c->frame.partial) {
         timer_cancel(&c->partial_timer);
     } else if (!timer_pending(&c->partial_timer)) {
         c->partial_since = now_mono();
@@ -444,10 +360,7 @@ static int on_readable(struct lclient *c)
         if (n == 0) {
             c->eof = true;
             timer_cancel(&c->partial_timer);
-            if (c->in.len && !c->discarding) { /* a last line without its newline */
-                handle_line(c, buf_ptr(&c->in), c->in.len);
-                c->in.len = 0;
-            }
+            lineframe_eof(&c->frame, on_line, c); /* a last line without its newline */
             update_flow_control(c);
             break;
         }
@@ -484,7 +397,7 @@ static void client_free(struct lclient *c)
     timer_cancel(&c->partial_timer);
     drop_requests(c);
     list_del(&c->node);
-    buf_free(&c->in);
+    lineframe_free(&c->frame);
     buf_free(&c->out);
     free(c);
 }
@@ -530,7 +443,7 @@ int line_client_adopt(int fd, unsigned uid)
     c->uid = uid;
     c->fd = fd;
     c->reading = true;
-    buf_init(&c->in, 0);
+    lineframe_init(&c->frame, L.cfg->max_line);
     buf_init(&c->out, 0);
     list_init(&c->reqs);
     list_add_tail(&L.clients, &c->node);
