@@ -70,6 +70,9 @@ struct config {
     size_t max_client_buffer;
 };
 
+void config_defaults(struct config *cfg);
+/* The config file's lines from f (path names it in errors), over what cfg holds. */
+int config_load_stream(struct config *cfg, FILE *f, const char *path, char *err, size_t errlen);
 /* 0: run; 1: exit 0 (help/version printed); -1: exit 2 (err filled). */
 int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
 void config_free(struct config *cfg);

@@ -400,7 +400,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
     }
 }
 
-static void defaults(struct config *cfg)
+void config_defaults(struct config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->auth = AUTH_AUTO;
@@ -471,11 +471,8 @@ static int parse_bool(const char *v)
 /* The config file: "name = value" lines, names from the option table.  Strict, like
  * the flags: an unknown name, a repeated one or a bad value stops the start with the
  * file and line, rather than running with a setting the operator did not mean. */
-static int load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+int config_load_stream(struct config *cfg, FILE *f, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return errorf(err, errlen, "cannot open config file %s: %s", path, strerror(errno));
     bool seen[NDOCS + 1];
     memset(seen, 0, sizeof seen);
     char *line = NULL;
@@ -532,10 +529,20 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
         free(line);
     }
     struct stat st;
-    if (!rc && has_token && !fstat(fileno(f), &st) && (st.st_mode & 077))
+    int fd = fileno(f);
+    if (!rc && has_token && fd >= 0 && !fstat(fd, &st) && (st.st_mode & 077))
         log_warn("config file %s holds a token and is readable by group or others (mode %04o); "
                  "chmod 600 it, or use token-file",
                  path, (unsigned)(st.st_mode & 07777));
+    return rc;
+}
+
+static int load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return errorf(err, errlen, "cannot open config file %s: %s", path, strerror(errno));
+    int rc = config_load_stream(cfg, f, path, err, errlen);
     fclose(f);
     return rc;
 }
@@ -637,7 +644,7 @@ static const char *config_path(int argc, char **argv)
 
 int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
-    defaults(cfg);
+    config_defaults(cfg);
     if (apply(cfg, O_GATEWAY, "http://localhost:8088", err, errlen))
         return -1;
     const char *file = config_path(argc, argv);
