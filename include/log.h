@@ -9,8 +9,6 @@ void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 int log_parse_level(const char *name, enum log_level *out);
 /* Every line is redacted (redact.h) before it is written. */
-void log_add_secret(const char *secret);
-void log_clear_secrets(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* For events that can repeat at the peer's pace (a bad frame per reply, a refused

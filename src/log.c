@@ -31,10 +31,6 @@ int log_parse_level(const char *name, enum log_level *out)
     return -1;
 }
 
-/* Kept for the unit tests; everything else registers secrets with redact.h. */
-void log_add_secret(const char *secret) { secret_add(secret); }
-void log_clear_secrets(void) { secrets_clear(); }
-
 bool log_limit_ok(struct log_limit *l, double interval, unsigned long *held_back)
 {
     double now = now_mono();

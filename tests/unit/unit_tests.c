@@ -3,7 +3,9 @@
 #include "buf.h"
 #include "config.h"
 #include "envelope.h"
+#include "lineframe.h"
 #include "log.h"
+#include "redact.h"
 #include "reqtable.h"
 #include "util.h"
 #include "wsframe.h"
@@ -802,7 +804,7 @@ static void test_config_flags_override_env(void)
     config_flags_override_env();
     unsetenv("TGBRIDGE_LISTEN");
     unsetenv("TRUSTGRAPH_URL");
-    log_clear_secrets();
+    secrets_clear();
 }
 
 static void unset_proxy_env(void)
@@ -925,6 +927,162 @@ static void test_wsframe_lengths_masking_and_bursts(void)
     free(got);
 }
 
+static void test_json_valid_is_pythons_json(void)
+{
+    static const char *const good[] = {
+        "{}", "[]", " {\"a\": [1, -2.5e+3, true, false, null, \"\\u00e9\\n\"]} ", "\"x\"", "0", "-0.0",
+        "NaN", "[Infinity, -Infinity]", "{\"\xc3\xa9\": \"\xf0\x9f\x98\x80\"}", "[[[[]]]]",
+    };
+    static const char *const bad[] = {
+        "", " ", "{", "{\"a\":}", "{\"a\" 1}", "[1,]", "{\"a\":1,}", "01", "1.", ".5", "1e", "+1", "-", "tru",
+        "\"\\ux\"", "\"\\u12\"", "\"\\q\"", "\"a\x01\"", "\"\xff\"", "\"\xc3\"", "\"\xed\xa0\x80\"", "[1] 2",
+        "{'a':1}", "nan", "-NaN", "[1}", "{\"a\":1]", "\"abc",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        if (!json_valid(good[i], strlen(good[i])))
+            printf("  refused: %s\n", good[i]);
+        CHECK(json_valid(good[i], strlen(good[i])));
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        if (json_valid(bad[i], strlen(bad[i])))
+            printf("  accepted: %s\n", bad[i]);
+        CHECK(!json_valid(bad[i], strlen(bad[i])));
+    }
+    /* deep nesting is refused without using the C stack */
+    size_t n = JSON_MAX_DEPTH + 1;
+    char *deep = malloc(2 * n);
+    memset(deep, '[', n);
+    memset(deep + n, ']', n);
+    CHECK(!json_valid(deep, 2 * n));
+    CHECK(json_valid(deep + 1, 2 * n - 2));
+    free(deep);
+}
+
+static void test_redaction_every_form_no_cap(void)
+{
+    secrets_clear();
+    secret_add("tg_\"sec\\ret/\xc3\xa9 x");
+    for (int i = 0; i < 40; i++) { /* far past the old fixed cap of 16 */
+        char t[32];
+        snprintf(t, sizeof t, "tg_rotated_%02d", i);
+        secret_add(t);
+    }
+    secret_add_userinfo("proxyuser:p@ss\"word");
+    secret_add("*"); /* a form inside the replacement itself must not loop */
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "raw tg_\"sec\\ret/\xc3\xa9 x | pct tg_%22sec%5Cret%2F%C3%A9%20x | json tg_\\\"sec\\\\ret/\\u00e9 x"
+                 " | json8 tg_\\\"sec\\\\ret/\xc3\xa9 x | b64 dGdfInNlY1xyZXQvw6kgeA== | old tg_rotated_00 tg_rotated_39"
+                 " | basic cHJveHl1c2VyOnBAc3Mid29yZA== | pass p@ss\"word |");
+    redact_buf(&b);
+    const char *out = buf_ptr(&b);
+    CHECK_STR_LACKS(out, "sec");
+    CHECK_STR_LACKS(out, "dGdfInNlY1xyZXQvw6kgeA==");
+    CHECK_STR_LACKS(out, "tg_rotated");
+    CHECK_STR_LACKS(out, "cHJveHl1c2Vy");
+    CHECK_STR_LACKS(out, "p@ss");
+    CHECK_STR_CONTAINS(out, "raw ");
+    CHECK_STR_CONTAINS(out, " | b64 ");
+    CHECK_GE_SIZE(secret_count(), 43);
+    buf_free(&b);
+    char small[8] = "a*b";
+    redact_str(small, sizeof small); /* "*" -> "***": longer, cut to fit */
+    CHECK_EQ_STR(small, "a***b");
+    secrets_clear();
+}
+
+static void test_proxy_url_parsing(void)
+{
+    struct proxy_url p;
+    char err[128];
+    CHECK_EQ_INT(config_parse_proxy("http://u%40x:p%3Ass@proxy.example:3128/", &p, err, sizeof err), 0);
+    CHECK_EQ_STR(p.host, "proxy.example");
+    CHECK_EQ_INT(p.port, 3128);
+    CHECK_EQ_STR(p.userinfo, "u@x:p:ss");
+    CHECK_EQ_INT(config_parse_proxy("[::1]:8080", &p, err, sizeof err), 0);
+    CHECK_EQ_STR(p.host, "::1");
+    CHECK_EQ_INT(p.port, 8080);
+    CHECK_EQ_STR(p.userinfo, "");
+    CHECK_EQ_INT(config_parse_proxy("proxy", &p, err, sizeof err), 0);
+    CHECK_EQ_INT(p.port, 1080);
+    static const char *const bad[] = {"https://p:1", "socks5://p:1", "http://p:0", "http://p:65536", "http://p:x",
+                                      "http://:1", "http://u:%zz@p:1", "http://p:1/path", "http://[::1:1",
+                                      "http://p:1?q", "http://u%00@p:1"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        if (!config_parse_proxy(bad[i], &p, err, sizeof err))
+            printf("  accepted: %s\n", bad[i]);
+        CHECK_EQ_INT(config_parse_proxy(bad[i], &p, err, sizeof err), -1);
+    }
+}
+
+static void test_client_messages(void)
+{
+    struct client_msg_info m;
+    const char *req = "{\"id\":7,\"service\":\"agent\",\"flow\":\"f\",\"request\":{}}";
+    client_msg_parse(req, strlen(req), "line", &m);
+    CHECK_EQ_INT(m.kind, CMSG_REQUEST);
+    CHECK_SPAN_IS(m.id, "7");
+    CHECK_EQ_STR(m.service, "agent");
+    CHECK(m.has_flow);
+    const char *null_id = "{\"id\":null,\"service\":\"config\",\"request\":{}}";
+    client_msg_parse(null_id, strlen(null_id), "line", &m);
+    CHECK_EQ_INT(m.kind, CMSG_REQUEST);
+    CHECK(m.id_present && !m.id.p && !m.has_flow);
+    const char *ping = " {\"type\":\"ping\"}\r";
+    client_msg_parse(ping, strlen(ping), "line", &m);
+    CHECK_EQ_INT(m.kind, CMSG_CONTROL);
+    CHECK_EQ_STR(m.type, "ping");
+    client_msg_parse(" \t\r", 3, "line", &m);
+    CHECK_EQ_INT(m.kind, CMSG_BLANK);
+    struct { const char *text, *error; bool with_id; } bad[] = {
+        {"{\"id\":1,", "line is not valid JSON", false},
+        {"[1]", "a message must be a JSON object", false},
+        {"{\"id\":1,\"id\":2,\"service\":\"x\",\"request\":{}}", "the key \"id\" appears more than once", false},
+        {"{\"\\u0069d\":1,\"service\":\"x\",\"request\":{}}", "write the \"id\" key without escapes", false},
+        {"{\"id\":\"a\",\"request\":{}}", "missing \"service\" (a string such as \"graph-rag\")", true},
+        {"{\"id\":\"a\",\"service\":\"x\",\"request\":[]}", "\"request\" must be a JSON object", true},
+        {"{\"id\":\"a\",\"service\":\"x\",\"flow\":1,\"request\":{}}", "\"flow\" must be a string", true},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        client_msg_parse(bad[i].text, strlen(bad[i].text), i == 1 ? "message" : "line", &m);
+        CHECK_EQ_INT(m.kind, CMSG_BAD);
+        CHECK_EQ_STR(m.error, bad[i].error);
+        CHECK_EQ_INT(m.id.p != NULL, bad[i].with_id);
+    }
+}
+
+struct frames_seen {
+    char got[512];
+    size_t n;
+};
+
+static bool collect_line(void *arg, enum lineframe_event ev, const char *line, size_t len)
+{
+    struct frames_seen *s = arg;
+    s->n += (size_t)snprintf(s->got + s->n, sizeof s->got - s->n, "%s", ev == LINEFRAME_TOO_LONG ? "<long>" : "");
+    if (ev == LINEFRAME_LINE)
+        s->n += (size_t)snprintf(s->got + s->n, sizeof s->got - s->n, "[%.*s]", (int)len, line);
+    return true;
+}
+
+static void test_lineframe_pieces_and_limits(void)
+{
+    const char *in = "ab\ncd\n0123456789ABC\nlast\npart";
+    for (size_t step = 1; step <= strlen(in); step++) { /* every way of cutting it up */
+        struct lineframe f;
+        lineframe_init(&f, 10);
+        struct frames_seen s = {{0}, 0};
+        for (size_t i = 0; i < strlen(in); i += step) {
+            size_t n = strlen(in) - i < step ? strlen(in) - i : step;
+            CHECK(lineframe_feed(&f, in + i, n, collect_line, &s));
+        }
+        CHECK_EQ_SIZE(f.partial, 4);
+        lineframe_eof(&f, collect_line, &s);
+        CHECK_EQ_STR(s.got, "[ab][cd]<long>[last][part]");
+        lineframe_free(&f);
+    }
+}
+
 int main(void)
 {
     log_set_level(LOG_ERROR);
@@ -947,6 +1105,11 @@ int main(void)
     RUN(test_config_flags_override_env);
     RUN(test_proxy_choice);
     RUN(test_wsframe_lengths_masking_and_bursts);
+    RUN(test_json_valid_is_pythons_json);
+    RUN(test_redaction_every_form_no_cap);
+    RUN(test_proxy_url_parsing);
+    RUN(test_client_messages);
+    RUN(test_lineframe_pieces_and_limits);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
