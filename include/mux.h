@@ -48,6 +48,7 @@ void mux_fail_window(struct window *w, int status, const char *type, const char 
 struct mux_stats {
     size_t queued, live;
     unsigned long long submitted, completed, failed;
+    unsigned long long abandoned;  /* the caller went away before the answer */
     unsigned long long bad_frames; /* gateway frames that were not valid JSON/UTF-8 */
 };
 void mux_get_stats(struct mux_stats *out);

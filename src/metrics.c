@@ -57,6 +57,9 @@ void metrics_render(struct buf *b, const struct config *cfg, double uptime, size
              "Requests from local callers admitted for the gateway.", ms.submitted);
     metric_u(b, "tgbridge_requests_completed_total", "counter",
              "Requests the gateway answered to the end (its own errors included).", ms.completed);
+    metric_u(b, "tgbridge_requests_abandoned_total", "counter",
+             "Requests whose caller went away before the answer (submitted = completed + failed + abandoned "
+             "+ those still running).", ms.abandoned);
     head(b, "tgbridge_requests_failed_total", "counter",
          "Requests tgbridge answered with an error of its own, by error type.");
     const char *type;

@@ -19,7 +19,7 @@ static struct {
     struct reqtable rt;
     struct list sent;                    /* requests with a running request deadline */
     struct timer queue_timer, sent_timer;
-    unsigned long long submitted, completed, failed, bad_frames;
+    unsigned long long submitted, completed, failed, abandoned, bad_frames;
     struct { char type[40]; unsigned long long n; } by_type[MUX_FAILURE_TYPES];
 } M;
 
@@ -197,6 +197,8 @@ void mux_detach(struct request *req)
     if (!req)
         return;
     req->owner = NULL;
+    if (!req->answered)
+        M.abandoned++; /* the caller left first: neither completed nor failed */
     req->answered = true;
     if (req->state == REQ_QUEUED) {
         reqtable_dequeue(&M.rt, req);
@@ -415,5 +417,6 @@ void mux_get_stats(struct mux_stats *out)
     out->submitted = M.submitted;
     out->completed = M.completed;
     out->failed = M.failed;
+    out->abandoned = M.abandoned;
     out->bad_frames = M.bad_frames;
 }

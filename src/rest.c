@@ -296,11 +296,11 @@ static enum MHD_Result serve_status(struct MHD_Connection *c, enum route route)
         buf_printf(&b,
                    ",\"reconnects\":%u,\"rotations\":%u,\"draining_old_connection\":%s},"
                    "\"requests\":{\"in_flight\":%zu,\"queued\":%zu,\"window_used\":%zu,"
-                   "\"window_max\":%d,\"submitted\":%llu,\"completed\":%llu,\"failed\":%llu},"
+                   "\"window_max\":%d,\"submitted\":%llu,\"completed\":%llu,\"failed\":%llu,\"abandoned\":%llu},"
                    "\"rest\":{\"active_calls\":%zu},\"uptime_seconds\":%.3f}",
                    upstream_reconnects(), upstream_rotations(), upstream_draining() ? "true" : "false",
                    ms.live - ms.queued, ms.queued, upstream_window_used(), R.cfg->max_inflight, ms.submitted,
-                   ms.completed, ms.failed, R.ncalls, now_mono() - R.started);
+                   ms.completed, ms.failed, ms.abandoned, R.ncalls, now_mono() - R.started);
     }
     redact_buf(&b);
     enum MHD_Result ret = queue_json(c, status, buf_ptr(&b), b.len, NULL);

@@ -420,6 +420,9 @@ def test_soak_callers_drops_and_token_reloads():
         assert known <= req["submitted"] <= known + unknown, "submitted: " + summary
         assert known <= req["completed"] + req["failed"] <= known + unknown, "answered: " + summary
         assert req["completed"] + req["failed"] <= req["submitted"], "answered > submitted: " + summary
+        # ...and with the hang-ups counted too, nothing is unaccounted for.
+        assert req["completed"] + req["failed"] + req["abandoned"] == req["submitted"], \
+            "submitted != completed + failed + abandoned: " + summary
         assert tally.gateway <= req["completed"] <= tally.gateway + tally.untyped + unknown, \
             "completed: " + summary
         assert sum(failed_by_type.values()) == req["failed"], "failed by type: " + summary

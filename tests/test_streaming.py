@@ -481,6 +481,8 @@ def test_many_hangups_do_not_leak_or_block():
                 b, drained, timeout=5,
                 what="round %d: no call, nothing in flight or queued" % rnd)
             eq(st["requests"]["submitted"], sent, "requests submitted")
+            eq(st["requests"]["abandoned"], sent, "requests abandoned by their callers")
+            eq(st["requests"]["completed"] + st["requests"]["failed"], 0, "answered")
             eq(st["upstream"]["rotations"], 0, "socket rotations")
             eq(st["upstream"]["reconnects"], 0, "reconnects")
             rss.append(rss_kib(b.pid))
