@@ -785,6 +785,18 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def links_asan(pid):
+    """True when the process runs with AddressSanitizer (its quarantine holds freed
+    memory, so RSS says nothing about leaks; LeakSanitizer checks them at exit)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return any("libasan" in line for line in f)
+
+
+def rss_meaningful(pid):
+    """False under valgrind or ASan, whose allocators keep what is freed."""
+    return not WRAPPER and not links_asan(pid)
+
+
 def cmdline(pid):
     with open("/proc/%d/cmdline" % pid, "rb") as f:
         return f.read()

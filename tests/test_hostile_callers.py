@@ -11,8 +11,8 @@ import tempfile
 import threading
 import time
 
-from harness import (FLOW_TC, T, check_status, eq, own_error, start_bridge,
-                     start_mock, tc, timeout, wait_until)
+from harness import (FLOW_TC, T, check_status, eq, own_error, rss_meaningful,
+                     start_bridge, start_mock, tc, timeout, wait_until)
 
 TOKEN = "tg_callers_token_5e02"
 MiB = 1024 * 1024
@@ -115,7 +115,7 @@ def test_caller_that_stops_reading_a_huge_stream_is_dropped_not_buffered():
         wait_until(lambda: m.stats()["requests_completed"] >= 3, timeout=60,
                    what="the mock sent all 300 MiB")
         peak = sampler.stop()
-        assert peak - base < 4 * MiB + 24 * MiB, \
+        assert not rss_meaningful(b.pid) or peak - base < 4 * MiB + 24 * MiB, \
             "RSS grew by %.1f MiB for a caller that does not read (bound 4 MiB)" % ((peak - base) / MiB)
         assert read_to_eof(slow, T(10)), "the slow caller's connection was not closed"
         slow.close()

@@ -11,9 +11,9 @@ first; `error.after`/`after` partial frames precede an error/drop/hang."""
 import json
 import time
 
-from harness import (FLOW_TC, T, WRAPPER, check_status, eq, flow_path,
-                     is_json_ct, start_bridge, start_mock, sse_payloads, tc,
-                     wait_bridge_status)
+from harness import (FLOW_TC, T, check_status, eq, flow_path, is_json_ct,
+                     rss_meaningful, sse_payloads, start_bridge, start_mock,
+                     tc, wait_bridge_status)
 
 TOKEN = "tg_stream_token_91ab"
 NDJSON = "application/x-ndjson"
@@ -421,13 +421,6 @@ def rss_kib(pid):
     raise AssertionError("no VmRSS in /proc/%d/status" % pid)
 
 
-def links_asan(pid):
-    """True when the process runs with AddressSanitizer (its quarantine holds freed
-    memory, so RSS says nothing about leaks; LeakSanitizer checks them at exit)."""
-    with open("/proc/%d/maps" % pid) as f:
-        return any("libasan" in line for line in f)
-
-
 def drained(st):
     """/status shows nothing left: no call, nothing in flight, queued or in the
     window."""
@@ -488,7 +481,7 @@ def test_many_hangups_do_not_leak_or_block():
             rss.append(rss_kib(b.pid))
         with b.stream(FLOW_TC, tcs("still fine", parts=2), NDJSON) as s:
             check_text_completion(read_ndjson(s), "still fine", 2)
-        if not WRAPPER and not links_asan(b.pid):
+        if rss_meaningful(b.pid):
             # round 0 is the warm-up (allocator pools, buffers at their peak size);
             # a leak of even one 64 KiB buffer per request would add ~1.9 MiB a round
             base = rss[0]
