@@ -8,7 +8,14 @@
 #include "envelope.h"
 #include "reqtable.h"
 
-void mux_init(const struct config *cfg);
+/* What the mux needs of the side that sends, given at mux_init so that the mux never
+ * names it: data flows front end -> mux -> upstream, and back through callbacks. */
+struct mux_sink {
+    void (*sendable)(void);        /* a request is queued, or window room appeared */
+    bool (*ready)(void);           /* connected and authenticated */
+    const char *(*reason)(void);   /* why not, for error messages */
+};
+void mux_init(const struct config *cfg, const struct mux_sink *sink);
 bool mux_queue_empty(void);
 /* Before the loop is destroyed (timers live in it), then mux_shutdown after. */
 void mux_stop_timers(void);

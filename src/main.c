@@ -150,7 +150,8 @@ int main(int argc, char **argv)
         return 1;
     }
     sdnotify_init();
-    mux_init(&cfg);
+    static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason};
+    mux_init(&cfg, &upstream_sink);
     line_init(&cfg);
     listener_init(&cfg);
     dial_init(loop_ctx(), &cfg);

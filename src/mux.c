@@ -1,7 +1,6 @@
 #include "mux.h"
 #include "log.h"
 #include "loop.h"
-#include "upstream.h"
 #include "util.h"
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,6 +15,7 @@
  * inserted into lws's sorted timer list). */
 static struct {
     const struct config *cfg;
+    const struct mux_sink *sink;
     struct reqtable rt;
     struct list sent;                    /* requests with a running request deadline */
     struct timer queue_timer, sent_timer;
@@ -42,9 +42,10 @@ bool mux_failures(size_t i, const char **type, unsigned long long *n)
     return true;
 }
 
-void mux_init(const struct config *cfg)
+void mux_init(const struct config *cfg, const struct mux_sink *sink)
 {
     M.cfg = cfg;
+    M.sink = sink;
     /* A per-boot nonce keeps ids distinct across restarts in the gateway's logs;
      * the counter keeps them distinct for the life of this process. */
     unsigned nonce = 0;
@@ -124,11 +125,11 @@ static void queue_expired(struct timer *t)
         reqtable_dequeue(&M.rt, req);
         req->state = REQ_CLOSED;
         char msg[512];
-        if (upstream_ready())
+        if (M.sink->ready())
             snprintf(msg, sizeof msg, "no room in the gateway's window within %.3g s", M.cfg->queue_timeout);
         else
             snprintf(msg, sizeof msg, "gateway not available within %.3g s: %s", M.cfg->queue_timeout,
-                     upstream_reason());
+                     M.sink->reason());
         fail(req, 503, "gateway-unavailable", msg);
     }
     arm_queue_timer();
@@ -167,7 +168,7 @@ static void sent_expired(struct timer *t)
     }
     arm_sent_timer();
     if (abandoned)
-        upstream_kick(); /* an abandoned request may now pin the window: rotation? */
+        M.sink->sendable(); /* an abandoned request may now pin the window: rotation? */
 }
 
 void mux_submit(struct request *req)
@@ -189,7 +190,7 @@ void mux_submit(struct request *req)
     reqtable_enqueue(&M.rt, req);
     if (was_empty)
         arm_queue_timer();
-    upstream_kick();
+    M.sink->sendable();
 }
 
 void mux_detach(struct request *req)
@@ -207,7 +208,7 @@ void mux_detach(struct request *req)
     if (req->state != REQ_SENT) {
         reqtable_release(&M.rt, req);
     } else {
-        upstream_kick(); /* it may pin the window now that nobody waits for it */
+        M.sink->sendable(); /* it may pin the window now that nobody waits for it */
     }
 }
 
@@ -285,7 +286,7 @@ static void close_upstream(struct request *req)
 {
     list_del(&req->dnode);
     reqtable_close(&M.rt, req);
-    upstream_kick(); /* the window may have room now */
+    M.sink->sendable(); /* the window may have room now */
 }
 
 static void deliver(struct request *req, const struct frame *f)
