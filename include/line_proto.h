@@ -12,11 +12,6 @@ extern const struct lws_protocols line_protocol;
 void line_init(const struct config *cfg);
 /* Serves fd (an accepted Unix connection) with the line protocol; takes ownership. */
 int line_client_adopt(int fd, unsigned uid);
-size_t line_pending_requests(void);
-/* Reply bytes not yet written to line clients. */
-size_t line_unsent_bytes(void);
-/* Answers every pending request with a final error (shutdown). */
-void line_fail_all(const char *type, const char *message);
 /* Writes one error line to a socket we are about to refuse, best effort. */
 void line_refuse(int fd, const char *type, const char *message);
 #endif

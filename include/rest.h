@@ -11,7 +11,6 @@ int rest_init(const struct config *cfg);
 /* Serves an accepted connection; takes ownership of fd (closed on failure).  Its
  * first request head is due within --client-timeout of accepted_at (now_mono()). */
 int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at);
-size_t rest_active_calls(void);
 /* Fails every call still waiting or streaming with a final error (shutdown). */
 void rest_fail_all(int status, const char *type, const char *message);
 void rest_shutdown(void);

@@ -5,7 +5,8 @@
 #include "list.h"
 #include "log.h"
 #include "loop.h"
-#include "metrics.h"
+#include "frontend.h"
+#include "health.h"
 #include "mux.h"
 #include "redact.h"
 #include "util.h"
@@ -58,27 +59,27 @@ static struct {
 } L;
 
 
+static void line_fail_all(const char *type, const char *message);
+static void line_stats(struct frontend_stats *out);
+static const struct frontend line_frontend = {"line", line_stats, line_fail_all, NULL};
+
 void line_init(const struct config *cfg)
 {
     L.cfg = cfg;
     list_init(&L.clients);
+    frontend_register(&line_frontend);
 }
 
-size_t line_pending_requests(void)
+static void line_stats(struct frontend_stats *out)
 {
-    return L.pending;
-}
-
-size_t line_unsent_bytes(void)
-{
-    size_t n = 0;
+    out->active = L.pending;
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &L.clients) {
         const struct lclient *c = list_entry(pos, struct lclient, node);
+        out->connections++;
         if (!c->closing)
-            n += c->out.len;
+            out->unsent += c->out.len;
     }
-    return n;
 }
 
 static void error_line(struct buf *b, const char *cid, const char *type, const char *message)
@@ -116,7 +117,7 @@ static void send_bytes(struct lclient *c, const char *p, size_t n)
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, limit %zu)",
                  c->out.len + n, L.cfg->max_client_buffer);
-        metrics_caller_dropped(DROP_SLOW_READER);
+        health_caller_dropped(DROP_SLOW_READER);
         kill_client(c, why);
         return;
     }
@@ -291,7 +292,7 @@ static void partial_overdue(struct timer *t)
         log_warn("closing Unix client #%llu (uid %u): it sent %zu bytes of a line and not the rest within "
                  "--client-timeout (%g s)%s", c->serial, c->uid, c->frame.partial, L.cfg->client_timeout,
                  held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
-    metrics_caller_dropped(DROP_CLIENT_TIMEOUT);
+    health_caller_dropped(DROP_CLIENT_TIMEOUT);
     kill_client(c, NULL);
 }
 
@@ -465,7 +466,7 @@ int line_client_adopt(int fd, unsigned uid)
     return 0;
 }
 
-void line_fail_all(const char *type, const char *message)
+static void line_fail_all(const char *type, const char *message)
 {
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &L.clients) {

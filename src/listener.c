@@ -3,7 +3,7 @@
 #include "log.h"
 #include "util.h"
 #include "loop.h"
-#include "metrics.h"
+#include "health.h"
 #include "rest.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -71,7 +71,7 @@ static void sniff_overdue(struct timer *t)
     if (log_limit_ok(&limit, 10, &held))
         log_warn("closing a Unix connection that said nothing within --client-timeout (%g s)%s",
                  LC->client_timeout, held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
-    metrics_caller_dropped(DROP_CLIENT_TIMEOUT);
+    health_caller_dropped(DROP_CLIENT_TIMEOUT);
     loop_unwatch(s->watch);
     close(s->fd);
     free(s);

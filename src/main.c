@@ -2,6 +2,8 @@
  * REST with streaming.  main() wires the modules together; see README "Design". */
 #include "config.h"
 #include "dial.h"
+#include "frontend.h"
+#include "health.h"
 #include "line_proto.h"
 #include "listener.h"
 #include "log.h"
@@ -32,12 +34,21 @@ static struct timer drain_timer;
 static struct timer close_timer;
 static double close_deadline;
 
+static size_t active_calls(void)
+{
+    struct frontend_stats all;
+    frontend_totals(&all);
+    return all.active;
+}
+
 /* Waits (briefly) for the upstream close handshake before leaving the loop. */
 static void close_check(struct timer *t)
 {
     (void)t;
     /* The calls just failed still need their answers written. */
-    bool flushed = rest_active_calls() == 0 && line_unsent_bytes() == 0;
+    struct frontend_stats all;
+    frontend_totals(&all);
+    bool flushed = all.active == 0 && all.unsent == 0;
     if ((upstream_closed() && flushed) || now_mono() >= close_deadline) {
         loop_stop();
         return;
@@ -47,8 +58,11 @@ static void close_check(struct timer *t)
 
 static void finish(void)
 {
-    rest_fail_all(503, "shutting-down", "tgbridge is shutting down");
-    line_fail_all("shutting-down", "tgbridge is shutting down");
+    for (size_t i = 0; frontend_at(i); i++)
+        frontend_at(i)->fail_all("shutting-down", "tgbridge is shutting down");
+    for (size_t i = 0; frontend_at(i); i++)
+        if (frontend_at(i)->close_all)
+            frontend_at(i)->close_all();
     upstream_stop();
     close_deadline = now_mono() + 1.0;
     close_check(NULL);
@@ -57,7 +71,7 @@ static void finish(void)
 static void drain_check(struct timer *t)
 {
     (void)t;
-    if ((rest_active_calls() == 0 && line_pending_requests() == 0) || now_mono() >= drain_deadline) {
+    if (active_calls() == 0 || now_mono() >= drain_deadline) {
         finish();
         return;
     }
@@ -74,14 +88,14 @@ static void begin_shutdown(int sig)
     draining = true;
     char status[160];
     snprintf(status, sizeof status, "%s: draining %zu call(s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
-             rest_active_calls() + line_pending_requests());
+             active_calls());
     sdnotify_stopping(status);
     listener_close(rest_listener);
     rest_listener = NULL;
     unix_listener_close(unix_listener);
     unix_listener = NULL;
     log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish",
-             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout, rest_active_calls() + line_pending_requests());
+             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout, active_calls());
     drain_deadline = now_mono() + cfg.drain_timeout;
     drain_check(NULL);
 }
@@ -154,6 +168,7 @@ int main(int argc, char **argv)
     mux_init(&cfg, &upstream_sink);
     line_init(&cfg);
     listener_init(&cfg);
+    health_init(&cfg);
     dial_init(loop_ctx(), &cfg);
     upstream_init(loop_ctx(), &cfg);
     if (rest_init(&cfg))

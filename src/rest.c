@@ -4,7 +4,8 @@
 #include "list.h"
 #include "log.h"
 #include "loop.h"
-#include "metrics.h"
+#include "frontend.h"
+#include "health.h"
 #include "mux.h"
 #include "redact.h"
 #include "upstream.h"
@@ -69,9 +70,9 @@ static struct {
     struct timer pump_timer;
     int hup_epfd;
     double accepted_at;  /* of the connection being added (rest_add_connection) */
+    size_t nconns;
     struct list calls;
     size_t ncalls, peak_calls;
-    double started;
 } R;
 
 struct conn_watch;
@@ -222,89 +223,21 @@ static enum route match_route(const char *url, struct call *out)
 
 /* ---- health and status ---------------------------------------------------------- */
 
-static const char *state_name(enum upstream_state s)
+static enum MHD_Result serve_status(struct MHD_Connection *c, enum route route)
 {
-    switch (s) {
-    case UP_RESOLVING: return "resolving";
-    case UP_CONNECTING: return "connecting";
-    case UP_AUTHENTICATING: return "authenticating";
-    case UP_READY: return "ready";
-    default: return "down";
-    }
-}
-
-static enum MHD_Result serve_metrics(struct MHD_Connection *c)
-{
+    enum health_page page = route == R_HEALTHZ ? HEALTH_LIVE : route == R_READYZ ? HEALTH_READY
+                          : route == R_STATUS ? HEALTH_STATUS : HEALTH_METRICS;
     struct buf b;
     buf_init(&b, 0);
-    metrics_render(&b, R.cfg, now_mono() - R.started, R.ncalls);
-    redact_buf(&b);
+    const char *type;
+    unsigned status = health_render(page, &b, &type);
     struct MHD_Response *r = MHD_create_response_from_buffer(b.len, buf_ptr(&b), MHD_RESPMEM_MUST_COPY);
     buf_free(&b);
     if (!r)
         return MHD_NO;
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
-    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
-    return ret;
-}
-
-static enum MHD_Result serve_status(struct MHD_Connection *c, enum route route)
-{
-    if (route == R_METRICS)
-        return serve_metrics(c);
-    struct buf b;
-    buf_init(&b, 0);
-    unsigned status = 200;
-    if (route == R_HEALTHZ) {
-        buf_puts(&b, "{\"status\":\"ok\"}");
-    } else if (route == R_READYZ) {
-        if (upstream_ready()) {
-            buf_puts(&b, "{\"status\":\"ready\",\"era\":");
-            buf_json_string(&b, upstream_era(), strlen(upstream_era()));
-            buf_puts(&b, "}");
-        } else {
-            status = 503;
-            buf_puts(&b, "{\"status\":\"not-ready\",\"state\":");
-            const char *st = state_name(upstream_state());
-            buf_json_string(&b, st, strlen(st));
-            buf_puts(&b, ",\"reason\":");
-            buf_json_string(&b, upstream_reason(), strlen(upstream_reason()));
-            buf_puts(&b, "}");
-        }
-    } else {
-        struct mux_stats ms;
-        mux_get_stats(&ms);
-        const char *st = state_name(upstream_state());
-        buf_puts(&b, "{\"upstream\":{\"state\":");
-        buf_json_string(&b, st, strlen(st));
-        buf_puts(&b, ",\"reason\":");
-        buf_json_string(&b, upstream_reason(), strlen(upstream_reason()));
-        buf_puts(&b, ",\"gateway\":");
-        buf_json_string(&b, R.cfg->gateway, strlen(R.cfg->gateway));
-        buf_puts(&b, ",\"era\":");
-        buf_json_string(&b, upstream_era(), strlen(upstream_era()));
-        buf_puts(&b, ",\"auth\":");
-        buf_json_string(&b, auth_mode_name(R.cfg->auth), strlen(auth_mode_name(R.cfg->auth)));
-        buf_puts(&b, ",\"default_workspace\":");
-        if (upstream_default_workspace()[0])
-            buf_json_string(&b, upstream_default_workspace(), strlen(upstream_default_workspace()));
-        else
-            buf_puts(&b, "null");
-        buf_puts(&b, ",\"reauth\":");
-        buf_json_string(&b, upstream_reauth_status(), strlen(upstream_reauth_status()));
-        buf_printf(&b,
-                   ",\"reconnects\":%u,\"rotations\":%u,\"draining_old_connection\":%s},"
-                   "\"requests\":{\"in_flight\":%zu,\"queued\":%zu,\"window_used\":%zu,"
-                   "\"window_max\":%d,\"submitted\":%llu,\"completed\":%llu,\"failed\":%llu,\"abandoned\":%llu},"
-                   "\"rest\":{\"active_calls\":%zu},\"uptime_seconds\":%.3f}",
-                   upstream_reconnects(), upstream_rotations(), upstream_draining() ? "true" : "false",
-                   ms.live - ms.queued, ms.queued, upstream_window_used(), R.cfg->max_inflight, ms.submitted,
-                   ms.completed, ms.failed, ms.abandoned, R.ncalls, now_mono() - R.started);
-    }
-    redact_buf(&b);
-    enum MHD_Result ret = queue_json(c, status, buf_ptr(&b), b.len, NULL);
-    buf_free(&b);
     return ret;
 }
 
@@ -453,7 +386,7 @@ static bool over_budget(struct call *call, size_t more)
         return false;
     log_warn("closing a REST caller that reads too slowly (%zu bytes of its reply waiting, "
              "--max-client-buffer %zu)", call->out.len + more, R.cfg->max_client_buffer);
-    metrics_caller_dropped(DROP_SLOW_READER);
+    health_caller_dropped(DROP_SLOW_READER);
     if (call->watch && call->watch->fd >= 0)
         shutdown(call->watch->fd, SHUT_RDWR); /* MHD notices at once, suspended or not */
     buf_free(&call->out);
@@ -510,7 +443,7 @@ static void request_overdue(struct timer *t)
         log_warn("closing an HTTP connection that sent no complete request %s within --client-timeout (%g s)%s",
                  cw->phase == CW_BODY ? "body (1 MiB per timeout, after one of grace)" : "head", T,
                  held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
-    metrics_caller_dropped(DROP_CLIENT_TIMEOUT);
+    health_caller_dropped(DROP_CLIENT_TIMEOUT);
     if (cw->fd >= 0)
         shutdown(cw->fd, SHUT_RDWR); /* MHD sees the hang-up and closes it */
 }
@@ -556,20 +489,24 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cw = calloc(1, sizeof *cw);
+        R.nconns++;
         if (cw) {
             cw->fd = ci ? ci->connect_fd : -1;
             await_head(cw, R.accepted_at > 0 ? R.accepted_at : now_mono());
         }
         *socket_context = cw;
-    } else if (cw) {
-        timer_cancel(&cw->deadline);
-        if (cw->added)
-            epoll_ctl(R.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
-        if (cw->call)
-            cw->call->watch = NULL;
-        free(cw);
-        *socket_context = NULL;
+        return;
     }
+    R.nconns--;
+    if (!cw)
+        return;
+    timer_cancel(&cw->deadline);
+    if (cw->added)
+        epoll_ctl(R.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
+    if (cw->call)
+        cw->call->watch = NULL;
+    free(cw);
+    *socket_context = NULL;
 }
 
 static void heartbeat_due(struct timer *t)
@@ -1086,10 +1023,28 @@ static void on_epoll_readable(void *arg)
     pump();
 }
 
+static void rest_stats(struct frontend_stats *out)
+{
+    out->connections = R.nconns;
+    out->active = R.ncalls;
+    size_t unsent = 0;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &R.calls)
+        unsent += list_entry(pos, struct call, node)->out.len;
+    out->unsent = unsent;
+}
+
+static void rest_fail_all_frontend(const char *type, const char *message)
+{
+    rest_fail_all(503, type, message);
+}
+
+static const struct frontend rest_frontend = {"rest", rest_stats, rest_fail_all_frontend, NULL};
+
 int rest_init(const struct config *cfg)
 {
     R.cfg = cfg;
-    R.started = now_mono();
+    frontend_register(&rest_frontend);
     list_init(&R.calls);
     if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) != MHD_YES) {
         log_error("this libmicrohttpd has no epoll support");
@@ -1134,10 +1089,7 @@ int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, 
     return 0;
 }
 
-size_t rest_active_calls(void)
-{
-    return R.ncalls;
-}
+
 
 void rest_fail_all(int status, const char *type, const char *message)
 {

@@ -406,7 +406,7 @@ def test_soak_callers_drops_and_token_reloads():
             timeout=5, what="nothing left in flight, queued or active")
         failed_by_type, values = _metrics(b)
         req = st["requests"]
-        assert values.get("tgbridge_line_pending_requests") == "0", values
+        assert values.get('tgbridge_active_calls{frontend="line"}') == "0", values
         assert req["submitted"] > 100, st
 
         # Every request a caller saw answered was submitted and counted once, as
