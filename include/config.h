@@ -50,6 +50,7 @@ struct config {
     double client_timeout;      /* a local caller's request head (and body pace) */
     int max_inflight;
     int max_queue;
+    size_t max_pending;        /* unfinished requests per local connection */
     char *workspace;           /* envelope workspace when the body names none */
     char *ca_file;
     bool ca_only;              /* trust --ca-file alone, not the system store */

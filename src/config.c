@@ -23,7 +23,7 @@ enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
-    O_LOG_LEVEL, O_CLIENT_TIMEOUT, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
+    O_LOG_LEVEL, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
 };
 
@@ -69,6 +69,9 @@ static const struct opt_doc docs[] = {
     {O_CLIENT_TIMEOUT, "client-timeout", "SECONDS", "TGBRIDGE_CLIENT_TIMEOUT",
      "a local connection must send a complete request head within this, and\n"
      "its body at least 1 MiB per this much more (default 30)"},
+    {O_MAX_PENDING, "max-pending", "N", "TGBRIDGE_MAX_PENDING",
+     "unfinished requests one local connection may have: a line client is not\n"
+     "read past it, further WebSocket requests get an error (default 1024)"},
     {O_MAX_BODY, "max-body", "BYTES", "TGBRIDGE_MAX_BODY",
      "largest request body accepted (default 50m = the gateway's frame limit)"},
     {O_REQUEST_TIMEOUT, "request-timeout", "SECONDS", "TGBRIDGE_REQUEST_TIMEOUT",
@@ -361,13 +364,16 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
                           id == O_CONNECT_TIMEOUT ? "connect-timeout" : "client-timeout");
         return 0;
     }
-    case O_MAX_INFLIGHT: case O_MAX_QUEUE:
+    case O_MAX_INFLIGHT: case O_MAX_QUEUE: case O_MAX_PENDING:
         n = strtol(v, &e, 10);
         if (!*v || *e || n < 1 || n > 1000000)
             return errorf(err, errlen, "option wants a positive integer, got '%s'", v);
         if (id == O_MAX_INFLIGHT && n > 16)
             return errorf(err, errlen, "--max-inflight above 16 would stall the gateway's reader");
-        *(id == O_MAX_INFLIGHT ? &cfg->max_inflight : &cfg->max_queue) = (int)n;
+        if (id == O_MAX_PENDING)
+            cfg->max_pending = (size_t)n;
+        else
+            *(id == O_MAX_INFLIGHT ? &cfg->max_inflight : &cfg->max_queue) = (int)n;
         return 0;
     case O_WORKSPACE: set_str(&cfg->workspace, v); return 0;
     case O_UNIX: set_str(&cfg->unix_path, strcmp(v, "none") ? v : NULL); cfg->unix_set = true; return 0;
@@ -419,6 +425,7 @@ void config_defaults(struct config *cfg)
     cfg->client_timeout = 30;
     cfg->max_inflight = 15;
     cfg->max_queue = 4096;
+    cfg->max_pending = 1024;
     cfg->log_level = LOG_INFO;
     cfg->unix_mode = 0660;
     cfg->max_line = GATEWAY_MAX_FRAME;

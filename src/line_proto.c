@@ -1,14 +1,12 @@
 #include "line_proto.h"
 #include "buf.h"
-#include "envelope.h"
+#include "frontend.h"
+#include "health.h"
 #include "lineframe.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
-#include "frontend.h"
-#include "health.h"
-#include "mux.h"
-#include "redact.h"
+#include "session.h"
 #include "util.h"
 #include <errno.h>
 #include <libwebsockets.h>
@@ -18,21 +16,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Past this many unanswered requests we stop reading the client (back-pressure on
- * its socket alone, libraries.md b8) until half of them are answered. */
-#define CLIENT_MAX_PENDING 1024
 #define WRITE_CHUNK (64 * 1024)
 
-struct lclient;
-
-struct lreq {
-    struct list node;
-    struct lclient *client;
-    struct request *req;
-    char *cid;               /* the client's id, as JSON text, echoed verbatim */
-};
-
+/* One line client: its socket, its framing, and its session (session.c), which does
+ * everything that is not bytes on this socket. */
 struct lclient {
+    struct session session;
     struct lws *wsi;
     int fd;
     bool eof;                /* the client shut its writing side: answer, then close */
@@ -44,10 +33,7 @@ struct lclient {
     struct timer partial_timer; /* a line under way must finish within --client-timeout */
     struct buf out;
     bool closing;
-    bool paused;
-    struct list reqs;
-    size_t npending;
-    unsigned long long next_auto_id;
+    bool paused;             /* --max-pending unanswered: not read until half are answered */
     struct list node;
 };
 
@@ -55,8 +41,11 @@ static struct {
     const struct config *cfg;
     struct list clients;
     unsigned long long serial;
-    size_t pending;
 } L;
+
+/* Duplicate ids refused, as the README's contract has it; errors in one shape; the
+ * pending cap is back-pressure on the client's socket alone (libraries.md b8). */
+static const struct session_rules line_rules = {"line", false, false, 0};
 
 
 static void line_fail_all(const char *type, const char *message);
@@ -72,34 +61,22 @@ void line_init(const struct config *cfg)
 
 static void line_stats(struct frontend_stats *out)
 {
-    out->active = L.pending;
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &L.clients) {
         const struct lclient *c = list_entry(pos, struct lclient, node);
         out->connections++;
+        out->active += c->session.npending;
         if (!c->closing)
             out->unsent += c->out.len;
     }
-}
-
-static void error_line(struct buf *b, const char *cid, const char *type, const char *message)
-{
-    buf_puts(b, "{\"id\":");
-    buf_puts(b, cid ? cid : "null");
-    buf_puts(b, ",\"error\":{\"type\":");
-    buf_json_string(b, type, strlen(type));
-    buf_puts(b, ",\"message\":");
-    char *clean = redact_dup(message, strlen(message)); /* it may quote the gateway */
-    buf_json_string(b, clean, strlen(clean));
-    free(clean);
-    buf_puts(b, "},\"complete\":true}\n");
 }
 
 void line_refuse(int fd, const char *type, const char *message)
 {
     struct buf b;
     buf_init(&b, 0);
-    error_line(&b, NULL, type, message);
+    session_error_json(&b, NULL, type, message);
+    buf_puts(&b, "\n");
     ssize_t n = write(fd, buf_ptr(&b), b.len);
     (void)n;
     buf_free(&b);
@@ -125,20 +102,12 @@ static void send_bytes(struct lclient *c, const char *p, size_t n)
     lws_callback_on_writable(c->wsi);
 }
 
-static void send_error(struct lclient *c, const char *cid, const char *type, const char *message)
-{
-    struct buf b;
-    buf_init(&b, 0);
-    error_line(&b, cid, type, message);
-    send_bytes(c, buf_ptr(&b), b.len);
-    buf_free(&b);
-}
-
 static void update_flow_control(struct lclient *c)
 {
-    if (c->paused && c->npending <= CLIENT_MAX_PENDING / 2)
+    size_t n = c->session.npending, max = L.cfg->max_pending;
+    if (c->paused && n <= max / 2)
         c->paused = false;
-    else if (!c->paused && c->npending >= CLIENT_MAX_PENDING)
+    else if (!c->paused && n >= max)
         c->paused = true;
     bool want = !c->paused && !c->eof;
     if (want != c->reading) {
@@ -146,134 +115,62 @@ static void update_flow_control(struct lclient *c)
         lws_rx_flow_control(c->wsi, want);
     }
     /* A half-closed client is closed once everything it asked for is written. */
-    if (c->eof && !c->npending && !c->out.len)
+    if (c->eof && !n && !c->out.len)
         lws_callback_on_writable(c->wsi);
 }
 
-static void lreq_free(struct lreq *r)
-{
-    struct lclient *c = r->client;
-    list_del(&r->node);
-    c->npending--;
-    L.pending--;
-    mux_detach(r->req);
-    free(r->cid);
-    free(r);
-    if (!c->closing)
-        update_flow_control(c);
-}
+/* ---- the session's side ------------------------------------------------------------ */
 
-/* ---- replies ---------------------------------------------------------------------- */
-
-static void on_frame(struct request *req, const struct frame *f, bool final)
+/* A reply becomes one line: raw CR/LF in a validated JSON text can only be whitespace
+ * between tokens, where a space is the same. */
+static void session_send(struct session *s, const char *msg, size_t len)
 {
-    struct lreq *r = req->owner;
-    struct lclient *c = r->client;
+    struct lclient *c = s->owner;
+    if (c->closing)
+        return;
     struct buf b;
     buf_init(&b, 0);
-    if (f->kind == FRAME_PART || f->kind == FRAME_FINAL) {
-        buf_puts(&b, "{\"id\":");
-        buf_puts(&b, r->cid);
-        buf_puts(&b, ",\"response\":");
-        size_t start = b.len;
-        buf_append(&b, f->response.p, f->response.n);
-        char *p = buf_ptr(&b);
-        for (size_t i = start; i < b.len; i++) /* whitespace only: keeps one reply per line */
-            if (p[i] == '\n' || p[i] == '\r')
-                p[i] = ' ';
-        buf_puts(&b, final ? ",\"complete\":true}\n" : ",\"complete\":false}\n");
-    } else {
-        /* Every error shape of every era, normalised to one (ref §5.2). */
-        error_line(&b, r->cid, f->err_type[0] ? f->err_type : "error", f->err_message);
-    }
+    buf_append(&b, msg, len);
+    char *p = buf_ptr(&b);
+    for (size_t i = 0; i < b.len; i++)
+        if (p[i] == '\n' || p[i] == '\r')
+            p[i] = ' ';
+    buf_puts(&b, "\n");
     send_bytes(c, buf_ptr(&b), b.len);
     buf_free(&b);
-    if (c->closing)
-        return; /* killed for reading too slowly: r is already gone */
-    if (final)
-        lreq_free(r);
 }
 
-static void on_fail(struct request *req, int status, const char *type, const char *message)
+static void session_control(struct session *s, const struct client_msg_info *m)
 {
-    (void)status;
-    struct lreq *r = req->owner;
-    struct lclient *c = r->client;
-    send_error(c, r->cid, type, message);
-    if (!c->closing)
-        lreq_free(r);
-}
-
-static const struct request_ops lreq_ops = {on_frame, on_fail};
-
-/* ---- requests ----------------------------------------------------------------------- */
-
-static bool id_in_flight(struct lclient *c, const char *cid)
-{
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &c->reqs) {
-        if (!strcmp(list_entry(pos, struct lreq, node)->cid, cid))
-            return true;
+    if (!strcmp(m->type, "ping")) {
+        static const char pong[] = "{\"type\":\"pong\"}";
+        session_send(s, pong, sizeof pong - 1);
+        return;
     }
-    return false;
-}
-
-static char *span_dup(struct span s)
-{
-    char *p = malloc(s.n + 1);
-    if (!p)
-        abort();
-    memcpy(p, s.p, s.n);
-    p[s.n] = '\0';
-    return p;
-}
-
-static void handle_line(struct lclient *c, const char *line, size_t len)
-{
-    struct client_msg_info m;
-    client_msg_parse(line, len, "line", &m);
-    if (m.kind == CMSG_BLANK)
-        return; /* blank lines are allowed and ignored */
-    char *cid = m.id.p ? span_dup(m.id) : NULL;
-    if (m.kind == CMSG_BAD) {
-        send_error(c, cid, "bad-request", m.error);
-    } else if (m.kind == CMSG_CONTROL) {
-        if (!strcmp(m.type, "ping"))
-            send_bytes(c, "{\"type\":\"pong\"}\n", strlen("{\"type\":\"pong\"}\n"));
-        else
-            send_error(c, cid, "bad-request",
-                       "unknown control line (tgbridge authenticates upstream itself; only "
-                       "{\"type\":\"ping\"} is a control line)");
-    } else if (cid && id_in_flight(c, cid)) {
-        send_error(c, cid, "duplicate-id", "this id is already in flight on this connection");
-    } else {
-        if (!cid) {
-            char tmp[48];
-            snprintf(tmp, sizeof tmp, "\"tgb-c%llu\"", ++c->next_auto_id);
-            cid = strdup(tmp);
-        }
-        struct lreq *r = calloc(1, sizeof *r);
-        if (!r)
+    char *cid = NULL;
+    if (m->id.p) {
+        cid = strndup(m->id.p, m->id.n);
+        if (!cid)
             abort();
-        r->client = c;
-        r->cid = cid;
-        cid = NULL;
-        list_add_tail(&c->reqs, &r->node);
-        c->npending++;
-        L.pending++;
-        r->req = mux_alloc(m.service, m.has_flow, &lreq_ops, r);
-        envelope_rewrite(&r->req->frame, line, len, m.id_present ? &m.id_span : NULL, r->req->id, L.cfg->workspace);
-        update_flow_control(c);
-        mux_submit(r->req); /* may answer at once (and free r) */
     }
+    session_error(s, cid, "bad-request",
+                  "unknown control line (tgbridge authenticates upstream itself; only "
+                  "{\"type\":\"ping\"} is a control line)");
     free(cid);
 }
+
+static void session_pending_changed(struct session *s)
+{
+    update_flow_control(s->owner);
+}
+
+static const struct session_ops line_session_ops = {session_send, session_control, session_pending_changed};
 
 static void too_long(struct lclient *c)
 {
     char msg[128];
     snprintf(msg, sizeof msg, "line longer than --max-line (%zu bytes); the rest of it is discarded", L.cfg->max_line);
-    send_error(c, NULL, "line-too-long", msg);
+    session_error(&c->session, NULL, "line-too-long", msg);
 }
 
 /* A line must arrive whole within --client-timeout of its first byte, plus as much
@@ -302,7 +199,7 @@ static bool on_line(void *arg, enum lineframe_event ev, const char *line, size_t
     if (ev == LINEFRAME_TOO_LONG)
         too_long(c);
     else
-        handle_line(c, line, len);
+        session_message(&c->session, line, len);
     return !c->closing;
 }
 
@@ -340,7 +237,7 @@ static int on_writeable(struct lclient *c)
     }
     if (c->out.cap > 1024 * 1024)
         buf_free(&c->out);
-    if (c->eof && !c->npending)
+    if (c->eof && !c->session.npending)
         return -1; /* said all it wanted and got every answer */
     return 0;
 }
@@ -372,12 +269,6 @@ static int on_readable(struct lclient *c)
     return 0;
 }
 
-static void drop_requests(struct lclient *c)
-{
-    while (!list_empty(&c->reqs))
-        lreq_free(list_entry(c->reqs.next, struct lreq, node));
-}
-
 /* why == NULL: the caller logged it. */
 static void kill_client(struct lclient *c, const char *why)
 {
@@ -387,7 +278,7 @@ static void kill_client(struct lclient *c, const char *why)
         log_warn("closing Unix client #%llu (uid %u): %s", c->serial, c->uid, why);
     c->closing = true;
     timer_cancel(&c->partial_timer);
-    drop_requests(c);
+    session_close(&c->session);
     buf_free(&c->out);
     lws_callback_on_writable(c->wsi); /* returns -1 there, which closes it */
 }
@@ -396,7 +287,7 @@ static void client_free(struct lclient *c)
 {
     c->closing = true;
     timer_cancel(&c->partial_timer);
-    drop_requests(c);
+    session_close(&c->session);
     list_del(&c->node);
     lineframe_free(&c->frame);
     buf_free(&c->out);
@@ -446,7 +337,7 @@ int line_client_adopt(int fd, unsigned uid)
     c->reading = true;
     lineframe_init(&c->frame, L.cfg->max_line);
     buf_init(&c->out, 0);
-    list_init(&c->reqs);
+    session_init(&c->session, &line_rules, &line_session_ops, L.cfg, c);
     list_add_tail(&L.clients, &c->node);
     lws_adopt_desc_t d;
     memset(&d, 0, sizeof d);
@@ -469,13 +360,6 @@ int line_client_adopt(int fd, unsigned uid)
 static void line_fail_all(const char *type, const char *message)
 {
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &L.clients) {
-        struct lclient *c = list_entry(pos, struct lclient, node);
-        while (!c->closing && !list_empty(&c->reqs)) {
-            struct lreq *r = list_entry(c->reqs.next, struct lreq, node);
-            send_error(c, r->cid, type, message);
-            if (!c->closing)
-                lreq_free(r);
-        }
-    }
+    list_for_each_safe(pos, tmp, &L.clients)
+        session_fail_all(&list_entry(pos, struct lclient, node)->session, type, message);
 }
