@@ -51,6 +51,8 @@ struct config {
     int max_inflight;
     int max_queue;
     size_t max_pending;        /* unfinished requests per local connection */
+    size_t max_ws_clients;     /* local WebSocket connections */
+    char *client_token_file;   /* local callers must present this token; NULL = none */
     char *workspace;           /* envelope workspace when the body names none */
     char *ca_file;
     bool ca_only;              /* trust --ca-file alone, not the system store */

@@ -36,6 +36,7 @@ struct client_msg_info {
     char service[96];
     bool has_flow;             /* a non-empty "flow" string */
     char type[32];             /* CMSG_CONTROL, when a string (else "") */
+    struct span token;         /* CMSG_CONTROL: the raw "token" value, if any */
     char error[160];           /* CMSG_BAD */
 };
 

@@ -9,7 +9,8 @@
 struct listener;
 typedef void (*accept_cb)(int fd, const struct sockaddr *addr, socklen_t len, void *arg);
 
-/* Protocols a listener may speak; several means "tell them apart by the first bytes". */
+/* What a listener speaks: HTTP (REST, the local WebSocket, told apart by the request
+ * head), and on the Unix socket the line protocol too (told apart by the first bytes). */
 enum { PROTO_HTTP = 1, PROTO_LINE = 2 };
 
 void listener_init(const struct config *cfg);
@@ -18,7 +19,8 @@ struct listener *listener_start(int fd, accept_cb cb, void *arg);
 /* Binds and listens on host:port (port 0 = any); *bound_port gets the real port. */
 struct listener *listener_tcp(const char *host, int port, int *bound_port, char *err, size_t errlen);
 void listener_close(struct listener *l);
-/* Serves fd with one of protos.  With several, waits for the first byte: an HTTP
- * request starts with an upper-case method name, a JSON line with '{' or blanks. */
+/* Serves fd with what its first bytes ask for, among protos, within --client-timeout:
+ * the line protocol, or by the request head's route, libmicrohttpd or the local
+ * WebSocket. */
 void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsigned protos, unsigned uid);
 #endif

@@ -14,9 +14,12 @@ struct mux_sink {
     void (*sendable)(void);        /* a request is queued, or window room appeared */
     bool (*ready)(void);           /* connected and authenticated */
     const char *(*reason)(void);   /* why not, for error messages */
+    const char *(*default_workspace)(void); /* the identity's, from auth-ok ("" if unknown) */
 };
 void mux_init(const struct config *cfg, const struct mux_sink *sink);
 bool mux_queue_empty(void);
+/* The upstream identity's default workspace ("" when the gateway did not say). */
+const char *mux_default_workspace(void);
 /* Before the loop is destroyed (timers live in it), then mux_shutdown after. */
 void mux_stop_timers(void);
 void mux_shutdown(void);

@@ -9,8 +9,12 @@
 
 int rest_init(const struct config *cfg);
 /* Serves an accepted connection; takes ownership of fd (closed on failure).  Its
- * first request head is due within --client-timeout of accepted_at (now_mono()). */
-int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at);
+ * first request head is due within --client-timeout of accepted_at (now_mono()).
+ * first: the answer to its first request when that is a WebSocket upgrade the
+ * listener turned down (NULL: none). */
+struct refusal;
+int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at,
+                        const struct refusal *first);
 /* Fails every call still waiting or streaming with a final error (shutdown). */
 void rest_fail_all(int status, const char *type, const char *message);
 void rest_shutdown(void);

@@ -1,5 +1,5 @@
-/* Client-to-server WebSocket frames (RFC 6455 §5.2), built by us so that a burst of
- * small envelopes leaves in one send instead of one lws_write — and one mask-key read
+/* WebSocket frames (RFC 6455 §5.2), built by us so that a burst of small messages
+ * leaves in one send instead of one lws_write — and, from a client, one mask-key read
  * from /dev/urandom — each (BENCHMARKS.md, "One send per burst"). */
 #ifndef TGB_WSFRAME_H
 #define TGB_WSFRAME_H
@@ -10,4 +10,7 @@
 size_t wsframe_header_len(size_t len);
 /* Appends one complete (FIN) masked text frame holding payload to out. */
 void wsframe_append_text(struct buf *out, const void *payload, size_t len);
+/* The same from a server: unmasked (the local WebSocket's replies, written in
+ * bursts for the same reason). */
+void wsframe_append_server_text(struct buf *out, const void *payload, size_t len);
 #endif

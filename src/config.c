@@ -23,7 +23,7 @@ enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
-    O_LOG_LEVEL, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
+    O_LOG_LEVEL, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
 };
 
@@ -72,6 +72,11 @@ static const struct opt_doc docs[] = {
     {O_MAX_PENDING, "max-pending", "N", "TGBRIDGE_MAX_PENDING",
      "unfinished requests one local connection may have: a line client is not\n"
      "read past it, further WebSocket requests get an error (default 1024)"},
+    {O_CLIENT_TOKEN_FILE, "client-token-file", "PATH", "TGBRIDGE_CLIENT_TOKEN_FILE",
+     "local callers must present the token in PATH: REST as a Bearer header,\n"
+     "the local WebSocket in its auth frame or ?token= (default: none needed)"},
+    {O_MAX_WS_CLIENTS, "max-ws-clients", "N", "TGBRIDGE_MAX_WS_CLIENTS",
+     "local WebSocket connections at once; more get 503 (default 1024)"},
     {O_MAX_BODY, "max-body", "BYTES", "TGBRIDGE_MAX_BODY",
      "largest request body accepted (default 50m = the gateway's frame limit)"},
     {O_REQUEST_TIMEOUT, "request-timeout", "SECONDS", "TGBRIDGE_REQUEST_TIMEOUT",
@@ -364,7 +369,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
                           id == O_CONNECT_TIMEOUT ? "connect-timeout" : "client-timeout");
         return 0;
     }
-    case O_MAX_INFLIGHT: case O_MAX_QUEUE: case O_MAX_PENDING:
+    case O_MAX_INFLIGHT: case O_MAX_QUEUE: case O_MAX_PENDING: case O_MAX_WS_CLIENTS:
         n = strtol(v, &e, 10);
         if (!*v || *e || n < 1 || n > 1000000)
             return errorf(err, errlen, "option wants a positive integer, got '%s'", v);
@@ -372,6 +377,8 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
             return errorf(err, errlen, "--max-inflight above 16 would stall the gateway's reader");
         if (id == O_MAX_PENDING)
             cfg->max_pending = (size_t)n;
+        else if (id == O_MAX_WS_CLIENTS)
+            cfg->max_ws_clients = (size_t)n;
         else
             *(id == O_MAX_INFLIGHT ? &cfg->max_inflight : &cfg->max_queue) = (int)n;
         return 0;
@@ -384,6 +391,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         cfg->unix_mode = (unsigned)n;
         return 0;
     case O_UNIX_GROUP: set_str(&cfg->unix_group, v); return 0;
+    case O_CLIENT_TOKEN_FILE: set_str(&cfg->client_token_file, v); return 0;
     case O_ALLOW_ORIGIN: return parse_list(v, &cfg->allow_origin, err, errlen);
     case O_ALLOW_HOST: return parse_list(v, &cfg->allow_host, err, errlen);
     case O_UNIX_ALLOW_UID: return parse_ids(v, false, cfg->allow_uid, &cfg->n_allow_uid, err, errlen);
@@ -426,6 +434,7 @@ void config_defaults(struct config *cfg)
     cfg->max_inflight = 15;
     cfg->max_queue = 4096;
     cfg->max_pending = 1024;
+    cfg->max_ws_clients = 1024;
     cfg->log_level = LOG_INFO;
     cfg->unix_mode = 0660;
     cfg->max_line = GATEWAY_MAX_FRAME;
@@ -866,6 +875,7 @@ void config_free(struct config *cfg)
         explicit_bzero(cfg->token, strlen(cfg->token));
     free(cfg->token);
     free(cfg->token_file);
+    free(cfg->client_token_file);
     free(cfg->workspace);
     free(cfg->ca_file);
     free(cfg->unix_path);

@@ -130,6 +130,7 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
         out->kind = CMSG_CONTROL;
         if (cJSON_IsString(type))
             snprintf(out->type, sizeof out->type, "%s", type->valuestring);
+        json_top_value(text, len, "token", &out->token);
     } else if (!cJSON_IsString(service) || !service->valuestring[0]) {
         bad(out, "missing \"service\" (a string such as \"graph-rag\")");
     } else if (!cJSON_IsObject(request)) {

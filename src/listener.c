@@ -2,9 +2,12 @@
 #include "line_proto.h"
 #include "log.h"
 #include "util.h"
+#include "httphead.h"
 #include "loop.h"
 #include "health.h"
 #include "rest.h"
+#include "access.h"
+#include "ws.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -12,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -25,88 +29,176 @@ struct listener {
     int spare_fd;
 };
 
-/* A connection whose protocol is not known until its first byte arrives. */
-struct sniff {
+/* A connection whose front end is not known until its request head (or first line)
+ * is in.  It sits in an edge-triggered epoll set of its own, so bytes left in the
+ * kernel while the head is incomplete cost nothing until more arrive; its head is
+ * peeked, never read, so the front end it goes to reads it whole. */
+struct pending {
     int fd;
+    unsigned protos;
     unsigned uid;
     struct sockaddr_storage addr;
     socklen_t len;
     double accepted_at;
-    struct watcher *watch; /* on a dup of fd: the loop closes what it watches */
-    struct timer deadline; /* nothing said within --client-timeout: closed */
+    struct timer deadline; /* no head within --client-timeout: closed */
 };
 
-static const struct config *LC;
+/* Where requests go, by their head: a small table that the pass-through routes and
+ * sockets handed over by systemd extend.  Anything not listed is libmicrohttpd's. */
+enum frontend_kind { FE_HTTP, FE_LINE, FE_WS };
+static const struct route {
+    const char *method, *path;
+    bool upgrade;          /* only as a WebSocket upgrade */
+    enum frontend_kind fe;
+} routes[] = {
+    {"GET", "/api/v1/socket", true, FE_WS},
+};
+
+/* Longest head we wait for; longer ones go to libmicrohttpd to be refused (it has the
+ * same room: its connection pool). */
+#define HEAD_MAX (16 * 1024)
+
+static struct {
+    const struct config *cfg;
+    int epfd;
+    size_t npending;
+} LS = {NULL, -1, 0};
+
+static void on_pending_events(void *arg);
 
 void listener_init(const struct config *cfg)
 {
-    LC = cfg;
+    LS.cfg = cfg;
+    LS.epfd = epoll_create1(EPOLL_CLOEXEC);
+    int dupfd = LS.epfd >= 0 ? fcntl(LS.epfd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (dupfd < 0 || !loop_watch_fd(dupfd, on_pending_events, NULL))
+        log_error("cannot watch new connections: %s", strerror(errno));
 }
 
-static void sniff_readable(void *arg)
+static void pending_free(struct pending *p, bool close_fd)
 {
-    struct sniff *s = arg;
-    char first;
-    ssize_t n = recv(s->fd, &first, 1, MSG_PEEK | MSG_DONTWAIT);
+    timer_cancel(&p->deadline);
+    epoll_ctl(LS.epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    if (close_fd)
+        close(p->fd);
+    LS.npending--;
+    free(p);
+}
+
+static bool span_eq(struct span s, const char *lit)
+{
+    return s.n == strlen(lit) && !memcmp(s.p, lit, s.n);
+}
+
+static const struct route *route_of(const struct http_head *h)
+{
+    bool upgrade = http_list_has(h->upgrade, "websocket") && http_list_has(h->connection, "upgrade");
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+        if (span_eq(h->method, routes[i].method) && span_eq(h->path, routes[i].path) &&
+            (!routes[i].upgrade || upgrade) && !h->malformed)
+            return &routes[i];
+    return NULL;
+}
+
+/* Hands p's connection to the front end its head asks for. */
+static void hand_over(struct pending *p, enum frontend_kind fe, const struct http_head *h)
+{
+    int fd = p->fd;
+    struct sockaddr_storage addr = p->addr;
+    socklen_t len = p->len;
+    double at = p->accepted_at;
+    unsigned uid = p->uid;
+    bool unix_peer = p->protos & PROTO_LINE;
+    pending_free(p, false);
+    struct refusal no;
+    if (fe == FE_LINE)
+        line_client_adopt(fd, uid);
+    else if (fe != FE_WS || !ws_take(fd, h, unix_peer, &no))
+        /* libmicrohttpd answers, a turned-down upgrade included (with `no`). */
+        rest_add_connection(fd, (struct sockaddr *)&addr, len, at, fe == FE_WS ? &no : NULL);
+}
+
+/* What the first bytes say.  Line protocol clients start with '{' or blanks (or junk,
+ * which gets an error line); an HTTP request starts with an upper-case method name,
+ * and is routed by its whole head, not by its first byte. */
+static void classify(struct pending *p, bool peer_done)
+{
+    char head[HEAD_MAX];
+    ssize_t n = recv(p->fd, head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return;
-    loop_unwatch(s->watch);
-    timer_cancel(&s->deadline);
+        return; /* the next edge brings more */
     if (n <= 0) {
-        close(s->fd); /* gone before saying anything */
-    } else if (first >= 'A' && first <= 'Z') {
-        rest_add_connection(s->fd, (struct sockaddr *)&s->addr, s->len, s->accepted_at);
-    } else {
-        /* '{', blanks, or anything else: the line protocol answers junk with an error. */
-        line_client_adopt(s->fd, s->uid);
+        pending_free(p, true); /* gone before saying anything */
+        return;
     }
-    free(s);
+    bool line_ok = p->protos & PROTO_LINE;
+    if (line_ok && !(head[0] >= 'A' && head[0] <= 'Z')) {
+        hand_over(p, FE_LINE, NULL);
+        return;
+    }
+    struct http_head h;
+    enum head_verdict v = http_head_parse(head, (size_t)n, &h);
+    if (v == HEAD_INCOMPLETE && peer_done) {
+        /* No more is coming: a half-closed line client, or a cut-off request. */
+        hand_over(p, line_ok ? FE_LINE : FE_HTTP, NULL);
+        return;
+    }
+    if (v == HEAD_INCOMPLETE && (size_t)n < sizeof head)
+        return;
+    if (v == HEAD_NOT_HTTP && line_ok) {
+        hand_over(p, FE_LINE, NULL);
+        return;
+    }
+    const struct route *r = v == HEAD_REQUEST ? route_of(&h) : NULL;
+    hand_over(p, r ? r->fe : FE_HTTP, &h);
 }
 
-static void sniff_overdue(struct timer *t)
+static void on_pending_events(void *arg)
 {
-    struct sniff *s = timer_owner(t, struct sniff, deadline);
+    (void)arg;
+    struct epoll_event evs[64];
+    int n = epoll_wait(LS.epfd, evs, 64, 0);
+    for (int i = 0; i < n; i++)
+        classify(evs[i].data.ptr, evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+}
+
+static void pending_overdue(struct timer *t)
+{
+    struct pending *p = timer_owner(t, struct pending, deadline);
     static struct log_limit limit;
     unsigned long held;
     if (log_limit_ok(&limit, 10, &held))
-        log_warn("closing a Unix connection that said nothing within --client-timeout (%g s)%s",
-                 LC->client_timeout, held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
+        log_warn("closing a connection that sent no complete request head within --client-timeout (%g s)%s",
+                 LS.cfg->client_timeout, held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
     health_caller_dropped(DROP_CLIENT_TIMEOUT);
-    loop_unwatch(s->watch);
-    close(s->fd);
-    free(s);
+    pending_free(p, true);
 }
 
 void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsigned protos, unsigned uid)
 {
-    if (protos == PROTO_HTTP) {
-        rest_add_connection(fd, addr, len, now_mono());
-        return;
-    }
-    if (protos == PROTO_LINE) {
-        line_client_adopt(fd, uid);
-        return;
-    }
-    struct sniff *s = calloc(1, sizeof *s);
-    int dupfd = s ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-    if (dupfd < 0) {
-        free(s);
+    struct pending *p = calloc(1, sizeof *p);
+    if (!p) {
         close(fd);
+        return;
+    }
+    p->fd = fd;
+    p->protos = protos;
+    p->uid = uid;
+    p->accepted_at = now_mono();
+    p->len = len < sizeof p->addr ? len : sizeof p->addr;
+    memcpy(&p->addr, addr, p->len);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = p};
+    LS.npending++;
+    if (epoll_ctl(LS.epfd, EPOLL_CTL_ADD, fd, &ev)) {
         log_warn("cannot serve a new connection: %s", strerror(errno));
-        return;
-    }
-    s->fd = fd;
-    s->uid = uid;
-    s->accepted_at = now_mono();
-    s->len = len < sizeof s->addr ? len : sizeof s->addr;
-    memcpy(&s->addr, addr, s->len);
-    s->watch = loop_watch_fd(dupfd, sniff_readable, s);
-    if (!s->watch) {
+        LS.npending--;
         close(fd);
-        free(s);
+        free(p);
         return;
     }
-    timer_after(&s->deadline, LC->client_timeout, sniff_overdue);
+    timer_after(&p->deadline, LS.cfg->client_timeout, pending_overdue);
+    /* Bytes that came with the connection were reported by the ADD (it checks
+     * readiness), so the first classify runs from the loop like any other. */
 }
 
 static void on_readable(void *arg)
@@ -160,7 +252,7 @@ struct listener *listener_start(int fd, accept_cb cb, void *arg)
     return l;
 }
 
-static void serve_http(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
+static void serve_tcp(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
 {
     (void)arg;
     listener_dispatch(fd, addr, len, PROTO_HTTP, 0);
@@ -196,7 +288,7 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
     getsockname(fd, (struct sockaddr *)&ss, &len);
     *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                  : ((struct sockaddr_in *)&ss)->sin_port);
-    struct listener *l = listener_start(fd, serve_http, NULL);
+    struct listener *l = listener_start(fd, serve_tcp, NULL);
     if (!l) {
         close(fd);
         errorf(err, errlen, "cannot add the listener to the event loop");

@@ -90,8 +90,12 @@ int loop_init(const struct config *cfg)
     /* The proxy decision is ours (config_pick_proxy), and dial.c sets it on the vhost
      * for each connection, as a number it looked up off the loop. */
     unsetenv("http_proxy");
-    /* Room for a long JWT in the handshake headers (libraries.md b2). */
+    /* Room for a long JWT in the handshake headers (libraries.md b2), on the way out
+     * and, for the local WebSocket's upgrades, on the way in (as much as listener.c
+     * waits for). */
     info.pt_serv_buf_size = 32 * 1024;
+    info.max_http_header_data = 16 * 1024;
+    info.max_http_header_pool = 64;
     /* Every phase of a gateway connection has tgbridge's own deadline (dial.c), which
      * lws's must never beat to it. */
     unsigned lws_timeout = (unsigned)cfg->connect_timeout + 5;

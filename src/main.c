@@ -1,5 +1,6 @@
 /* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
  * REST with streaming.  main() wires the modules together; see README "Design". */
+#include "access.h"
 #include "config.h"
 #include "dial.h"
 #include "frontend.h"
@@ -16,6 +17,7 @@
 #include "unix_listener.h"
 #include "upstream.h"
 #include "util.h"
+#include "ws.h"
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -110,6 +112,7 @@ static void on_signal(void *arg)
             begin_shutdown((int)si.ssi_signo);
             break;
         case SIGHUP:
+            access_reload();
             upstream_reload_token();
             break;
         default:
@@ -153,6 +156,10 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
+    if (access_init(&cfg, err, sizeof err)) {
+        fprintf(stderr, "tgbridge: %s\n", err);
+        return 2;
+    }
     if (cfg.insecure)
         log_warn("--insecure: the gateway's TLS certificate is NOT verified; anyone on the path can "
                  "read the token and every request");
@@ -164,14 +171,15 @@ int main(int argc, char **argv)
         return 1;
     }
     sdnotify_init();
-    static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason};
+    static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
+                                                  upstream_default_workspace};
     mux_init(&cfg, &upstream_sink);
     line_init(&cfg);
     listener_init(&cfg);
     health_init(&cfg);
     dial_init(loop_ctx(), &cfg);
     upstream_init(loop_ctx(), &cfg);
-    if (rest_init(&cfg))
+    if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg))
         return 1;
     int port = 0;
     rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, &port, err, sizeof err);

@@ -212,6 +212,11 @@ void mux_detach(struct request *req)
     }
 }
 
+const char *mux_default_workspace(void)
+{
+    return M.sink->default_workspace();
+}
+
 bool mux_queue_empty(void)
 {
     return M.rt.nqueued == 0;

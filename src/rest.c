@@ -1,4 +1,5 @@
 #include "rest.h"
+#include "access.h"
 #include "buf.h"
 #include "envelope.h"
 #include "list.h"
@@ -70,6 +71,7 @@ static struct {
     struct timer pump_timer;
     int hup_epfd;
     double accepted_at;  /* of the connection being added (rest_add_connection) */
+    const struct refusal *first_refusal;
     size_t nconns;
     struct list calls;
     size_t ncalls, peak_calls;
@@ -364,6 +366,7 @@ struct conn_watch {
     double since;        /* head: when it could start; body: when it started */
     size_t received;     /* body bytes so far */
     struct timer deadline;
+    struct refusal first_refusal; /* the listener's answer to its first request, if any */
 };
 
 static void caller_gone(struct call *call)
@@ -493,6 +496,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         if (cw) {
             cw->fd = ci ? ci->connect_fd : -1;
             await_head(cw, R.accepted_at > 0 ? R.accepted_at : now_mono());
+            if (R.first_refusal)
+                cw->first_refusal = *R.first_refusal;
         }
         *socket_context = cw;
         return;
@@ -709,66 +714,26 @@ static const struct reject *framing_reject(struct MHD_Connection *c, struct fram
     return NULL;
 }
 
-/* "[::1]:8089" -> "::1", "localhost:8089" -> "localhost". */
-static void host_of(const char *v, char *out, size_t cap)
-{
-    size_t n;
-    if (*v == '[') {
-        v++;
-        n = strcspn(v, "]");
-    } else {
-        const char *colon = strrchr(v, ':');
-        n = colon && !strchr(colon + 1, ':') ? (size_t)(colon - v) : strlen(v);
-    }
-    snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), v);
-}
-
-static bool is_wildcard(const char *host)
-{
-    return !*host || !strcmp(host, "0.0.0.0") || !strcmp(host, "::");
-}
-
-/* A browser page on any site can send requests to a loopback port, and with DNS
- * rebinding read the answers (README "Security"): requests from web origins not
- * allowed, and Host names that are not this machine's, are refused. */
-static const char *browser_refusal(struct MHD_Connection *c, char *why, size_t whylen)
+/* The browser rules and the local client token (access.c), for this request. */
+static bool refused(struct MHD_Connection *c, struct refusal *r)
 {
     const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
-    if (origin && !config_list_has(&R.cfg->allow_origin, origin)) {
-        snprintf(why, whylen, "requests from the web origin %.200s are refused (not in --allow-origin)", origin);
-        return "forbidden-origin";
-    }
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     bool unix_peer = ci && ci->client_addr && ci->client_addr->sa_family == AF_UNIX;
-    const char *hosth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
-    if (unix_peer || !hosth) /* no browser reaches a Unix socket; HTTP/1.0 may omit Host */
-        return NULL;
-    char host[256];
-    host_of(hosth, host, sizeof host);
-    if (host_is_loopback(host) || (!is_wildcard(R.cfg->listen_host) && !strcasecmp(host, R.cfg->listen_host)) ||
-        config_list_has(&R.cfg->allow_host, host))
-        return NULL;
-    snprintf(why, whylen, "the Host %.200s is not this machine's name (see --allow-host)", hosth);
-    return "forbidden-host";
-}
-
-/* Logged once per origin or host (up to a few dozen), then at most every 10 s. */
-static void log_refusal(const char *type, const char *why)
-{
-    static char *seen[32];
-    static struct log_limit limit;
-    for (size_t i = 0; i < sizeof seen / sizeof *seen; i++) {
-        if (seen[i] && !strcmp(seen[i], why))
-            return;
-        if (!seen[i]) {
-            seen[i] = strdup(why);
-            log_warn("refused (%s): %s", type, why);
-            return;
-        }
-    }
-    unsigned long held;
-    if (log_limit_ok(&limit, 10, &held))
-        log_warn("refused (%s): %s (%lu more since the last report)", type, why, held);
+    if (access_browser_refused(origin, host, unix_peer, r))
+        return true;
+    if (!access_token_required())
+        return false;
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    size_t tlen = 0;
+    const char *tok = auth ? access_bearer(auth, strlen(auth), &tlen) : NULL;
+    if (access_token_ok(tok, tok ? tlen : 0))
+        return false;
+    r->status = 401;
+    r->type = "auth-required";
+    snprintf(r->message, sizeof r->message, "auth failure");
+    return true;
 }
 
 static bool accept_has(const char *accept, const char *type)
@@ -858,12 +823,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return queue_error(c, bad->status, bad->type, bad->message, NULL);
         }
         bool probe_route = route == R_HEALTHZ || route == R_READYZ || route == R_METRICS;
-        char why[300];
-        const char *refused = probe_route ? NULL : browser_refusal(c, why, sizeof why);
-        if (refused) {
-            log_refusal(refused, why);
+        struct refusal no;
+        if (!probe_route && refused(c, &no)) {
             request_in(cw);
-            return queue_error(c, 403, refused, why, NULL);
+            if (no.status == 401) /* the gateway's own answer (ref §3.2) */
+                return queue_json(c, 401, "{\"error\":\"auth failure\"}", strlen("{\"error\":\"auth failure\"}"), NULL);
+            return queue_error(c, no.status, no.type, no.message, NULL);
+        }
+        if (route == R_SOCKET && get && cw && cw->first_refusal.status) {
+            /* A WebSocket upgrade the listener turned down (listener.c, ws.c) */
+            request_in(cw);
+            return queue_error(c, cw->first_refusal.status, cw->first_refusal.type, cw->first_refusal.message, NULL);
         }
         struct reject rj = {0};
         switch (route) {
@@ -877,9 +847,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             break;
         case R_SOCKET:
             if (get) {
-                rj = (struct reject){501, "not-supported",
-                                     "a local /api/v1/socket WebSocket is not served yet; point WebSocket "
-                                     "clients at the gateway", NULL};
+                rj = (struct reject){400, "bad-request",
+                                     "GET /api/v1/socket is a WebSocket upgrade, as the first request of its "
+                                     "connection", NULL};
                 break;
             }
             /* POST /api/v1/socket is the kind "socket" at the gateway too (ref §2.2). */
@@ -1076,11 +1046,15 @@ int rest_init(const struct config *cfg)
     return 0;
 }
 
-int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at)
+int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at,
+                        const struct refusal *first)
 {
-    R.accepted_at = accepted_at; /* read by on_connection, which MHD_add_connection calls */
+    /* read by on_connection, which MHD_add_connection calls */
+    R.accepted_at = accepted_at;
+    R.first_refusal = first;
     enum MHD_Result ok = MHD_add_connection(R.daemon, fd, addr, addrlen);
     R.accepted_at = 0;
+    R.first_refusal = NULL;
     if (ok != MHD_YES) {
         log_warn("cannot serve a new connection: %s", strerror(errno));
         return -1;

@@ -32,23 +32,40 @@ size_t wsframe_header_len(size_t len)
     return (len < 126 ? 2 : len < 65536 ? 4 : 10) + 4;
 }
 
+/* FIN + text, then the length in its shortest form; the mask bit as asked. */
+static size_t put_header(unsigned char *p, size_t len, unsigned char mask_bit)
+{
+    size_t h = 0;
+    p[h++] = 0x81;
+    if (len < 126) {
+        p[h++] = (unsigned char)(mask_bit | len);
+    } else if (len < 65536) {
+        p[h++] = mask_bit | 126;
+        p[h++] = (unsigned char)(len >> 8);
+        p[h++] = (unsigned char)len;
+    } else {
+        p[h++] = mask_bit | 127;
+        for (int shift = 56; shift >= 0; shift -= 8)
+            p[h++] = (unsigned char)((uint64_t)len >> shift);
+    }
+    return h;
+}
+
+void wsframe_append_server_text(struct buf *out, const void *payload, size_t len)
+{
+    buf_reserve(out, wsframe_header_len(len) + len);
+    unsigned char *p = (unsigned char *)buf_ptr(out) + out->len;
+    size_t h = put_header(p, len, 0);
+    memcpy(p + h, payload, len);
+    out->len += h + len;
+    out->data[out->head + out->len] = '\0'; /* buf's invariant */
+}
+
 void wsframe_append_text(struct buf *out, const void *payload, size_t len)
 {
     buf_reserve(out, wsframe_header_len(len) + len);
     unsigned char *p = (unsigned char *)buf_ptr(out) + out->len;
-    size_t h = 0;
-    p[h++] = 0x81; /* FIN, text */
-    if (len < 126) {
-        p[h++] = (unsigned char)(0x80 | len);
-    } else if (len < 65536) {
-        p[h++] = 0x80 | 126;
-        p[h++] = (unsigned char)(len >> 8);
-        p[h++] = (unsigned char)len;
-    } else {
-        p[h++] = 0x80 | 127;
-        for (int shift = 56; shift >= 0; shift -= 8)
-            p[h++] = (unsigned char)((uint64_t)len >> shift);
-    }
+    size_t h = put_header(p, len, 0x80);
     unsigned char key[4];
     next_mask_key(key);
     memcpy(p + h, key, 4);

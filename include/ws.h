@@ -1,0 +1,22 @@
+/* The local /api/v1/socket: the gateway's WebSocket protocol (reference §2.4, §3,
+ * §4, §5, §9.2-9.4) served to local clients -- the official CLI, Python API,
+ * TypeScript client, MCP server -- and multiplexed onto tgbridge's upstream like every
+ * other front end (session.c).  libwebsockets serves it in the one loop, on a server
+ * vhost that listens on nothing and adopts the connections listener.c hands over. */
+#ifndef TGB_WS_H
+#define TGB_WS_H
+#include <stdbool.h>
+#include "access.h"
+#include "config.h"
+#include "httphead.h"
+
+struct lws_context;
+struct lws_protocols;
+extern const struct lws_protocols ws_protocol;
+
+int ws_init(struct lws_context *ctx, const struct config *cfg);
+/* Serves fd, whose upgrade request h is still unread on it, as a local WebSocket --
+ * unless the upgrade is refused (browser rules, a wrong token, --max-ws-clients):
+ * then false with why in no, and fd is still the caller's. */
+bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no);
+#endif

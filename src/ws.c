@@ -1,0 +1,398 @@
+#include "ws.h"
+#include "buf.h"
+#include "frontend.h"
+#include "health.h"
+#include "json.h"
+#include "list.h"
+#include "log.h"
+#include "mux.h"
+#include "session.h"
+#include "util.h"
+#include "wsframe.h"
+#include <cjson/cJSON.h>
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Bytes handed to lws per WRITEABLE: a burst of frames in one send, small enough that
+ * lws keeps at most this much of it when the kernel does not take it all. */
+#define WS_WRITE_CHUNK (64 * 1024)
+/* Of a message over --max-body, this much is kept to find its id for the error. */
+#define ID_PREFIX (16 * 1024)
+
+/* One local WebSocket client: its socket (lws's), its framing, and its session. */
+struct wsconn {
+    struct session session;
+    struct lws *wsi;
+    unsigned long long serial;
+    struct buf out;          /* frames (ours, unmasked) not yet handed to lws */
+    struct buf in;           /* the message being received */
+    bool oversize;           /* the message being received is over --max-body */
+    int close_code;          /* nonzero: close with it once everything is written */
+    struct list node;
+};
+
+static struct {
+    const struct config *cfg;
+    struct lws_vhost *vh;
+    struct list conns;
+    size_t nconns;
+    unsigned long long serial;
+    lws_retry_bo_t idle;     /* pings for clients that go silent (validity) */
+} W;
+
+/* Ids allowed again while in flight (the TypeScript client re-sends a timed-out
+ * request with the same id), errors nested in responses left where the gateway put
+ * them (the official clients read them there), and a cap instead of back-pressure:
+ * not reading the socket would also stop reading its pings and its close. */
+static struct session_rules ws_rules = {"message", true, true, 0};
+
+/* ---- writing ----------------------------------------------------------------------- */
+
+static void conn_drop(struct wsconn *c, int code, const char *why)
+{
+    if (c->close_code)
+        return;
+    if (why)
+        log_warn("closing local WebSocket client #%llu: %s", c->serial, why);
+    c->close_code = code;
+    session_close(&c->session);
+    buf_free(&c->out); /* nothing more is owed to it */
+    lws_close_reason(c->wsi, (enum lws_close_status)code, NULL, 0);
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+/* One message to the client.  What waits for a client that does not read is bounded
+ * (--max-client-buffer): past it the client is closed with 1008, never allowed to
+ * grow our memory or slow the shared socket.  A single message larger than the bound
+ * still goes to a client that reads. */
+static void session_send(struct session *s, const char *msg, size_t len)
+{
+    struct wsconn *c = s->owner;
+    if (c->close_code)
+        return;
+    if (c->out.len && c->out.len + len > W.cfg->max_client_buffer) {
+        char why[160];
+        snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, --max-client-buffer %zu)",
+                 c->out.len + len, W.cfg->max_client_buffer);
+        health_caller_dropped(DROP_SLOW_READER);
+        conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why);
+        return;
+    }
+    wsframe_append_server_text(&c->out, msg, len);
+    lws_callback_on_writable(c->wsi);
+}
+
+static int on_writeable(struct wsconn *c)
+{
+    if (c->out.len) {
+        size_t n = c->out.len < WS_WRITE_CHUNK ? c->out.len : WS_WRITE_CHUNK;
+        if (lws_write(c->wsi, (unsigned char *)buf_ptr(&c->out), n, LWS_WRITE_RAW) < 0)
+            return -1;
+        buf_consume(&c->out, n);
+        if (!c->out.len && c->out.cap > 1024 * 1024)
+            buf_free(&c->out);
+    }
+    if (c->out.len) {
+        lws_callback_on_writable(c->wsi);
+        return 0;
+    }
+    if (c->close_code) { /* everything owed is written: say goodbye */
+        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code, NULL, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the session's side ------------------------------------------------------------ */
+
+/* {"type":"auth","token":...} is answered here, whatever era the gateway is, and never
+ * forwarded: it would change the identity of the socket every caller shares. */
+static void session_control(struct session *s, const struct client_msg_info *m)
+{
+    struct wsconn *c = s->owner;
+    if (strcmp(m->type, "auth")) {
+        char *cid = m->id.p ? strndup(m->id.p, m->id.n) : NULL;
+        session_error(s, cid, "bad-request", "the only control message is {\"type\":\"auth\",\"token\":...}");
+        free(cid);
+        return;
+    }
+    bool ok = !access_token_required();
+    if (!ok && m->token.p) {
+        cJSON *t = cJSON_ParseWithLength(m->token.p, m->token.n);
+        ok = cJSON_IsString(t) && access_token_ok(t->valuestring, strlen(t->valuestring));
+        cJSON_Delete(t);
+    }
+    if (!ok) {
+        /* The gateway's own refusal; the socket stays open and keeps what it had. */
+        static const char failed[] = "{\"type\":\"auth-failed\",\"error\":\"auth failure\"}";
+        session_send(s, failed, sizeof failed - 1);
+        log_info("local WebSocket client #%llu: auth frame with a wrong token", c->serial);
+        return;
+    }
+    s->locked = false;
+    /* Both names: gateways before v2.6.2 said "workspace", later ones "default_workspace". */
+    const char *ws = mux_default_workspace();
+    if (!ws[0])
+        ws = W.cfg->workspace && W.cfg->workspace[0] ? W.cfg->workspace : "default";
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"type\":\"auth-ok\",\"default_workspace\":");
+    buf_json_string(&b, ws, strlen(ws));
+    buf_puts(&b, ",\"workspace\":");
+    buf_json_string(&b, ws, strlen(ws));
+    buf_puts(&b, "}");
+    session_send(s, buf_ptr(&b), b.len);
+    buf_free(&b);
+}
+
+static const struct session_ops ws_session_ops = {session_send, session_control, NULL};
+
+/* ---- reading ----------------------------------------------------------------------- */
+
+static void id_of_prefix(struct span key, struct span value, void *arg)
+{
+    struct span *id = arg;
+    if (!id->p && span_is(key, "id"))
+        *id = value;
+}
+
+static void message_done(struct wsconn *c)
+{
+    if (c->oversize) {
+        /* Its id, if the part kept shows one, so that the client can tell which. */
+        struct span id = {NULL, 0};
+        json_members(buf_ptr(&c->in), c->in.len, id_of_prefix, &id);
+        char *cid = id.p && !span_is(id, "null") ? strndup(id.p, id.n) : NULL;
+        char msg[128];
+        snprintf(msg, sizeof msg, "message larger than --max-body (%zu bytes)", W.cfg->max_body);
+        session_error(&c->session, cid, "payload-too-large", msg);
+        free(cid);
+    } else {
+        session_message(&c->session, buf_ptr(&c->in), c->in.len);
+    }
+    c->oversize = false;
+    c->in.len = 0;
+    if (c->in.cap > 1024 * 1024)
+        buf_free(&c->in);
+}
+
+/* A message arrives in pieces (lws hands at most rx_buffer_size at a time); text and
+ * binary alike, as the gateway takes both (ref Q30). */
+static void on_receive(struct wsconn *c, const char *in, size_t len)
+{
+    if (!c->oversize && c->in.len + len > W.cfg->max_body)
+        c->oversize = true;
+    if (!c->oversize)
+        buf_append(&c->in, in, len);
+    else if (c->in.len < ID_PREFIX)
+        buf_append(&c->in, in, len < ID_PREFIX - c->in.len ? len : ID_PREFIX - c->in.len);
+    if (lws_is_final_fragment(c->wsi) && !lws_remaining_packet_payload(c->wsi))
+        message_done(c);
+}
+
+/* ---- connections ------------------------------------------------------------------- */
+
+static void conn_free(struct wsconn *c)
+{
+    session_close(&c->session);
+    list_del(&c->node);
+    W.nconns--;
+    buf_free(&c->out);
+    buf_free(&c->in);
+    free(c);
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)user;
+    struct wsconn *c = lws_get_opaque_user_data(wsi);
+    if (!c)
+        return 0;
+    switch (reason) {
+    case LWS_CALLBACK_ESTABLISHED:
+        log_debug("local WebSocket client #%llu connected", c->serial);
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        if (!c->close_code)
+            on_receive(c, in, len);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return on_writeable(c);
+    case LWS_CALLBACK_HTTP:
+        return -1; /* not an upgrade: the listener never sends those here */
+    case LWS_CALLBACK_CLOSED:
+    case LWS_CALLBACK_CLOSED_HTTP:
+    case LWS_CALLBACK_WSI_DESTROY:
+        log_debug("local WebSocket client #%llu gone", c->serial);
+        lws_set_opaque_user_data(wsi, NULL);
+        conn_free(c);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+const struct lws_protocols ws_protocol = {"tgb-ws", callback, 0, 64 * 1024, 0, NULL, 0};
+
+static bool span_cstr(struct span s, char *out, size_t cap)
+{
+    if (!s.p || s.n >= cap)
+        return false;
+    memcpy(out, s.p, s.n);
+    out[s.n] = '\0';
+    return true;
+}
+
+static int hexval(char ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+         : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+}
+
+/* ?token= as the gateway reads it (decoded, '+' as a space: ref Q20), or as sent (the
+ * clients that put it there do not encode it). */
+static bool query_token_ok(struct span v)
+{
+    if (access_token_ok(v.p, v.n))
+        return true;
+    char dec[4096];
+    size_t o = 0;
+    for (size_t i = 0; i < v.n && o + 1 < sizeof dec; i++) {
+        int hi, lo;
+        if (v.p[i] == '%' && i + 2 < v.n && (hi = hexval(v.p[i + 1])) >= 0 && (lo = hexval(v.p[i + 2])) >= 0) {
+            dec[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            dec[o++] = v.p[i] == '+' ? ' ' : v.p[i];
+        }
+    }
+    bool ok = access_token_ok(dec, o);
+    explicit_bzero(dec, sizeof dec);
+    return ok;
+}
+
+bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no)
+{
+    char origin[512], host[512];
+    bool has_origin = span_cstr(h->origin, origin, sizeof origin);
+    bool has_host = span_cstr(h->host, host, sizeof host);
+    if (access_browser_refused(has_origin ? origin : NULL, has_host ? host : NULL, unix_peer, no))
+        return false;
+    if (W.nconns >= W.cfg->max_ws_clients) {
+        no->status = 503;
+        no->type = "too-many-clients";
+        snprintf(no->message, sizeof no->message, "%zu local WebSocket clients already (--max-ws-clients)",
+                 W.cfg->max_ws_clients);
+        return false;
+    }
+    /* A token in the URL (v1 clients, the TypeScript client) or a Bearer header is
+     * checked now, as a v1 gateway checks ?token=: a wrong one is refused at the
+     * handshake.  Without either, the socket opens locked until a good auth frame. */
+    bool authenticated = !access_token_required();
+    struct span qt;
+    size_t blen = 0;
+    const char *bearer = access_bearer(h->authorization.p, h->authorization.n, &blen);
+    if (!authenticated && (http_query_param(h->query, "token", &qt) || bearer)) {
+        authenticated = bearer ? access_token_ok(bearer, blen) : query_token_ok(qt);
+        if (!authenticated) {
+            no->status = 401;
+            no->type = "auth-required";
+            snprintf(no->message, sizeof no->message, "auth failure");
+            return false;
+        }
+    }
+    struct wsconn *c = calloc(1, sizeof *c);
+    if (!c)
+        abort();
+    c->serial = ++W.serial;
+    buf_init(&c->out, 0);
+    buf_init(&c->in, 0);
+    session_init(&c->session, &ws_rules, &ws_session_ops, W.cfg, c);
+    c->session.locked = !authenticated;
+    list_add_tail(&W.conns, &c->node);
+    W.nconns++;
+    lws_adopt_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.vh = W.vh;
+    d.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP; /* lws reads the upgrade request itself */
+    d.fd.sockfd = fd;
+    d.vh_prot_name = ws_protocol.name;
+    d.opaque = c;
+    c->wsi = lws_adopt_descriptor_vhost_via_info(&d);
+    if (!c->wsi) { /* lws closed fd */
+        log_warn("cannot serve a local WebSocket client");
+        conn_free(c);
+        return true;
+    }
+    log_debug("local WebSocket client #%llu (%s)%s", c->serial, unix_peer ? "Unix socket" : "TCP",
+              c->session.locked ? ", locked until a good auth frame" : "");
+    return true;
+}
+
+/* ---- the front end ------------------------------------------------------------------ */
+
+static void ws_stats(struct frontend_stats *out)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &W.conns) {
+        const struct wsconn *c = list_entry(pos, struct wsconn, node);
+        out->connections++;
+        out->active += c->session.npending;
+        out->unsent += c->out.len;
+    }
+}
+
+static void ws_fail_all(const char *type, const char *message)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &W.conns)
+        session_fail_all(&list_entry(pos, struct wsconn, node)->session, type, message);
+}
+
+/* After the drain: 1001, once what is owed is written. */
+static void ws_close_all(void)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &W.conns) {
+        struct wsconn *c = list_entry(pos, struct wsconn, node);
+        if (!c->close_code) {
+            c->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
+            lws_callback_on_writable(c->wsi);
+        }
+    }
+}
+
+static const struct frontend ws_frontend = {"ws", ws_stats, ws_fail_all, ws_close_all};
+
+int ws_init(struct lws_context *ctx, const struct config *cfg)
+{
+    W.cfg = cfg;
+    list_init(&W.conns);
+    ws_rules.max_pending = cfg->max_pending;
+    /* An idle client is pinged after --ping-interval, and dropped when it has not
+     * answered within --ping-timeout more (the official clients answer at once). */
+    W.idle.secs_since_valid_ping = (uint16_t)(cfg->ping_interval < 1 ? 1 : cfg->ping_interval > 65000 ? 65000
+                                              : cfg->ping_interval + 0.999);
+    W.idle.secs_since_valid_hangup = (uint16_t)(W.idle.secs_since_valid_ping +
+                                                (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000
+                                                 : cfg->ping_timeout + 0.999));
+    static struct lws_protocols protocols[2];
+    protocols[0] = ws_protocol;
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.vhost_name = "tgb-local";
+    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+    info.protocols = protocols;
+    info.retry_and_idle_policy = &W.idle;
+    W.vh = lws_create_vhost(ctx, &info);
+    if (!W.vh) {
+        log_error("cannot create the local WebSocket server");
+        return -1;
+    }
+    frontend_register(&ws_frontend);
+    return 0;
+}
