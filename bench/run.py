@@ -326,14 +326,21 @@ def run_direct(mock, callers, requests, warmup, **kw):
 
 
 def run_bridge(mock, bridge, transport, callers, requests, warmup, ndjson=False, **kw):
-    if transport == "tcp":
+    if transport == "ws":
+        # The local /api/v1/socket speaks the gateway's protocol: the direct client
+        # itself is the load, pointed at tgbridge instead of the mock (same callers on
+        # one socket, same window, same frames).
+        argv = [DIRECT, "--port", str(bridge.port), "--callers", str(callers), "--window", str(WINDOW)] \
+            + DIRECT_MODE + load_args(callers, requests, warmup, **kw)
+    elif transport == "tcp":
         target = ["--port", str(bridge.port)]
     else:
         target = ["--unix", bridge.unix_path]
-    argv = [HTTPLOAD] + target + ["--conns", str(callers)] + load_args(callers, requests, warmup, **kw)
+    if transport != "ws":
+        argv = [HTTPLOAD] + target + ["--conns", str(callers)] + load_args(callers, requests, warmup, **kw)
     if transport == "line":
         argv.append("--line")
-    elif ndjson:
+    elif ndjson and transport != "ws":
         argv.append("--ndjson")
     w = Watch(mock, bridge)
     hwm_reset = reset_hwm(bridge.pid)
@@ -486,6 +493,55 @@ def scen_hold(ctx, R):
     R["hold"] = res
 
 
+def scen_ws_idle(ctx, R):
+    """1,000 local WebSocket clients connected and silent: tgbridge's RSS per socket and
+    its CPU over 10 s.  The clients are plain sockets that send the upgrade request and
+    then nothing (standard library only, like the rest of run.py)."""
+    n = 300 if ctx.quick else 1000
+    mock = Mock(ctx.tmp, "wsidle")
+    bridge = Bridge(ctx.tmp, "wsidle", mock.port, extra=["--max-ws-clients", str(n + 10)])
+    res = {"sockets": n}
+    socks = []
+    try:
+        time.sleep(0.3)
+        rss0 = proc_status(bridge.pid)["VmRSS"]
+        req = (b"GET /api/v1/socket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", bridge.port), timeout=10)
+            c.sendall(req)
+            socks.append(c)
+        upgraded = 0
+        for c in socks:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            upgraded += head.startswith(b"HTTP/1.1 101")
+        res["upgraded"] = upgraded
+        time.sleep(1.0)
+        s1 = proc_status(bridge.pid)
+        res["rss0_kb"], res["rss1_kb"] = rss0, s1["VmRSS"]
+        res["rss_per_socket_b"] = (s1["VmRSS"] - rss0) * 1024 / max(1, upgraded)
+        c0, ns0 = proc_cpu_s(bridge.pid), proc_sched_ns(bridge.pid)
+        v0 = s1.get("voluntary_ctxt_switches", 0) + s1.get("nonvoluntary_ctxt_switches", 0)
+        time.sleep(10.0)
+        s2 = proc_status(bridge.pid)
+        res["idle_cpu_ms"] = (proc_cpu_s(bridge.pid) - c0) * 1000
+        if ns0 is not None:
+            res["idle_sched_ms"] = (proc_sched_ns(bridge.pid) - ns0) / 1e6
+        res["idle_wakeups_per_s"] = (s2.get("voluntary_ctxt_switches", 0) + s2.get("nonvoluntary_ctxt_switches", 0)
+                                     - v0) / 10.0
+    finally:
+        for c in socks:
+            c.close()
+        bridge.stop()
+        res["mock_log"] = mock.stop()
+    R["ws_idle"] = res
+
+
 # ---- table -----------------------------------------------------------------------------
 
 def fmt(x, unit="", digits=None):
@@ -498,7 +554,7 @@ def fmt(x, unit="", digits=None):
 
 def build_rows(R, transports):
     rows = []
-    label = {"tcp": "REST/TCP", "unix": "REST/unix", "line": "line/unix"}
+    label = {"tcp": "REST/TCP", "unix": "REST/unix", "line": "line/unix", "ws": "WS/TCP"}
 
     def figure(runs, key, sub=None):
         vals = []
@@ -598,6 +654,18 @@ def build_rows(R, transports):
         rows.append((f"{n:,} open streams: tgbridge CPU over 10 s idle", "n/a", shown,
                      f"{fmt(h.get('idle_wakeups_per_s'), '', 0)} wakeups/s", "0", verdict(cpu is not None and cpu == 0
                                                                                           and (sched or 0) < 5)))
+    if "ws_idle" in R:
+        w = R["ws_idle"]
+        n = w.get("upgraded", 0)
+        per = w.get("rss_per_socket_b")
+        rows.append((f"{n:,} idle local WebSockets: tgbridge RSS per socket (KiB)", "n/a",
+                     fmt(per / 1024 if per else None), "", "report", ""))
+        cpu = w.get("idle_cpu_ms")
+        sched = w.get("idle_sched_ms")
+        shown = f"{fmt(cpu, ' ms', 0)} ({fmt(sched, ' ms', 1)} sched)" if sched is not None else fmt(cpu, " ms", 0)
+        rows.append((f"{n:,} idle local WebSockets: tgbridge CPU over 10 s", "n/a", shown,
+                     f"{fmt(w.get('idle_wakeups_per_s'), '', 0)} wakeups/s", "0",
+                     verdict(cpu is not None and cpu == 0 and (sched or 0) < 5)))
     for key, what in (("upload", "request"), ("download", "reply")):
         if key not in R:
             continue
@@ -797,6 +865,7 @@ def callgrind_profiles(ctx, pdir, vg):
 # ---- main ------------------------------------------------------------------------------
 
 HAS_UNIX = False
+HAS_WS = False
 
 
 class Ctx:
@@ -804,7 +873,7 @@ class Ctx:
 
 
 def main():
-    global HAS_UNIX
+    global HAS_UNIX, HAS_WS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
@@ -823,11 +892,12 @@ def main():
     help_text = subprocess.run([TGBRIDGE, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True).stdout
     HAS_UNIX = "--unix" in help_text
+    HAS_WS = "--max-ws-clients" in help_text
 
     ctx = Ctx()
     ctx.rounds = max(1, args.rounds if not args.quick else min(args.rounds, 3))
     ctx.quick = args.quick
-    ctx.transports = ["tcp"] + (["unix", "line"] if HAS_UNIX else [])
+    ctx.transports = ["tcp"] + (["unix", "line"] if HAS_UNIX else []) + (["ws"] if HAS_WS else [])
     mach = machine()
     R = {"machine": mach, "transports": ctx.transports, "rounds": ctx.rounds}
     t_start = time.monotonic()
@@ -857,6 +927,9 @@ def main():
             if not only or "hold" in only:
                 log("bench: 10,000 open streams held by the mock ...")
                 scen_hold(ctx, R)
+            if HAS_WS and (not only or "wsidle" in only):
+                log("bench: 1,000 idle local WebSocket clients ...")
+                scen_ws_idle(ctx, R)
             if args.profile:
                 log("bench: profiling (perf cpu-clock, then callgrind) ...")
                 R["profile"] = profile(ctx)
