@@ -946,7 +946,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     list_del(&call->node);
     R.ncalls--;
     if (!R.ncalls && R.peak_calls >= 256) {
-        /* Connection pools are small heap blocks (32 KiB, see rest_init): after a burst
+        /* Connection pools are small heap blocks (16 KiB, see rest_init): after a burst
          * of thousands of calls, hand the freed heap back to the system. */
         R.peak_calls = 0;
         malloc_trim(0);
@@ -1020,14 +1020,16 @@ int rest_init(const struct config *cfg)
         log_error("this libmicrohttpd has no epoll support");
         return -1;
     }
-    /* 32 KiB per connection (MHD's default): MHD zeroes the whole pool for every
-     * request, so a larger one costs CPU per call (bench: 256 KiB was a quarter of
-     * all cycles) and memory per open stream; chunks of a stream are at most this. */
+    /* 16 KiB per connection: MHD zeroes the whole pool for every request, so a larger
+     * one costs CPU per call (bench: 256 KiB was a quarter of all cycles, and 32 KiB
+     * about 1 µs a request in memsets) and memory per open stream.  16 KiB still holds
+     * a head with a long bearer token -- as much as listener.c waits for -- and chunks
+     * of a stream are at most this. */
     R.daemon = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
         NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)(32 * 1024), MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000, MHD_OPTION_END);
+        (size_t)(16 * 1024), MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000, MHD_OPTION_END);
     if (!R.daemon) {
         log_error("cannot start the HTTP server");
         return -1;

@@ -333,3 +333,17 @@ def test_streaming_true_with_accept_json_returns_final_frame_only():
         eq(obj.get("end_of_stream"), False, "end_of_stream")
         eq(obj.get("response"), "", "final frame text")
         assert "sources" in obj and "in_token" in obj, obj
+
+
+def test_long_headers_fit():
+    """A head with a long bearer token (a JWT with many claims, 8 KiB) still fits
+    the 16 KiB the listener waits for and libmicrohttpd's connection pool."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN)
+    with m, b:
+        b.wait_ready()
+        jwt = "eyJ" + "a" * 8000 + ".b.c"
+        r = b.post(FLOW_TC, tc("long head"), headers={"Authorization": "Bearer " + jwt,
+                                                     "X-Trace": "t" * 2000})
+        check_status(r, 200, "a request with an 8 KiB bearer token")
+        eq(r.json()["response"], "long head", "its reply")
