@@ -33,6 +33,13 @@ void timer_after(struct timer *t, double seconds, timer_cb cb);
 void timer_cancel(struct timer *t);
 bool timer_pending(const struct timer *t);
 
+/* A caller's first part of a stream is waiting to be written: whoever is reading a
+ * batch of frames (upstream.c) should let the loop write it before reading on, so
+ * that its time to first part is not the time the rest of the batch takes. */
+void loop_flush_soon(void);
+/* True once after loop_flush_soon. */
+bool loop_flush_wanted(void);
+
 void loop_run(void);
 void loop_stop(void);
 void loop_destroy(void);

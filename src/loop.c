@@ -171,6 +171,20 @@ bool timer_pending(const struct timer *t)
     return t->sul.list.owner != NULL;
 }
 
+static bool flush_wanted;
+
+void loop_flush_soon(void)
+{
+    flush_wanted = true;
+}
+
+bool loop_flush_wanted(void)
+{
+    bool was = flush_wanted;
+    flush_wanted = false;
+    return was;
+}
+
 void loop_run(void)
 {
     running = true;

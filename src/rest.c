@@ -558,6 +558,8 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
             append_event(call, f->response.p, f->response.n, false);
         if (call->client_gone)
             return; /* dropped for reading too slowly: req is no longer ours */
+        if (!call->stream_ready)
+            loop_flush_soon(); /* its first part: out before the rest of the batch */
         call->stream_ready = true;
         call->done = final;
     }

@@ -1,5 +1,6 @@
 #include "session.h"
 #include "buf.h"
+#include "loop.h"
 #include "mux.h"
 #include "redact.h"
 #include <stdio.h>
@@ -13,6 +14,7 @@ struct sreq {
     struct session *s;
     struct request *req;
     char *cid;
+    bool streaming;      /* a part has been sent */
 };
 
 void session_init(struct session *s, const struct session_rules *rules, const struct session_ops *ops,
@@ -81,6 +83,10 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
     } else {
         /* Every error shape of every era, normalised to one (ref §5.2). */
         session_error_json(&b, r->cid, f->err_type[0] ? f->err_type : "error", f->err_message);
+    }
+    if (!final && !r->streaming) {
+        r->streaming = true;
+        loop_flush_soon(); /* its first part: out before the rest of the batch */
     }
     s->ops->send(s, buf_ptr(&b), b.len);
     buf_free(&b);

@@ -47,6 +47,7 @@ struct upconn {
     bool rx_overflow;
     double last_heard;       /* for telling a dead peer from a closed one */
     struct timer reauth_timer; /* an in-band refresh unanswered */
+    struct timer resume_rx;    /* reading paused so that a first part goes out first */
 };
 
 static struct {
@@ -202,6 +203,7 @@ static void conn_gone(struct dial *d)
                       : c->draining ? "the rotated-out gateway connection closed" : c->dial.reason;
     mux_upstream_lost(&c->win, why);
     timer_cancel(&c->reauth_timer);
+    timer_cancel(&c->resume_rx);
     buf_free(&c->rx);
     buf_free(&c->burst);
     bool was_cur = c == U.cur, was_next = c == U.next;
@@ -538,6 +540,13 @@ static int on_message(struct upconn *c, const char *text, size_t len)
     return rc;
 }
 
+static void resume_reading(struct timer *t)
+{
+    struct upconn *c = timer_owner(t, struct upconn, resume_rx);
+    if (c->dial.wsi)
+        lws_rx_flow_control(c->dial.wsi, 1);
+}
+
 static int on_receive(struct upconn *c, const char *in, size_t len)
 {
     lws_validity_confirmed(c->dial.wsi);
@@ -558,6 +567,12 @@ static int on_receive(struct upconn *c, const char *in, size_t len)
         log_error("dropped a gateway frame larger than %u bytes", MAX_REPLY_FRAME);
     } else if (c->rx.len) {
         rc = on_message(c, buf_ptr(&c->rx), c->rx.len);
+    }
+    if (!rc && loop_flush_wanted()) {
+        /* The rest of this read waits (lws keeps it) until the loop has written the
+         * first part a caller was waiting for. */
+        lws_rx_flow_control(c->dial.wsi, 0);
+        timer_after(&c->resume_rx, 0, resume_reading);
     }
     c->rx.len = 0;
     c->rx_overflow = false;

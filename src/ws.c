@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -304,6 +306,13 @@ bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *
             snprintf(no->message, sizeof no->message, "auth failure");
             return false;
         }
+    }
+    if (!unix_peer) {
+        /* Replies go out in bursts of whole frames: a tail segment must not wait for
+         * the client's delayed ACK (Nagle), which would cap a stream at a few frames
+         * per round trip. */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     struct wsconn *c = calloc(1, sizeof *c);
     if (!c)
