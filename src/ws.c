@@ -63,8 +63,10 @@ static void conn_drop(struct wsconn *c, int code, const char *why)
     c->close_code = code;
     session_close(&c->session);
     buf_free(&c->out); /* nothing more is owed to it */
-    lws_close_reason(c->wsi, (enum lws_close_status)code, NULL, 0);
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    /* The close frame goes out when the socket has room (on_writeable); a client that
+     * never reads is cut off anyway, a moment later. */
+    lws_callback_on_writable(c->wsi);
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 2);
 }
 
 /* One message to the client.  What waits for a client that does not read is bounded

@@ -22,6 +22,13 @@ from test_unix import LineClient, envelope, unix_request
 TOKEN = "tg_localws_token_7a1c"
 
 
+def metric_of(b, name):
+    for line in b.get("/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("no metric " + name)
+
+
 def run(coro, seconds=30):
     return asyncio.run(asyncio.wait_for(coro, T(seconds)))
 
@@ -419,8 +426,31 @@ def test_client_that_does_not_read_is_closed_1008():
             bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
         s.sendall(frame)
         wait_until(lambda: "reads too slowly" in b.log(), timeout=30, what="the slow client dropped")
-        assert "local WebSocket client" in b.log()
+        # Now it reads: what it gets is the frames it was owed before, then the end of
+        # the connection -- with a 1008 close frame if one fitted in before the cut.
+        data, eof = b"", False
+        s.settimeout(T(10))
+        while not eof:
+            chunk = s.recv(1 << 20)
+            eof = not chunk
+            data += chunk
         s.close()
+        data = data[data.index(b"\r\n\r\n") + 4:]
+        codes, i = [], 0
+        while i + 2 <= len(data):
+            op, n = data[i] & 0x0F, data[i + 1] & 0x7F
+            h = 2
+            if n == 126:
+                n, h = int.from_bytes(data[i + 2:i + 4], "big"), 4
+            elif n == 127:
+                n, h = int.from_bytes(data[i + 2:i + 10], "big"), 10
+            if i + h + n > len(data):
+                break
+            if op == 8:
+                codes.append(int.from_bytes(data[i + h:i + h + 2], "big"))
+            i += h + n
+        assert codes in ([], [1008]), "close frames %r" % codes
+        eq(metric_of(b, 'tgbridge_callers_dropped_total{reason="slow-reader"}'), 1.0, "slow readers dropped")
 
 
 @timeout(60)
