@@ -50,6 +50,8 @@ struct config {
     double client_timeout;      /* a local caller's request head (and body pace) */
     int max_inflight;
     int max_queue;
+    int max_connections;       /* gateway connections: the persistent one + overflow */
+    double connection_idle;    /* an idle overflow connection closes after this */
     size_t max_pending;        /* unfinished requests per local connection */
     size_t max_ws_clients;     /* local WebSocket connections */
     char *client_token_file;   /* local callers must present this token; NULL = none */

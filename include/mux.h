@@ -18,6 +18,7 @@ struct mux_sink {
 };
 void mux_init(const struct config *cfg, const struct mux_sink *sink);
 bool mux_queue_empty(void);
+size_t mux_queued(void);
 /* The upstream identity's default workspace ("" when the gateway did not say). */
 const char *mux_default_workspace(void);
 /* Before the loop is destroyed (timers live in it), then mux_shutdown after. */

@@ -13,6 +13,16 @@
 struct request;
 struct frame;
 
+/* One local caller (a REST connection, a line or WebSocket client) as the queue sees
+ * it: its waiting requests, and its turn.  Callers with waiting requests take turns,
+ * one request each, so a newcomer waits for at most one request per other caller,
+ * not for another caller's whole backlog.  Embedded in the front end's connection. */
+struct caller {
+    struct list queue;   /* its waiting requests, in arrival order */
+    struct list turn;    /* its place in the turns while it has any */
+};
+void caller_init(struct caller *c);
+
 /* How a request's owner (a REST call, later a Unix-socket client) hears about it.
  * Exactly one terminal callback (a final frame or on_fail) reaches an attached owner. */
 struct request_ops {
@@ -47,7 +57,9 @@ struct request {
     char service[96];
     bool has_flow;
     double enqueued_at, sent_at;
-    struct list qnode;    /* in queue */
+    struct list qnode;    /* in the queue, in arrival order (queue deadlines) */
+    struct list cnode;    /* in its caller's queue */
+    struct caller *caller; /* whose turn it waits for (NULL: the table's own) */
     struct list wnode;    /* in its window */
     struct window *win;   /* the connection's window it was sent on */
     struct request *hnext;
@@ -58,7 +70,9 @@ struct request {
 };
 
 struct reqtable {
-    struct list queue;    /* arrival order */
+    struct list queue;    /* every waiting request, arrival order */
+    struct list turns;    /* callers with waiting requests, the next one first */
+    struct caller nobody; /* for requests of no caller in particular */
     size_t nqueued, nlive;
     struct request **buckets;
     size_t nbuckets, nhashed;
@@ -72,7 +86,10 @@ void reqtable_destroy(struct reqtable *rt);
 struct request *reqtable_new(struct reqtable *rt);
 void reqtable_enqueue(struct reqtable *rt, struct request *req);
 void reqtable_dequeue(struct reqtable *rt, struct request *req);
+/* The next request to send: the first of the caller whose turn it is. */
 struct request *reqtable_queue_head(struct reqtable *rt);
+/* The request that has waited longest (its queue deadline is the next). */
+struct request *reqtable_oldest(struct reqtable *rt);
 void window_init(struct window *w);
 /* True when one more request fits in a window of max entries. */
 bool window_has_room(const struct window *w, int max);

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "envelope.h"
 #include "list.h"
+#include "reqtable.h"
 
 struct session;
 
@@ -42,6 +43,7 @@ struct session {
     size_t npending;
     unsigned long long next_auto_id;
     bool locked;             /* requests refused with auth-required (local client token) */
+    struct caller caller;    /* this client, as the fair queue sees it */
     bool closed;
 };
 

@@ -1,6 +1,7 @@
-/* The one WebSocket to the gateway: connect, authenticate the way the gateway's era
- * expects (reference §1.1, §3), keep alive, reconnect, send envelopes and hand every
- * reply frame to the mux. */
+/* The WebSockets to the gateway: one persistent connection, plus overflow ones while
+ * every window is full (README "Connections and flow control"); connect through
+ * dial.c, authenticate the way the gateway's era expects (reference §1.1, §3), keep
+ * alive, reconnect, send envelopes and hand every reply frame to the mux. */
 #ifndef TGB_UPSTREAM_H
 #define TGB_UPSTREAM_H
 #include <stdbool.h>
@@ -42,4 +43,10 @@ void upstream_on_change(upstream_change_fn fn);
 /* Begins a clean close of every connection. */
 void upstream_stop(void);
 bool upstream_closed(void);
+/* /status: every connection as a JSON array. */
+struct buf;
+void upstream_connections(struct buf *out);
+size_t upstream_connection_count(void);
+/* /metrics: connections opened (opened) or closed by why, i-th; false past the last. */
+bool upstream_counter(size_t i, bool opened, const char **name, unsigned long long *n);
 #endif

@@ -23,7 +23,7 @@ enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
-    O_LOG_LEVEL, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
+    O_LOG_LEVEL, O_MAX_CONNECTIONS, O_CONNECTION_IDLE, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
 };
 
@@ -101,6 +101,12 @@ static const struct opt_doc docs[] = {
      "connection before they are failed (default 10)"},
     {O_MAX_INFLIGHT, "max-inflight", "N", "TGBRIDGE_MAX_INFLIGHT",
      "requests in the gateway's window at once (default 15, limit 16)"},
+    {O_MAX_CONNECTIONS, "max-connections", "N", "TGBRIDGE_MAX_CONNECTIONS",
+     "gateway connections at most: the persistent one, plus overflow ones\n"
+     "while every window is full and requests wait (default 8)"},
+    {O_CONNECTION_IDLE, "connection-idle", "SECONDS", "TGBRIDGE_CONNECTION_IDLE",
+     "close an overflow connection after this long with nothing in flight\n"
+     "(default 30)"},
     {O_MAX_QUEUE, "max-queue", "N", "TGBRIDGE_MAX_QUEUE",
      "requests waiting for the window before 503 (default 4096)"},
     {O_WORKSPACE, "workspace", "NAME", "TGBRIDGE_WORKSPACE",
@@ -352,7 +358,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         return 0;
     case O_REQUEST_TIMEOUT: case O_QUEUE_TIMEOUT: case O_HEARTBEAT: case O_RECONNECT_MIN:
     case O_RECONNECT_MAX: case O_PING_INTERVAL: case O_PING_TIMEOUT: case O_DRAIN_TIMEOUT:
-    case O_CONNECT_TIMEOUT: case O_CLIENT_TIMEOUT: {
+    case O_CONNECT_TIMEOUT: case O_CLIENT_TIMEOUT: case O_CONNECTION_IDLE: {
         double *dst = id == O_REQUEST_TIMEOUT ? &cfg->request_timeout
                     : id == O_QUEUE_TIMEOUT ? &cfg->queue_timeout
                     : id == O_HEARTBEAT ? &cfg->heartbeat
@@ -361,7 +367,8 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
                     : id == O_PING_INTERVAL ? &cfg->ping_interval
                     : id == O_DRAIN_TIMEOUT ? &cfg->drain_timeout
                     : id == O_CONNECT_TIMEOUT ? &cfg->connect_timeout
-                    : id == O_CLIENT_TIMEOUT ? &cfg->client_timeout : &cfg->ping_timeout;
+                    : id == O_CLIENT_TIMEOUT ? &cfg->client_timeout
+                    : id == O_CONNECTION_IDLE ? &cfg->connection_idle : &cfg->ping_timeout;
         if (parse_seconds(v, dst))
             return errorf(err, errlen, "option wants seconds (fractions allowed), got '%s'", v);
         if ((id == O_CONNECT_TIMEOUT || id == O_CLIENT_TIMEOUT) && *dst <= 0)
@@ -369,13 +376,17 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
                           id == O_CONNECT_TIMEOUT ? "connect-timeout" : "client-timeout");
         return 0;
     }
-    case O_MAX_INFLIGHT: case O_MAX_QUEUE: case O_MAX_PENDING: case O_MAX_WS_CLIENTS:
+    case O_MAX_INFLIGHT: case O_MAX_QUEUE: case O_MAX_PENDING: case O_MAX_WS_CLIENTS: case O_MAX_CONNECTIONS:
         n = strtol(v, &e, 10);
         if (!*v || *e || n < 1 || n > 1000000)
             return errorf(err, errlen, "option wants a positive integer, got '%s'", v);
         if (id == O_MAX_INFLIGHT && n > 16)
             return errorf(err, errlen, "--max-inflight above 16 would stall the gateway's reader");
-        if (id == O_MAX_PENDING)
+        if (id == O_MAX_CONNECTIONS && n > 64)
+            return errorf(err, errlen, "--max-connections is at most 64");
+        if (id == O_MAX_CONNECTIONS)
+            cfg->max_connections = (int)n;
+        else if (id == O_MAX_PENDING)
             cfg->max_pending = (size_t)n;
         else if (id == O_MAX_WS_CLIENTS)
             cfg->max_ws_clients = (size_t)n;
@@ -434,6 +445,8 @@ void config_defaults(struct config *cfg)
     cfg->max_inflight = 15;
     cfg->max_queue = 4096;
     cfg->max_pending = 1024;
+    cfg->max_connections = 8;
+    cfg->connection_idle = 30;
     cfg->max_ws_clients = 1024;
     cfg->log_level = LOG_INFO;
     cfg->unix_mode = 0660;

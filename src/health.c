@@ -68,6 +68,19 @@ static void render_metrics(struct buf *b)
              "Gateway connections re-established after one was lost.", upstream_reconnects());
     metric_u(b, "tgbridge_upstream_rotations_total", "counter",
              "Make-before-break replacements of the gateway connection.", upstream_rotations());
+    metric_u(b, "tgbridge_upstream_connections", "gauge",
+             "Connections to the gateway: the persistent one, overflow ones, and one opening.",
+             upstream_connection_count());
+    for (int opened = 1; opened >= 0; opened--) {
+        const char *name = opened ? "tgbridge_upstream_connections_opened_total"
+                                  : "tgbridge_upstream_connections_closed_total";
+        head(b, name, "counter", opened ? "Gateway connections opened, by why (startup, reconnect, overflow, rotation)."
+                                        : "Gateway connections closed, by why (idle, rotated, lost, failed, shutdown).");
+        const char *why;
+        unsigned long long n;
+        for (size_t i = 0; upstream_counter(i, opened, &why, &n); i++)
+            buf_printf(b, "%s{reason=\"%s\"} %llu\n", name, why, n);
+    }
     metric_u(b, "tgbridge_requests_submitted_total", "counter",
              "Requests from local callers admitted for the gateway.", ms.submitted);
     metric_u(b, "tgbridge_requests_completed_total", "counter",
@@ -171,6 +184,8 @@ static void render_status(struct buf *b)
         buf_puts(b, "null");
     buf_puts(b, ",\"reauth\":");
     json_str(b, upstream_reauth_status());
+    buf_printf(b, ",\"connections\":%zu,\"connection_list\":", upstream_connection_count());
+    upstream_connections(b);
     buf_printf(b,
                ",\"reconnects\":%u,\"rotations\":%u,\"draining_old_connection\":%s},"
                "\"requests\":{\"in_flight\":%zu,\"queued\":%zu,\"window_used\":%zu,"

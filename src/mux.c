@@ -111,7 +111,7 @@ static void queue_expired(struct timer *t);
 
 static void arm_queue_timer(void)
 {
-    struct request *head = reqtable_queue_head(&M.rt);
+    struct request *head = reqtable_oldest(&M.rt);
     if (head)
         timer_after(&M.queue_timer, head->enqueued_at + M.cfg->queue_timeout - now_mono(), queue_expired);
 }
@@ -121,7 +121,7 @@ static void queue_expired(struct timer *t)
     (void)t;
     double now = now_mono();
     struct request *req;
-    while ((req = reqtable_queue_head(&M.rt)) && req->enqueued_at + M.cfg->queue_timeout <= now) {
+    while ((req = reqtable_oldest(&M.rt)) && req->enqueued_at + M.cfg->queue_timeout <= now) {
         reqtable_dequeue(&M.rt, req);
         req->state = REQ_CLOSED;
         char msg[512];
@@ -215,6 +215,11 @@ void mux_detach(struct request *req)
 const char *mux_default_workspace(void)
 {
     return M.sink->default_workspace();
+}
+
+size_t mux_queued(void)
+{
+    return M.rt.nqueued;
 }
 
 bool mux_queue_empty(void)

@@ -11,10 +11,18 @@ static uint64_t hash_id(const char *s)
     return h;
 }
 
+void caller_init(struct caller *c)
+{
+    list_init(&c->queue);
+    list_init(&c->turn);
+}
+
 void reqtable_init(struct reqtable *rt, const char *prefix)
 {
     memset(rt, 0, sizeof *rt);
     list_init(&rt->queue);
+    list_init(&rt->turns);
+    caller_init(&rt->nobody);
     rt->nbuckets = 256;
     rt->buckets = calloc(rt->nbuckets, sizeof *rt->buckets);
     if (!rt->buckets)
@@ -74,6 +82,7 @@ struct request *reqtable_new(struct reqtable *rt)
     snprintf(req->id, sizeof req->id, "%s-%llu", rt->prefix, (unsigned long long)req->seq);
     req->state = REQ_NEW;
     list_init(&req->qnode);
+    list_init(&req->cnode);
     list_init(&req->wnode);
     list_init(&req->dnode);
     buf_init(&req->frame, LWS_PRE);
@@ -81,10 +90,19 @@ struct request *reqtable_new(struct reqtable *rt)
     return req;
 }
 
+static struct caller *caller_of(struct reqtable *rt, struct request *req)
+{
+    return req->caller ? req->caller : &rt->nobody;
+}
+
 void reqtable_enqueue(struct reqtable *rt, struct request *req)
 {
+    struct caller *c = caller_of(rt, req);
     req->state = REQ_QUEUED;
     list_add_tail(&rt->queue, &req->qnode);
+    if (list_empty(&c->queue))
+        list_add_tail(&rt->turns, &c->turn);
+    list_add_tail(&c->queue, &req->cnode);
     rt->nqueued++;
 }
 
@@ -92,11 +110,23 @@ void reqtable_dequeue(struct reqtable *rt, struct request *req)
 {
     if (!list_linked(&req->qnode))
         return;
+    struct caller *c = caller_of(rt, req);
     list_del(&req->qnode);
+    list_del(&req->cnode);
+    if (list_empty(&c->queue))
+        list_del(&c->turn);
     rt->nqueued--;
 }
 
 struct request *reqtable_queue_head(struct reqtable *rt)
+{
+    if (list_empty(&rt->turns))
+        return NULL;
+    struct caller *c = list_entry(rt->turns.next, struct caller, turn);
+    return list_entry(c->queue.next, struct request, cnode);
+}
+
+struct request *reqtable_oldest(struct reqtable *rt)
 {
     return list_empty(&rt->queue) ? NULL : list_entry(rt->queue.next, struct request, qnode);
 }
@@ -114,7 +144,12 @@ bool window_has_room(const struct window *w, int max)
 
 void reqtable_mark_sent(struct reqtable *rt, struct request *req, struct window *w)
 {
+    struct caller *c = caller_of(rt, req);
     reqtable_dequeue(rt, req);
+    if (!list_empty(&c->queue) && c->turn.next != &rt->turns) {
+        list_del(&c->turn); /* its turn is over: to the back */
+        list_add_tail(&rt->turns, &c->turn);
+    }
     req->state = REQ_SENT;
     req->win = w;
     list_add_tail(&w->list, &req->wnode);

@@ -367,6 +367,7 @@ struct conn_watch {
     size_t received;     /* body bytes so far */
     struct timer deadline;
     struct refusal first_refusal; /* the listener's answer to its first request, if any */
+    struct caller caller;         /* this connection, as the fair queue sees it */
 };
 
 static void caller_gone(struct call *call)
@@ -495,6 +496,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         R.nconns++;
         if (cw) {
             cw->fd = ci ? ci->connect_fd : -1;
+            caller_init(&cw->caller);
             await_head(cw, R.accepted_at > 0 ? R.accepted_at : now_mono());
             if (R.first_refusal)
                 cw->first_refusal = *R.first_refusal;
@@ -799,6 +801,7 @@ static enum MHD_Result start_call(struct call *call)
     call->phase = PH_WAITING;
     call->req = mux_new(call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL, workspace, body,
                         call->body.len, &call_ops, call);
+    call->req->caller = call->watch ? &call->watch->caller : NULL;
     cJSON_Delete(root);
     buf_free(&call->body);
     mux_submit(call->req);

@@ -26,6 +26,7 @@ void session_init(struct session *s, const struct session_rules *rules, const st
     s->cfg = cfg;
     s->owner = owner;
     list_init(&s->reqs);
+    caller_init(&s->caller);
 }
 
 void session_error_json(struct buf *b, const char *cid, const char *type, const char *message)
@@ -145,6 +146,7 @@ static void submit(struct session *s, const struct client_msg_info *m, const cha
     list_add_tail(&s->reqs, &r->node);
     s->npending++;
     r->req = mux_alloc(m->service, m->has_flow, &sreq_ops, r);
+    r->req->caller = &s->caller;
     envelope_rewrite(&r->req->frame, text, len, m->id_present ? &m->id_span : NULL, r->req->id, s->cfg->workspace);
     if (s->ops->pending_changed)
         s->ops->pending_changed(s);

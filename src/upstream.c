@@ -2,6 +2,7 @@
 #include "buf.h"
 #include "dial.h"
 #include "envelope.h"
+#include "list.h"
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
@@ -28,15 +29,27 @@
 /* Replies have no size limit at the gateway (ref §2.4); cap what one frame may cost us. */
 #define MAX_REPLY_FRAME (512u * 1024 * 1024)
 
-/* One WebSocket to the gateway.  Normally there is one, `cur`.  A rotation is
- * make-before-break: the replacement connects and authenticates as `next` while
- * `cur` keeps serving; once `next` is ready it becomes `cur` and the previous one
- * drains as `old`, receiving replies for its live requests but sending nothing new. */
+/* Why a connection was opened, and why it closed (logs and /metrics). */
+enum opened_for { FOR_STARTUP, FOR_RECONNECT, FOR_OVERFLOW, FOR_ROTATION, OPENED_FOR_N };
+static const char *const opened_names[OPENED_FOR_N] = {"startup", "reconnect", "overflow", "rotation"};
+enum closed_for { CLOSED_IDLE, CLOSED_ROTATED, CLOSED_LOST, CLOSED_FAILED, CLOSED_SHUTDOWN, CLOSED_FOR_N };
+static const char *const closed_names[CLOSED_FOR_N] = {"idle", "rotated", "lost", "failed", "shutdown"};
+
+/* The connections to the gateway (README "Connections and flow control").  One is
+ * the persistent connection, `primary`, opened at start and kept.  When requests wait
+ * and every ready connection's window is full, one more -- an overflow connection --
+ * is opened, up to --max-connections, one at a time; an overflow connection idle for
+ * --connection-idle is closed.  A rotation is make-before-break: the replacement
+ * opens and authenticates while the replaced one keeps serving; then the replaced one
+ * retires, receiving replies for its live requests but taking nothing new. */
 struct upconn {
     struct dial dial;        /* the connection itself: wsi, phase, deadline, reason */
     unsigned serial;
     enum upstream_state state; /* UP_AUTHENTICATING / UP_READY once open; before that the dial's phase */
-    bool draining;
+    enum opened_for why;
+    bool retiring;           /* takes nothing new; closes once nothing live is left on it */
+    bool goodbye;            /* close with a close frame from the next WRITEABLE */
+    enum closed_for closed_as; /* what its end will be counted as */
     bool auth_refused;       /* failed on credentials: the backoff stays at its longest */
     bool auth_frame_due;     /* an auth frame (first or refresh) still has to be written */
     bool reauthenticating;   /* a refresh frame was sent, its reply not yet seen */
@@ -46,14 +59,21 @@ struct upconn {
     struct buf rx;
     bool rx_overflow;
     double last_heard;       /* for telling a dead peer from a closed one */
+    unsigned long long carried; /* requests sent on it */
     struct timer reauth_timer; /* an in-band refresh unanswered */
     struct timer resume_rx;    /* reading paused so that a first part goes out first */
+    struct timer idle_timer;   /* an overflow connection with nothing in flight */
+    struct timer drain_timer;  /* a retiring one's live requests have --drain-timeout */
+    struct list node;
 };
 
 static struct {
     struct lws_context *ctx;
     struct config *cfg;
-    struct upconn *cur, *next, *old;
+    struct list conns;       /* every connection, opening ones included */
+    struct upconn *primary;  /* the persistent connection, once ready (else NULL) */
+    struct upconn *opening;  /* the one connection being opened, if any */
+    struct upconn *replacing; /* what `opening` replaces, in a rotation */
     char rotate_pending[160]; /* a rotation asked for while another was under way */
     char reason[512];
     char era[48];
@@ -61,9 +81,11 @@ static struct {
     char reauth_status[160];
     bool auth_rejected;      /* the last connection failed on credentials */
     bool stopping;
-    struct timer retry_timer, drain_timer, rotate_timer, rotate_retry_timer;
-    uint16_t retry_count;
+    struct timer retry_timer, overflow_timer, rotate_timer, rotate_retry_timer;
+    uint16_t retry_count, overflow_retry_count;
+    double overflow_not_before;
     unsigned reconnects, rotations, serial;
+    unsigned long long opened[OPENED_FOR_N], closed[CLOSED_FOR_N];
     bool ever_connected;
     lws_retry_bo_t retry;
     uint32_t retry_table[16];
@@ -72,8 +94,7 @@ static struct {
 } U;
 
 /* Records why connection c is failing (the first reason given wins); it becomes the
- * upstream's reason when c goes, unless c was a rotation's replacement and the
- * current connection still serves. */
+ * upstream's reason when c goes, if c was what readiness hung on. */
 static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void conn_reason(struct upconn *c, bool auth, const char *fmt, ...)
 {
@@ -93,16 +114,48 @@ static enum upstream_state conn_state(const struct upconn *c)
     return c->dial.phase == DIAL_RESOLVING ? UP_RESOLVING : c->dial.phase == DIAL_IDLE ? UP_DOWN : UP_CONNECTING;
 }
 
-bool upstream_ready(void) { return U.cur && U.cur->state == UP_READY; }
-enum upstream_state upstream_state(void) { return U.cur ? conn_state(U.cur) : UP_DOWN; }
+static bool serving(const struct upconn *c)
+{
+    return c->state == UP_READY && !c->retiring && !c->goodbye && c->dial.wsi;
+}
+
+bool upstream_ready(void) { return U.primary != NULL; }
+enum upstream_state upstream_state(void)
+{
+    return U.primary ? UP_READY : U.opening ? conn_state(U.opening) : UP_DOWN;
+}
 const char *upstream_reason(void) { return upstream_ready() ? "" : U.reason; }
 const char *upstream_era(void) { return U.era; }
 const char *upstream_default_workspace(void) { return U.default_ws; }
 unsigned upstream_reconnects(void) { return U.reconnects; }
 unsigned upstream_rotations(void) { return U.rotations; }
 const char *upstream_reauth_status(void) { return U.reauth_status; }
-size_t upstream_window_used(void) { return U.cur ? U.cur->win.n : 0; }
-bool upstream_draining(void) { return U.old != NULL; }
+
+size_t upstream_window_used(void)
+{
+    size_t n = 0;
+    for (const struct list *p = U.conns.next; p != &U.conns; p = p->next)
+        n += list_entry(p, struct upconn, node)->win.n;
+    return n;
+}
+
+bool upstream_draining(void)
+{
+    for (const struct list *p = U.conns.next; p != &U.conns; p = p->next)
+        if (list_entry(p, struct upconn, node)->retiring)
+            return true;
+    return false;
+}
+
+static size_t count_conns(bool serving_only)
+{
+    size_t n = 0;
+    for (const struct list *p = U.conns.next; p != &U.conns; p = p->next) {
+        const struct upconn *c = list_entry(p, struct upconn, node);
+        n += !serving_only || !c->retiring;
+    }
+    return n;
+}
 
 static const char *token(void)
 {
@@ -143,7 +196,7 @@ static void connect_now(struct timer *t);
 
 static void schedule_reconnect(void)
 {
-    if (U.stopping || U.cur)
+    if (U.stopping || U.primary || U.opening)
         return;
     if (U.auth_rejected) {
         /* Hammering a gateway that refuses the token helps nobody: the backoff resets
@@ -171,11 +224,6 @@ static void log_down(void)
     }
 }
 
-static void check_old(void);
-static void drain_expired(struct timer *t);
-
-static void retry_rotation(struct timer *t);
-
 /* Why a connection that failed on the way up or was lost says so, in the upstream's
  * words (dial.c words it for every connection alike). */
 static void word_reason(struct upconn *c)
@@ -189,52 +237,170 @@ static void word_reason(struct upconn *c)
     }
 }
 
+static struct upconn *start_connection(enum opened_for why, char *whynot, size_t whylen);
+static void retry_rotation(struct timer *t);
+static void rotation_done(void);
+
+/* Takes nothing new; it goes once nothing live is left on it (check_retiring), or at
+ * --drain-timeout. */
+static void drain_expired(struct timer *t);
+static void check_retiring(struct upconn *c);
+
+static void retire(struct upconn *c, const char *why)
+{
+    if (c->retiring)
+        return;
+    c->retiring = true;
+    c->closed_as = CLOSED_ROTATED;
+    timer_cancel(&c->idle_timer);
+    log_info("connection #%u takes no new requests (%s); it closes once its live ones are done", c->serial, why);
+    timer_after(&c->drain_timer, U.cfg->drain_timeout, drain_expired);
+    check_retiring(c);
+}
+
+static void drain_expired(struct timer *t)
+{
+    struct upconn *c = timer_owner(t, struct upconn, drain_timer);
+    char msg[200];
+    snprintf(msg, sizeof msg, "the gateway connection was rotated and the request did not finish within "
+                              "--drain-timeout (%.3g s)", U.cfg->drain_timeout);
+    mux_fail_window(&c->win, 502, "upstream-disconnected", msg);
+    dial_close(&c->dial);
+}
+
+static void check_retiring(struct upconn *c)
+{
+    if (c->retiring && !c->dial.closing && mux_window_live(&c->win) == 0) {
+        log_info("closing connection #%u (nothing left to wait for)", c->serial);
+        dial_close(&c->dial);
+    }
+}
+
+/* The serving connection with the most room takes over from a persistent one that
+ * is gone; overflow ones are kept, so the loss costs no gap in service. */
+static struct upconn *best_serving(void)
+{
+    struct upconn *best = NULL;
+    for (struct list *p = U.conns.next; p != &U.conns; p = p->next) {
+        struct upconn *c = list_entry(p, struct upconn, node);
+        if (serving(c) && (!best || c->win.n < best->win.n))
+            best = c;
+    }
+    return best;
+}
+
+static void idle_expired(struct timer *t);
+
+/* An overflow connection with an empty window is closed after --connection-idle. */
+static void window_changed(struct upconn *c)
+{
+    if (c->retiring) {
+        check_retiring(c);
+        return;
+    }
+    if (c != U.primary && serving(c) && c->win.n == 0 && !timer_pending(&c->idle_timer))
+        timer_after(&c->idle_timer, U.cfg->connection_idle, idle_expired);
+}
+
+static void idle_expired(struct timer *t)
+{
+    struct upconn *c = timer_owner(t, struct upconn, idle_timer);
+    if (c == U.primary || !serving(c) || c->win.n)
+        return;
+    log_info("closing overflow connection #%u: nothing in flight for %g s (--connection-idle)", c->serial,
+             U.cfg->connection_idle);
+    c->goodbye = true;
+    c->closed_as = CLOSED_IDLE;
+    lws_callback_on_writable(c->dial.wsi);
+}
+
+static void sent_on(struct upconn *c, struct request *req)
+{
+    c->carried++;
+    timer_cancel(&c->idle_timer);
+    mux_sent(req);
+}
+
+static void overflow_retry(struct timer *t)
+{
+    (void)t;
+    upstream_kick();
+}
+
 /* dial.c's gone: the connection failed or closed; nothing of it is left in lws. */
 static void conn_gone(struct dial *d)
 {
     struct upconn *c = timer_owner(d, struct upconn, dial);
     word_reason(c);
-    bool counts = c == U.cur || (c == U.next && !U.cur);
-    if (counts && !U.stopping) {
+    bool was_primary = c == U.primary, was_opening = c == U.opening;
+    list_del(&c->node);
+    if (was_primary)
+        U.primary = NULL;
+    if (was_opening)
+        U.opening = NULL;
+    if (c == U.replacing)
+        U.replacing = NULL;
+    /* What readiness hung on: the persistent connection, or an attempt made while
+     * none serves.  An overflow connection failing never speaks for readiness. */
+    bool counts = (was_primary || (was_opening && c->why != FOR_OVERFLOW)) && !U.stopping;
+    if (counts) {
         snprintf(U.reason, sizeof U.reason, "%s", c->dial.reason);
         U.auth_rejected = c->auth_refused;
     }
     const char *why = U.stopping ? "tgbridge is shutting down"
-                      : c->draining ? "the rotated-out gateway connection closed" : c->dial.reason;
+                      : c->retiring ? "the rotated-out gateway connection closed" : c->dial.reason;
     mux_upstream_lost(&c->win, why);
     timer_cancel(&c->reauth_timer);
     timer_cancel(&c->resume_rx);
+    timer_cancel(&c->idle_timer);
+    timer_cancel(&c->drain_timer);
     buf_free(&c->rx);
     buf_free(&c->burst);
-    bool was_cur = c == U.cur, was_next = c == U.next;
-    if (c == U.old) {
-        U.old = NULL;
-        timer_cancel(&U.drain_timer);
-        log_info("rotated-out connection #%u closed", c->serial);
-        if (U.rotate_pending[0] && !U.stopping)
-            timer_after(&U.rotate_retry_timer, 0, retry_rotation);
-    } else if (was_next) {
-        /* Make-before-break: the current connection keeps serving -- if there still
-         * is one; if it was lost meanwhile, this was the only way back up. */
-        U.next = NULL;
-        if (!U.stopping && U.cur) {
-            log_warn("rotation failed, keeping connection #%u: %s", U.cur ? U.cur->serial : 0, c->dial.reason);
-            if (!U.rotate_pending[0])
-                snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
-            timer_after(&U.rotate_retry_timer, U.cfg->reconnect_max, retry_rotation);
-        }
-    } else if (was_cur) {
-        U.cur = NULL;
-    }
+    enum closed_for as = U.stopping ? CLOSED_SHUTDOWN : c->state < UP_READY ? CLOSED_FAILED
+                       : c->closed_as == CLOSED_IDLE || c->closed_as == CLOSED_ROTATED ? c->closed_as : CLOSED_LOST;
+    U.closed[as]++;
+    enum opened_for was_for = c->why;
+    bool was_retiring = c->retiring;
+    unsigned serial = c->serial;
+    bool ever_ready = c->state == UP_READY;
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s", c->dial.reason);
     free(c);
-    if (U.stopping || !(was_cur || was_next) || U.cur)
+    if (U.stopping)
         return;
-    if (U.next) {
-        /* The replacement is already on its way: it becomes current when ready. */
-        log_warn("upstream connection lost (%s); its replacement is being set up", U.reason);
+    if (was_opening && was_for == FOR_ROTATION) {
+        log_warn("rotation failed, keeping connection #%u: %s", U.primary ? U.primary->serial : 0, reason);
+        if (!U.rotate_pending[0])
+            snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
+        timer_after(&U.rotate_retry_timer, U.cfg->reconnect_max, retry_rotation);
+    } else if (was_opening && was_for == FOR_OVERFLOW) {
+        char conceal;
+        unsigned ms = lws_retry_get_delay_ms(U.ctx, &U.retry, &U.overflow_retry_count, &conceal);
+        U.overflow_not_before = now_mono() + ms / 1000.0;
+        log_warn("could not open an overflow connection (#%u): %s; the others keep serving, retrying in %.1f s",
+                 serial, reason, ms / 1000.0);
+        timer_after(&U.overflow_timer, ms / 1000.0, overflow_retry);
+    } else if (ever_ready && !was_primary) {
+        log_info("overflow connection #%u closed (%s)", serial,
+                 as == CLOSED_IDLE ? "idle" : as == CLOSED_ROTATED ? "rotated out" : reason);
+    }
+    if (was_retiring && U.rotate_pending[0])
+        timer_after(&U.rotate_retry_timer, 0, retry_rotation); /* one was waiting for this one */
+    if (was_primary) {
+        U.primary = best_serving();
+        if (U.primary) {
+            timer_cancel(&U.primary->idle_timer);
+            log_warn("the persistent connection #%u was lost (%s); overflow connection #%u takes its place",
+                     serial, reason, U.primary->serial);
+        }
+    }
+    if (U.primary || U.opening) {
+        if (!U.primary && U.opening)
+            log_warn("upstream connection lost (%s); its replacement is being set up", U.reason);
+        upstream_kick();
         return;
     }
-    /* Nothing serves and nothing is on its way: a fresh connection replaces both,
+    /* Nothing serves and nothing is on its way: a fresh connection replaces them,
      * and whatever a rotation was wanted for is moot on it. */
     U.rotate_pending[0] = '\0';
     timer_cancel(&U.rotate_retry_timer);
@@ -242,23 +408,27 @@ static void conn_gone(struct dial *d)
     schedule_reconnect();
 }
 
-static void rotate_check(struct timer *t);
-
-static void rotation_done(void);
-
 static void became_ready(struct upconn *c, const char *era, const char *workspace)
 {
     c->state = UP_READY;
-    if (c == U.next) {
-        if (U.cur) {
-            U.old = U.cur;
-            U.old->draining = true;
-            timer_after(&U.drain_timer, U.cfg->drain_timeout, drain_expired);
-        }
-        U.cur = c;
-        U.next = NULL;
+    if (c == U.opening)
+        U.opening = NULL;
+    struct upconn *replaced = c->why == FOR_ROTATION ? U.replacing : NULL;
+    U.replacing = NULL;
+    bool first = !U.primary;
+    if (replaced) {
+        if (replaced == U.primary)
+            U.primary = c;
+        retire(replaced, "rotated out");
+    } else if (!U.primary) {
+        /* A rotation's replacement that finds the one it was to replace lost is what
+         * brings the upstream back: a reconnect. */
+        if (c->why == FOR_ROTATION)
+            U.reconnects++;
+        U.primary = c;
     }
     U.retry_count = 0;
+    U.overflow_retry_count = 0;
     U.auth_rejected = false;
     dial_settled(&c->dial);
     bool era_changed = strcmp(U.era, era) != 0;
@@ -266,12 +436,17 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
     if (workspace)
         snprintf(U.default_ws, sizeof U.default_ws, "%s", workspace);
     U.last_logged_reason[0] = '\0';
-    log_info("upstream ready (connection #%u): %s auth=%s era=%s%s%s%s", c->serial, U.cfg->gateway,
-             auth_mode_name(U.cfg->auth), U.era, U.default_ws[0] ? " default_workspace=" : "", U.default_ws,
-             era_changed ? "" : " (same era as before)");
-    if (U.on_change)
-        U.on_change(true, U.era);
-    check_old();
+    if (c == U.primary) {
+        log_info("upstream ready (connection #%u): %s auth=%s era=%s%s%s%s", c->serial, U.cfg->gateway,
+                 auth_mode_name(U.cfg->auth), U.era, U.default_ws[0] ? " default_workspace=" : "", U.default_ws,
+                 era_changed ? "" : " (same era as before)");
+        if (first && U.on_change)
+            U.on_change(true, U.era);
+    } else {
+        log_info("overflow connection #%u ready (%zu connections; every window was full with requests waiting)",
+                 c->serial, count_conns(true));
+        window_changed(c);
+    }
     upstream_kick();
     rotation_done();
 }
@@ -284,20 +459,31 @@ static void reauth_timed_out(struct timer *t)
     if (c->reauthenticating) {
         c->reauthenticating = false;
         snprintf(U.reauth_status, sizeof U.reauth_status, "no reply to the re-authentication frame");
-        log_warn("no reply to the re-authentication frame; rotating the connection instead");
-        upstream_rotate("re-authentication unanswered");
+        log_warn("no reply to the re-authentication frame on #%u; rotating instead", c->serial);
+        if (c == U.primary)
+            upstream_rotate("re-authentication unanswered");
+        else
+            retire(c, "re-authentication unanswered");
     }
 }
 
-static struct upconn *start_connection(char *why, size_t whylen);
+static bool open_connection(enum opened_for why, char *whynot, size_t whylen)
+{
+    if (U.opening || U.stopping)
+        return false;
+    U.opening = start_connection(why, whynot, whylen);
+    if (!U.opening)
+        return false;
+    U.opened[why]++;
+    return true;
+}
 
 static void connect_now(struct timer *t)
 {
     (void)t;
-    if (U.stopping || U.cur || U.next)
+    if (U.stopping || U.primary || U.opening)
         return;
-    U.cur = start_connection(U.reason, sizeof U.reason);
-    if (!U.cur) {
+    if (!open_connection(U.ever_connected ? FOR_RECONNECT : FOR_STARTUP, U.reason, sizeof U.reason)) {
         log_down();
         schedule_reconnect();
     }
@@ -309,7 +495,7 @@ static const struct dial_ops conn_ops = {on_opened, conn_gone, append_headers};
 
 /* Opens a connection through dial.c (re-reading the token file first).  NULL if it
  * could not start, with why. */
-static struct upconn *start_connection(char *why, size_t whylen)
+static struct upconn *start_connection(enum opened_for why, char *whynot, size_t whylen)
 {
     char err[256];
     if (config_read_token_file(U.cfg, err, sizeof err)) {
@@ -320,6 +506,7 @@ static struct upconn *start_connection(char *why, size_t whylen)
     if (!c)
         abort();
     c->serial = ++U.serial;
+    c->why = why;
     window_init(&c->win);
     buf_init(&c->rx, 0);
     buf_init(&c->burst, LWS_PRE);
@@ -341,74 +528,85 @@ static struct upconn *start_connection(char *why, size_t whylen)
         memcpy(c->dial.path, buf_ptr(&path), path.len + 1);
     explicit_bzero(path.data, path.cap);
     buf_free(&path);
+    list_add_tail(&U.conns, &c->node);
     if (too_long || dial_start(&c->dial)) {
-        snprintf(why, whylen, "%s", too_long ? "gateway path plus token is too long" : c->dial.reason);
+        snprintf(whynot, whylen, "%s", too_long ? "gateway path plus token is too long" : c->dial.reason);
+        list_del(&c->node);
         explicit_bzero(c->dial.path, sizeof c->dial.path);
         buf_free(&c->burst);
         free(c);
         return NULL;
     }
-    log_debug("connection #%u: %s %s", c->serial, dial_phase_name(&c->dial),
+    log_debug("connection #%u (%s): %s %s", c->serial, opened_names[why], dial_phase_name(&c->dial),
               U.cfg->via_proxy ? U.cfg->via_proxy->host : U.cfg->gw.host);
     return c;
 }
 
-/* Rotation: abandoned requests (timed out, caller gone) still count in the gateway's
- * window until the gateway's own timeout — only a new socket frees it (issue 5). */
+/* A window full of requests nobody waits for any more (timed out, caller gone) while
+ * others wait: the gateway has no cancel, so only a new socket frees it (issue 5).
+ * The persistent connection is replaced make-before-break; an overflow one retires. */
 static void rotate_check(struct timer *t)
 {
     (void)t;
-    if (!U.old && !U.next && upstream_ready() && mux_window_blocked_by_abandoned(&U.cur->win))
-        upstream_rotate("requests nobody waits for any more hold the gateway's window");
+    if (U.stopping || mux_queue_empty() || U.opening || upstream_draining())
+        return; /* one at a time: the replacement under way frees the window */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &U.conns) {
+        struct upconn *c = list_entry(pos, struct upconn, node);
+        if (!serving(c) || !mux_window_blocked_by_abandoned(&c->win))
+            continue;
+        if (c == U.primary)
+            upstream_rotate("requests nobody waits for any more hold the gateway's window");
+        else
+            retire(c, "requests nobody waits for any more hold its window");
+    }
 }
 
+/* Placement: a waiting request goes to the serving connection with the most room in
+ * its window (the persistent one when they tie), which can start it soonest; when
+ * every window is full, one more connection is opened (README "Connections"). */
 void upstream_kick(void)
 {
-    struct upconn *c = U.cur;
-    if (!c || c->state != UP_READY || !c->dial.wsi)
+    if (U.stopping)
         return;
-    if (c->sending || mux_has_sendable(&c->win) || c->auth_frame_due)
-        lws_callback_on_writable(c->dial.wsi);
-    else if (!U.old && !U.next && !mux_queue_empty())
-        timer_after(&U.rotate_timer, 0, rotate_check);
-}
-
-static void drain_expired(struct timer *t)
-{
-    (void)t;
-    struct upconn *o = U.old;
-    if (!o)
+    struct upconn *best = NULL;
+    for (struct list *p = U.conns.next; p != &U.conns; p = p->next) {
+        struct upconn *c = list_entry(p, struct upconn, node);
+        if (!serving(c))
+            continue;
+        if (c->sending || c->auth_frame_due)
+            lws_callback_on_writable(c->dial.wsi);
+        if (!window_has_room(&c->win, U.cfg->max_inflight))
+            continue;
+        if (!best || c->win.n < best->win.n || (c->win.n == best->win.n && c == U.primary))
+            best = c;
+    }
+    if (mux_queue_empty())
         return;
-    char msg[200];
-    snprintf(msg, sizeof msg, "the gateway connection was rotated and the request did not finish within "
-                              "--drain-timeout (%.3g s)", U.cfg->drain_timeout);
-    mux_fail_window(&o->win, 502, "upstream-disconnected", msg);
-    dial_close(&o->dial);
-}
-
-/* The old socket closes once the new one is ready and nobody waits on the old one. */
-static void check_old(void)
-{
-    struct upconn *o = U.old;
-    if (!o || o->dial.closing)
+    if (best) {
+        lws_callback_on_writable(best->dial.wsi);
         return;
-    if (upstream_ready() && mux_window_live(&o->win) == 0) {
-        log_info("closing rotated-out connection #%u (nothing left to wait for)", o->serial);
-        dial_close(&o->dial);
+    }
+    /* Every window is full and requests wait. */
+    timer_after(&U.rotate_timer, 0, rotate_check);
+    if (U.primary && !U.opening && count_conns(true) < (size_t)U.cfg->max_connections &&
+        now_mono() >= U.overflow_not_before) {
+        char whynot[512];
+        if (!open_connection(FOR_OVERFLOW, whynot, sizeof whynot))
+            log_warn("cannot open an overflow connection: %s", whynot);
+        else
+            log_info("opening overflow connection #%u: every window is full and %zu requests wait",
+                     U.opening->serial, mux_queued());
     }
 }
 
 void upstream_rotate(const char *why)
 {
-    if (U.stopping)
-        return;
-    if (!U.cur || U.cur->state != UP_READY) {
-        /* Nothing established to replace: the next connection attempt picks the new
-         * settings up anyway. */
-        return;
-    }
-    if (U.next || U.old) {
-        /* One rotation at a time; this one runs when the current one is done. */
+    if (U.stopping || !U.primary)
+        return; /* nothing established to replace: the next attempt picks the new settings up */
+    if (U.opening || upstream_draining()) {
+        /* One rotation at a time (and one opening at a time); this one runs when the
+         * current one is done. */
         snprintf(U.rotate_pending, sizeof U.rotate_pending, "%s", why);
         return;
     }
@@ -416,13 +614,14 @@ void upstream_rotate(const char *why)
     timer_cancel(&U.rotate_retry_timer);
     U.rotations++;
     log_info("rotating the gateway connection (make-before-break): %s", why);
-    char why_not[512];
-    U.next = start_connection(why_not, sizeof why_not);
-    if (!U.next) {
-        log_warn("rotation failed, keeping connection #%u: %s", U.cur->serial, why_not);
+    char whynot[512];
+    if (!open_connection(FOR_ROTATION, whynot, sizeof whynot)) {
+        log_warn("rotation failed, keeping connection #%u: %s", U.primary->serial, whynot);
         snprintf(U.rotate_pending, sizeof U.rotate_pending, "retrying a failed rotation");
         timer_after(&U.rotate_retry_timer, U.cfg->reconnect_max, retry_rotation);
+        return;
     }
+    U.replacing = U.primary;
 }
 
 static void retry_rotation(struct timer *t)
@@ -434,7 +633,7 @@ static void retry_rotation(struct timer *t)
 /* Runs a rotation that was asked for while another was under way. */
 static void rotation_done(void)
 {
-    if (U.rotate_pending[0] && !U.next && !U.old) {
+    if (U.rotate_pending[0] && !U.opening && !upstream_draining()) {
         char why[160];
         snprintf(why, sizeof why, "%s", U.rotate_pending);
         U.rotate_pending[0] = '\0';
@@ -446,8 +645,8 @@ static void on_opened(struct dial *d)
 {
     struct upconn *c = timer_owner(d, struct upconn, dial);
     c->last_heard = now_mono();
-    if (U.ever_connected && c != U.next)
-        U.reconnects++; /* a rotation is not a reconnect */
+    if (c->why == FOR_RECONNECT)
+        U.reconnects++; /* a rotation or an overflow connection is not a reconnect */
     U.ever_connected = true;
     if (!sends_auth_frame()) {
         became_ready(c, U.cfg->auth == AUTH_QUERY ? "not probed (--auth query)" : "not probed (--auth header)",
@@ -533,8 +732,7 @@ static int on_message(struct upconn *c, const char *text, size_t len)
         on_reauth_reply(c, &f);
     } else {
         mux_on_frame(&f, &c->win);
-        if (c->draining)
-            check_old();
+        window_changed(c);
     }
     frame_free(&f);
     return rc;
@@ -632,7 +830,7 @@ static int write_burst(struct upconn *c, struct request *first)
     for (size_t i = 0; i < n; i++) {
         log_debug("sent %s (%zu bytes) service=%s on #%u", batch[i]->id, batch[i]->frame.len, batch[i]->service,
                   c->serial);
-        mux_sent(batch[i]);
+        sent_on(c, batch[i]);
     }
     return 0;
 }
@@ -642,7 +840,7 @@ static int write_burst(struct upconn *c, struct request *first)
 static int write_next(struct upconn *c)
 {
     for (int n = 0; n < 32; n++) {
-        if (!c->sending && !c->draining) {
+        if (!c->sending && !c->retiring) {
             struct request *req = mux_next_to_send(&c->win);
             if (!req)
                 break;
@@ -669,15 +867,15 @@ static int write_next(struct upconn *c)
         if (req->sent_off == total) {
             c->sending = NULL;
             log_debug("sent %s (%zu bytes) service=%s on #%u", req->id, total, req->service, c->serial);
-            mux_sent(req);
+            sent_on(c, req);
         }
         if (lws_send_pipe_choked(c->dial.wsi))
             break;
     }
-    if (c->sending || (!c->draining && mux_has_sendable(&c->win)))
+    if (c->sending || (!c->retiring && mux_has_sendable(&c->win)))
         lws_callback_on_writable(c->dial.wsi);
-    else if (!U.old && !U.next && !mux_queue_empty())
-        timer_after(&U.rotate_timer, 0, rotate_check);
+    else if (!mux_queue_empty())
+        upstream_kick(); /* its window is full: another connection, or one more */
     return 0;
 }
 
@@ -695,8 +893,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         c->last_heard = now_mono();
         return 0;
     case LWS_CALLBACK_CLIENT_WRITEABLE:
-        if (c->dial.closing || U.stopping) {
-            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, NULL, 0);
+        if (c->dial.closing || U.stopping || c->goodbye) {
+            lws_close_reason(wsi, c->goodbye && !U.stopping ? LWS_CLOSE_STATUS_NORMAL : LWS_CLOSE_STATUS_GOINGAWAY,
+                             NULL, 0);
             return -1;
         }
         if (c->auth_frame_due)
@@ -705,7 +904,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return write_next(c);
         return 0;
     case LWS_CALLBACK_CLIENT_CLOSED:
-        if (c->state >= UP_AUTHENTICATING && !c->dial.closing) {
+        if (c->state >= UP_AUTHENTICATING && !c->dial.closing && !c->goodbye) {
             /* lws hangs up after an unanswered ping (the retry policy's validity). */
             double silent = now_mono() - c->last_heard;
             if (silent >= U.retry.secs_since_valid_hangup - 0.5)
@@ -744,6 +943,7 @@ int upstream_init(struct lws_context *ctx, struct config *cfg)
     memset(&U, 0, sizeof U);
     U.ctx = ctx;
     U.cfg = cfg;
+    list_init(&U.conns);
     snprintf(U.reason, sizeof U.reason, "not connected yet");
     snprintf(U.era, sizeof U.era, "unknown");
     build_retry_policy();
@@ -776,18 +976,32 @@ void upstream_reload_token(void)
         log_info("SIGHUP: token unchanged");
         return;
     }
-    struct upconn *c = U.cur;
-    if (!c || c->state != UP_READY) {
+    if (!U.primary) {
         log_info("SIGHUP: new token read; the next connection uses it");
         return;
     }
     if (sends_auth_frame() && !strncmp(U.era, "v2", 2)) {
-        /* Our window never exceeds the gateway's, so its reader is not stalled and
-         * reads the refresh at once (ref §3.2, §6.2). */
-        log_info("SIGHUP: new token read; re-authenticating in-band");
-        c->auth_frame_due = true;
-        lws_callback_on_writable(c->dial.wsi);
+        /* Our windows never exceed the gateway's, so its readers are not stalled and
+         * read the refresh at once (ref §3.2, §6.2). */
+        log_info("SIGHUP: new token read; re-authenticating in-band on every connection");
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &U.conns) {
+            struct upconn *c = list_entry(pos, struct upconn, node);
+            if (c->state == UP_READY && !c->retiring && c->dial.wsi) {
+                c->auth_frame_due = true;
+                lws_callback_on_writable(c->dial.wsi);
+            }
+        }
     } else {
+        /* The persistent connection is replaced make-before-break; overflow ones carry
+         * the old token, so they take nothing new and go when their calls are done
+         * (new ones open on demand, with the new token). */
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &U.conns) {
+            struct upconn *c = list_entry(pos, struct upconn, node);
+            if (c != U.primary && c->state == UP_READY && !c->retiring)
+                retire(c, "the token changed");
+        }
         upstream_rotate("the token changed (the gateway checks it only at the handshake)");
     }
 }
@@ -796,14 +1010,12 @@ void upstream_stop(void)
 {
     U.stopping = true;
     timer_cancel(&U.retry_timer);
-    timer_cancel(&U.drain_timer);
+    timer_cancel(&U.overflow_timer);
     timer_cancel(&U.rotate_timer);
     timer_cancel(&U.rotate_retry_timer);
-    struct upconn *all[3] = {U.cur, U.next, U.old};
-    for (int i = 0; i < 3; i++) {
-        struct upconn *c = all[i];
-        if (!c)
-            continue;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &U.conns) {
+        struct upconn *c = list_entry(pos, struct upconn, node);
         timer_cancel(&c->reauth_timer);
         if (c->dial.wsi && c->state >= UP_AUTHENTICATING)
             lws_callback_on_writable(c->dial.wsi); /* sends a close frame, then closes */
@@ -814,5 +1026,38 @@ void upstream_stop(void)
 
 bool upstream_closed(void)
 {
-    return !U.cur && !U.next && !U.old;
+    return list_empty(&U.conns);
+}
+
+void upstream_connections(struct buf *out)
+{
+    buf_puts(out, "[");
+    double now = now_mono();
+    bool firstc = true;
+    for (const struct list *p = U.conns.next; p != &U.conns; p = p->next) {
+        const struct upconn *c = list_entry(p, struct upconn, node);
+        static const char *const states[] = {"down", "resolving", "connecting", "authenticating", "ready"};
+        double oldest = c->win.n ? now - list_entry(c->win.list.next, struct request, wnode)->sent_at : 0;
+        buf_printf(out, "%s{\"id\":%u,\"role\":\"%s\",\"state\":\"%s\",\"opened_for\":\"%s\",\"retiring\":%s,"
+                   "\"window_used\":%zu,\"oldest_request_age_seconds\":%.3f,\"requests_carried\":%llu}",
+                   firstc ? "" : ",", c->serial, c == U.primary ? "persistent" : c == U.opening ? "opening" : "overflow",
+                   states[conn_state(c)], opened_names[c->why], c->retiring ? "true" : "false", c->win.n, oldest,
+                   c->carried);
+        firstc = false;
+    }
+    buf_puts(out, "]");
+}
+
+size_t upstream_connection_count(void)
+{
+    return count_conns(false);
+}
+
+bool upstream_counter(size_t i, bool opened, const char **name, unsigned long long *n)
+{
+    if (opened ? i >= OPENED_FOR_N : i >= CLOSED_FOR_N)
+        return false;
+    *name = opened ? opened_names[i] : closed_names[i];
+    *n = opened ? U.opened[i] : U.closed[i];
+    return true;
 }

@@ -15,8 +15,10 @@ SSE = "text/event-stream"
 
 
 def bridge_on(*args, era="v2d"):
+    """One socket (--max-connections 1): these tests are about its window; the pool of
+    overflow connections has its own tests (test_connections.py)."""
     m = start_mock(era, tokens=[TOKEN])
-    b = start_bridge(m.url, "--token", TOKEN, *args)
+    b = start_bridge(m.url, "--token", TOKEN, "--max-connections", "1", *args)
     return m, b
 
 

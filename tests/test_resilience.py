@@ -25,9 +25,14 @@ FAST = ("--reconnect-min", "0.1", "--reconnect-max", "0.5",
         "--ping-interval", "1", "--ping-timeout", "1")
 
 
+# These tests are about one socket: its window, its loss, its rotation.  The pool of
+# overflow connections has its own tests (test_connections.py).
+ONE_SOCKET = ("--max-connections", "1")
+
+
 def bridge_on(*args, era="v2d", tokens=(TOKEN,), port=0):
     m = start_mock(era, tokens=list(tokens), port=port)
-    b = start_bridge(m.url, "--token", TOKEN, *FAST, *args)
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, *ONE_SOCKET, *args)
     return m, b
 
 
@@ -158,7 +163,7 @@ def test_drop_fails_sent_calls_and_queued_ones_go_out_after_reconnect():
 @timeout(30)
 def test_gateway_down_at_start_requests_queue_until_it_comes_up():
     port = closed_port()
-    b = start_bridge("http://127.0.0.1:%d" % port, "--token", TOKEN, *FAST,
+    b = start_bridge("http://127.0.0.1:%d" % port, "--token", TOKEN, *FAST, *ONE_SOCKET,
                      "--queue-timeout", "6")
     with b:
         r = b.readyz()
@@ -193,7 +198,7 @@ def test_gateway_down_at_start_requests_queue_until_it_comes_up():
 @timeout(30)
 def test_gateway_down_past_queue_timeout_503_with_retry_after():
     port = closed_port()
-    b = start_bridge("http://127.0.0.1:%d" % port, "--token", TOKEN, *FAST,
+    b = start_bridge("http://127.0.0.1:%d" % port, "--token", TOKEN, *FAST, *ONE_SOCKET,
                      "--queue-timeout", "1")
     with b:
         streamed = Background(b.stream, FLOW_TC,
@@ -284,7 +289,7 @@ def test_sigstopped_gateway_detected_within_ping_bound_then_recovers():
 def test_rejected_token_clear_errors_backoff_and_recovery_from_file():
     tf = tmpfile("tg_not_the_right_one_77\n")
     m = start_mock(tokens=[TOKEN])
-    b = start_bridge(m.url, "--token-file", tf, "--reconnect-min", "0.05",
+    b = start_bridge(m.url, "--token-file", tf, *ONE_SOCKET, "--reconnect-min", "0.05",
                      "--reconnect-max", "1", "--queue-timeout", "1",
                      "--ping-interval", "1", "--ping-timeout", "1")
     with m, b:
@@ -324,7 +329,7 @@ def test_rejected_token_clear_errors_backoff_and_recovery_from_file():
 @timeout(30)
 def test_v1_wrong_secret_401_backoff_no_tight_loop():
     m = start_mock("v1b", secret="v1-right-secret")
-    b = start_bridge(m.url, "--token", "v1-wrong-secret", "--auth", "query",
+    b = start_bridge(m.url, "--token", "v1-wrong-secret", *ONE_SOCKET, "--auth", "query",
                      "--reconnect-min", "0.05", "--reconnect-max", "1",
                      "--queue-timeout", "1")
     with m, b:
@@ -484,7 +489,7 @@ def test_connection_and_its_replacement_both_lost_mid_rotation_reconnects():
     go down together: nothing is left serving and nothing on its way, so
     tgbridge must reconnect from scratch (it used to stay down for good)."""
     m = start_mock("v2d", tokens=[TOKEN], extra=["--auth-delay", "1"])
-    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--max-inflight", "1",
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, *ONE_SOCKET, "--max-inflight", "1",
                      "--request-timeout", "60", "--queue-timeout", "20")
     with m, b:
         b.wait_ready()
@@ -505,7 +510,9 @@ def test_connection_and_its_replacement_both_lost_mid_rotation_reconnects():
         check_status(r, 200, "the queued call, after the reconnect")
         eq(r.json().get("response"), "after-both-lost", "reply")
         st = bridge_status(b)["upstream"]
-        eq(st["rotations"], 1, "/status rotations")
+        # The two closes may be seen far enough apart for the failed replacement to
+        # be retried once before the current connection's loss is noticed.
+        assert st["rotations"] in (1, 2), st
 
 
 @timeout(30)
@@ -620,7 +627,7 @@ def test_sighup_v2_reauthenticates_in_band_on_the_same_connection():
     t1, t2 = "tg_rotation_first_1111", "tg_rotation_second_2222"
     tf = tmpfile(t1 + "\n")
     m = start_mock(tokens=[t1, t2])
-    b = start_bridge(m.url, "--token-file", tf, *FAST)
+    b = start_bridge(m.url, "--token-file", tf, *FAST, *ONE_SOCKET)
     with m, b:
         b.wait_ready()
         eq(m.stats()["auth_ok"], 1, "auth_ok after start")
@@ -653,7 +660,7 @@ def test_sighup_v2_rejected_new_token_keeps_the_connection():
     t1, bad = "tg_rotation_good_3333", "tg_rotation_unknown_4444"
     tf = tmpfile(t1 + "\n")
     m = start_mock(tokens=[t1])
-    b = start_bridge(m.url, "--token-file", tf, *FAST)
+    b = start_bridge(m.url, "--token-file", tf, *FAST, *ONE_SOCKET)
     with m, b:
         b.wait_ready()
         write_token(tf, bad)
@@ -680,7 +687,7 @@ def test_sighup_v1_query_auth_rotates_socket_make_before_break():
     t1, t2 = "v1-rotation-first-5555", "v1-rotation-second-6666"
     tf = tmpfile(t1 + "\n")
     m = start_mock("v1b")        # V1 without a secret: records ?token=
-    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST,
+    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST, *ONE_SOCKET,
                      "--drain-timeout", "5")
     with m, b:
         b.wait_ready()
@@ -719,7 +726,7 @@ def test_sighup_v1_during_a_drain_is_not_lost():
                   "v1-twice-third-5656")
     tf = tmpfile(t1 + "\n")
     m = start_mock("v1b")
-    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST,
+    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST, *ONE_SOCKET,
                      "--drain-timeout", "3")
     with m, b:
         b.wait_ready()
@@ -754,7 +761,7 @@ def test_sighup_v1_rejected_new_token_keeps_the_old_socket_serving():
     # is refused), the working one must not be broken
     m = start_mock("v1b", secret="v1-good-secret")
     tf = tmpfile("v1-good-secret\n")
-    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST,
+    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST, *ONE_SOCKET,
                      "--drain-timeout", "1", "--queue-timeout", "2")
     with m, b:
         b.wait_ready()
@@ -776,7 +783,7 @@ def test_rotation_fails_live_request_on_old_socket_after_drain_timeout():
     t1, t2 = "v1-drain-first-7777", "v1-drain-second-8888"
     tf = tmpfile(t1 + "\n")
     m = start_mock("v1b")
-    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST,
+    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST, *ONE_SOCKET,
                      "--drain-timeout", "1")
     with m, b:
         b.wait_ready()
@@ -876,7 +883,7 @@ def test_sigterm_fails_requests_still_running_after_drain_timeout():
 @timeout(30)
 def test_sigterm_with_gateway_down_answers_queued_calls_and_exits_0():
     port = closed_port()
-    b = start_bridge("http://127.0.0.1:%d" % port, "--token", TOKEN, *FAST,
+    b = start_bridge("http://127.0.0.1:%d" % port, "--token", TOKEN, *FAST, *ONE_SOCKET,
                      "--drain-timeout", "1", "--queue-timeout", "10")
     with b:
         unary = Background(b.post, FLOW_TC, tc("queued at shutdown"))
