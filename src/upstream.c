@@ -48,6 +48,8 @@ struct upconn {
     enum upstream_state state; /* UP_AUTHENTICATING / UP_READY once open; before that the dial's phase */
     enum opened_for why;
     bool retiring;           /* takes nothing new; closes once nothing live is left on it */
+    bool rotated_out;        /* retiring because a rotation replaced it as the persistent one */
+    unsigned token_gen;      /* which token (U.token_gen) it presented */
     bool goodbye;            /* close with a close frame from the next WRITEABLE */
     enum closed_for closed_as; /* what its end will be counted as */
     bool auth_refused;       /* failed on credentials: the backoff stays at its longest */
@@ -85,6 +87,7 @@ static struct {
     uint16_t retry_count, overflow_retry_count;
     double overflow_not_before;
     unsigned reconnects, rotations, serial;
+    unsigned token_gen;      /* bumped by each token change SIGHUP reads */
     unsigned long long opened[OPENED_FOR_N], closed[CLOSED_FOR_N];
     bool ever_connected;
     lws_retry_bo_t retry;
@@ -137,6 +140,16 @@ size_t upstream_window_used(void)
     for (const struct list *p = U.conns.next; p != &U.conns; p = p->next)
         n += list_entry(p, struct upconn, node)->win.n;
     return n;
+}
+
+/* One make-before-break rotation at a time: a persistent connection it replaced is
+ * still finishing its calls.  Retiring overflow connections do not count. */
+static bool rotation_draining(void)
+{
+    for (const struct list *p = U.conns.next; p != &U.conns; p = p->next)
+        if (list_entry(p, struct upconn, node)->rotated_out)
+            return true;
+    return false;
 }
 
 bool upstream_draining(void)
@@ -381,7 +394,7 @@ static void conn_gone(struct dial *d)
                  serial, reason, ms / 1000.0);
         timer_after(&U.overflow_timer, ms / 1000.0, overflow_retry);
     } else if (ever_ready && !was_primary) {
-        log_info("overflow connection #%u closed (%s)", serial,
+        log_info("%s connection #%u closed (%s)", was_for == FOR_OVERFLOW ? "overflow" : "retired", serial,
                  as == CLOSED_IDLE ? "idle" : as == CLOSED_ROTATED ? "rotated out" : reason);
     }
     if (was_retiring && U.rotate_pending[0])
@@ -408,6 +421,20 @@ static void conn_gone(struct dial *d)
     schedule_reconnect();
 }
 
+/* A connection that presented a token older than the current one: refreshed in-band
+ * (V2), else replaced (the persistent one) or retired (an overflow one). */
+static void stale_token(struct upconn *c)
+{
+    if (sends_auth_frame() && !strncmp(U.era, "v2", 2)) {
+        c->auth_frame_due = true;
+        lws_callback_on_writable(c->dial.wsi);
+    } else if (c == U.primary) {
+        upstream_rotate("the token changed (the gateway checks it only at the handshake)");
+    } else {
+        retire(c, "the token changed");
+    }
+}
+
 static void became_ready(struct upconn *c, const char *era, const char *workspace)
 {
     c->state = UP_READY;
@@ -419,6 +446,7 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
     if (replaced) {
         if (replaced == U.primary)
             U.primary = c;
+        replaced->rotated_out = true;
         retire(replaced, "rotated out");
     } else if (!U.primary) {
         /* A rotation's replacement that finds the one it was to replace lost is what
@@ -447,6 +475,8 @@ static void became_ready(struct upconn *c, const char *era, const char *workspac
                  c->serial, count_conns(true));
         window_changed(c);
     }
+    if (c->token_gen != U.token_gen)
+        stale_token(c); /* it was dialled before SIGHUP read the new token */
     upstream_kick();
     rotation_done();
 }
@@ -523,6 +553,7 @@ static struct upconn *start_connection(enum opened_for why, char *whynot, size_t
         buf_printf(&path, "?token=%s", enc ? enc : "");
         free(enc);
     }
+    c->token_gen = U.token_gen;
     bool too_long = path.len >= sizeof c->dial.path;
     if (!too_long)
         memcpy(c->dial.path, buf_ptr(&path), path.len + 1);
@@ -604,7 +635,7 @@ void upstream_rotate(const char *why)
 {
     if (U.stopping || !U.primary)
         return; /* nothing established to replace: the next attempt picks the new settings up */
-    if (U.opening || upstream_draining()) {
+    if (U.opening || rotation_draining()) {
         /* One rotation at a time (and one opening at a time); this one runs when the
          * current one is done. */
         snprintf(U.rotate_pending, sizeof U.rotate_pending, "%s", why);
@@ -633,7 +664,7 @@ static void retry_rotation(struct timer *t)
 /* Runs a rotation that was asked for while another was under way. */
 static void rotation_done(void)
 {
-    if (U.rotate_pending[0] && !U.opening && !upstream_draining()) {
+    if (U.rotate_pending[0] && !U.opening && !rotation_draining()) {
         char why[160];
         snprintf(why, sizeof why, "%s", U.rotate_pending);
         U.rotate_pending[0] = '\0';
@@ -785,6 +816,7 @@ static int write_auth_frame(struct upconn *c)
     buf_init(&b, LWS_PRE);
     buf_puts(&b, "{\"type\":\"auth\",\"token\":");
     buf_json_string(&b, token(), strlen(token()));
+    c->token_gen = U.token_gen;
     buf_puts(&b, "}");
     size_t len = b.len;
     int n = lws_write(c->dial.wsi, (unsigned char *)buf_ptr(&b), len, LWS_WRITE_TEXT);
@@ -976,6 +1008,7 @@ void upstream_reload_token(void)
         log_info("SIGHUP: token unchanged");
         return;
     }
+    U.token_gen++;
     if (!U.primary) {
         log_info("SIGHUP: new token read; the next connection uses it");
         return;
@@ -987,10 +1020,8 @@ void upstream_reload_token(void)
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &U.conns) {
             struct upconn *c = list_entry(pos, struct upconn, node);
-            if (c->state == UP_READY && !c->retiring && c->dial.wsi) {
-                c->auth_frame_due = true;
-                lws_callback_on_writable(c->dial.wsi);
-            }
+            if (c->state == UP_READY && !c->retiring && c->dial.wsi)
+                stale_token(c);
         }
     } else {
         /* The persistent connection is replaced make-before-break; overflow ones carry

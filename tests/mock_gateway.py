@@ -1048,6 +1048,7 @@ class Connection:
         return {
             "id": self.cid, "open": self.open, "era": self.era.name,
             "query_token": self.query_token, "auth_header": self.auth_header,
+            "last_auth_token": getattr(self, "last_token", None),
             "authenticated": self.identity is not None,
             "identity": self.identity,
             "frames_in": self.frames_in, "frames_out": self.frames_out,
@@ -1702,9 +1703,9 @@ class Server:
     async def handle_socket(self, request):
         st = self.stats
         # yarl decodes the query (`+` -> space, %XX), as in the gateway (Q20).
-        query_token = "token" in request.query
+        query_token = request.query.get("token")    # the value, or None
         auth_header = "Authorization" in request.headers
-        if query_token:
+        if query_token is not None:
             st.query_tokens_seen += 1
             st.last_query_token = request.query.get("token")
         if auth_header:

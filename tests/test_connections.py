@@ -7,13 +7,14 @@ gateway saw."""
 
 import json
 import os
+import signal
 import socket
 import tempfile
 import threading
 import time
 
 from harness import (FLOW_TC, T, Background, check_status, eq, start_bridge,
-                     start_mock, tc, timeout, wait_bridge_status, wait_until)
+                     start_mock, tc, timeout, tmpfile, wait_bridge_status, wait_until)
 
 TOKEN = "tg_pool_token_3b7e"
 FAST = ("--reconnect-min", "0.05", "--reconnect-max", "0.3")
@@ -223,15 +224,19 @@ def test_losing_the_persistent_connection_promotes_an_overflow_one():
             check_status(c.result(20), 200, "call")
         wait_until(lambda: upstream(b)["connections"] == 2, what="an overflow connection open")
         # the persistent connection's socket goes: the overflow one takes over
-        persistent_id = [c for c in m.stats()["connections"] if c["id"] == 1][0]
+        before = {c["id"]: c["role"] for c in upstream(b)["connection_list"]}
+        overflow_id = [i for i, role in before.items() if role == "overflow"][0]
+        # an idle pool places a call on the persistent connection (most room, then oldest)
         r = b.post(FLOW_TC, tc("drop the persistent one", drop=True))
         check_status(r, 502, "the call that dropped its socket")
         st = upstream(b)
         eq(st["state"], "ready", "ready throughout")
-        roles = {c["id"]: c["role"] for c in st["connection_list"]}
-        assert "persistent" in roles.values(), roles
+        eq({c["id"]: c["role"] for c in st["connection_list"]}, {overflow_id: "persistent"},
+           "the overflow connection is the persistent one now")
+        check_status(b.readyz(), 200, "/readyz")
         check_status(b.post(FLOW_TC, tc("after")), 200, "the next call")
-        assert persistent_id
+        m.wait_stats(lambda x: x["connections_open"] == 1, what="one connection left")
+        eq(m.stats()["connections_total"], 2, "no new connection was needed")
 
 
 @timeout(60)
@@ -256,3 +261,80 @@ def test_a_caller_with_a_backlog_does_not_hold_back_a_newcomer():
         passed = m.stats()["requests_completed"] - answered_before
         assert passed < 40, "the newcomer waited for %d of the backlog's requests" % passed
         c.close()
+
+
+def write_token(path, token):
+    with open(path + ".new", "w") as f:
+        f.write(token + "\n")
+    os.replace(path + ".new", path)
+
+
+def open_two_connections(m, b, n_long=18, delay=3):
+    """15 held calls fill the persistent window; the rest go to an overflow one."""
+    longs = [Background(b.post, FLOW_TC, tc("long%d" % i, first_delay=delay), timeout=30)
+             for i in range(n_long)]
+    m.wait_stats(lambda x: x["requests_started"] >= n_long, what="the held calls running")
+    eq(m.stats()["connections_open"], 2, "connections open")
+    return longs
+
+
+@timeout(60)
+def test_sighup_v2_reauthenticates_every_connection_in_band():
+    t1, t2 = "tg_pool_rot_first_71", "tg_pool_rot_second_72"
+    tf = tmpfile(t1 + "\n")
+    m = start_mock("v2d", tokens=[t1, t2])
+    b = start_bridge(m.url, "--token-file", tf, *FAST)
+    with m, b:
+        b.wait_ready()
+        longs = open_two_connections(m, b)
+        write_token(tf, t2)
+        os.kill(b.pid, signal.SIGHUP)
+        wait_until(lambda: all(c["last_auth_token"] == t2 for c in m.stats()["connections"] if c["open"]),
+                   timeout=5, what="every open connection re-authenticated with the new token")
+        st = m.stats()
+        eq(st["connections_total"], 2, "connections (no new ones)")
+        eq(st["auth_failed"], 0, "auth failures")
+        for i, l in enumerate(longs):
+            check_status(l.result(30), 200, "held call %d across the re-authentication" % i)
+        check_status(b.post(FLOW_TC, tc("after")), 200, "a call afterwards")
+        assert t1 not in b.log() and t2 not in b.log(), "a token in the log"
+
+
+@timeout(60)
+def test_sighup_v1_replaces_every_connection_without_losing_a_call():
+    t1, t2 = "v1-pool-rot-first-81", "v1-pool-rot-second-82"
+    tf = tmpfile(t1 + "\n")
+    m = start_mock("v1b")            # V1 without a secret: records ?token= per socket
+    b = start_bridge(m.url, "--token-file", tf, "--auth", "query", *FAST, "--drain-timeout", "10")
+    with m, b:
+        b.wait_ready()
+        longs = open_two_connections(m, b, delay=6)
+        write_token(tf, t2)
+        os.kill(b.pid, signal.SIGHUP)
+        # at once: the persistent one's replacement does not wait for the overflow
+        # connection, which retires, to finish its calls
+        m.wait_stats(lambda x: any(c["open"] and c["query_token"] == t2 for c in x["connections"]),
+                     timeout=T(2), what="a connection with the new token")
+        after = b.post(FLOW_TC, tc("after the reload"))
+        check_status(after, 200, "a call after the reload")
+        for i, l in enumerate(longs):
+            check_status(l.result(30), 200, "held call %d on an old connection" % i)
+        m.wait_stats(lambda x: all(c["query_token"] == t2 for c in x["connections"] if c["open"]),
+                     timeout=10, what="every connection with the old token gone")
+        newest = [c for c in m.stats()["connections"] if c["query_token"] == t2]
+        eq(sum(c["requests_received"] for c in newest), 1, "the call after the reload went to a new one")
+
+
+@timeout(60)
+def test_sigterm_drains_every_connection():
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--drain-timeout", "10")
+    with m, b:
+        b.wait_ready()
+        longs = open_two_connections(m, b, delay=1)
+        b.proc.send_signal(signal.SIGTERM)
+        for i, l in enumerate(longs):
+            check_status(l.result(30), 200, "held call %d finishing during the drain" % i)
+        eq(b.proc.wait(10), 0, "exit status")
+        st = m.wait_stats(lambda x: x["connections_open"] == 0, what="every connection closed")
+        eq(sorted(c["close_code"] for c in st["connections"]), [1001, 1001], "close codes")
