@@ -1,6 +1,7 @@
 #include "config.h"
 #include "redact.h"
 #include "util.h"
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -153,6 +154,23 @@ void config_usage(FILE *out)
                  "See README.md for routes, streaming format and error table.\n");
 }
 
+/* A host as lws and getaddrinfo() take it: an IPv6 literal's digits and colons (the
+ * brackets stripped), or a name's letters, digits, dots, hyphens and underscores. */
+static bool host_chars_ok(const char *h, size_t n, bool bracketed)
+{
+    if (!n)
+        return false;
+    bool colon = false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)h[i];
+        if (bracketed ? !(isxdigit(c) || c == ':' || c == '.')
+                      : !(isalnum(c) || c == '.' || c == '-' || c == '_'))
+            return false;
+        colon |= c == ':';
+    }
+    return !bracketed || colon;
+}
+
 int config_parse_gateway(const char *url, struct gateway_url *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -170,7 +188,7 @@ int config_parse_gateway(const char *url, struct gateway_url *out, char *err, si
     const char *hend;
     if (*p == '[') {
         hend = strchr(p, ']');
-        if (!hend)
+        if (!hend || !host_chars_ok(p + 1, (size_t)(hend - p - 1), true))
             return errorf(err, errlen, "bad IPv6 literal in gateway URL");
         if ((size_t)(hend - p - 1) >= sizeof out->host)
             return errorf(err, errlen, "gateway host too long");
@@ -180,6 +198,8 @@ int config_parse_gateway(const char *url, struct gateway_url *out, char *err, si
         hend = p + strcspn(p, ":/");
         if ((size_t)(hend - p) >= sizeof out->host)
             return errorf(err, errlen, "gateway host too long");
+        if (hend > p && !host_chars_ok(p, (size_t)(hend - p), false))
+            return errorf(err, errlen, "bad host name in gateway URL");
         memcpy(out->host, p, (size_t)(hend - p));
     }
     if (!out->host[0])
@@ -281,28 +301,36 @@ bool config_list_has(const struct str_list *l, const char *s)
 /* "alice,1001" → uids; group names for gids. */
 static int parse_ids(const char *v, bool groups, unsigned *out, int *n, char *err, size_t errlen)
 {
+    const char *what = groups ? "group" : "user";
     char *copy = strdup(v), *save = NULL;
+    int rc = 0;
     *n = 0;
-    for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+    for (char *t = strtok_r(copy, ", ", &save); t && !rc; t = strtok_r(NULL, ", ", &save)) {
         char *e;
-        long id = strtol(t, &e, 10);
-        if (*e || id < 0) {
-            if (groups) {
-                struct group *g = getgrnam(t);
-                id = g ? (long)g->gr_gid : -1;
-            } else {
-                struct passwd *pw = getpwnam(t);
-                id = pw ? (long)pw->pw_uid : -1;
-            }
+        errno = 0;
+        unsigned long long id = strtoull(t, &e, 10);
+        bool numeric = t[0] >= '0' && t[0] <= '9' && !*e;
+        if (numeric && (errno == ERANGE || id >= (unsigned long long)(uid_t)-1)) {
+            /* (uid_t)-1 is "no id"; anything above would wrap to a real one -- root */
+            rc = errorf(err, errlen, "%s id '%s' is out of range", what, t);
+        } else if (!numeric) {
+            struct group *g = groups ? getgrnam(t) : NULL;
+            struct passwd *pw = groups ? NULL : getpwnam(t);
+            if (groups ? !g : !pw)
+                rc = errorf(err, errlen, "unknown %s '%s'", what, t);
+            else
+                id = groups ? g->gr_gid : pw->pw_uid;
         }
-        if (id < 0 || *n >= 32) {
-            free(copy);
-            return errorf(err, errlen, "unknown %s '%s' (or more than 32)", groups ? "group" : "user", t);
-        }
-        out[(*n)++] = (unsigned)id;
+        if (!rc && *n >= 32)
+            rc = errorf(err, errlen, "more than 32 %ss in the list", what);
+        if (!rc)
+            out[(*n)++] = (unsigned)id;
     }
     free(copy);
-    return 0;
+    /* An empty list would mean "no restriction": refuse it rather than fail open. */
+    if (!rc && *n == 0)
+        rc = errorf(err, errlen, "the %s list is empty", what);
+    return rc;
 }
 
 /* The issue's default: systemd's runtime directory, /run/tgbridge as root, else the
@@ -791,7 +819,7 @@ int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t
     const char *hend;
     if (*p == '[') {
         hend = memchr(p, ']', (size_t)(end - p));
-        if (!hend || (size_t)(hend - p - 1) >= sizeof out->host || hend == p + 1)
+        if (!hend || (size_t)(hend - p - 1) >= sizeof out->host || !host_chars_ok(p + 1, (size_t)(hend - p - 1), true))
             return errorf(err, errlen, "bad IPv6 literal in the proxy URL");
         memcpy(out->host, p + 1, (size_t)(hend - p - 1));
         hend++;
@@ -801,6 +829,8 @@ int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t
             hend++;
         if (hend == p || (size_t)(hend - p) >= sizeof out->host)
             return errorf(err, errlen, "the proxy URL has no host (or one too long)");
+        if (!host_chars_ok(p, (size_t)(hend - p), false))
+            return errorf(err, errlen, "bad host name in the proxy URL");
         memcpy(out->host, p, (size_t)(hend - p));
     }
     out->port = 1080;
@@ -819,11 +849,21 @@ int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t
     return 0;
 }
 
+/* Names that can only mean this machine: an address literal in 127/8 or ::1 (a name
+ * merely starting with "127." can be anyone's DNS name), or localhost (RFC 6761). */
 bool host_is_loopback(const char *host)
 {
     size_t n = strlen(host);
-    return !strcasecmp(host, "localhost") || (n > 10 && !strcasecmp(host + n - 10, ".localhost")) ||
-           !strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcmp(host, "0:0:0:0:0:0:0:1");
+    if (!strcasecmp(host, "localhost") || (n > 10 && !strcasecmp(host + n - 10, ".localhost")))
+        return true;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) ||
+               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
 }
 
 /* curl's no_proxy rules, simplified: "*" matches everything; an entry matches the

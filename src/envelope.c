@@ -119,6 +119,12 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
         bad(out, "write the \"id\" key without escapes");
         goto out;
     }
+    struct span ws;
+    if (cJSON_GetObjectItemCaseSensitive(root, "workspace") && json_top_value(text, len, "workspace", &ws) != 0) {
+        /* envelope_rewrite finds keys as written: it would add a second workspace. */
+        bad(out, "write the \"workspace\" key without escapes");
+        goto out;
+    }
     /* "id":null counts as no id. */
     if (out->id_present && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id")))
         out->id = out->id_span;
@@ -150,8 +156,15 @@ static void copy_str(char *dst, size_t cap, const cJSON *s)
 {
     dst[0] = '\0';
     if (cJSON_IsString(s) && s->valuestring) {
-        strncpy(dst, s->valuestring, cap - 1);
-        dst[cap - 1] = '\0';
+        size_t n = strlen(s->valuestring);
+        if (n >= cap) {
+            /* cut at a character boundary: the value goes into JSON and metric labels */
+            n = cap - 1;
+            while (n && ((unsigned char)s->valuestring[n] & 0xC0) == 0x80)
+                n--;
+        }
+        memcpy(dst, s->valuestring, n);
+        dst[n] = '\0';
     }
 }
 

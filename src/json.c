@@ -343,6 +343,11 @@ const char *json_body_check(const char *body, size_t len, struct cJSON **rootp)
         }
         i++;
     }
+    /* cJSON is laxer than the gateway's parser (leading zeros, "1.", a byte-order mark,
+     * bad \u escapes): what the gateway would refuse is refused here, with a 400,
+     * rather than answered upstream with an error frame that names no request. */
+    if (!json_valid(body, len))
+        return "is not valid JSON";
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!root)

@@ -350,6 +350,9 @@ def test_web_pages_are_refused_by_origin_and_host():
         own_error(r, 403, "forbidden-host")
         r = b.get("/status", headers={"Host": "attacker.example"})
         own_error(r, 403, "forbidden-host")
+        # a name that merely starts like a loopback address is anyone's DNS name
+        r = b.get("/status", headers={"Host": "127.attacker.example:8089"})
+        own_error(r, 403, "forbidden-host")
         eq(m.stats()["frames_in"], sent, "frames the refused requests sent upstream")
         # allowed: no Origin, the allowed one, loopback names, the allowed host
         for hdrs in ({}, {"Origin": "https://app.example"}, {"Host": "localhost:1234"},

@@ -747,6 +747,66 @@ static void test_gateway_url_parsing(void)
     CHECK_NE_INT(config_parse_gateway("http://h:70000", &u, err, sizeof err), 0);
     CHECK_NE_INT(config_parse_gateway("http://h/?token=x", &u, err, sizeof err), 0);
     CHECK_NE_INT(config_parse_gateway("http://user:pw@h", &u, err, sizeof err), 0);
+    /* an IPv6 literal is digits and colons; "]" is looked for only in the authority */
+    CHECK_NE_INT(config_parse_gateway("http://[::1/x]:80", &u, err, sizeof err), 0);
+    CHECK_NE_INT(config_parse_gateway("wss://[::://1]:8443/", &u, err, sizeof err), 0);
+    CHECK_NE_INT(config_parse_gateway("http://[]:80", &u, err, sizeof err), 0);
+    CHECK_NE_INT(config_parse_gateway("http://gw example:80", &u, err, sizeof err), 0);
+    CHECK_EQ_INT(config_parse_gateway("http://[::ffff:10.0.0.1]:80", &u, err, sizeof err), 0);
+    CHECK_EQ_INT(config_parse_gateway("http://gw_1.example-x.com", &u, err, sizeof err), 0);
+}
+
+/* One config-file line, applied to fresh defaults: its return and error. */
+static int config_line(const char *line, struct config *cfg, char *err, size_t errlen)
+{
+    config_defaults(cfg);
+    FILE *f = fmemopen((void *)line, strlen(line), "r");
+    int rc = config_load_stream(cfg, f, "t.conf", err, errlen);
+    fclose(f);
+    return rc;
+}
+
+static void test_allow_lists_fail_closed(void)
+{
+    struct config cfg;
+    char err[256];
+    CHECK_EQ_INT(config_line("unix-allow-uid = 0, 1000\n", &cfg, err, sizeof err), 0);
+    CHECK_EQ_INT(cfg.n_allow_uid, 2);
+    CHECK_EQ_INT((int)cfg.allow_uid[1], 1000);
+    /* an empty list would mean "no restriction" */
+    CHECK_NE_INT(config_line("unix-allow-uid = ,\n", &cfg, err, sizeof err), 0);
+    CHECK_NE_INT(config_line("unix-allow-gid = \"\"\n", &cfg, err, sizeof err), 0);
+    /* 2^32 must not wrap to uid 0 (root) */
+    CHECK_NE_INT(config_line("unix-allow-uid = 4294967296\n", &cfg, err, sizeof err), 0);
+    CHECK(strstr(err, "out of range") != NULL);
+    CHECK_NE_INT(config_line("unix-allow-uid = 99999999999999999999\n", &cfg, err, sizeof err), 0);
+    CHECK_NE_INT(config_line("unix-allow-uid = 4294967295\n", &cfg, err, sizeof err), 0);
+    CHECK_NE_INT(config_line("unix-allow-uid = -1\n", &cfg, err, sizeof err), 0);
+    /* the message names the offender (it was read after being freed) */
+    CHECK_NE_INT(config_line("unix-allow-uid = no-such-user-tgb\n", &cfg, err, sizeof err), 0);
+    CHECK(strstr(err, "'no-such-user-tgb'") != NULL);
+    char many[512] = "unix-allow-gid = ";
+    for (int i = 0; i < 33; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%d,", i);
+    strcat(many, "\n");
+    CHECK_NE_INT(config_line(many, &cfg, err, sizeof err), 0);
+    CHECK(strstr(err, "more than 32") != NULL);
+}
+
+static void test_loopback_names_are_only_loopback(void)
+{
+    CHECK(host_is_loopback("127.0.0.1"));
+    CHECK(host_is_loopback("127.8.9.10"));
+    CHECK(host_is_loopback("::1"));
+    CHECK(host_is_loopback("localhost"));
+    CHECK(host_is_loopback("app.localhost"));
+    CHECK(host_is_loopback("::ffff:127.0.0.1"));
+    /* a DNS name anyone can register and point at 127.0.0.1 (DNS rebinding) */
+    CHECK(!host_is_loopback("127.evil.example"));
+    CHECK(!host_is_loopback("127.0.0.1.evil.example"));
+    CHECK(!host_is_loopback("localhost.evil.example"));
+    CHECK(!host_is_loopback("128.0.0.1"));
+    CHECK(!host_is_loopback("::2"));
 }
 
 static void test_sizes_and_seconds(void)
@@ -1101,6 +1161,8 @@ int main(void)
     RUN(test_reqtable_window_anchored_at_oldest);
     RUN(test_reqtable_queue_fifo_and_drop);
     RUN(test_gateway_url_parsing);
+    RUN(test_allow_lists_fail_closed);
+    RUN(test_loopback_names_are_only_loopback);
     RUN(test_sizes_and_seconds);
     RUN(test_config_flags_override_env);
     RUN(test_proxy_choice);
