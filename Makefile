@@ -1,7 +1,7 @@
 # tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test.
 PKGS      := libmicrohttpd libwebsockets libcjson libcrypto
 DEB_PKGS  := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev \
-             python3 python3-aiohttp curl openssl socat netcat-openbsd
+             python3 python3-aiohttp python3-websockets curl openssl socat netcat-openbsd
 CC        ?= cc
 OPT       ?= -O2 -g
 SAN       ?=
@@ -60,7 +60,7 @@ build/slowdns.so: tests/slowdns.c
 unit: deps $(BUILD)/unit_tests
 	./$(BUILD)/unit_tests
 
-test: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
+test: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES) fuzz-replay-bins
 	UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
 
 # Same tests against an AddressSanitizer+UBSan build.
@@ -92,5 +92,102 @@ bench: deps tgbridge
 
 clean:
 	rm -rf build build-asan tgbridge
+
+# ---------------------------------------------------------------------------------------
+# Fuzzing (tests/fuzz/): a libFuzzer target per parser of outside bytes, each with a seed
+# corpus in tests/fuzz/corpus/<target>/.
+#   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS=...] [FUZZ_ARGS=<libFuzzer flags>]
+#       clang + libFuzzer + ASan/UBSan builds in build-fuzz/, each run FUZZ_SECONDS on
+#       build-fuzz/corpus/<target> (seeded from the checked-in corpus, which runs never
+#       grow); a crash is saved in build-fuzz/crashes/<target>/ and its path printed
+#   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
+#       checked-in corpora; `make test` builds these too (tests/test_fuzz_corpus.py runs
+#       them) and `make asan` builds them sanitized in build-asan.
+FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe
+FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
+FUZZ_SECONDS     ?= 60
+FUZZ_ARGS        ?=
+FUZZ_CC          ?= clang
+FUZZ_CFLAGS       = -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 \
+                    -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
+                    $(shell pkg-config --cflags libcjson 2>/dev/null)
+FUZZ_LIBS         = $(shell pkg-config --libs libcjson 2>/dev/null) -lm
+# The few src/ files each target needs (none pulls in lws, MHD or libcrypto).
+FUZZ_SRCS_body      := src/json.c src/envelope.c src/buf.c
+FUZZ_SRCS_line      := src/json.c src/envelope.c src/buf.c
+FUZZ_SRCS_frame     := src/json.c src/envelope.c src/buf.c
+FUZZ_SRCS_json      := src/json.c
+FUZZ_SRCS_config    := src/config.c src/log.c src/redact.c src/util.c src/buf.c
+FUZZ_SRCS_url       := src/config.c src/log.c src/redact.c src/util.c src/buf.c
+FUZZ_SRCS_lineframe := src/lineframe.c src/buf.c
+FUZZ_SRCS_redact    := src/redact.c src/util.c src/buf.c
+FUZZ_SRCS_httphead  := src/httphead.c
+FUZZ_SRCS_wsframe   := src/wsframe.c src/buf.c
+FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h $(wildcard include/*.h)
+FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))
+FUZZ_REPLAY_BINS  := $(patsubst %,$(BUILD)/fuzz_replay_%,$(FUZZ_TARGETS))
+
+.PHONY: fuzz fuzz-deps fuzz-replay fuzz-replay-bins fuzz-replay-asan fuzz-clean
+
+# Installs missing Debian packages for `make fuzz` when run as root, like `deps`.
+fuzz-deps: deps
+	@missing=$$(for p in $(FUZZ_DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:" $$missing; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "missing Debian packages; run: sudo apt-get install -y $$missing"; exit 1; \
+	  fi; \
+	fi
+
+# fuzz_<t>: with libFuzzer.  fuzz_replay_<t>: the same target with replay.c's main(),
+# linked with the objects the daemon is built from ($(BUILD)/*.o, same flags).
+define FUZZ_TARGET_RULES
+build-fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c $$(FUZZ_SRCS_$(1)) $$(FUZZ_HDRS)
+	@mkdir -p build-fuzz
+	$$(FUZZ_CC) $$(FUZZ_CFLAGS) -o $$@ tests/fuzz/fuzz_$(1).c $$(FUZZ_SRCS_$(1)) $$(FUZZ_LIBS)
+
+$$(BUILD)/fuzz_replay_$(1): tests/fuzz/fuzz_$(1).c tests/fuzz/replay.c \
+    $$(patsubst src/%.c,$$(BUILD)/%.o,$$(FUZZ_SRCS_$(1))) $$(FUZZ_HDRS) | $$(BUILD)
+	$$(CC) $$(ALL_CFLAGS) $$(LDFLAGS) -o $$@ tests/fuzz/fuzz_$(1).c tests/fuzz/replay.c \
+	  $$(patsubst src/%.c,$$(BUILD)/%.o,$$(FUZZ_SRCS_$(1))) $$(FUZZ_LIBS)
+endef
+$(foreach t,$(FUZZ_TARGETS),$(eval $(call FUZZ_TARGET_RULES,$(t))))
+
+fuzz: fuzz-deps
+	$(MAKE) $(FUZZ_BINS)
+	@fail=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build-fuzz/corpus/$$t build-fuzz/crashes/$$t; \
+	  touch build-fuzz/crashes/$$t/.run; \
+	  cp -n tests/fuzz/corpus/$$t/* build-fuzz/corpus/$$t/; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s (log: build-fuzz/fuzz_$$t.log)"; \
+	  if ./build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+	       -print_final_stats=1 -artifact_prefix=build-fuzz/crashes/$$t/ $(FUZZ_ARGS) \
+	       build-fuzz/corpus/$$t >build-fuzz/fuzz_$$t.log 2>&1; then \
+	    grep -aE '^#[0-9]+[[:space:]]+DONE' build-fuzz/fuzz_$$t.log | tail -n 1 | sed 's/^/  /'; \
+	  else \
+	    fail=1; echo "FAIL fuzz_$$t:"; \
+	    grep -aE -m1 -A24 'property violated|ERROR: |runtime error' build-fuzz/fuzz_$$t.log | sed 's/^/  | /'; \
+	    for c in $$(find build-fuzz/crashes/$$t -type f ! -name .run -newer build-fuzz/crashes/$$t/.run); do \
+	      echo "  input: $$c (rerun: ./build-fuzz/fuzz_$$t $$c)"; done; \
+	  fi; \
+	done; exit $$fail
+
+fuzz-replay-bins: $(FUZZ_REPLAY_BINS)
+
+fuzz-replay: fuzz-replay-bins
+	@for t in $(FUZZ_TARGETS); do ./$(BUILD)/fuzz_replay_$$t tests/fuzz/corpus/$$t || exit 1; done
+
+# `make asan` runs tests/test_fuzz_corpus.py too: it finds the replay binaries next to
+# $UNIT_TESTS (build-asan/unit_tests), built here with the same sanitizers.
+asan: fuzz-replay-asan
+fuzz-replay-asan: deps
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" fuzz-replay-bins
+
+fuzz-clean:
+	rm -rf build-fuzz
 
 -include $(wildcard $(BUILD)/*.d)

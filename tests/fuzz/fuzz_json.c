@@ -1,0 +1,71 @@
+/* The validator json_valid (json.c: RFC 8259 JSON as Python's json module writes and
+ * reads it -- valid UTF-8, no raw control characters in strings, plus NaN, Infinity and
+ * -Infinity, at most JSON_MAX_DEPTH deep) against cJSON and a plain token scan
+ * (fuzz_common.h), and the member scanner json_members that frame_parse relies on.
+ *
+ * Properties (comparisons with cJSON skipped past 900 levels: cJSON stops at 1000):
+ *  - cJSON reads the text whole and the scan finds it clean (UTF-8, strings, tokens:
+ *    see struct fz_lex) → json_valid;
+ *  - json_valid → the scan finds it clean and at most JSON_MAX_DEPTH deep, and cJSON reads it whole unless it holds a
+ *    NaN/Infinity token or a lone surrogate escape (both Python's, not cJSON's);
+ *  - json_valid on an object cJSON reads → json_members reports cJSON's members, in
+ *    order: the key as written, a value span that parses to the same value, and the
+ *    end of the object. */
+#include "fuzz_common.h"
+#include "json.h"
+
+struct members {
+    const cJSON *next; /* cJSON's member expected next */
+    bool ok;
+    size_t seen;
+};
+
+static void member(struct span key, struct span value, void *arg)
+{
+    struct members *m = arg;
+    m->seen++;
+    if (!m->ok)
+        return;
+    const cJSON *want = m->next;
+    if (!want) {
+        m->ok = false;
+        return;
+    }
+    m->next = want->next;
+    if (!memchr(key.p, '\\', key.n) && (strlen(want->string) != key.n || memcmp(want->string, key.p, key.n)))
+        m->ok = false;
+    const char *end = NULL;
+    cJSON *v = cJSON_ParseWithLengthOpts(value.p, value.n, &end, 0);
+    if (!v || end != value.p + value.n || !fz_equal(v, want))
+        m->ok = false;
+    cJSON_Delete(v);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *text = fz_copy(data, size, false);
+    bool valid = json_valid(text, size);
+    struct fz_lex lex;
+    fz_lex_scan(text, size, NULL, &lex);
+    bool clean = lex.utf8_ok && lex.strings_ok && lex.tokens_ok;
+    if (valid)
+        FUZZ_CHECK(clean && lex.max_depth <= JSON_MAX_DEPTH);
+    if (lex.max_depth <= 900) {
+        cJSON *root = fz_cjson_whole(text, size);
+        if (root && clean)
+            FUZZ_CHECK(valid);
+        if (valid && !lex.nonfinite && !lex.cjson_refuses_escape)
+            FUZZ_CHECK(root != NULL);
+        if (valid && cJSON_IsObject(root)) {
+            struct members m = {root->child, true, 0};
+            long end = json_members(text, size, member, &m);
+            FUZZ_CHECK(m.ok);
+            FUZZ_CHECK(m.next == NULL && m.seen == fz_child_count(root));
+            FUZZ_CHECK(end > 0 && (size_t)end <= size && text[end - 1] == '}');
+            FUZZ_CHECK(json_skip_ws(text, (size_t)end, size) == size);
+        }
+        cJSON_Delete(root);
+    }
+    free(text);
+    return 0;
+}
