@@ -4,8 +4,9 @@
  * requests in the gateway's window, counted from the oldest unfinished one).
  *
  *   direct --port P [--host H] [--callers C] [--requests N] [--warmup W]
- *          [--parts N] [--size BYTES] [--pad BYTES] [--window 15] [--timeout S]
- *          [--per-frame]
+ *          [--parts N] [--size BYTES] [--pad BYTES] [--delay-ms MS] [--window 15]
+ *          [--timeout S] [--per-frame]
+ *          [--long-callers L --long-delay-ms MS] [--duration S [--warmup-s S]]
  *
  * C callers each keep one request outstanding; a caller's request waits in a local FIFO
  * until the window has room (as a request waits in tgbridge's queue).  Latency = from the
@@ -16,7 +17,15 @@
  *
  * Small envelopes waiting together are framed into one buffer and sent with one write,
  * as tgbridge does (src/wsframe.c): the baseline stays the best a client can do.
- * --per-frame writes each with its own lws_write instead, as a naive client would. */
+ * --per-frame writes each with its own lws_write instead, as a naive client would.
+ *
+ * Mixed load (the bench's "mixed" scenario): --long-callers L more callers on the same
+ * socket each loop a call the mock answers after --long-delay-ms; only the C short
+ * callers' calls are counted in "lat_us" and "rps" (the long ones in "long_lat_us").
+ * --duration S: the short callers loop for --warmup-s plus S seconds instead of a fixed
+ * count; the calls issued in the S seconds after the warm-up are the measured ones,
+ * "rps" is the short calls finished in those S seconds / S, and the run ends when the
+ * last short call issued has finished (long calls still running are abandoned). */
 #include "envelope.h" /* the daemon's own top-level scanner (json_members) */
 #include "wsframe.h"   /* and its frame writer */
 #include "stats.h"
@@ -38,6 +47,7 @@
 struct rec {
     double t_issue, t_sent, t_first, t_done;
     long long frames;
+    long long sidx; /* index among the short calls; -1 for a long call */
     bool done, error;
 };
 
@@ -45,17 +55,27 @@ static struct {
     const char *host;
     int port;
     int callers, window;
-    long long requests, warmup, parts, size, pad;
+    long long requests, warmup, parts, size, pad, delay_ms;
     double timeout;
     const char *service, *flow, *token;
     bool per_frame;
-} O = {"127.0.0.1", 0, 1, 15, 1000, 100, 0, 0, 0, 120.0, "text-completion", "default", "tg_bench", false};
+    int long_callers;
+    long long long_delay_ms;
+    double duration, warmup_s;
+} O = {"127.0.0.1", 0, 1, 15, 1000, 100, 0, 0, 0, 0, 120.0, "text-completion", "default", "tg_bench", false,
+       0, 2000, 0, 0};
 
 static struct {
     struct lws_context *ctx;
     struct lws *wsi;
     struct rec *recs;
-    long long total, issued, completed, errors;
+    long long cap; /* recs and fifo have room for this many */
+    /* total: short calls to make (count mode); issued: calls of either kind so far (the
+     * next seq); short_issued/completed: short calls only */
+    long long total, issued, short_issued, completed, errors, long_completed;
+    double t_start, m0, m1; /* duration mode: first issue, measured span [m0, m1) */
+    bool stopping;          /* duration mode: past m1, nothing new is issued */
+    bool measuring;         /* the first measured short call has been issued */
     /* local FIFO of issued, not yet sent requests */
     long long *fifo;
     long long fhead, ftail;
@@ -68,8 +88,8 @@ static struct {
     size_t cur_len, cur_off;
     struct buf burst;
     bool auth_due, started, finished, failed;
-    char *body;
-    size_t body_len;
+    char *body, *body_long;
+    size_t body_len, body_long_len, body_max_len;
     char *rx;
     size_t rxlen, rxcap;
     double t0;
@@ -82,14 +102,51 @@ static struct {
 
 static unsigned window_len(void) { return D.rtail - D.rhead; }
 
-static void issue(void)
+/* Room for `need` calls in recs and fifo. */
+static void grow(long long need)
 {
-    if (D.issued >= D.total)
+    if (need <= D.cap)
         return;
+    long long cap = D.cap ? D.cap * 2 : 4096;
+    if (cap < need)
+        cap = need;
+    struct rec *r = realloc(D.recs, (size_t)cap * sizeof *r);
+    long long *f = realloc(D.fifo, (size_t)cap * sizeof *f);
+    if (!r || !f) {
+        fputs("out of memory\n", stderr);
+        exit(1);
+    }
+    memset(r + D.cap, 0, (size_t)(cap - D.cap) * sizeof *r);
+    D.recs = r;
+    D.fifo = f;
+    D.cap = cap;
+}
+
+/* A caller issues its next call (is_long: one of the --long-callers). */
+static void issue(bool is_long)
+{
+    double t = now_s();
+    if (O.duration > 0) {
+        if (!D.t_start) {
+            D.t_start = t;
+            D.m0 = t + O.warmup_s;
+            D.m1 = D.m0 + O.duration;
+        }
+        if (t >= D.m1)
+            D.stopping = true;
+        if (D.stopping)
+            return;
+    } else if (!is_long && D.short_issued >= D.total) {
+        return;
+    }
+    grow(D.issued + 1);
     long long seq = D.issued++;
-    D.recs[seq].t_issue = now_s();
-    if (seq == O.warmup) {
-        D.t0 = D.recs[seq].t_issue;
+    struct rec *r = &D.recs[seq];
+    r->t_issue = t;
+    r->sidx = is_long ? -1 : D.short_issued++;
+    if (!D.measuring && !is_long && (O.duration > 0 ? t >= D.m0 : r->sidx == O.warmup)) {
+        D.measuring = true;
+        D.t0 = t;
         D.rss_start_kb = proc_status_kb("VmRSS");
         getrusage(RUSAGE_SELF, &D.ru0);
     }
@@ -151,8 +208,10 @@ static void on_message(const char *text, size_t len)
     if (f.has_type) {
         if (f.type.n == 9 && !memcmp(f.type.p, "\"auth-ok\"", 9)) {
             D.started = true;
+            for (int c = 0; c < O.long_callers; c++)
+                issue(true);
             for (int c = 0; c < O.callers; c++)
-                issue();
+                issue(false);
             lws_callback_on_writable(D.wsi);
         } else {
             D.failed = true;
@@ -165,7 +224,7 @@ static void on_message(const char *text, size_t len)
         return;
     }
     long long seq = strtoll(f.id.p + 2, NULL, 10);
-    if (seq < 0 || seq >= D.total || D.recs[seq].done)
+    if (seq < 0 || seq >= D.issued || D.recs[seq].done)
         return;
     struct rec *r = &D.recs[seq];
     double t = now_s();
@@ -176,15 +235,23 @@ static void on_message(const char *text, size_t len)
         r->done = true;
         r->error = f.error;
         r->t_done = t;
-        D.completed++;
+        bool is_long = r->sidx < 0; /* r is not used past issue(), which may move it */
+        if (is_long)
+            D.long_completed++;
+        else
+            D.completed++;
         if (f.error)
             D.errors++;
         prune_window();
-        if (D.completed == D.total) {
+        if (O.duration <= 0 && D.completed == D.total) {
             finish(NULL);
             return;
         }
-        issue(); /* this caller's next request */
+        issue(is_long); /* this caller's next request */
+        if (O.duration > 0 && D.stopping && D.completed == D.short_issued) {
+            finish(NULL);
+            return;
+        }
         lws_callback_on_writable(D.wsi);
     }
 }
@@ -223,14 +290,17 @@ static void build_envelope(long long seq)
     char head[256];
     int hn = snprintf(head, sizeof head, "{\"id\":\"d%lld\",\"service\":\"%s\",\"flow\":\"%s\",\"request\":", seq,
                       O.service, O.flow);
-    size_t len = (size_t)hn + D.body_len + 1;
+    bool is_long = D.recs[seq].sidx < 0;
+    const char *body = is_long ? D.body_long : D.body;
+    size_t body_len = is_long ? D.body_long_len : D.body_len;
+    size_t len = (size_t)hn + body_len + 1;
     unsigned char *b = malloc(LWS_PRE + len);
     if (!b) {
         fputs("out of memory\n", stderr);
         exit(1);
     }
     memcpy(b + LWS_PRE, head, (size_t)hn);
-    memcpy(b + LWS_PRE + hn, D.body, D.body_len);
+    memcpy(b + LWS_PRE + hn, body, body_len);
     b[LWS_PRE + len - 1] = '}';
     D.cur = seq;
     D.cur_buf = b;
@@ -259,7 +329,7 @@ static int write_burst(void)
         D.cur_buf = NULL;
         D.cur = -1;
         if (n == BURST_MAX_COUNT || D.fhead == D.ftail || window_len() >= (unsigned)O.window ||
-            D.burst.len + 14 + D.body_len + 256 > BURST_MAX_BYTES || D.body_len + 256 > BURST_MAX_ENVELOPE)
+            D.burst.len + 14 + D.body_max_len + 256 > BURST_MAX_BYTES || D.body_max_len + 256 > BURST_MAX_ENVELOPE)
             break;
         long long seq = D.fifo[D.fhead++];
         D.ring[D.rtail++ % RING] = seq;
@@ -355,18 +425,28 @@ static const struct lws_protocols protocols[] = {
 static void usage(void)
 {
     fprintf(stderr, "usage: direct --port P [--host H] [--callers C] [--requests N] [--warmup W] [--parts N]\n"
-                    "              [--size BYTES] [--pad BYTES] [--window N] [--timeout S] [--per-frame]\n");
+                    "              [--size BYTES] [--pad BYTES] [--delay-ms MS] [--window N] [--timeout S]\n"
+                    "              [--per-frame] [--long-callers L --long-delay-ms MS]\n"
+                    "              [--duration S [--warmup-s S]]\n");
     exit(2);
 }
 
 static void print_result(void)
 {
-    struct samples lat = {0}, ttfb = {0};
-    long long frames = 0, measured = 0;
+    struct samples lat = {0}, ttfb = {0}, lat_long = {0};
+    long long frames = 0, measured = 0, done_in_span = 0;
     double t_end = D.t0;
-    for (long long i = O.warmup; i < D.total; i++) {
+    for (long long i = 0; i < D.issued; i++) {
         struct rec *r = &D.recs[i];
         if (!r->done)
+            continue;
+        if (r->sidx < 0) {
+            samples_add(&lat_long, (r->t_done - r->t_issue) * 1e6);
+            continue;
+        }
+        if (O.duration > 0 && r->t_done >= D.m0 && r->t_done <= D.m1)
+            done_in_span++;
+        if (O.duration > 0 ? (r->t_issue < D.m0 || r->t_issue >= D.m1) : r->sidx < O.warmup)
             continue;
         measured++;
         frames += r->frames;
@@ -383,18 +463,26 @@ static void print_result(void)
                  (double)(ru1.ru_stime.tv_sec - D.ru0.ru_stime.tv_sec) +
                  (double)(ru1.ru_stime.tv_usec - D.ru0.ru_stime.tv_usec) * 1e-6;
     double el = t_end - D.t0;
+    double rps = el > 0 ? (double)measured / el : 0.0;
+    if (O.duration > 0) {
+        el = O.duration;
+        rps = (double)done_in_span / O.duration;
+    }
     printf("{\"tool\":\"direct\",\"ok\":%s,\"why\":\"%s\",\"callers\":%d,\"requests\":%lld,\"errors\":%lld,"
            "\"elapsed_s\":%.6f,\"rps\":%.1f,\"frames\":%lld,\"frames_per_s\":%.1f,\"bytes_rx\":%llu,\"bytes_tx\":%llu,"
-           "\"cpu_s\":%.6f,\"rss_start_kb\":%ld,\"hwm_kb\":%ld,",
-           D.failed ? "false" : "true", D.why, O.callers, measured, D.errors, el, el > 0 ? (double)measured / el : 0.0,
-           frames, el > 0 ? (double)frames / el : 0.0, D.bytes_rx, D.bytes_tx, cpu, D.rss_start_kb,
-           proc_status_kb("VmHWM"));
+           "\"cpu_s\":%.6f,\"rss_start_kb\":%ld,\"hwm_kb\":%ld,\"long_callers\":%d,\"long_completed\":%lld,",
+           D.failed ? "false" : "true", D.why, O.callers, measured, D.errors, el, rps, frames,
+           el > 0 ? (double)frames / el : 0.0, D.bytes_rx, D.bytes_tx, cpu, D.rss_start_kb, proc_status_kb("VmHWM"),
+           O.long_callers, D.long_completed);
     samples_json(stdout, "lat_us", &lat);
     printf(",");
     samples_json(stdout, "ttfb_us", &ttfb);
+    printf(",");
+    samples_json(stdout, "long_lat_us", &lat_long);
     printf("}\n");
     free(lat.v);
     free(ttfb.v);
+    free(lat_long.v);
 }
 
 int main(int argc, char **argv)
@@ -416,6 +504,11 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--parts")) O.parts = atoll(v);
         else if (!strcmp(a, "--size")) O.size = atoll(v);
         else if (!strcmp(a, "--pad")) O.pad = atoll(v);
+        else if (!strcmp(a, "--delay-ms")) O.delay_ms = atoll(v);
+        else if (!strcmp(a, "--long-callers")) O.long_callers = atoi(v);
+        else if (!strcmp(a, "--long-delay-ms")) O.long_delay_ms = atoll(v);
+        else if (!strcmp(a, "--duration")) O.duration = atof(v);
+        else if (!strcmp(a, "--warmup-s")) O.warmup_s = atof(v);
         else if (!strcmp(a, "--window")) O.window = atoi(v);
         else if (!strcmp(a, "--timeout")) O.timeout = atof(v);
         else if (!strcmp(a, "--service")) O.service = v;
@@ -423,17 +516,17 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--token")) O.token = v;
         else usage();
     }
-    if (!O.port || O.callers < 1 || O.requests < 1 || O.window < 1 || O.window > 16)
+    if (!O.port || O.callers < 1 || O.requests < 1 || O.window < 1 || O.window > 16 || O.long_callers < 0 ||
+        O.duration < 0 || O.warmup_s < 0)
         usage();
     signal(SIGPIPE, SIG_IGN);
     D.total = O.warmup + O.requests;
-    D.recs = calloc((size_t)D.total, sizeof *D.recs);
-    D.fifo = calloc((size_t)D.total, sizeof *D.fifo);
-    if (!D.recs || !D.fifo)
-        return 1;
+    grow(O.duration > 0 ? 4096 : D.total + O.long_callers + 16);
     D.cur = -1;
     buf_init(&D.burst, LWS_PRE);
-    D.body = bench_body(O.parts, O.size, 0, O.pad, &D.body_len);
+    D.body = bench_body(O.parts, O.size, 0, O.pad, O.delay_ms, &D.body_len);
+    D.body_long = bench_body(0, 0, 0, 0, O.long_delay_ms, &D.body_long_len);
+    D.body_max_len = D.body_len > D.body_long_len ? D.body_len : D.body_long_len;
 
     lws_set_log_level(LLL_ERR, NULL);
     struct lws_context_creation_info info;

@@ -9,6 +9,8 @@
  *       "parts":N      N partial frames ("complete":false), then the final one
  *       "size":BYTES   the final frame's "response" string is BYTES long
  *       "hold":true    never answered (it stays in the window, like a long agent call)
+ *       "delay_ms":N   answered N ms after the request starts (enters the window), like
+ *                      an LLM call that takes that long; it pins the window meanwhile
  *   - the gateway's window: at most 16 requests running per socket, counted from the
  *     oldest unfinished one; 11 more may wait (1 in the worker loop, 10 in its queue);
  *     beyond that the socket is not read any more (TCP back-pressure), exactly the stall
@@ -21,7 +23,8 @@
  * streamed in 256 KiB slices without ever being materialised.
  *
  * Prints "PORT <n>" on stdout once listening; SIGTERM/SIGINT stop it and print counters
- * on stderr. */
+ * on stderr (conns = sockets accepted in all, conns_max = most open at once, delayed =
+ * "delay_ms" requests started). */
 #include "envelope.h" /* the daemon's own top-level scanner (json_members) */
 #include <libwebsockets.h>
 #include <signal.h>
@@ -53,6 +56,10 @@ struct job {
     long long size;
     long long big_left;
     bool big_open;
+    long long delay_ms;     /* "delay_ms": reply this long after the start */
+    bool delaying;          /* its timer is armed */
+    struct pss *owner;
+    lws_sorted_usec_list_t sul;
 };
 
 struct pss {
@@ -70,7 +77,8 @@ struct pss {
 };
 
 static struct {
-    unsigned long long conns, auths, requests, holds, frames, bytes_out, bytes_in, stalls;
+    unsigned long long conns, conns_open, conns_max, auths, requests, holds, delayed, frames, bytes_out, bytes_in,
+        stalls;
 } S;
 static volatile sig_atomic_t stop_flag;
 static struct lws_context *ctx;
@@ -108,6 +116,15 @@ static struct job *act_pop(struct pss *s)
     return j;
 }
 
+/* A delayed request's time is up: its reply goes out like any other. */
+static void on_delay(lws_sorted_usec_list_t *sul)
+{
+    struct job *j = lws_container_of(sul, struct job, sul);
+    j->delaying = false;
+    act_push(j->owner, j);
+    lws_callback_on_writable(j->owner->wsi);
+}
+
 static void start_pending(struct pss *s)
 {
     while (s->pend_head && s->nwin < WINDOW) {
@@ -123,10 +140,16 @@ static void start_pending(struct pss *s)
             s->win_head = j;
         s->win_tail = j;
         s->nwin++;
-        if (j->kind == J_HOLD)
+        if (j->kind == J_HOLD) {
             S.holds++;
-        else
+        } else if (j->delay_ms > 0) {
+            S.delayed++;
+            j->owner = s;
+            j->delaying = true;
+            lws_sul_schedule(lws_get_context(s->wsi), 0, &j->sul, on_delay, (lws_usec_t)j->delay_ms * LWS_US_PER_MS);
+        } else {
             act_push(s, j);
+        }
     }
     if (s->act_head)
         lws_callback_on_writable(s->wsi);
@@ -201,6 +224,8 @@ static void req_cb(struct span k, struct span v, void *ctxp)
             j->size = 0;
     } else if (span_is(k, "hold") && span_is(v, "true")) {
         j->kind = J_HOLD;
+    } else if (span_is(k, "delay_ms")) {
+        j->delay_ms = js_to_ll(v);
     }
 }
 
@@ -416,6 +441,8 @@ static void free_all(struct pss *s)
     }
     for (struct job *j = s->win_head, *n; j; j = n) {
         n = j->wnext;
+        if (j->delaying)
+            lws_sul_cancel(&j->sul);
         free(j);
     }
     free(s->rx);
@@ -440,12 +467,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!s->out)
             return -1;
         S.conns++;
+        if (++S.conns_open > S.conns_max)
+            S.conns_max = S.conns_open;
         break;
     case LWS_CALLBACK_RECEIVE:
         return on_receive(s, in, len);
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writeable(s);
     case LWS_CALLBACK_CLOSED:
+        if (s->out)
+            S.conns_open--;
         free_all(s);
         break;
     default:
@@ -458,6 +489,16 @@ static const struct lws_protocols protocols[] = {
     {"tg-socket", callback, sizeof(struct pss), 256 * 1024, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
+
+static void report(void)
+{
+    fprintf(stderr,
+            "fastmock: conns=%llu conns_open=%llu conns_max=%llu auths=%llu requests=%llu holds=%llu delayed=%llu "
+            "frames=%llu bytes_in=%llu bytes_out=%llu reader_stalls=%llu\n",
+            S.conns, S.conns_open, S.conns_max, S.auths, S.requests, S.holds, S.delayed, S.frames, S.bytes_in,
+            S.bytes_out, S.stalls);
+    fflush(stderr);
+}
 
 int main(int argc, char **argv)
 {
@@ -503,10 +544,7 @@ int main(int argc, char **argv)
     while (!stop_flag)
         if (lws_service(ctx, 0) < 0)
             break;
-    fprintf(stderr,
-            "fastmock: conns=%llu auths=%llu requests=%llu holds=%llu frames=%llu bytes_in=%llu bytes_out=%llu "
-            "reader_stalls=%llu\n",
-            S.conns, S.auths, S.requests, S.holds, S.frames, S.bytes_in, S.bytes_out, S.stalls);
+    report();
     lws_context_destroy(ctx);
     return 0;
 }

@@ -4,7 +4,8 @@
  *   httpload (--port P [--host H] | --unix PATH) [--conns C] [--requests N] [--warmup W]
  *            [--parts N] [--size BYTES] [--pad BYTES] [--ndjson] [--line] [--hold]
  *            [--path /api/v1/flow/default/service/text-completion] [--timeout S]
- *            [--connect-rate PER_S] [--hold-seconds S]
+ *            [--connect-rate PER_S] [--hold-seconds S] [--delay-ms MS]
+ *            [--long-conns L --long-delay-ms MS] [--duration S [--warmup-s S]]
  *
  * Modes
  *   unary (default)  C connections, each with one request outstanding, re-used
@@ -18,6 +19,15 @@
  *   --hold           each of C connections sends one request that the mock never answers
  *                    ("hold":true), prints "HELD <n>" once all are written, then waits for
  *                    standard input to close (or --hold-seconds) and exits.
+ *   --long-conns L   L more connections (opened first) each loop a call the mock answers
+ *                    after --long-delay-ms, beside the C short-call connections; only
+ *                    the short calls count in "lat_us" and "rps" (the long ones in
+ *                    "long_lat_us").
+ *   --duration S     the short calls loop for --warmup-s plus S seconds instead of a
+ *                    fixed count: the calls issued in the S seconds after the warm-up are
+ *                    measured, "rps" is the short calls finished in those S seconds / S,
+ *                    and the run ends when the last short call issued has finished (long
+ *                    calls still running are abandoned).
  *
  * The request bodies are the bytes direct.c puts in its envelopes (stats.h bench_body).
  * Prints one JSON line on stdout. */
@@ -52,6 +62,7 @@ struct conn {
     size_t wlen, woff;
     char *own_wbuf; /* line mode: per-request envelope */
     long long seq;
+    bool is_long; /* one of the --long-conns */
     double t_issue, t_sent, t_first;
     long long lines;
     /* response parser */
@@ -68,11 +79,14 @@ struct conn {
 static struct {
     const char *host, *unix_path, *path, *service, *flow;
     int port, conns;
-    long long requests, warmup, parts, size, pad;
+    long long requests, warmup, parts, size, pad, delay_ms;
     bool ndjson, line, hold;
     double timeout, connect_rate, hold_seconds;
+    int long_conns;
+    long long long_delay_ms;
+    double duration, warmup_s;
 } O = {"127.0.0.1", NULL, "/api/v1/flow/default/service/text-completion", "text-completion", "default",
-       0, 1, 1000, 100, 0, 0, 0, false, false, false, 120.0, 5000.0, 600.0};
+       0, 1, 1000, 100, 0, 0, 0, 0, false, false, false, 120.0, 5000.0, 600.0, 0, 2000, 0, 0};
 
 static struct {
     int ep;
@@ -84,6 +98,13 @@ static struct {
     size_t req_len;
     char *body;
     size_t body_len;
+    char *req_long, *body_long; /* the same for the long calls */
+    size_t req_long_len, body_long_len;
+    int nconns;                 /* O.long_conns + O.conns */
+    long long long_issued, long_completed, done_in_span;
+    double t_start, m0, m1; /* duration mode: first issue, measured span [m0, m1) */
+    bool stopping, measuring;
+    struct samples lat_long;
     double t0, t_end;
     struct rusage ru0;
     long rss_start_kb;
@@ -167,12 +188,25 @@ static void try_write(struct conn *c);
 
 static void issue(struct conn *c)
 {
-    if (L.issued >= L.total) {
+    double t = now_s();
+    if (O.duration > 0) {
+        if (!L.t_start) {
+            L.t_start = t;
+            L.m0 = t + O.warmup_s;
+            L.m1 = L.m0 + O.duration;
+        }
+        if (t >= L.m1)
+            L.stopping = true;
+        if (L.stopping) {
+            c->st = C_IDLE;
+            return;
+        }
+    } else if (!c->is_long && L.issued >= L.total) {
         c->st = C_IDLE;
         return;
     }
-    c->seq = L.issued++;
-    c->t_issue = now_s();
+    c->seq = c->is_long ? L.long_issued++ : L.issued++;
+    c->t_issue = t;
     c->t_first = 0;
     c->lines = 0;
     c->status = 0;
@@ -180,28 +214,31 @@ static void issue(struct conn *c)
     c->rs = O.line ? R_LINES : R_HDR;
     c->hlen = 0;
     c->errlen = 0;
-    if (c->seq == O.warmup) {
+    if (!L.measuring && !c->is_long && (O.duration > 0 ? t >= L.m0 : c->seq == O.warmup)) {
+        L.measuring = true;
         L.t0 = c->t_issue;
         getrusage(RUSAGE_SELF, &L.ru0);
         L.rss_start_kb = proc_status_kb("VmRSS");
     }
     if (O.line) {
+        const char *body = c->is_long ? L.body_long : L.body;
+        size_t body_len = c->is_long ? L.body_long_len : L.body_len;
         free(c->own_wbuf);
-        size_t cap = L.body_len + 256;
+        size_t cap = body_len + 256;
         c->own_wbuf = malloc(cap);
         if (!c->own_wbuf)
             die("malloc");
-        int n = snprintf(c->own_wbuf, cap, "{\"id\":\"h%lld\",\"service\":\"%s\",\"flow\":\"%s\",\"request\":", c->seq,
-                         O.service, O.flow);
-        memcpy(c->own_wbuf + n, L.body, L.body_len);
-        n += (int)L.body_len;
+        int n = snprintf(c->own_wbuf, cap, "{\"id\":\"%s%lld\",\"service\":\"%s\",\"flow\":\"%s\",\"request\":",
+                         c->is_long ? "l" : "h", c->seq, O.service, O.flow);
+        memcpy(c->own_wbuf + n, body, body_len);
+        n += (int)body_len;
         c->own_wbuf[n++] = '}';
         c->own_wbuf[n++] = '\n';
         c->wbuf = c->own_wbuf;
         c->wlen = (size_t)n;
     } else {
-        c->wbuf = L.req;
-        c->wlen = L.req_len;
+        c->wbuf = c->is_long ? L.req_long : L.req;
+        c->wlen = c->is_long ? L.req_long_len : L.req_len;
     }
     c->woff = 0;
     c->st = C_SENDING;
@@ -255,9 +292,24 @@ static void try_write(struct conn *c)
 static void finished_response(struct conn *c, bool ok)
 {
     double t = now_s();
-    bool measured = c->seq >= O.warmup;
     if (!ok)
         L.errors++;
+    if (c->is_long) {
+        L.long_completed++;
+        if (ok)
+            samples_add(&L.lat_long, (t - c->t_issue) * 1e6);
+        if (c->close_after) {
+            close_conn(c);
+            L.reconnects++;
+            open_conn(c);
+            return;
+        }
+        issue(c);
+        return;
+    }
+    bool measured = O.duration > 0 ? c->t_issue >= L.m0 && c->t_issue < L.m1 : c->seq >= O.warmup;
+    if (O.duration > 0 && t >= L.m0 && t <= L.m1)
+        L.done_in_span++;
     if (measured) {
         if (ok) {
             samples_add(&L.lat, (t - c->t_issue) * 1e6);
@@ -566,12 +618,15 @@ static void usage(void)
 {
     fprintf(stderr, "usage: httpload (--port P [--host H] | --unix PATH) [--conns C] [--requests N] [--warmup W]\n"
                     "                [--parts N] [--size BYTES] [--pad BYTES] [--ndjson] [--line] [--hold]\n"
-                    "                [--path P] [--timeout S] [--connect-rate N] [--hold-seconds S]\n");
+                    "                [--path P] [--timeout S] [--connect-rate N] [--hold-seconds S] [--delay-ms MS]\n"
+                    "                [--long-conns L --long-delay-ms MS] [--duration S [--warmup-s S]]\n");
     exit(2);
 }
 
 static void print_result(bool ok, const char *why)
 {
+    if (!L.measuring)
+        getrusage(RUSAGE_SELF, &L.ru0);
     struct rusage ru1;
     getrusage(RUSAGE_SELF, &ru1);
     double cpu = (double)(ru1.ru_utime.tv_sec - L.ru0.ru_utime.tv_sec) +
@@ -580,6 +635,11 @@ static void print_result(bool ok, const char *why)
                  (double)(ru1.ru_stime.tv_usec - L.ru0.ru_stime.tv_usec) * 1e-6;
     double el = L.t_end > L.t0 ? L.t_end - L.t0 : 0;
     long long measured = (long long)L.lat.n;
+    double rps = el > 0 ? (double)measured / el : 0.0;
+    if (O.duration > 0) {
+        el = O.duration;
+        rps = (double)L.done_in_span / O.duration;
+    }
     char fe[300];
     size_t k = 0;
     for (const char *s = L.first_error; *s && k < sizeof fe - 2; s++)
@@ -590,17 +650,36 @@ static void print_result(bool ok, const char *why)
            "\"held\":%lld,\"held_replies\":%lld,"
            "\"elapsed_s\":%.6f,\"rps\":%.1f,\"frames\":%lld,\"frames_per_s\":%.1f,\"bytes_rx\":%llu,\"bytes_tx\":%llu,"
            "\"cpu_s\":%.6f,\"rss_start_kb\":%ld,\"hwm_kb\":%ld,\"status_2xx\":%d,\"status_4xx\":%d,\"status_5xx\":%d,"
-           "\"first_error\":\"%s\",",
+           "\"first_error\":\"%s\",\"long_conns\":%d,\"long_completed\":%lld,",
            ok ? "true" : "false", why, O.unix_path ? "unix" : "tcp", O.line ? "line" : (O.ndjson ? "ndjson" : "http"),
            O.conns, measured, L.errors, L.bad_status, L.connect_errors, L.reconnects, L.held_written, L.held_replies,
-           el, el > 0 ? (double)measured / el : 0.0, L.frames, el > 0 ? (double)L.frames / el : 0.0, L.bytes_rx,
+           el, rps, L.frames, el > 0 ? (double)L.frames / el : 0.0, L.bytes_rx,
            L.bytes_tx, cpu, L.rss_start_kb, proc_status_kb("VmHWM"), L.status_hist[2], L.status_hist[4],
-           L.status_hist[5], fe);
+           L.status_hist[5], fe, O.long_conns, L.long_completed);
     samples_json(stdout, "lat_us", &L.lat);
     printf(",");
     samples_json(stdout, "ttfb_us", &L.ttfb);
+    printf(",");
+    samples_json(stdout, "long_lat_us", &L.lat_long);
     printf("}\n");
     fflush(stdout);
+}
+
+/* The whole HTTP request for a body (shared by every connection that sends it). */
+static char *http_request(const char *body, size_t body_len, size_t *len_out)
+{
+    size_t cap = body_len + 512;
+    char *req = malloc(cap);
+    if (!req)
+        die("malloc");
+    int n = snprintf(req, cap,
+                     "POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n%s"
+                     "Content-Length: %zu\r\n\r\n",
+                     O.path, O.ndjson || O.hold ? "Accept: application/x-ndjson\r\n" : "Accept: application/json\r\n",
+                     body_len);
+    memcpy(req + n, body, body_len);
+    *len_out = (size_t)n + body_len;
+    return req;
 }
 
 int main(int argc, char **argv)
@@ -626,9 +705,15 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--timeout")) O.timeout = atof(v);
         else if (!strcmp(a, "--connect-rate")) O.connect_rate = atof(v);
         else if (!strcmp(a, "--hold-seconds")) O.hold_seconds = atof(v);
+        else if (!strcmp(a, "--delay-ms")) O.delay_ms = atoll(v);
+        else if (!strcmp(a, "--long-conns")) O.long_conns = atoi(v);
+        else if (!strcmp(a, "--long-delay-ms")) O.long_delay_ms = atoll(v);
+        else if (!strcmp(a, "--duration")) O.duration = atof(v);
+        else if (!strcmp(a, "--warmup-s")) O.warmup_s = atof(v);
         else usage();
     }
-    if ((!O.port && !O.unix_path) || O.conns < 1 || O.requests < 1)
+    if ((!O.port && !O.unix_path) || O.conns < 1 || O.requests < 1 || O.long_conns < 0 || O.duration < 0 ||
+        O.warmup_s < 0 || (O.hold && (O.long_conns || O.duration > 0)))
         usage();
     if (O.line && !O.unix_path) {
         fprintf(stderr, "httpload: --line needs --unix\n");
@@ -640,30 +725,25 @@ int main(int argc, char **argv)
         O.requests = O.conns;
     }
     L.total = O.warmup + O.requests;
-    L.body = bench_body(O.parts, O.size, O.hold, O.pad, &L.body_len);
+    L.body = bench_body(O.parts, O.size, O.hold, O.pad, O.delay_ms, &L.body_len);
+    L.body_long = bench_body(0, 0, 0, 0, O.long_delay_ms, &L.body_long_len);
     if (!O.line) {
-        size_t cap = L.body_len + 512;
-        L.req = malloc(cap);
-        if (!L.req)
-            die("malloc");
-        int n = snprintf(L.req, cap,
-                         "POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n%s"
-                         "Content-Length: %zu\r\n\r\n",
-                         O.path, O.ndjson || O.hold ? "Accept: application/x-ndjson\r\n" : "Accept: application/json\r\n",
-                         L.body_len);
-        memcpy(L.req + n, L.body, L.body_len);
-        L.req_len = (size_t)n + L.body_len;
+        L.req = http_request(L.body, L.body_len, &L.req_len);
+        L.req_long = http_request(L.body_long, L.body_long_len, &L.req_long_len);
     }
     if (O.hold)
         O.ndjson = true;
     L.ep = epoll_create1(EPOLL_CLOEXEC);
     if (L.ep < 0)
         die("epoll_create1");
-    L.c = calloc((size_t)O.conns, sizeof *L.c);
+    L.nconns = O.long_conns + O.conns;
+    L.c = calloc((size_t)L.nconns, sizeof *L.c);
     if (!L.c)
         die("calloc");
-    for (int i = 0; i < O.conns; i++)
+    for (int i = 0; i < L.nconns; i++) {
         L.c[i].fd = -1;
+        L.c[i].is_long = i < O.long_conns; /* opened first */
+    }
     if (O.hold) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
         epoll_ctl(L.ep, EPOLL_CTL_ADD, 0, &ev); /* stdin: closing it ends the hold */
@@ -678,11 +758,13 @@ int main(int argc, char **argv)
     for (;;) {
         double t = now_s();
         /* open connections, paced (10,000 at once would overflow the listen backlog) */
-        if (next_open < O.conns) {
-            long long allowed = O.connect_rate > 0 ? (long long)((t - start) * O.connect_rate) + 64 : O.conns;
-            while (next_open < O.conns && next_open < allowed)
+        if (next_open < L.nconns) {
+            long long allowed = O.connect_rate > 0 ? (long long)((t - start) * O.connect_rate) + 64 : L.nconns;
+            while (next_open < L.nconns && next_open < allowed)
                 open_conn(&L.c[next_open++]);
         }
+        if (O.duration > 0 && L.t_start && t >= L.m1)
+            L.stopping = true;
         if (O.hold) {
             if (!L.held_announced && next_open == O.conns && L.held_written + L.held_replies + L.connect_errors >= O.conns) {
                 printf("HELD %lld\n", L.held_written);
@@ -692,11 +774,11 @@ int main(int argc, char **argv)
             }
             if (L.held_announced && now_s() >= hold_until)
                 break;
-        } else if (L.completed >= L.total) {
+        } else if (O.duration > 0 ? L.stopping && L.completed >= L.issued : L.completed >= L.total) {
             break;
-        } else if (next_open == O.conns) {
+        } else if (next_open == L.nconns) {
             bool any = false;
-            for (int i = 0; i < O.conns && !any; i++)
+            for (int i = 0; i < L.nconns && !any; i++)
                 any = L.c[i].st != C_FREE && L.c[i].st != C_IDLE;
             if (!any) {
                 ok = false;
@@ -709,7 +791,7 @@ int main(int argc, char **argv)
             why = "timeout";
             break;
         }
-        int timeout_ms = next_open < O.conns ? 5 : 100;
+        int timeout_ms = next_open < L.nconns ? 5 : 100;
         int n = epoll_wait(L.ep, evs, 512, timeout_ms);
         if (n < 0 && errno != EINTR)
             die("epoll_wait");
@@ -733,8 +815,8 @@ int main(int argc, char **argv)
         L.t0 = start;
         L.t_end = now_s();
     }
-    print_result(ok && (O.hold || L.completed >= L.total), why);
-    for (int i = 0; i < O.conns; i++)
+    print_result(ok && (O.hold || O.duration > 0 || L.completed >= L.total), why);
+    for (int i = 0; i < L.nconns; i++)
         close_conn(&L.c[i]);
     return ok ? 0 : 1;
 }

@@ -2,16 +2,16 @@
 """tgbridge benchmark suite: `make bench` (see bench/README.md).
 
 Builds the bench's C programs (bench/Makefile), starts the fast mock gateway and tgbridge on
-loopback (free ports chosen at run time), runs every scenario of issue 4 through tgbridge
-and through the direct WebSocket baseline, alternating the two where noise matters, and
-prints ONE table.  It asserts no timings: the exit status is 0 whenever the suite could
+loopback (free ports chosen at run time), runs every scenario of issue 4 and issue 11's
+mixed and wide ones through tgbridge and through the direct WebSocket baseline, alternating
+the two where noise matters, and prints ONE table.  It asserts no timings: the exit status is 0 whenever the suite could
 run, whatever the figures.  Every process it starts is stopped before it exits.
 
 Options: --rounds N (alternations per scenario, default 5), --quick (smaller runs, for
 trying the suite out), --profile (also profile tgbridge and the mock: perf cpu-clock
 sampling and callgrind; or BENCH_PROFILE=1), --json PATH (write every raw figure there),
---only NAME[,NAME] (scenarios: unary1, fresh, unary64, stream, large, hold;
-"none" runs only what --profile asks for).
+--only NAME[,NAME] or BENCH_ONLY=NAME[,NAME] (scenarios: unary1, fresh, unary64, stream,
+large, mixed, wide, hold, wsidle; "none" runs only what --profile asks for).
 Standard library only (Debian's /usr/bin/python3).
 """
 import argparse
@@ -424,6 +424,123 @@ def scen_large(ctx, R):
     R["download"] = alternate(rounds, down)
     R["large_size"] = size
 
+# ---- many connections: long calls beside short ones, and many long calls at once ----------
+#
+# Both run on FRESH processes for every run (a mock, and tgbridge with its defaults:
+# --max-connections 8, --max-inflight 15, --connection-idle 30), so each tgbridge run starts
+# from its one persistent connection, as after any idle spell, and no overflow connection
+# left open by an earlier run helps it.  The direct baseline is ONE socket to the mock, as
+# every official client uses, with the same window of 15; the mock keeps the gateway's
+# window (16 running, counted from the oldest unfinished request).
+
+MIXED_SHORT = 64        # short-call callers
+MIXED_LONG = 3          # callers looping a long call
+MIXED_LONG_MS = 2000    # the long call: the mock replies this long after it starts
+WIDE_CALLS = 64         # concurrent calls in the wide scenario
+WIDE_MS = 1000          # each answered this long after it starts
+
+
+def mock_counters(text):
+    """key=value counters of the mock's last "fastmock:" line (conns, conns_max, ...)."""
+    lines = [l for l in (text or "").splitlines() if l.startswith("fastmock:")]
+    if not lines:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[-1])}
+
+
+class StatusPoller:
+    """Polls tgbridge's GET /status while a run goes on: the most upstream connections seen
+    at once and the connection list at that moment."""
+
+    def __init__(self, bridge, every=0.05):
+        self.bridge, self.every = bridge, every
+        self.max_conns, self.at_max, self.polls = 0, None, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            up = self.bridge.status().get("upstream") or {}
+            self.polls += 1
+            n = up.get("connections")
+            if isinstance(n, int) and n > self.max_conns:
+                self.max_conns = n
+                self.at_max = [{k: c.get(k) for k in ("id", "role", "state", "window_used", "requests_carried")}
+                               for c in up.get("connection_list") or []]
+            self._stop.wait(self.every)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(5)
+        up = self.bridge.status().get("upstream") or {}
+        return {"max_connections_seen": self.max_conns, "connection_list_at_max": self.at_max, "polls": self.polls,
+                "connections_end": up.get("connections"),
+                "requests_carried": [c.get("requests_carried") for c in up.get("connection_list") or []]}
+
+
+def fresh_direct(ctx, tag, args):
+    """The direct client on a fresh mock; adds the mock's own counters."""
+    mock = Mock(ctx.tmp, tag)
+    try:
+        d = run_tool([DIRECT, "--port", str(mock.port), "--window", str(WINDOW)] + DIRECT_MODE + args)
+    finally:
+        counters = mock_counters(mock.stop())
+    if d:
+        d["mock"] = counters
+    return d
+
+
+def fresh_bridge(ctx, tag, args):
+    """httpload through a fresh tgbridge (defaults) on a fresh mock; adds what /status showed
+    during the run, tgbridge's CPU and the mock's own counters."""
+    mock = Mock(ctx.tmp, tag)
+    bridge = None
+    try:
+        bridge = Bridge(ctx.tmp, tag, mock.port)
+        poller = StatusPoller(bridge)
+        w = Watch(bridge)
+        d = run_tool([HTTPLOAD, "--port", str(bridge.port)] + args)
+        wall, (tgb_cpu,) = w.done()
+        st = poller.stop()
+    finally:
+        if bridge:
+            bridge.stop()
+        counters = mock_counters(mock.stop())
+    if d:
+        d.update(status=st, mock=counters, tgb_cpu_s=tgb_cpu, tgb_cpu_fine_s=w.fine[0], tgb_wall_s=wall)
+    return d
+
+
+def scen_mixed(ctx, R):
+    """3 callers each looping a 2-second call and 64 callers of short calls (one outstanding
+    each, closed loop).  Short calls issued in the `dur` seconds after a `warm`-second warm-up
+    are measured.  Three runs a round: direct (one socket), tgbridge, and tgbridge with the
+    64 short callers alone (no long calls) -- the reference for the p99 target."""
+    warm, dur = (2.0, 3.0) if ctx.quick else (2.0, 6.0)
+    rounds = min(ctx.rounds, 3)
+    span = ["--duration", str(dur), "--warmup-s", str(warm)]
+    longs = lambda flag: [flag, str(MIXED_LONG), "--long-delay-ms", str(MIXED_LONG_MS)]
+    runs = {"direct": lambda: fresh_direct(ctx, "mixed-d", ["--callers", str(MIXED_SHORT)] + longs("--long-callers")
+                                           + span),
+            "tcp": lambda: fresh_bridge(ctx, "mixed-b", ["--conns", str(MIXED_SHORT)] + longs("--long-conns") + span),
+            "tcp_nolong": lambda: fresh_bridge(ctx, "mixed-n", ["--conns", str(MIXED_SHORT)] + span)}
+    R["mixed"] = alternate(rounds, runs)
+    R["mixed_params"] = {"short_callers": MIXED_SHORT, "long_callers": MIXED_LONG, "long_ms": MIXED_LONG_MS,
+                         "warmup_s": warm, "duration_s": dur, "rounds": rounds}
+
+
+def scen_wide(ctx, R):
+    """64 concurrent calls, each answered 1 s after it starts: time from the first request
+    to the last reply.  Direct: 64 callers on one socket (15 in the window at a time).
+    tgbridge: 64 REST connections, the daemon's defaults."""
+    rounds = min(ctx.rounds, 3)
+    args = ["--requests", str(WIDE_CALLS), "--warmup", "0", "--delay-ms", str(WIDE_MS)]
+    runs = {"direct": lambda: fresh_direct(ctx, "wide-d", ["--callers", str(WIDE_CALLS)] + args),
+            "tcp": lambda: fresh_bridge(ctx, "wide-b", ["--conns", str(WIDE_CALLS)] + args)}
+    R["wide"] = alternate(rounds, runs)
+    R["wide_params"] = {"calls": WIDE_CALLS, "delay_ms": WIDE_MS, "rounds": rounds}
+
 
 def scen_hold(ctx, R):
     n = 2000 if ctx.quick else 10000
@@ -666,6 +783,10 @@ def build_rows(R, transports):
         rows.append((f"{n:,} idle local WebSockets: tgbridge CPU over 10 s", "n/a", shown,
                      f"{fmt(w.get('idle_wakeups_per_s'), '', 0)} wakeups/s", "0",
                      verdict(cpu is not None and cpu == 0 and (sched or 0) < 5)))
+    if "mixed" in R:
+        rows += mixed_rows(R, figure, paired)
+    if "wide" in R:
+        rows += wide_rows(R, figure, paired)
     for key, what in (("upload", "request"), ("download", "reply")):
         if key not in R:
             continue
@@ -683,6 +804,89 @@ def build_rows(R, transports):
         rows.append((f"{size // 1048576} MB {what}: peak RSS growth / payload", fmt(dpk, "×", 2), fmt(bpk, "×", 2), "",
                      "≤ 3×", verdict(bpk is not None and bpk <= 3)))
     return rows
+
+
+def fmt_s(us):
+    return "n/a" if us is None else f"{us / 1e6:,.2f} s" if abs(us) >= 100000 else f"{us:,.0f} µs"
+
+
+def mixed_rows(R, figure, paired):
+    rows = []
+    m = R["mixed"]
+    P = R.get("mixed_params", {})
+    what = (f"mixed ({P.get('long_callers')} × {P.get('long_ms', 0) / 1000:g} s looping"
+            f" + {P.get('short_callers')} short)")
+    dr, br, nr = m.get("direct", []), m.get("tcp", []), m.get("tcp_nolong", [])
+    for pct in ("p50", "p99"):
+        d, b = figure(dr, "lat_us", pct), figure(br, "lat_us", pct)
+        add = paired(dr, br, "lat_us", pct, lambda y, x: y - x)
+        shown = "n/a" if add is None else ("−" + fmt_s(-add) if add < 0 else "+" + fmt_s(add))
+        rows.append((f"{what}, REST/TCP: short-call {pct}", fmt_s(d), fmt_s(b), shown, "report", ""))
+    d, b = figure(dr, "rps"), figure(br, "rps")
+    ratio = paired(dr, br, "rps", None, lambda y, x: y / x if x else None)
+    rows.append((f"{what}, REST/TCP: short calls/s", fmt(d), fmt(b), fmt(ratio, "×"), "report", ""))
+    # the target: tgbridge's p99 with the long calls running against its p99 with none,
+    # paired round by round (the two runs of a round are side by side)
+    bp, nb = figure(br, "lat_us", "p99"), figure(nr, "lat_us", "p99")
+    add = paired(nr, br, "lat_us", "p99", lambda y, x: y - x)
+    shown = "n/a" if add is None else (f"+{fmt(add)} µs" if add >= 0 else f"−{fmt(-add)} µs")
+    rows.append(("mixed: tgbridge short-call p99 (µs), long calls vs none", "n/a", f"{fmt(bp)} vs {fmt(nb)}", shown,
+                 "≤ +2,000 µs", verdict(add is not None and add <= 2000)))
+    dl, bl = figure(dr, "long_lat_us", "p50"), figure(br, "long_lat_us", "p50")
+    rows.append(("mixed: the long calls' own latency p50", fmt_s(dl), fmt_s(bl), "", "report", ""))
+    dc = figure(dr, "mock", "conns_max")
+    bc = figure(br, "mock", "conns_max")
+    nc = figure(nr, "mock", "conns_max")
+    rows.append(("mixed: gateway connections (most at once; no long calls)", fmt(dc, "", 0),
+                 f"{fmt(bc, '', 0)} ({fmt(nc, '', 0)})", "", "report", ""))
+    return rows
+
+
+def wide_rows(R, figure, paired):
+    rows = []
+    w = R["wide"]
+    P = R.get("wide_params", {})
+    dr, br = w.get("direct", []), w.get("tcp", [])
+    d, b = figure(dr, "elapsed_s"), figure(br, "elapsed_s")
+    ratio = paired(dr, br, "elapsed_s", None, lambda y, x: y / x if x else None)
+    what = f"wide ({P.get('calls')} concurrent {P.get('delay_ms', 0) / 1000:g} s calls)"
+    rows.append((f"{what}, REST/TCP: completion (s)", fmt(d, " s", 2), fmt(b, " s", 2), fmt(ratio, "×", 2),
+                 "≤ 1.5 s", verdict(b is not None and b <= 1.5)))
+    dc = figure(dr, "mock", "conns_max")
+    bc = figure(br, "mock", "conns_max")
+    bs = figure(br, "status", "max_connections_seen")
+    rows.append(("wide: gateway connections (most at once; /status)", fmt(dc, "", 0),
+                 f"{fmt(bc, '', 0)} ({fmt(bs, '', 0)})", "", "report", ""))
+    return rows
+
+
+def many_connections_detail(R):
+    """Every round of the mixed and wide scenarios, below the table."""
+    out = []
+    if "mixed" in R:
+        m = R["mixed"]
+        for path, name in (("direct", "direct, one socket"), ("tcp", "tgbridge"),
+                           ("tcp_nolong", "tgbridge, no long calls")):
+            for i, d in enumerate(m.get(path, [])):
+                lat = d.get("lat_us") or {}
+                st = d.get("status") or {}
+                out.append(f"  mixed {name:24s} round {i + 1}: short p50 {fmt_s(lat.get('p50'))}, "
+                           f"p99 {fmt_s(lat.get('p99'))}, max {fmt_s(lat.get('max'))}, {fmt(d.get('rps'))} short "
+                           f"calls/s ({lat.get('n')} measured), {d.get('long_completed')} long calls done; "
+                           f"gateway connections: mock {d.get('mock', {}).get('conns_max')}"
+                           + (f", /status {st.get('max_connections_seen')}" if st else ""))
+    if "wide" in R:
+        for path, name in (("direct", "direct, one socket"), ("tcp", "tgbridge")):
+            for i, d in enumerate(R["wide"].get(path, [])):
+                lat = d.get("lat_us") or {}
+                st = d.get("status") or {}
+                out.append(f"  wide  {name:24s} round {i + 1}: all {lat.get('n')} done in "
+                           f"{fmt(d.get('elapsed_s'), ' s', 3)} (latency p50 {fmt_s(lat.get('p50'))}, "
+                           f"max {fmt_s(lat.get('max'))}); gateway connections: "
+                           f"mock {d.get('mock', {}).get('conns_max')}"
+                           + (f", /status {st.get('max_connections_seen')}, requests per connection "
+                              f"{st.get('requests_carried')}" if st else ""))
+    return (["", "many connections, every round:"] + out) if out else []
 
 
 def verdict(ok):
@@ -879,7 +1083,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", action="store_true", default=os.environ.get("BENCH_PROFILE") == "1")
     ap.add_argument("--json", default=os.path.join(BUILD, "results.json"))
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""))
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -924,6 +1128,14 @@ def main():
             R["tgb_rss_end_kb"] = proc_status(ctx.bridge.pid)["VmRSS"]
             ctx.bridge.stop()
             R["mock_log"] = ctx.mock.stop()
+            if not only or "mixed" in only:
+                log(f"bench: mixed: {MIXED_LONG} looping {MIXED_LONG_MS / 1000:g} s calls beside {MIXED_SHORT} short "
+                    f"callers, fresh processes ({min(ctx.rounds, 3)} alternating rounds) ...")
+                scen_mixed(ctx, R)
+            if not only or "wide" in only:
+                log(f"bench: wide: {WIDE_CALLS} concurrent {WIDE_MS / 1000:g} s calls, fresh processes "
+                    f"({min(ctx.rounds, 3)} alternating rounds) ...")
+                scen_wide(ctx, R)
             if not only or "hold" in only:
                 log("bench: 10,000 open streams held by the mock ...")
                 scen_hold(ctx, R)
@@ -939,10 +1151,11 @@ def main():
     mach["loadavg_end"] = os.getloadavg()
 
     rows = build_rows(R, ctx.transports)
+    many = f" (mixed, wide: {min(ctx.rounds, 3)})" if ("mixed" in R or "wide" in R) and ctx.rounds > 3 else ""
     print()
     print(f"tgbridge benchmark — {mach['date']} — {mach['nproc']} × {mach['cpu']} — Linux {mach['kernel']}")
     print(f"load average at start {mach['loadavg'][0]:.2f}, at end {mach['loadavg_end'][0]:.2f}; "
-          f"{ctx.rounds} alternating rounds; medians; window {WINDOW} on both paths; direct client writes "
+          f"{ctx.rounds} alternating rounds{many}; medians; window {WINDOW} on both paths; direct client writes "
           f"{'one frame per lws_write (BENCH_DIRECT_PER_FRAME=1)' if DIRECT_MODE else 'bursts in one send, as tgbridge'}")
     print()
     print_table(rows)
@@ -957,6 +1170,8 @@ def main():
                 print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%  tgbridge {tgb * 100:4.0f}% of one core")
             else:
                 print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%")
+    for line in many_connections_detail(R):
+        print(line)
     if "hold" in R:
         h = R["hold"]
         rq = (h.get("status") or {}).get("requests") or {}

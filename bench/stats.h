@@ -84,8 +84,9 @@ static inline long proc_status_kb(const char *field)
 }
 
 /* Body of a bench request: the same bytes on both paths.  q is echoed by the mock;
- * parts/size/hold steer its reply; pad makes the request itself large. */
-static inline char *bench_body(long long parts, long long size, int hold, long long pad, size_t *len_out)
+ * parts/size/hold/delay_ms steer its reply; pad makes the request itself large. */
+static inline char *bench_body(long long parts, long long size, int hold, long long pad, long long delay_ms,
+                               size_t *len_out)
 {
     size_t cap = 256 + (size_t)(pad > 0 ? pad : 0);
     char *b = malloc(cap);
@@ -100,6 +101,8 @@ static inline char *bench_body(long long parts, long long size, int hold, long l
         n += snprintf(b + n, cap - (size_t)n, ",\"size\":%lld", size);
     if (hold)
         n += snprintf(b + n, cap - (size_t)n, ",\"hold\":true,\"streaming\":true");
+    if (delay_ms > 0)
+        n += snprintf(b + n, cap - (size_t)n, ",\"delay_ms\":%lld", delay_ms);
     if (pad > 0) {
         n += snprintf(b + n, cap - (size_t)n, ",\"pad\":\"");
         memset(b + n, 'x', (size_t)pad);
