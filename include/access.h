@@ -27,6 +27,10 @@ bool access_browser_refused(const char *origin, const char *host, bool unix_peer
 bool access_token_required(void);
 /* The token a client presented (NULL: none) is the configured one (constant time). */
 bool access_token_ok(const char *token, size_t len);
+/* The same for a token as it appears in a query string (?token=): compared as the
+ * gateway reads it (percent-decoded, '+' as a space, ref Q20) and as sent (clients
+ * that put it there do not encode it). */
+bool access_token_ok_encoded(const char *p, size_t n);
 /* The token of an "Authorization: Bearer <token>" value, or NULL. */
 const char *access_bearer(const char *authorization, size_t len, size_t *tlen);
 #endif

@@ -54,6 +54,7 @@ struct config {
     double connection_idle;    /* an idle overflow connection closes after this */
     size_t max_pending;        /* unfinished requests per local connection */
     size_t max_ws_clients;     /* local WebSocket connections */
+    size_t max_passthrough;    /* pass-through calls at once */
     char *client_token_file;   /* local callers must present this token; NULL = none */
     char *workspace;           /* envelope workspace when the body names none */
     char *ca_file;

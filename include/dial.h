@@ -23,7 +23,9 @@ enum dial_phase {
 
 struct dial;
 struct dial_ops {
-    /* The WebSocket upgrade succeeded (CLIENT_ESTABLISHED). */
+    /* The WebSocket upgrade succeeded (CLIENT_ESTABLISHED) -- or, for an HTTP request
+     * (method set), the response head arrived (ESTABLISHED_CLIENT_HTTP; the headers
+     * can be read only now). */
     void (*opened)(struct dial *d);
     /* The attempt failed, or the connection closed: d->reason says why and d->wsi is
      * NULL.  Exactly once per successful dial_start, last thing the dial does (the
@@ -37,6 +39,7 @@ struct dial {
     /* Set by the owner before dial_start. */
     const struct dial_ops *ops;
     const char *local_protocol;      /* the lws protocol the connection is bound to */
+    const char *method;              /* NULL: a WebSocket upgrade; else an HTTP request */
     lws_retry_bo_t *retry;           /* keep-alive (validity ping) policy */
     char path[4096];                 /* request path; may hold ?token=, wiped by dial_release */
     /* What the owner's phase waits for, once open ("reply to the authentication

@@ -150,3 +150,31 @@ const char *access_bearer(const char *authorization, size_t len, size_t *tlen)
     *tlen = len - 7;
     return authorization + 7;
 }
+
+static int hexval(char ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+         : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+}
+
+/* ?token= as the gateway reads it (decoded, '+' as a space: ref Q20), or as sent (the
+ * clients that put it there do not encode it). */
+bool access_token_ok_encoded(const char *p, size_t n)
+{
+    if (access_token_ok(p, n))
+        return true;
+    char dec[4096];
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < sizeof dec; i++) {
+        int hi, lo;
+        if (p[i] == '%' && i + 2 < n && (hi = hexval(p[i + 1])) >= 0 && (lo = hexval(p[i + 2])) >= 0) {
+            dec[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            dec[o++] = p[i] == '+' ? ' ' : p[i];
+        }
+    }
+    bool ok = access_token_ok(dec, o);
+    explicit_bzero(dec, sizeof dec);
+    return ok;
+}

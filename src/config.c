@@ -24,7 +24,7 @@ enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
-    O_LOG_LEVEL, O_MAX_CONNECTIONS, O_CONNECTION_IDLE, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
+    O_LOG_LEVEL, O_MAX_CONNECTIONS, O_CONNECTION_IDLE, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_MAX_PASSTHROUGH, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
 };
 
@@ -78,6 +78,9 @@ static const struct opt_doc docs[] = {
      "the local WebSocket in its auth frame or ?token= (default: none needed)"},
     {O_MAX_WS_CLIENTS, "max-ws-clients", "N", "TGBRIDGE_MAX_WS_CLIENTS",
      "local WebSocket connections at once; more get 503 (default 1024)"},
+    {O_MAX_PASSTHROUGH, "max-passthrough", "N", "TGBRIDGE_MAX_PASSTHROUGH",
+     "pass-through calls (auth, metrics, document-stream, cores, import/export\n"
+     "sockets) at once, each on its own gateway connection; more get 503 (default 64)"},
     {O_MAX_BODY, "max-body", "BYTES", "TGBRIDGE_MAX_BODY",
      "largest request body accepted (default 50m = the gateway's frame limit)"},
     {O_REQUEST_TIMEOUT, "request-timeout", "SECONDS", "TGBRIDGE_REQUEST_TIMEOUT",
@@ -405,6 +408,7 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         return 0;
     }
     case O_MAX_INFLIGHT: case O_MAX_QUEUE: case O_MAX_PENDING: case O_MAX_WS_CLIENTS: case O_MAX_CONNECTIONS:
+    case O_MAX_PASSTHROUGH:
         n = strtol(v, &e, 10);
         if (!*v || *e || n < 1 || n > 1000000)
             return errorf(err, errlen, "option wants a positive integer, got '%s'", v);
@@ -418,6 +422,8 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
             cfg->max_pending = (size_t)n;
         else if (id == O_MAX_WS_CLIENTS)
             cfg->max_ws_clients = (size_t)n;
+        else if (id == O_MAX_PASSTHROUGH)
+            cfg->max_passthrough = (size_t)n;
         else
             *(id == O_MAX_INFLIGHT ? &cfg->max_inflight : &cfg->max_queue) = (int)n;
         return 0;
@@ -476,6 +482,7 @@ void config_defaults(struct config *cfg)
     cfg->max_connections = 8;
     cfg->connection_idle = 30;
     cfg->max_ws_clients = 1024;
+    cfg->max_passthrough = 64;
     cfg->log_level = LOG_INFO;
     cfg->unix_mode = 0660;
     cfg->max_line = GATEWAY_MAX_FRAME;

@@ -169,11 +169,16 @@ static void connect_next(struct dial *d)
     i.origin = NULL;
     i.protocol = NULL;
     i.local_protocol_name = d->local_protocol;
+    if (d->method) {
+        i.method = d->method;
+        /* A redirect is the caller's to follow, like any other answer. */
+        i.ssl_connection |= LCCSCF_HTTP_NO_FOLLOW_REDIRECT;
+    }
     i.retry_and_idle_policy = d->retry;
     i.opaque_user_data = d;
     i.pwsi = &d->wsi;
     if (D.cfg->gw.tls) {
-        i.ssl_connection = LCCSCF_USE_SSL;
+        i.ssl_connection |= LCCSCF_USE_SSL;
         if (D.cfg->insecure)
             i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
                                 LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
@@ -307,7 +312,8 @@ static void connection_error(struct dial *d, struct lws *wsi, const char *in)
     int status = (int)lws_http_client_http_response(wsi);
     d->http_status = status >= 200 ? status : 0;
     if (d->http_status)
-        dial_reason(d, "the gateway answered the WebSocket upgrade with HTTP %d", d->http_status);
+        dial_reason(d, "the gateway answered the %s with HTTP %d", d->method ? "request" : "WebSocket upgrade",
+                    d->http_status);
     else if (d->tls_error[0])
         dial_reason(d, "cannot connect to %s: %s", D.cfg->gateway, d->tls_error);
     else
@@ -344,7 +350,13 @@ int dial_event(struct dial *d, struct lws *wsi, int reason, void *user, void *in
             if (d->ops->append_headers(d, p, *p + len))
                 return -1;
         }
+        if (d->method)
+            timer_cancel(&d->deadline); /* connected; the wait for the answer is the owner's */
         return 1;
+    case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP:
+        if (!d->method)
+            return 0; /* a WebSocket's upgrade reply: CLIENT_ESTABLISHED follows */
+        /* fall through */
     case LWS_CALLBACK_CLIENT_ESTABLISHED:
         d->phase = DIAL_OPEN;
         if (d->ops->opened)
@@ -357,7 +369,8 @@ int dial_event(struct dial *d, struct lws *wsi, int reason, void *user, void *in
     case LWS_CALLBACK_CLOSED_CLIENT_HTTP: /* closed while still in the HTTP role: mid-upgrade */
     case LWS_CALLBACK_WSI_DESTROY:        /* the last word on any wsi, whatever came before */
         if (d->phase < DIAL_OPEN)
-            dial_reason(d, "the gateway closed the connection before the WebSocket upgrade completed");
+            dial_reason(d, d->method ? "the gateway closed the connection before answering"
+                                     : "the gateway closed the connection before the WebSocket upgrade completed");
         finish(d);
         return 1;
     default:

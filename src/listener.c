@@ -8,6 +8,7 @@
 #include "rest.h"
 #include "access.h"
 #include "ws.h"
+#include "wspass.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -45,13 +46,15 @@ struct pending {
 
 /* Where requests go, by their head: a small table that the pass-through routes and
  * sockets handed over by systemd extend.  Anything not listed is libmicrohttpd's. */
-enum frontend_kind { FE_HTTP, FE_LINE, FE_WS };
+enum frontend_kind { FE_HTTP, FE_LINE, FE_WS, FE_WSPASS };
 static const struct route {
-    const char *method, *path;
+    const char *method, *path;   /* path NULL: match() decides */
+    bool (*match)(const struct http_head *h);
     bool upgrade;          /* only as a WebSocket upgrade */
     enum frontend_kind fe;
 } routes[] = {
-    {"GET", "/api/v1/socket", true, FE_WS},
+    {"GET", "/api/v1/socket", NULL, true, FE_WS},
+    {"GET", NULL, wspass_route, true, FE_WSPASS}, /* /api/v1/flow/{flow}/import|export/{kind} */
 };
 
 /* Longest head we wait for; longer ones go to libmicrohttpd to be refused (it has the
@@ -94,7 +97,8 @@ static const struct route *route_of(const struct http_head *h)
 {
     bool upgrade = http_list_has(h->upgrade, "websocket") && http_list_has(h->connection, "upgrade");
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
-        if (span_eq(h->method, routes[i].method) && span_eq(h->path, routes[i].path) &&
+        if (span_eq(h->method, routes[i].method) &&
+            (routes[i].path ? span_eq(h->path, routes[i].path) : routes[i].match(h)) &&
             (!routes[i].upgrade || upgrade) && !h->malformed)
             return &routes[i];
     return NULL;
@@ -113,9 +117,9 @@ static void hand_over(struct pending *p, enum frontend_kind fe, const struct htt
     struct refusal no;
     if (fe == FE_LINE)
         line_client_adopt(fd, uid);
-    else if (fe != FE_WS || !ws_take(fd, h, unix_peer, &no))
+    else if ((fe != FE_WS || !ws_take(fd, h, unix_peer, &no)) && (fe != FE_WSPASS || !wspass_take(fd, h, unix_peer, &no)))
         /* libmicrohttpd answers, a turned-down upgrade included (with `no`). */
-        rest_add_connection(fd, (struct sockaddr *)&addr, len, at, fe == FE_WS ? &no : NULL);
+        rest_add_connection(fd, (struct sockaddr *)&addr, len, at, fe == FE_WS || fe == FE_WSPASS ? &no : NULL);
 }
 
 /* What the first bytes say.  Line protocol clients start with '{' or blanks (or junk,

@@ -1,6 +1,8 @@
 #include "loop.h"
 #include "log.h"
 #include "line_proto.h"
+#include "passthrough.h"
+#include "wspass.h"
 #include "upstream.h"
 #include "util.h"
 #include <libwebsockets.h>
@@ -52,7 +54,7 @@ static int root_callback(struct lws *wsi, enum lws_callback_reasons reason, void
     return 0;
 }
 
-static struct lws_protocols protocols[5];
+static struct lws_protocols protocols[7];
 
 static bool running;
 
@@ -73,6 +75,8 @@ int loop_init(const struct config *cfg)
     protocols[1] = upstream_protocol;
     protocols[2] = (struct lws_protocols){"tgb-raw", raw_callback, 0, 0, 0, NULL, 0};
     protocols[3] = line_protocol;
+    protocols[4] = passthrough_protocol;
+    protocols[5] = wspass_upstream_protocol;
     int lws_levels = LLL_ERR;
     if (log_get_level() >= LOG_DEBUG)
         lws_levels |= LLL_WARN | LLL_NOTICE;
@@ -96,9 +100,11 @@ int loop_init(const struct config *cfg)
     info.pt_serv_buf_size = 32 * 1024;
     info.max_http_header_data = 16 * 1024;
     info.max_http_header_pool = 64;
-    /* Every phase of a gateway connection has tgbridge's own deadline (dial.c), which
-     * lws's must never beat to it. */
-    unsigned lws_timeout = (unsigned)cfg->connect_timeout + 5;
+    /* Every phase of a gateway connection has tgbridge's own deadline (dial.c), and a
+     * pass-through request's wait for its answer and its body has the request's
+     * (passthrough.c): lws's must never beat them to it. */
+    double longest = cfg->connect_timeout > cfg->request_timeout ? cfg->connect_timeout : cfg->request_timeout;
+    unsigned lws_timeout = (unsigned)longest + 5;
     info.timeout_secs = lws_timeout;
     info.connect_timeout_secs = lws_timeout;
     ctx = lws_create_context(&info);

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
+#include "passthrough.h"
 #include "redact.h"
 #include "resolver.h"
 #include "rest.h"
@@ -18,6 +19,7 @@
 #include "upstream.h"
 #include "util.h"
 #include "ws.h"
+#include "wspass.h"
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -178,8 +180,9 @@ int main(int argc, char **argv)
     listener_init(&cfg);
     health_init(&cfg);
     dial_init(loop_ctx(), &cfg);
+    passthrough_init(loop_ctx(), &cfg);
     upstream_init(loop_ctx(), &cfg);
-    if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg))
+    if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg) || wspass_init(loop_ctx(), &cfg))
         return 1;
     int port = 0;
     rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, &port, err, sizeof err);

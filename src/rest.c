@@ -8,6 +8,7 @@
 #include "frontend.h"
 #include "health.h"
 #include "mux.h"
+#include "passthrough.h"
 #include "redact.h"
 #include "upstream.h"
 #include "util.h"
@@ -28,6 +29,7 @@
 
 enum route {
     R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_METRICS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
+    R_PASS,
 };
 enum fmt { FMT_JSON, FMT_NDJSON, FMT_SSE };
 enum phase { PH_BODY, PH_WAITING, PH_STREAMING, PH_DONE };
@@ -62,6 +64,10 @@ struct call {
     double last_write;
     struct timer heartbeat; /* SSE heartbeat */
     struct conn_watch *watch;   /* its connection's hang-up watch */
+    /* A pass-through call (passthrough.c): the gateway's answer relayed as it comes. */
+    int pass_route;
+    struct pass *pass;
+    bool pass_failed;          /* cut short after the head */
     struct list node;
 };
 
@@ -162,21 +168,6 @@ static bool copy_name(char *dst, size_t cap, const char *s, size_t n)
     return true;
 }
 
-/* The gateway's routes that carry no envelope (reference §8.4, §11): they cannot be
- * expressed on the multiplexed socket. */
-static bool unsupported_path(const char *url)
-{
-    static const char *const prefixes[] = {"/api/v1/auth/", "/api/metrics", "/api/v1/i18n/"};
-    static const char *const exact[] = {"/api/v1/import-core", "/api/v1/export-core", "/api/v1/document-stream"};
-    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
-        if (!strncmp(url, prefixes[i], strlen(prefixes[i])))
-            return true;
-    for (size_t i = 0; i < sizeof exact / sizeof *exact; i++)
-        if (!strcmp(url, exact[i]))
-            return true;
-    return false;
-}
-
 static enum route match_route(const char *url, struct call *out)
 {
     if (!strcmp(url, "/healthz"))
@@ -187,8 +178,9 @@ static enum route match_route(const char *url, struct call *out)
         return R_STATUS;
     if (!strcmp(url, "/metrics"))
         return R_METRICS;
-    if (unsupported_path(url))
-        return R_UNSUPPORTED;
+    /* The gateway's routes that carry no envelope (reference §2.2, §8.4): relayed. */
+    if ((out->pass_route = pass_http_route(url)) >= 0)
+        return R_PASS;
     static const char flowp[] = "/api/v1/flow/";
     if (!strncmp(url, flowp, sizeof flowp - 1)) {
         const char *f = url + sizeof flowp - 1;
@@ -719,7 +711,7 @@ static const struct reject *framing_reject(struct MHD_Connection *c, struct fram
 }
 
 /* The browser rules and the local client token (access.c), for this request. */
-static bool refused(struct MHD_Connection *c, struct refusal *r)
+static bool refused(struct MHD_Connection *c, bool check_token, struct refusal *r)
 {
     const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
     const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
@@ -727,7 +719,7 @@ static bool refused(struct MHD_Connection *c, struct refusal *r)
     bool unix_peer = ci && ci->client_addr && ci->client_addr->sa_family == AF_UNIX;
     if (access_browser_refused(origin, host, unix_peer, r))
         return true;
-    if (!access_token_required())
+    if (!check_token || !access_token_required())
         return false;
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     size_t tlen = 0;
@@ -808,6 +800,220 @@ static enum MHD_Result start_call(struct call *call)
     return respond(call);
 }
 
+/* ---- pass-through calls (passthrough.c) ------------------------------------------ */
+
+static void pass_head(void *owner) { wake(owner); }
+static void pass_data(void *owner) { wake(owner); }
+static void pass_room(void *owner) { wake(owner); }
+
+static void pass_fail(void *owner, int status, const char *type, const char *message)
+{
+    struct call *call = owner;
+    if (status) {
+        call->reply_status = status;
+        json_error_body(&call->reply, type, message);
+        call->reply_ready = true;
+    } else {
+        call->pass_failed = true; /* the body is cut short: the caller sees it end early */
+    }
+    wake(call);
+}
+
+static const struct pass_ops pass_call_ops = {pass_head, pass_data, pass_room, pass_fail};
+
+static ssize_t pass_reader(void *cls, uint64_t pos, char *out, size_t max)
+{
+    (void)pos;
+    struct call *call = cls;
+    size_t n = call->pass ? pass_take(call->pass, out, max) : 0;
+    if (n)
+        return (ssize_t)n;
+    if (call->client_gone || call->pass_failed || !call->pass)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (pass_done(call->pass))
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    suspend(call); /* never 0 without suspending (libraries.md a2) */
+    return 0;
+}
+
+/* The gateway's status and relayed headers, and its body as it comes. */
+static enum MHD_Result respond_pass(struct call *call)
+{
+    struct MHD_Connection *c = call->conn;
+    if (call->client_gone)
+        return MHD_NO;
+    if (call->reply_ready) {
+        call->phase = PH_DONE;
+        if (call->reply_status == 503)
+            return queue_503(c, buf_ptr(&call->reply), call->reply.len);
+        return queue_json(c, (unsigned)call->reply_status, buf_ptr(&call->reply), call->reply.len, NULL);
+    }
+    if (!pass_status(call->pass)) {
+        suspend(call);
+        return MHD_YES;
+    }
+    long long len = pass_body_length(call->pass);
+    struct MHD_Response *r = MHD_create_response_from_callback(len >= 0 ? (uint64_t)len : MHD_SIZE_UNKNOWN,
+                                                               STREAM_BLOCK, pass_reader, call, NULL);
+    if (!r)
+        return MHD_NO;
+    const char *name, *value;
+    for (size_t i = 0; pass_response_header(call->pass, i, &name, &value); i++)
+        MHD_add_response_header(r, name, value);
+    call->phase = PH_STREAMING;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)pass_status(call->pass), r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+struct query_build {
+    struct buf *out;
+    bool first;
+};
+
+/* RFC 3986 unreserved characters stay; everything else is percent-encoded (the
+ * gateway decodes what it reads, so this is the same request). */
+static void put_encoded(struct buf *b, const char *s, bool keep_slash)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+            *p == '.' || *p == '_' || *p == '~' || (keep_slash && *p == '/'))
+            buf_append(b, p, 1);
+        else
+            buf_printf(b, "%%%c%c", hex[*p >> 4], hex[*p & 15]);
+    }
+}
+
+static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    struct query_build *q = cls;
+    buf_puts(q->out, q->first ? "?" : "&");
+    q->first = false;
+    put_encoded(q->out, key, false);
+    if (value) {
+        buf_puts(q->out, "=");
+        put_encoded(q->out, value, false);
+    }
+    return MHD_YES;
+}
+
+/* The request headers a pass-through relays: what describes the body and what the
+ * caller accepts; never hop-by-hop ones, cookies, or the caller's credentials. */
+static const char *const pass_request_headers[] = {
+    "content-type", "accept", "accept-language", "if-none-match", "if-modified-since", "range", "if-range",
+};
+
+/* Whose credential goes to the gateway.  The auth routes act on the caller's own
+ * identity (login, bootstrap, change-password): the caller's Authorization is sent,
+ * never tgbridge's -- except a Bearer that is the local client token, which is
+ * tgbridge's to check and not the gateway's business.  Every other route is called
+ * as tgbridge. */
+static char *pass_authorization(struct MHD_Connection *c, int route, bool *local_ok)
+{
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    size_t tlen = 0;
+    const char *tok = auth ? access_bearer(auth, strlen(auth), &tlen) : NULL;
+    bool bearer_is_local = access_token_required() && access_token_ok(tok, tok ? tlen : 0);
+    const char *alt = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Tgbridge-Token");
+    *local_ok = !access_token_required() || bearer_is_local || (alt && access_token_ok(alt, strlen(alt)));
+    if (route == PASS_AUTH)
+        return auth && !bearer_is_local ? strdup(auth) : NULL;
+    const char *t = R.cfg->token;
+    if (!t || !*t)
+        return NULL;
+    size_t n = strlen(t) + 8;
+    char *v = malloc(n);
+    if (!v)
+        abort();
+    snprintf(v, n, "Bearer %s", t);
+    return v;
+}
+
+static enum MHD_Result start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url,
+                                  const char *method, const struct call *probe, const struct framing *fr,
+                                  void **con_cls)
+{
+    bool local_ok;
+    char *authorization = pass_authorization(c, probe->pass_route, &local_ok);
+    if (!local_ok) {
+        free(authorization);
+        return queue_json(c, 401, "{\"error\":\"auth failure\"}", strlen("{\"error\":\"auth failure\"}"), NULL);
+    }
+    struct buf target;
+    buf_init(&target, 0);
+    put_encoded(&target, url, true);
+    struct query_build q = {&target, true};
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    struct pass_header hdrs[sizeof pass_request_headers / sizeof *pass_request_headers];
+    size_t nh = 0;
+    for (size_t i = 0; i < sizeof pass_request_headers / sizeof *pass_request_headers; i++) {
+        const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, pass_request_headers[i]);
+        if (v)
+            hdrs[nh++] = (struct pass_header){pass_request_headers[i], (char *)v};
+    }
+    struct pass_request rq = {
+        .route = (enum pass_route)probe->pass_route,
+        .method = method,
+        .target = buf_ptr(&target),
+        .content_length = fr->n_cl ? (long long)fr->cl : fr->te_chunked ? -1 : 0,
+        .headers = hdrs,
+        .nheaders = nh,
+        .authorization = authorization,
+    };
+    struct call *call = calloc(1, sizeof *call);
+    if (!call)
+        abort();
+    int status = 0;
+    const char *type = NULL;
+    char msg[300];
+    call->pass = pass_start(&rq, &pass_call_ops, call, &status, &type, msg, sizeof msg);
+    if (authorization) {
+        explicit_bzero(authorization, strlen(authorization));
+        free(authorization);
+    }
+    buf_free(&target);
+    if (!call->pass) {
+        free(call);
+        return status == 503 ? queue_error(c, 503, type, msg, NULL) : queue_error(c, (unsigned)status, type, msg, NULL);
+    }
+    call->route = R_PASS;
+    call->pass_route = probe->pass_route;
+    call->conn = c;
+    call->phase = PH_BODY;
+    buf_init(&call->body, 0);
+    buf_init(&call->reply, 0);
+    buf_init(&call->out, 0);
+    call->watch = cw;
+    if (cw)
+        cw->call = call;
+    list_add_tail(&R.calls, &call->node);
+    R.ncalls++;
+    if (R.ncalls > R.peak_calls)
+        R.peak_calls = R.ncalls;
+    *con_cls = call;
+    return MHD_YES;
+}
+
+/* The upload goes on as the gateway takes it: what does not fit waits in MHD, with
+ * the connection suspended, until there is room (pass_room). */
+static enum MHD_Result pass_request_data(struct call *call, const char *data, size_t *size)
+{
+    if (*size) {
+        size_t took = call->reply_ready ? *size : pass_put(call->pass, data, *size);
+        *size -= took;
+        if (*size)
+            suspend(call);
+        return MHD_YES;
+    }
+    if (call->phase == PH_BODY) {
+        pass_put_end(call->pass);
+        call->phase = PH_WAITING;
+    }
+    return respond_pass(call);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
@@ -829,13 +1035,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         bool probe_route = route == R_HEALTHZ || route == R_READYZ || route == R_METRICS;
         struct refusal no;
-        if (!probe_route && refused(c, &no)) {
+        /* The auth routes carry the caller's own credential: start_pass checks the
+         * local token there. */
+        bool own_credential = route == R_PASS && probe.pass_route == PASS_AUTH;
+        if (!probe_route && refused(c, !own_credential, &no)) {
             request_in(cw);
             if (no.status == 401) /* the gateway's own answer (ref §3.2) */
                 return queue_json(c, 401, "{\"error\":\"auth failure\"}", strlen("{\"error\":\"auth failure\"}"), NULL);
             return queue_error(c, no.status, no.type, no.message, NULL);
         }
-        if (route == R_SOCKET && get && cw && cw->first_refusal.status) {
+        if ((route == R_SOCKET || route == R_UNSUPPORTED) && get && cw && cw->first_refusal.status) {
             /* A WebSocket upgrade the listener turned down (listener.c, ws.c) */
             request_in(cw);
             return queue_error(c, cw->first_refusal.status, cw->first_refusal.type, cw->first_refusal.message, NULL);
@@ -846,10 +1055,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             rj = (struct reject){404, "not-found", "no such route", NULL};
             break;
         case R_UNSUPPORTED:
-            rj = (struct reject){501, "not-supported",
-                                 "this gateway route carries no envelope and cannot be bridged over the "
-                                 "gateway's /api/v1/socket; call the gateway directly", NULL};
+            rj = (struct reject){400, "bad-request",
+                                 "the bulk import and export routes are WebSocket upgrades, as the first "
+                                 "request of their connection", NULL};
             break;
+        case R_PASS:
+            request_in(cw); /* the upload is paced by the gateway, bounded by the call's deadline */
+            return start_pass(c, cw, url, method, &probe, &fr, con_cls);
         case R_SOCKET:
             if (get) {
                 rj = (struct reject){400, "bad-request",
@@ -908,6 +1120,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = call;
         return MHD_YES;
     }
+    if (call->route == R_PASS)
+        return pass_request_data(call, upload_data, upload_data_size);
     if (*upload_data_size) {
         if (call->watch)
             call->watch->received += *upload_data_size;
@@ -944,6 +1158,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         return;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_debug("call ended early (MHD code %d)", (int)toe);
+    pass_end(call->pass, toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || call->client_gone);
     timer_cancel(&call->heartbeat);
     if (call->watch)
         call->watch->call = NULL;

@@ -9,6 +9,7 @@
 #include "session.h"
 #include "util.h"
 #include "wsframe.h"
+#include "wspass.h"
 #include <cjson/cJSON.h>
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 
 /* One local WebSocket client: its socket (lws's), its framing, and its session. */
 struct wsconn {
+    unsigned kind;           /* LOCAL_SESSION (ws.h) */
     struct session session;
     struct lws *wsi;
     unsigned long long serial;
@@ -216,6 +218,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct wsconn *c = lws_get_opaque_user_data(wsi);
     if (!c)
         return 0;
+    if (c->kind == LOCAL_BULK)
+        return wspass_local_protocol.callback(wsi, reason, user, in, len);
     switch (reason) {
     case LWS_CALLBACK_ESTABLISHED:
         log_debug("local WebSocket client #%llu connected", c->serial);
@@ -251,34 +255,6 @@ static bool span_cstr(struct span s, char *out, size_t cap)
     return true;
 }
 
-static int hexval(char ch)
-{
-    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-         : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
-}
-
-/* ?token= as the gateway reads it (decoded, '+' as a space: ref Q20), or as sent (the
- * clients that put it there do not encode it). */
-static bool query_token_ok(struct span v)
-{
-    if (access_token_ok(v.p, v.n))
-        return true;
-    char dec[4096];
-    size_t o = 0;
-    for (size_t i = 0; i < v.n && o + 1 < sizeof dec; i++) {
-        int hi, lo;
-        if (v.p[i] == '%' && i + 2 < v.n && (hi = hexval(v.p[i + 1])) >= 0 && (lo = hexval(v.p[i + 2])) >= 0) {
-            dec[o++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            dec[o++] = v.p[i] == '+' ? ' ' : v.p[i];
-        }
-    }
-    bool ok = access_token_ok(dec, o);
-    explicit_bzero(dec, sizeof dec);
-    return ok;
-}
-
 bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no)
 {
     char origin[512], host[512];
@@ -301,7 +277,7 @@ bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *
     size_t blen = 0;
     const char *bearer = access_bearer(h->authorization.p, h->authorization.n, &blen);
     if (!authenticated && (http_query_param(h->query, "token", &qt) || bearer)) {
-        authenticated = bearer ? access_token_ok(bearer, blen) : query_token_ok(qt);
+        authenticated = bearer ? access_token_ok(bearer, blen) : access_token_ok_encoded(qt.p, qt.n);
         if (!authenticated) {
             no->status = 401;
             no->type = "auth-required";
@@ -319,6 +295,7 @@ bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *
     struct wsconn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
+    c->kind = LOCAL_SESSION;
     c->serial = ++W.serial;
     buf_init(&c->out, 0);
     buf_init(&c->in, 0);
@@ -377,6 +354,11 @@ static void ws_close_all(void)
     }
 }
 
+struct lws_vhost *ws_local_vhost(void)
+{
+    return W.vh;
+}
+
 static const struct frontend ws_frontend = {"ws", ws_stats, ws_fail_all, ws_close_all};
 
 int ws_init(struct lws_context *ctx, const struct config *cfg)
@@ -391,8 +373,9 @@ int ws_init(struct lws_context *ctx, const struct config *cfg)
     W.idle.secs_since_valid_hangup = (uint16_t)(W.idle.secs_since_valid_ping +
                                                 (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000
                                                  : cfg->ping_timeout + 0.999));
-    static struct lws_protocols protocols[2];
+    static struct lws_protocols protocols[3];
     protocols[0] = ws_protocol;
+    protocols[1] = wspass_local_protocol; /* adopted under it, then served through ours */
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.vhost_name = "tgb-local";

@@ -1218,7 +1218,7 @@ def test_unix_http_error_statuses_match_tcp():
             ("POST", FLOW_TC, b"not json", {}, 400),
             ("POST", FLOW_TC, b"[1,2]", {}, 400),
             ("POST", FLOW_TC, big, {}, 413),
-            ("POST", "/api/v1/auth/login", b"{}", {}, 501),
+            ("GET", "/api/v1/flow/default/import/triples", None, {}, 400),  # not an upgrade
             ("GET", "/api/v1/socket", None, {}, 400),  # not an upgrade
             ("POST", flow_path("no-such-kind"), b'{"x":1}', {}, 404),
             ("POST", "/api/v1/config", b'{"operation":"no-such-op"}', {},

@@ -1,0 +1,26 @@
+/* The gateway's bulk import and export sockets (/api/v1/flow/{flow}/import/{kind},
+ * .../export/{kind}; reference §2.2, §3.2): not multiplexed, so each local socket gets
+ * a WebSocket of its own to the gateway (through dial.c), authenticated as tgbridge
+ * (?token=), and every frame is relayed both ways unchanged -- text or binary,
+ * fragmented as it comes -- with close codes relayed and back-pressure end to end:
+ * a side that does not read stops the other side's reading, of this pair alone. */
+#ifndef TGB_WSPASS_H
+#define TGB_WSPASS_H
+#include <stdbool.h>
+#include "access.h"
+#include "config.h"
+#include "httphead.h"
+
+struct lws_context;
+struct lws_protocols;
+/* The local side (on ws.c's server vhost) and the gateway side (on the client one). */
+extern const struct lws_protocols wspass_local_protocol, wspass_upstream_protocol;
+
+int wspass_init(struct lws_context *ctx, const struct config *cfg);
+/* A request head for one of the bulk sockets (path and upgrade checked). */
+bool wspass_route(const struct http_head *h);
+/* Serves fd, whose upgrade request h is still unread on it, unless refused (browser
+ * rules, the local token, --max-passthrough): then false with why in no, and fd is
+ * still the caller's. */
+bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no);
+#endif

@@ -1,0 +1,479 @@
+#include "wspass.h"
+#include "buf.h"
+#include "dial.h"
+#include "list.h"
+#include "log.h"
+#include "loop.h"
+#include "passthrough.h"
+#include "redact.h"
+#include "util.h"
+#include "ws.h"
+#include <libwebsockets.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+/* RFC 6455 §7.4.1's registry has it; lws 4.1.6's enum does not. */
+#define CLOSE_TRY_AGAIN_LATER 1013
+
+/* Bytes queued toward one side before the other side is no longer read. */
+#define SIDE_BUF (256 * 1024)
+#define RX_CHUNK (64 * 1024)
+
+/* A piece of a message, relayed as one frame (intermediaries may refragment a
+ * message, RFC 6455 §5.4; its bytes and its kind are what must survive). */
+struct piece {
+    struct list node;
+    size_t len;
+    bool binary, start, end;
+    unsigned char data[]; /* LWS_PRE of headroom, then len bytes */
+};
+
+struct side {
+    struct lws *wsi;
+    struct list queue;   /* pieces to write to this side */
+    size_t queued;
+    bool in_message;     /* receiving from this side: a message is under way */
+    bool paused;         /* not read: the other side's queue is full */
+    bool closing;        /* close it once its queue is written */
+    int close_code;
+    char close_reason[124];
+};
+
+struct wspass {
+    unsigned kind;       /* LOCAL_BULK (ws.h) */
+    struct dial dial;    /* the gateway side's connection */
+    struct side local, up;
+    enum pass_route route;
+    bool up_open, up_gone, local_gone;
+    uint64_t bytes_in, bytes_out;
+    double started;
+    unsigned long long serial;
+    char what[64];       /* "import/triples" */
+    struct list node;
+};
+
+static struct {
+    const struct config *cfg;
+    struct list all;
+    unsigned long long serial;
+    lws_retry_bo_t keepalive;
+} WP;
+
+static struct side *other(struct wspass *p, struct side *s)
+{
+    return s == &p->local ? &p->up : &p->local;
+}
+
+static struct wspass *of_local(struct lws *wsi) { return lws_get_opaque_user_data(wsi); }
+
+static void side_clear(struct side *s)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &s->queue) {
+        list_del(pos);
+        free(list_entry(pos, struct piece, node));
+    }
+    s->queued = 0;
+}
+
+static void maybe_free(struct wspass *p)
+{
+    if (!p->local_gone || !p->up_gone)
+        return;
+    enum pass_outcome o = p->up_open ? PASS_OK : PASS_FAILED;
+    passthrough_slot_give(p->route, o, p->bytes_in, p->bytes_out);
+    log_info("pass-through %s socket %s: %s, %llu bytes in, %llu out, %.3f s", pass_route_name(p->route), p->what,
+             pass_outcome_name(o), (unsigned long long)p->bytes_in, (unsigned long long)p->bytes_out,
+             now_mono() - p->started);
+    side_clear(&p->local);
+    side_clear(&p->up);
+    list_del(&p->node);
+    free(p);
+}
+
+/* Closes side s with code and reason once what is queued for it is written. */
+static void close_side(struct wspass *p, struct side *s, int code, const char *reason)
+{
+    if (s->closing || !s->wsi)
+        return;
+    s->closing = true;
+    s->close_code = code;
+    /* A close reason is at most 123 bytes of UTF-8: cut at a character boundary. */
+    size_t n = reason ? strlen(reason) : 0;
+    if (n >= sizeof s->close_reason) {
+        n = sizeof s->close_reason - 1;
+        while (n && ((unsigned char)reason[n] & 0xC0) == 0x80)
+            n--;
+    }
+    if (n)
+        memcpy(s->close_reason, reason, n);
+    s->close_reason[n] = '\0';
+    redact_str(s->close_reason, sizeof s->close_reason);
+    (void)p;
+    lws_callback_on_writable(s->wsi);
+}
+
+/* Bytes from side `from`, for the other one. */
+static void relay(struct wspass *p, struct side *from, struct lws *wsi, const void *in, size_t len)
+{
+    struct side *to = other(p, from);
+    if (to->closing || (!to->wsi && to == &p->local))
+        return;
+    struct piece *pc = malloc(sizeof *pc + LWS_PRE + len);
+    if (!pc)
+        abort();
+    pc->len = len;
+    pc->start = !from->in_message;
+    pc->end = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
+    pc->binary = lws_frame_is_binary(wsi);
+    from->in_message = !pc->end;
+    if (len)
+        memcpy(pc->data + LWS_PRE, in, len);
+    list_add_tail(&to->queue, &pc->node);
+    to->queued += len;
+    if (from == &p->local)
+        p->bytes_in += len;
+    else
+        p->bytes_out += len;
+    if (to->queued >= SIDE_BUF && !from->paused) {
+        from->paused = true; /* it sends faster than the other side takes: wait */
+        lws_rx_flow_control(from->wsi, 0);
+    }
+    if (to->wsi && (to != &p->up || p->up_open))
+        lws_callback_on_writable(to->wsi);
+}
+
+/* One piece per WRITEABLE, then the close once the queue is empty. */
+static int write_side(struct wspass *p, struct side *s)
+{
+    if (!list_empty(&s->queue)) {
+        struct piece *pc = list_entry(s->queue.next, struct piece, node);
+        int flags = lws_write_ws_flags(pc->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT, pc->start, pc->end);
+        if (lws_write(s->wsi, pc->data + LWS_PRE, pc->len, (enum lws_write_protocol)flags) < (int)pc->len)
+            return -1;
+        list_del(&pc->node);
+        s->queued -= pc->len;
+        free(pc);
+        struct side *src = other(p, s);
+        if (src->paused && s->queued < SIDE_BUF / 2 && src->wsi) {
+            src->paused = false;
+            lws_rx_flow_control(src->wsi, 1);
+        }
+        if (!list_empty(&s->queue) || s->closing)
+            lws_callback_on_writable(s->wsi);
+        return 0;
+    }
+    if (s->closing) {
+        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)s->close_reason,
+                         strlen(s->close_reason));
+        return -1;
+    }
+    return 0;
+}
+
+/* The peer's close frame: code (network order) and reason, relayed to the other side. */
+static void peer_closed(struct wspass *p, struct side *s, const unsigned char *in, size_t len)
+{
+    int code = len >= 2 ? (in[0] << 8 | in[1]) : LWS_CLOSE_STATUS_NORMAL;
+    char reason[124];
+    size_t n = len > 2 ? len - 2 : 0;
+    if (n >= sizeof reason)
+        n = sizeof reason - 1;
+    memcpy(reason, in + 2 * (len >= 2), n);
+    reason[n] = '\0';
+    /* 1005/1006/1015 must never be sent in a close frame (RFC 6455 §7.4.1). */
+    if (code == 1005 || code == 1006 || code == 1015 || code < 1000)
+        code = LWS_CLOSE_STATUS_NORMAL;
+    close_side(p, other(p, s), code, reason);
+}
+
+/* ---- the local side ----------------------------------------------------------------- */
+
+static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)user;
+    struct wspass *p = of_local(wsi);
+    if (!p)
+        return 0;
+    switch (reason) {
+    case LWS_CALLBACK_ESTABLISHED:
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        relay(p, &p->local, wsi, in, len);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return write_side(p, &p->local);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        peer_closed(p, &p->local, in, len);
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return -1;
+    case LWS_CALLBACK_CLOSED:
+    case LWS_CALLBACK_CLOSED_HTTP:
+    case LWS_CALLBACK_WSI_DESTROY:
+        lws_set_opaque_user_data(wsi, NULL);
+        p->local.wsi = NULL;
+        p->local_gone = true;
+        side_clear(&p->local);
+        if (!p->up_gone) {
+            if (p->up_open) {
+                close_side(p, &p->up, LWS_CLOSE_STATUS_GOINGAWAY, "the local client went away");
+                if (p->up.paused) {
+                    p->up.paused = false;
+                    lws_rx_flow_control(p->up.wsi, 1);
+                }
+            } else {
+                dial_abort(&p->dial, "the local client went away");
+                return 0; /* p may be gone */
+            }
+        }
+        maybe_free(p);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+const struct lws_protocols wspass_local_protocol = {"tgb-wspass", local_callback, 0, RX_CHUNK, 0, NULL, 0};
+
+/* ---- the gateway side --------------------------------------------------------------- */
+
+static void up_opened(struct dial *d)
+{
+    struct wspass *p = timer_owner(d, struct wspass, dial);
+    p->up_open = true;
+    p->up.wsi = d->wsi;
+    dial_settled(d);
+    log_debug("pass-through socket %s #%llu open", p->what, p->serial);
+    if (!list_empty(&p->up.queue) || p->up.closing)
+        lws_callback_on_writable(d->wsi);
+}
+
+static void up_gone(struct dial *d)
+{
+    struct wspass *p = timer_owner(d, struct wspass, dial);
+    p->up_gone = true;
+    p->up.wsi = NULL;
+    side_clear(&p->up);
+    if (!p->local_gone) {
+        if (!p->up_open) {
+            /* The gateway refused or was not reached: the local client hears why. */
+            int code = d->http_status == 401 || d->http_status == 403 ? LWS_CLOSE_STATUS_POLICY_VIOLATION
+                     : d->http_status == 503 || !d->http_status   ? CLOSE_TRY_AGAIN_LATER
+                                                                  : LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+            close_side(p, &p->local, code, d->reason);
+        } else {
+            close_side(p, &p->local, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "the gateway connection closed");
+        }
+        if (p->local.paused && p->local.wsi) {
+            p->local.paused = false;
+            lws_rx_flow_control(p->local.wsi, 1);
+        }
+    }
+    maybe_free(p);
+}
+
+static const struct dial_ops up_ops = {up_opened, up_gone, NULL};
+
+static int up_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    struct dial *d = lws_get_opaque_user_data(wsi);
+    if (!d)
+        return 0;
+    struct wspass *p = timer_owner(d, struct wspass, dial);
+    if (dial_event(d, wsi, (int)reason, user, in, len))
+        return 0;
+    switch (reason) {
+    case LWS_CALLBACK_CLIENT_RECEIVE:
+        relay(p, &p->up, wsi, in, len);
+        return 0;
+    case LWS_CALLBACK_CLIENT_WRITEABLE:
+        return write_side(p, &p->up);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        peer_closed(p, &p->up, in, len);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callback, 0, RX_CHUNK, 0, NULL, 0};
+
+/* ---- taking a connection ------------------------------------------------------------- */
+
+/* /api/v1/flow/{flow}/import/{kind} or .../export/{kind}: which, and "import/kind". */
+static int bulk_route(struct span path, char *what, size_t cap)
+{
+    static const char pre[] = "/api/v1/flow/";
+    if (path.n <= sizeof pre - 1 || memcmp(path.p, pre, sizeof pre - 1))
+        return -1;
+    const char *f = path.p + sizeof pre - 1, *end = path.p + path.n;
+    const char *slash = memchr(f, '/', (size_t)(end - f));
+    if (!slash || slash == f)
+        return -1;
+    const char *dir = slash + 1;
+    int r = -1;
+    if ((size_t)(end - dir) > 7 && !memcmp(dir, "import/", 7))
+        r = PASS_IMPORT_SOCKET;
+    else if ((size_t)(end - dir) > 7 && !memcmp(dir, "export/", 7))
+        r = PASS_EXPORT_SOCKET;
+    if (r < 0 || memchr(dir + 7, '/', (size_t)(end - dir - 7)))
+        return -1;
+    snprintf(what, cap, "%.*s", (int)(end - dir), dir);
+    return r;
+}
+
+bool wspass_route(const struct http_head *h)
+{
+    char what[64];
+    return span_is(h->method, "GET") && bulk_route(h->path, what, sizeof what) >= 0;
+}
+
+static bool span_cstr(struct span s, char *out, size_t cap)
+{
+    if (!s.p || s.n >= cap)
+        return false;
+    memcpy(out, s.p, s.n);
+    out[s.n] = '\0';
+    return true;
+}
+
+/* The gateway's target: the caller's path and query, its ?token= replaced by
+ * tgbridge's credential (ref §3.2: these sockets still authenticate by ?token=, and
+ * refuse an empty one even without auth, so a placeholder stands in for none), and
+ * --workspace when the caller names none. */
+static bool build_target(const struct http_head *h, char *out, size_t cap)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, WP.cfg->gw.base_path);
+    buf_append(&b, h->path.p, h->path.n);
+    const char *t = WP.cfg->token && *WP.cfg->token ? WP.cfg->token : "tg_anonymous";
+    char *enc = url_encode(t);
+    buf_printf(&b, "?token=%s", enc ? enc : "");
+    free(enc);
+    bool has_workspace = false;
+    const char *q = h->query.p, *qend = h->query.p + h->query.n;
+    while (q && q < qend) {
+        const char *amp = memchr(q, '&', (size_t)(qend - q));
+        const char *e = amp ? amp : qend;
+        size_t nlen = strcspn(q, "=&");
+        if (nlen > (size_t)(e - q))
+            nlen = (size_t)(e - q);
+        bool is_token = nlen == 5 && !memcmp(q, "token", 5);
+        has_workspace |= nlen == 9 && !memcmp(q, "workspace", 9);
+        if (!is_token && e > q) {
+            buf_puts(&b, "&");
+            buf_append(&b, q, (size_t)(e - q));
+        }
+        q = amp ? amp + 1 : qend;
+    }
+    if (!has_workspace && WP.cfg->workspace) {
+        char *w = url_encode(WP.cfg->workspace);
+        buf_printf(&b, "&workspace=%s", w ? w : "");
+        free(w);
+    }
+    bool ok = b.len < cap;
+    if (ok)
+        memcpy(out, buf_ptr(&b), b.len + 1);
+    explicit_bzero(b.data, b.cap);
+    buf_free(&b);
+    return ok;
+}
+
+bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no)
+{
+    char origin[512], host[512], what[64];
+    int route = bulk_route(h->path, what, sizeof what);
+    bool has_origin = span_cstr(h->origin, origin, sizeof origin);
+    bool has_host = span_cstr(h->host, host, sizeof host);
+    if (access_browser_refused(has_origin ? origin : NULL, has_host ? host : NULL, unix_peer, no))
+        return false;
+    if (access_token_required()) {
+        struct span qt;
+        size_t blen = 0;
+        const char *bearer = access_bearer(h->authorization.p, h->authorization.n, &blen);
+        bool ok = bearer ? access_token_ok(bearer, blen)
+                         : http_query_param(h->query, "token", &qt) && access_token_ok_encoded(qt.p, qt.n);
+        if (!ok) {
+            no->status = 401;
+            no->type = "auth-required";
+            snprintf(no->message, sizeof no->message, "auth failure");
+            return false;
+        }
+    }
+    struct wspass *p = calloc(1, sizeof *p);
+    if (!p)
+        abort();
+    if (!build_target(h, p->dial.path, sizeof p->dial.path)) {
+        free(p);
+        no->status = 414;
+        no->type = "uri-too-long";
+        snprintf(no->message, sizeof no->message, "the request target is too long");
+        return false;
+    }
+    if (!passthrough_slot_take()) {
+        explicit_bzero(p->dial.path, sizeof p->dial.path);
+        free(p);
+        no->status = 503;
+        no->type = "too-many-calls";
+        snprintf(no->message, sizeof no->message, "%zu pass-through calls are running already (--max-passthrough)",
+                 WP.cfg->max_passthrough);
+        return false;
+    }
+    p->kind = LOCAL_BULK;
+    p->route = (enum pass_route)route;
+    snprintf(p->what, sizeof p->what, "%s", what);
+    p->serial = ++WP.serial;
+    p->started = now_mono();
+    list_init(&p->local.queue);
+    list_init(&p->up.queue);
+    list_add_tail(&WP.all, &p->node);
+    if (!unix_peer) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    lws_adopt_desc_t ad;
+    memset(&ad, 0, sizeof ad);
+    ad.vh = ws_local_vhost();
+    ad.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
+    ad.fd.sockfd = fd;
+    ad.vh_prot_name = wspass_local_protocol.name;
+    ad.opaque = p;
+    p->local.wsi = lws_adopt_descriptor_vhost_via_info(&ad);
+    if (!p->local.wsi) { /* lws closed fd */
+        log_warn("cannot serve a local bulk socket");
+        p->local_gone = p->up_gone = true;
+        explicit_bzero(p->dial.path, sizeof p->dial.path);
+        maybe_free(p);
+        return true;
+    }
+    p->dial.ops = &up_ops;
+    p->dial.local_protocol = wspass_upstream_protocol.name;
+    p->dial.retry = &WP.keepalive;
+    if (dial_start(&p->dial)) {
+        p->up_gone = true;
+        close_side(p, &p->local, CLOSE_TRY_AGAIN_LATER, p->dial.reason);
+    }
+    log_debug("pass-through socket %s #%llu (%s)", what, p->serial, unix_peer ? "Unix socket" : "TCP");
+    return true;
+}
+
+int wspass_init(struct lws_context *ctx, const struct config *cfg)
+{
+    (void)ctx;
+    WP.cfg = cfg;
+    list_init(&WP.all);
+    /* Pinged after --ping-interval of silence, dropped after --ping-timeout more, as
+     * the main socket is. */
+    WP.keepalive.secs_since_valid_ping = (uint16_t)(cfg->ping_interval < 1 ? 1 : cfg->ping_interval > 65000 ? 65000
+                                                    : cfg->ping_interval + 0.999);
+    WP.keepalive.secs_since_valid_hangup =
+        (uint16_t)(WP.keepalive.secs_since_valid_ping +
+                   (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000 : cfg->ping_timeout + 0.999));
+    return 0;
+}
