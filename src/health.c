@@ -1,6 +1,7 @@
 #include "health.h"
 #include "frontend.h"
 #include "mux.h"
+#include "passthrough.h"
 #include "redact.h"
 #include "upstream.h"
 #include "util.h"
@@ -127,6 +128,22 @@ static void render_metrics(struct buf *b)
     for (int i = 0; i < DROP_REASONS; i++)
         buf_printf(b, "tgbridge_callers_dropped_total{reason=\"%s\"} %llu\n", drop_names[i], dropped[i]);
 
+    metric_u(b, "tgbridge_passthrough_active", "gauge",
+             "Pass-through calls running (routes that carry no envelope, each on its own gateway connection).",
+             passthrough_active());
+    head(b, "tgbridge_passthrough_calls_total", "counter",
+         "Pass-through calls finished, by route and outcome (ok: the gateway's 1xx-3xx answer or a socket "
+         "that opened; gateway-error: its 4xx/5xx; failed: tgbridge could not relay; aborted: the caller left).");
+    for (int r = 0; r < PASS_ROUTE_N; r++)
+        for (int o = 0; o < PASS_OUTCOME_N; o++)
+            buf_printf(b, "tgbridge_passthrough_calls_total{route=\"%s\",outcome=\"%s\"} %llu\n",
+                       pass_route_name((enum pass_route)r), pass_outcome_name((enum pass_outcome)o),
+                       passthrough_count((enum pass_route)r, (enum pass_outcome)o));
+    head(b, "tgbridge_passthrough_bytes_total", "counter",
+         "Body and frame bytes relayed by pass-through calls: in = from callers to the gateway, out = back.");
+    buf_printf(b, "tgbridge_passthrough_bytes_total{direction=\"in\"} %llu\n", passthrough_bytes(true));
+    buf_printf(b, "tgbridge_passthrough_bytes_total{direction=\"out\"} %llu\n", passthrough_bytes(false));
+
     head(b, "tgbridge_uptime_seconds", "gauge", "Seconds since tgbridge started.");
     buf_printf(b, "tgbridge_uptime_seconds %.3f\n", uptime);
 }
@@ -199,6 +216,7 @@ static void render_status(struct buf *b)
         buf_printf(b, ",\"%s\":{\"connections\":%zu,\"active_calls\":%zu,\"unsent_bytes\":%zu}",
                    frontend_at(i)->name, fs.connections, fs.active, fs.unsent);
     }
+    buf_printf(b, ",\"passthrough\":{\"active\":%zu,\"max\":%zu}", passthrough_active(), H.cfg->max_passthrough);
     buf_printf(b, ",\"uptime_seconds\":%.3f}", now_mono() - H.started);
 }
 

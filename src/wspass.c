@@ -1,6 +1,7 @@
 #include "wspass.h"
 #include "buf.h"
 #include "dial.h"
+#include "frontend.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
@@ -463,8 +464,43 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
     return true;
 }
 
+/* ---- the front end ------------------------------------------------------------------ */
+
+static void bulk_stats(struct frontend_stats *out)
+{
+    for (struct list *pos = WP.all.next; pos != &WP.all; pos = pos->next) {
+        const struct wspass *p = list_entry(pos, struct wspass, node);
+        out->connections++;
+        out->active++;
+        out->unsent += p->local.queued;
+    }
+}
+
+static void bulk_fail_all(const char *type, const char *message)
+{
+    (void)type;
+    (void)message; /* a stream of frames has no final answer to give: close_all ends it */
+}
+
+/* After the drain: both sides of every pair closed with 1001. */
+static void bulk_close_all(void)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &WP.all) {
+        struct wspass *p = list_entry(pos, struct wspass, node);
+        close_side(p, &p->local, LWS_CLOSE_STATUS_GOINGAWAY, "tgbridge is shutting down");
+        if (p->up_open)
+            close_side(p, &p->up, LWS_CLOSE_STATUS_GOINGAWAY, "tgbridge is shutting down");
+        else if (!p->up_gone)
+            dial_abort(&p->dial, "tgbridge is shutting down");
+    }
+}
+
+static const struct frontend bulk_frontend = {"bulk", bulk_stats, bulk_fail_all, bulk_close_all};
+
 int wspass_init(struct lws_context *ctx, const struct config *cfg)
 {
+    frontend_register(&bulk_frontend);
     (void)ctx;
     WP.cfg = cfg;
     list_init(&WP.all);
