@@ -270,7 +270,7 @@ static void on_gone(struct dial *d)
     }
     if (!p->completed && !p->failed) {
         if (!p->head_seen)
-            fail(p, 502, "gateway-unavailable", "%s", d->reason);
+            fail(p, 502, "gateway-unreachable", "%s", d->reason);
         else
             fail(p, 0, "upstream-disconnected", "the gateway connection closed before the body was complete");
     }
@@ -442,7 +442,7 @@ struct pass *pass_start(const struct pass_request *rq, const struct pass_ops *op
     progressed(p);
     if (dial_start(&p->dial)) {
         *status = 502;
-        *type = "gateway-unavailable";
+        *type = "gateway-unreachable";
         snprintf(msg, msglen, "%s", p->dial.reason);
         p->gone = true;
         p->owner = NULL;
