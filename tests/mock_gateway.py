@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Mock TrustGraph api-gateway: the ``/api/v1/socket`` multiplexed WebSocket.
+"""Mock TrustGraph api-gateway: the ``/api/v1/socket`` multiplexed WebSocket
+and the gateway's other ("passthrough") routes.
 
 Test fixture for tgbridge.  It reproduces the gateway's WebSocket behaviour
 as described in /work/shared/reference/trustgraph-gateway.md (section numbers
@@ -18,6 +19,7 @@ Usage (Python 3.11 + Debian python3-aiohttp 3.8.4, stdlib otherwise):
         [--era v1a|v1b|v1c|v2a|v2b|v2c|v2d] [--secret S] [--token T]... [--echo-token]
         [--anonymous] [--flows default,...] [--workspaces default,...]
         [--exclude-kinds k,...] [--timeout SECONDS] [--auth-delay SECONDS]
+        [--user NAME:PASSWORD]... [--bootstrap]
         [--tls-cert FILE --tls-key FILE] [--verbose]
 
 With --tls-cert/--tls-key (PEM) the same routes are served over TLS
@@ -96,22 +98,191 @@ Introspection (same port)
                       reader_stalled, window_full, max_span, close_code]
   POST /_mock/reset   zero counters, forget closed connections
                       (?state=1 also restores flows/config/documents)
-  POST /_mock/drop    abort every open socket (no close frame)
-  POST /_mock/close   close every open socket with close frame 1001
+  POST /_mock/drop    abort every open socket (no close frame), bulk
+                      import/export sockets and streamed bodies included
+                      ("dropped" = all, "dropped_passthrough" = the latter)
+  POST /_mock/close   close every open socket with close frame 1001 (bulk
+                      sockets too: "closed", "closed_passthrough")
+  GET  /_mock/passthrough   the passthrough control defaults (below)
+  POST /_mock/passthrough   replace them: {"<route>"|"*": {control: value}};
+                      an empty body or {} clears them; unknown route -> 400
+
+Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
+  Route names (keys of stats "routes" and of the controls):
+    auth/login auth/bootstrap auth/bootstrap-status auth/change-password
+    i18n metrics document-stream export-core import-core import export
+  Per era (a route an era lacks is not registered: aiohttp's own 404
+  "404: Not Found", 405 for a wrong method; GET routes also answer HEAD):
+    POST /api/v1/auth/{login,bootstrap,bootstrap-status,change-password}
+                         V2 only
+    GET  /api/v1/i18n/packs/{lang}   v1b, v1c, V2 (real: v2.3.9+, inside
+                         V1b; the mock gives all of V1b the route)
+    GET  /api/metrics/{path:.*}      all (bare /api/metrics: 404)
+    GET  /api/v1/flow/{flow}/import/{kind}, .../export/{kind}  all
+    POST /api/v1/import-core, GET /api/v1/export-core           all
+    GET  /api/v1/document-stream     all (real: v2.1.7+, inside V1a)
+  Auth
+    V1  HTTP: `Authorization` split(" ", 2): absent -> token ""; first word
+        not "Bearer" -> 401 even without --secret; token = second word.
+        With --secret it must equal it.  401 = text/plain
+        "401: Unauthorized".  Bulk sockets: ?token= (decoded) == --secret,
+        checked before the upgrade; the header is ignored.
+    V2  HTTP: "Bearer <t>" (stripped); no header / not "Bearer " / empty ->
+        anonymous (v2b+ with --anonymous only); tg_... or a.b.c accepted if
+        in --token (any well-formed one when there is no --token) or issued
+        by this mock (login JWTs, bootstrap key); else 401
+        application/json {"error":"auth failure"} (exact bytes).  i18n and
+        login/bootstrap/bootstrap-status are PUBLIC (header never looked
+        at).  metrics / document-stream / export-core / import-core need a
+        credential; control `deny` -> 403 {"error":"access denied"}.
+        Bulk sockets: kind not in the registry -> 404 {"error": "unknown
+        kind"} (before auth); ?token= missing/empty -> 401 JSON even under
+        --anonymous; then as above (query token as "Bearer <t>").
+        --auth-delay applies to each credential check.  --echo-token:
+        401 bodies quote the credential.
+  Behaviour
+    auth/login     {"username","password"[,"workspace"]} -> 200 {"jwt",
+                   "jwt_expires" (ISO, +1 h), "bootstrap_available":false};
+                   the JWT: {"alg":"EdDSA","kid","typ":"JWT"} . {"iss":
+                   "trustgraph-iam","sub":NAME,"default_workspace","iat",
+                   "exp"} . fake signature; accepted by this mock in-band
+                   (auth-ok names its workspace) and on REST.  Unknown
+                   user / bad password / workspace not in --workspaces ->
+                   401 {"error": "auth failure"}; bad JSON -> 400
+                   {"error": "invalid json"}; non-object -> aiohttp 500.
+                   (The iam `login` op over the socket does the same.)
+    auth/bootstrap --bootstrap: first call 200 {"bootstrap_admin_user_id":
+                   "admin","bootstrap_admin_api_key":"tg_...",
+                   "bootstrap_available":false} (the key then works), later
+                   calls / without --bootstrap 401 {"error": "auth failure"}
+    auth/bootstrap-status  200 {"bootstrap_available": bool}
+    auth/change-password   Bearer of the user (login JWT) + {"current_
+                   password","new_password"}: missing current -> 400
+                   {"error": "password (current) required"}, missing new ->
+                   400 {"error": "new_password required"}, wrong current /
+                   identity not a --user -> 401 {"error": "auth failure"},
+                   else 200 {"bootstrap_available": false}, password changed
+    i18n           the mock's own flat pack {"mock.i18n.language",
+                   "mock.i18n.hello","mock.i18n.items"} for en es sw pt tr
+                   hi he ar zh-cn ru (normalised like trustgraph.i18n,
+                   unknown -> en); "/" or ".." in lang -> 400 "400: Invalid
+                   language code"
+    metrics        200 text/plain (proxied body), JSON {"status":"success",
+                   "data":{"resultType":"vector","result":[]},"mock":{path,
+                   query_string (yarl-decoded, as forwarded), raw_query_
+                   string, query {k: v}, upstream "/api/v1/<path>?<qs>"}};
+                   control upstream_down -> 502 "Bad Gateway: metrics
+                   upstream unreachable: ..." (v1c+) / 500 (v1a, v1b)
+    document-stream ?document-id=&workspace=&chunk-size= (v1a/v1b: ?user=
+                   required instead of workspace): 200 application/octet-
+                   stream, chunked, one write per chunk-size piece (default
+                   1 MiB, <= 0 -> default, writes capped at 16 MiB).
+                   "size-N[k|m|g]" -> N generated bytes; a librarian
+                   document (doc1) -> its content; unknown -> empty body.
+                   No document-id -> 500 text "Missing required parameter:
+                   document-id"; chunk-size not an int -> 200 {"error":
+                   "invalid literal for int() ..."}
+    export-core    ?id=&workspace= (v1a/v1b: &user=): missing -> 200
+                   {"error": "'id'"} (or "'user'"); "size-N[k|m|g]" -> N
+                   generated bytes written `chunk` (64 KiB) at a time;
+                   "core1" -> msgpack ("t",{...})x3 + ("ge",{...}) as
+                   core_export.py; else empty.  200 application/octet-
+                   stream, chunked; each write awaits the transport (a slow
+                   reader slows it), a client that goes away is recorded.
+    import-core    ?id=&workspace= (v1a/v1b: &user=): the body (Content-
+                   Length or chunked, Expect: 100-continue fine) is read
+                   128 KiB at a time into sha256 + byte count, never held;
+                   then 200 application/octet-stream, empty (chunked).  Not
+                   parsed as msgpack.  Client gone mid-body -> recorded.
+    import socket  frames (text or binary) are counted and decoded as the
+                   dispatcher does (JSON + the fields it indexes); nothing
+                   is ever sent; an undecodable frame -> server close 1000
+                   (control lenient: never).  A client close is answered
+                   with aiohttp's 1000.
+    export socket  `frames` (default 3) text frames in the kind's
+                   serialize.py shape, then close 1000 (the real one just
+                   waits for more data: control hold); frames from the
+                   client are read and ignored.
+    both sockets   upgrade first, then: unknown flow -> close 1000 ("Invalid
+                   flow <ws>/<flow>", "Invalid flow" in v1a/v1b); unknown
+                   kind (V1) -> "Invalid kind", close 1000; <kind>-store
+                   (entity-contexts-load) in --exclude-kinds -> "This kind
+                   not supported by flow".  Workspace: ?workspace= (default
+                   "default") from v2b; v1c/v2a ignore it (real: until
+                   v2.5.8).  v1a import also accepts `objects`.
+  Generated bodies: binary (default) byte i = i % 251; control pattern=
+  alpha: byte i = "abcdefghijklmnopqrstuvwxyz0123456789"[i % 36].
+  Controls (mock-only; from POST /_mock/passthrough "*" then "<route>",
+  then the request's query `mock-<name>` (- or _), later winning; the
+  real gateway ignores unknown query parameters):
+    slow S         wait S seconds ("inf"/"never" = forever) before doing
+                   anything (sockets: before the upgrade); a client that
+                   gives up meanwhile counts as aborted
+    once true      (in /_mock/passthrough) the route's entry is dropped
+                   after one use
+    delay S        pause between body writes / export frames
+    fail_after N   downloads: abort TCP after N body bytes (0: right after
+                   the headers); import-core: abort after receiving N
+    truncate_after N  downloads: end the body cleanly after N bytes (as a
+                   gateway error mid-stream does)
+    stall_after N  downloads: stop after N bytes, keep the connection open;
+                   import-core: stop reading after N bytes, never answer
+    chunk N        export-core write size (default 65536)
+    pattern alpha|binary
+    deny true      V2: 403 {"error":"access denied"} after authentication
+    upstream_down true  metrics: upstream unreachable
+    frames N, frame_size N (exact frame bytes when >= the natural size),
+    hold true, close_code N, close_reason S     export socket
+    echo true      import/export socket: MOCK-ONLY echo (no such route
+                   exists) -- each text/binary frame sent back as is; a
+                   client close answered with the same code and reason
+    close_after K  echo: server closes (close_code/close_reason) after K
+    drop_after K   sockets: abort TCP after K frames (import/echo: received,
+                   export: sent; 0: right after the upgrade)
+    lenient true   import: do not decode frames
+  Stats: GET /_mock/stats "passthrough":
+    routes {name: {count, in_progress, statuses {"200": n, "101": n, ...},
+            last_status, last_authorization (header value or null),
+            last_query (raw query string), last_path, last_method,
+            bytes_in, bytes_out (bodies / frame payloads), aborted,
+            mock_failures}}
+    uploads [last 50 {route, id, workspace, content_length, chunked,
+             expect, bytes, sha256, in_progress, complete, aborted,
+             failed_by_mock, stalled}]
+    downloads [last 50 {route, id, workspace, expected_bytes, bytes_sent,
+               chunk, pattern, chunked, in_progress, complete, aborted,
+               failed_by_mock, truncated, stalled[, known]}]
+    sockets [open + last 100 {id, route, flow, kind, token (decoded ?token=
+             or null), authorization, query, workspace_param, workspace,
+             identity, status (101/401/403/404), open, echo, frames_in,
+             text_frames_in, binary_frames_in, bytes_in, frames_out,
+             bytes_out, bad_frames, error, closed_by (client|server|drop|
+             lost), client_close_code, client_close_reason,
+             server_close_code}]
+    responses_aborted, uploads_aborted, mock_failures, http_401, http_403,
+    logins_ok, logins_failed, password_changes, bootstraps, last_jwt,
+    controls.  POST /_mock/reset zeroes all that (records still in progress
+    and open sockets are kept); ?state=1 also restores --user passwords
+    and --bootstrap, forgets issued credentials and clears the controls.
 """
 
 import argparse
 import asyncio
 import base64
 import collections
+import datetime
 import hashlib
 import json
 import logging
 import math
 import os
+import re
+import secrets
 import signal
 import ssl
+import struct
 import sys
+import time
 import uuid
 from urllib.parse import quote
 
@@ -160,6 +331,18 @@ class Era:
         self.timeout_message = "" if name == "v2d" else "Timeout"
         # text-load / document-load: V1 only (Q8: V2 -> unknown-service).
         self.loaders = not self.v2
+        # GET /api/v1/i18n/packs/{lang}: v2.3.9+.  V1b (v2.2.5..v2.3.21)
+        # straddles that tag; the mock gives V1b the route (its later
+        # releases), V1a (<= v2.2.4) not.
+        self.i18n = name != "v1a"
+        # Metrics upstream unreachable: 502 "Bad Gateway: ..." from v2.4.3
+        # (V1c and later), before that HTTPInternalServerError (500).
+        self.metrics_502 = name not in ("v1a", "v1b")
+        # Bulk import/export sockets read ?workspace= only from v2.5.8
+        # (dispatcher params = query + match_info); before, match_info
+        # only, so the workspace was always "default".  V2b (v2.4.26..
+        # v2.6.1) straddles that tag; the mock honours it from V2b.
+        self.bulk_workspace_query = name in ("v2b", "v2c", "v2d")
 
 
 # --------------------------------------------------------------------------
@@ -374,6 +557,7 @@ class Stats:
     def __init__(self):
         self.conns = collections.OrderedDict()     # id -> Connection
         self.next_conn_id = 1
+        self.passthrough = PassStats()
         self.reset()
 
     def reset(self):
@@ -381,6 +565,7 @@ class Stats:
             setattr(self, k, 0)
         self.last_query_token = None
         self.last_envelopes = collections.deque(maxlen=LAST_ENVELOPES)
+        self.passthrough.reset()
         # Forget closed connections; zero the counters of open ones.
         for cid in [c for c, conn in self.conns.items() if not conn.open]:
             del self.conns[cid]
@@ -968,8 +1153,21 @@ def svc_iam(c):
     if op in ("list-my-workspaces", "list-workspaces"):
         return [({"workspaces": [{"id": w, "name": w, "enabled": True}
                                  for w in c.state.args.workspaces]}, True)]
+    pt = c.conn.server.passthrough
     if op == "bootstrap-status":
-        return [({"bootstrap_available": False}, True)]
+        return [({"bootstrap_available": pt.bootstrap_available}, True)]
+    if op == "login":
+        identity = pt.iam_login(c.req.get("username", ""),
+                                c.req.get("password", ""),
+                                c.req.get("workspace", ""))
+        if identity is None:
+            pt.stats.logins_failed += 1
+            raise BackendError("auth-failed", "auth failure")
+        token, expires = pt.issue_jwt(identity)
+        pt.stats.logins_ok += 1
+        pt.stats.last_jwt = token
+        return [({"jwt": token, "jwt_expires": expires,
+                  "bootstrap_available": False}, True)]
     return [({}, True)]
 
 
@@ -1331,21 +1529,15 @@ class Connection:
         self.last_token = token
         if self.args.auth_delay:
             await asyncio.sleep(self.args.auth_delay)   # IAM round trip
-        identity = None
         if not token:
             # Anonymous: v2.4.26+, and only under the no-auth regime.
-            if self.era.anonymous_possible and self.args.anonymous:
-                identity = {"handle": "anonymous", "source": "anonymous",
-                            "default_workspace": "default"}
-        elif token.startswith("tg_") or token.count(".") == 2:
-            # API key / JWT shape.  Accepted if configured (--token); with
-            # no --token at all any well-formed credential is accepted.
-            if not self.args.token or token in self.args.token:
-                identity = {
-                    "handle": "mock-user",
-                    "source": "api-key" if token.startswith("tg_") else "jwt",
-                    "default_workspace": "default"}
-        # else: malformed credential -> failure even under no-auth (Q11).
+            identity = self.server.anonymous_identity()
+        else:
+            # API key / JWT shape: accepted if configured (--token), issued
+            # by this mock (login / bootstrap), or, with no --token at all,
+            # any well-formed one; malformed -> failure even under no-auth
+            # (Q11).
+            identity = self.server.resolve_credential(token)
         if identity is None:
             # Failure keeps the socket open and any previous identity (Q9).
             self.stats.auth_failed += 1
@@ -1677,6 +1869,1305 @@ class Connection:
 
 
 # --------------------------------------------------------------------------
+# Non-envelope ("passthrough") routes: §2.2 / §2.3 / §3 / §8.4 and the
+# gateway source (gw/endpoint/auth_endpoints.py, i18n.py, metrics.py,
+# stream_endpoint.py, manager.py _RoutedSocketEndpoint, socket.py;
+# gw/dispatch/core_export.py, core_import.py, document_stream.py,
+# *_import.py, *_export.py; gw/auth.py IamAuth.authenticate).
+# --------------------------------------------------------------------------
+
+PUBLIC = "__public__"                # gw/capabilities.py sentinels
+AUTHENTICATED = "__authenticated__"
+
+# Route names used as keys of GET /_mock/stats "passthrough" "routes" and of
+# the POST /_mock/passthrough controls.
+PASS_ROUTES = (
+    "auth/login", "auth/bootstrap", "auth/bootstrap-status",
+    "auth/change-password", "i18n", "metrics", "document-stream",
+    "export-core", "import-core", "import", "export",
+)
+
+# gw/dispatch/manager.py import_dispatchers / export_dispatchers (HEAD; the
+# V2 registry `_FLOW_IMPORTS` / `_FLOW_EXPORTS` has the same kinds).  V1a
+# also had `objects` (renamed `rows` in v2.0.11; V1a spans both).
+IMPORT_KINDS = ("triples", "graph-embeddings", "document-embeddings",
+                "entity-contexts", "rows")
+EXPORT_KINDS = ("triples", "graph-embeddings", "document-embeddings",
+                "entity-contexts")
+
+KNOWLEDGE_CORES = ("core1",)          # what list-kg-cores reports
+KEEP_PASS_RECORDS = 50                # stats: uploads / downloads kept
+KEEP_PASS_SOCKETS = 100               # stats: closed bulk sockets kept
+JWT_TTL_SECONDS = 3600                # iam/service/iam.py
+JWT_ISSUER = "trustgraph-iam"
+UPLOAD_READ = 128 * 1024              # core_import.py data.read(128*1024)
+DOCUMENT_CHUNK = 1024 * 1024          # document_stream.py default chunk-size
+DEFAULT_WRITE = 65536                 # export-core write size (mock choice)
+MAX_WRITE = 16 * 1024 * 1024          # cap on one generated write
+CLIENT_MAX_SIZE = 256 * 1024 * 1024   # gw/service.py client_max_size
+
+# Generated bodies (size-N ids).  binary: byte i = i % 251 (every byte value
+# but 251..255, NUL/CR/LF included, period prime so it never lines up with
+# power-of-two chunk boundaries); alpha: byte i = BLOB_ALPHABET[i % 36].
+PATTERNS = {"binary": bytes(range(251)),
+            "alpha": BLOB_ALPHABET.encode("ascii")}
+_SIZE_ID = re.compile(r"^size-(\d+)([kmg]?)$", re.IGNORECASE)
+
+# trustgraph.i18n SUPPORTED_LANGUAGES / _LANGUAGE_ALIASES; the packs
+# themselves are the mock's own (a few keys, flat str -> str like the
+# real ones).
+I18N_HELLO = {
+    "en": "Hello", "es": "Hola", "sw": "Habari", "pt": "Olá",
+    "tr": "Merhaba", "hi": "नमस्ते", "he": "שלום", "ar": "مرحبا",
+    "zh-cn": "你好", "ru": "Привет",
+}
+I18N_ALIASES = {"zh": "zh-cn", "zh-hans": "zh-cn", "zh-hans-cn": "zh-cn",
+                "zh-cn": "zh-cn", "zh_cn": "zh-cn"}
+
+
+def size_from_id(s):
+    """'size-1048576' / 'size-64M' / 'size-1g' -> bytes, else None."""
+    m = _SIZE_ID.match(s or "")
+    if not m:
+        return None
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20,
+                              "g": 1 << 30}[m.group(2).lower()]
+
+
+def pattern_bytes(name, offset, n):
+    """Bytes [offset, offset+n) of a generated body (for tests)."""
+    base = PATTERNS[name]
+    p = len(base)
+    reps = (offset % p + n) // p + 1
+    return (base * reps)[offset % p:offset % p + n]
+
+
+class Pattern:
+    """Deterministic body generator: zero-copy slices of one cached buffer."""
+    _buffers = {}
+
+    def __init__(self, name):
+        self.name = name if name in PATTERNS else "binary"
+        self.base = PATTERNS[self.name]
+        self.period = len(self.base)
+
+    def piece(self, offset, n):
+        buf = self._buffers.get(self.name)
+        if buf is None or len(buf) < n + self.period:
+            buf = memoryview(self.base * ((n + self.period) // self.period + 1))
+            self._buffers[self.name] = buf
+        ph = offset % self.period
+        return buf[ph:ph + n]
+
+    def pieces(self, total, size):
+        size = max(1, min(size, MAX_WRITE))
+        off = 0
+        while off < total:
+            n = min(size, total - off)
+            yield self.piece(off, n)
+            off += n
+
+
+def i18n_language(value):
+    """trustgraph.i18n.normalize_language (unknown -> "en")."""
+    if not value:
+        return "en"
+    token = value.split(",", 1)[0].strip()
+    if not token:
+        return "en"
+    token = token.replace("_", "-").lower()
+    token = I18N_ALIASES.get(token, token)
+    if token.startswith("zh-"):
+        token = "zh-cn"
+    primary = token.split("-", 1)[0]
+    if primary in I18N_HELLO:
+        return primary
+    return token if token in I18N_HELLO else "en"
+
+
+def i18n_pack(lang):
+    lang = i18n_language(lang)
+    return {
+        "mock.i18n.language": lang,
+        "mock.i18n.hello": I18N_HELLO[lang],
+        "mock.i18n.items": "{count} × " + I18N_HELLO[lang],
+    }
+
+
+def msgpack_pack(o):
+    """Minimal msgpack encoder (msgpack.packb(o, use_bin_type=True) output
+    for None/bool/int/float/str/bytes/list/tuple/dict), so the mock needs
+    no third-party module for its knowledge-core stream."""
+    if o is None:
+        return b"\xc0"
+    if o is True:
+        return b"\xc3"
+    if o is False:
+        return b"\xc2"
+    if isinstance(o, int):
+        if 0 <= o < 0x80:
+            return bytes([o])
+        if -32 <= o < 0:
+            return struct.pack("b", o)
+        if o >= 0:
+            for tag, fmt, lim in ((0xcc, ">B", 1 << 8), (0xcd, ">H", 1 << 16),
+                                  (0xce, ">I", 1 << 32), (0xcf, ">Q", 1 << 64)):
+                if o < lim:
+                    return bytes([tag]) + struct.pack(fmt, o)
+        for tag, fmt, lim in ((0xd0, ">b", 1 << 7), (0xd1, ">h", 1 << 15),
+                              (0xd2, ">i", 1 << 31), (0xd3, ">q", 1 << 63)):
+            if -lim <= o:
+                return bytes([tag]) + struct.pack(fmt, o)
+        raise OverflowError(o)
+    if isinstance(o, float):
+        return b"\xcb" + struct.pack(">d", o)
+
+    def head(n, fix, fixlim, tags):
+        if n < fixlim:
+            return bytes([fix | n])
+        for tag, fmt, lim in tags:
+            if n < lim:
+                return bytes([tag]) + struct.pack(fmt, n)
+        raise OverflowError(n)
+    if isinstance(o, str):
+        b = o.encode("utf-8")
+        return head(len(b), 0xa0, 32, ((0xd9, ">B", 1 << 8),
+                                       (0xda, ">H", 1 << 16),
+                                       (0xdb, ">I", 1 << 32))) + b
+    if isinstance(o, (bytes, bytearray)):
+        return head(len(o), 0, 0, ((0xc4, ">B", 1 << 8),
+                                   (0xc5, ">H", 1 << 16),
+                                   (0xc6, ">I", 1 << 32))) + bytes(o)
+    if isinstance(o, (list, tuple)):
+        return head(len(o), 0x90, 16, ((0xdc, ">H", 1 << 16),
+                                       (0xdd, ">I", 1 << 32))) + b"".join(
+            msgpack_pack(x) for x in o)
+    if isinstance(o, dict):
+        return head(len(o), 0x80, 16, ((0xde, ">H", 1 << 16),
+                                       (0xdf, ">I", 1 << 32))) + b"".join(
+            msgpack_pack(k) + msgpack_pack(v) for k, v in o.items())
+    raise TypeError(type(o).__name__)
+
+
+def core_messages(core_id):
+    """The export-core stream of a named mock core: core_export.py's
+    ("t", {...}) / ("ge", {...}) msgpack tuples, one per write."""
+    m = {"i": core_id, "c": "default"}
+    out = []
+    for i in range(3):
+        out.append(msgpack_pack(("t", {"m": m, "t": [
+            {"s": iri(f"http://example.org/entity/{2 * i + j}"),
+             "p": iri("http://www.w3.org/2000/01/rdf-schema#label"),
+             "o": lit(f"Entity {2 * i + j}")} for j in range(2)]})))
+    out.append(msgpack_pack(("ge", {"m": m, "e": [
+        {"e": iri(f"http://example.org/entity/{i}"), "v": vec(f"entity{i}")}
+        for i in range(2)]})))
+    return out
+
+
+def bulk_frame(kind, i, size=None):
+    """Frame i of an export socket, in the serialize.py shape of `kind`;
+    with `size`, padded (ASCII) to exactly that many bytes when possible."""
+    md = {"id": f"urn:mock:export:{i}", "root": "", "collection": "default"}
+
+    def build(pad):
+        if kind == "triples":
+            return {"metadata": md, "triples": [
+                {"s": iri(f"http://example.org/entity/{i}"),
+                 "p": iri("http://www.w3.org/2000/01/rdf-schema#label"),
+                 "o": lit(f"Entity {i}{pad}")}]}
+        if kind == "graph-embeddings":
+            return {"metadata": md, "entities": [
+                {"vector": vec(f"entity{i}"),
+                 "entity": iri(f"http://example.org/entity/{i}{pad}")}]}
+        if kind == "document-embeddings":
+            return {"metadata": md, "chunks": [
+                {"vector": vec(f"chunk{i}"), "chunk_id": f"doc1/c{i}{pad}"}]}
+        return {"metadata": md, "entities": [            # entity-contexts
+            {"context": f"Mock context {i}{pad}",
+             "entity": iri(f"http://example.org/entity/{i}")}]}
+    text = json.dumps(build(""))
+    if size and size > len(text):
+        text = json.dumps(build(make_blob(size - len(text))))
+    return text
+
+
+def validate_import(kind, raw):
+    """What the import dispatcher's receive() does with a frame (msg.json()
+    then the schema fields it indexes); an exception closes the socket."""
+    data = json.loads(raw)
+    if kind == "document-embeddings":
+        # DocumentEmbeddingsTranslator.decode: .get() with defaults
+        data.get("metadata", {}).get("id")
+        for ch in data.get("chunks", []):
+            ch["chunk_id"], ch["vector"]
+        return
+    md = data["metadata"]
+    md["id"], md["collection"]
+    if kind == "triples":
+        for t in data["triples"]:
+            t["s"], t["p"], t["o"]
+    elif kind == "graph-embeddings":
+        for ent in data["entities"]:
+            ent["entity"], ent["vector"]
+    elif kind == "entity-contexts":
+        for ent in data["entities"]:
+            ent["entity"], ent["context"]
+    else:                                   # rows / objects
+        data["values"], data["schema_name"]
+
+
+def _pbool(v):
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+def _pint(v, default=None):
+    try:
+        return int(v) if v is not None and v != "" else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _psecs(v):
+    """Seconds; "inf"/"never"/true = forever; absent/false/bad = 0."""
+    if v is None or v is False:
+        return 0.0
+    if v is True:
+        return math.inf
+    if isinstance(v, str) and v.strip().lower() in ("inf", "never",
+                                                     "forever", "true"):
+        return math.inf
+    try:
+        return max(0.0, float(v))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class MockInternalError(Exception):
+    """Raised where the real handler raises an uncaught exception (aiohttp
+    answers 500 itself); its traceback is not logged."""
+
+
+class _QuietMockInternal(logging.Filter):
+    def filter(self, record):
+        ei = record.exc_info
+        return not (ei and isinstance(ei[1], MockInternalError))
+
+
+class PassControls:
+    """Mock-only controls of the passthrough routes.  Sources, later ones
+    winning: POST /_mock/passthrough defaults for "*", then for the route,
+    then the request's own `mock-<name>` query parameters (`-` or `_`; the
+    real gateway ignores unknown query parameters)."""
+
+    def __init__(self, d):
+        self.raw = dict(d)
+        g = d.get
+        self.slow = _psecs(g("slow"))             # before anything
+        self.delay = _psecs(g("delay"))           # between writes / frames
+        self.fail_after = _pint(g("fail_after"))
+        self.truncate_after = _pint(g("truncate_after"))
+        self.stall_after = _pint(g("stall_after"))
+        self.chunk = max(1, _pint(g("chunk"), DEFAULT_WRITE))
+        self.pattern = "alpha" if g("pattern") in ("alpha", "text") \
+            else "binary"
+        self.deny = _pbool(g("deny"))
+        self.upstream_down = _pbool(g("upstream_down"))
+        self.frames = max(0, _pint(g("frames"), 3))
+        self.frame_size = _pint(g("frame_size"))
+        self.hold = _pbool(g("hold"))
+        self.echo = _pbool(g("echo"))
+        self.lenient = _pbool(g("lenient"))
+        self.close_code = _pint(g("close_code"), 1000)
+        self.close_reason = str(g("close_reason") or "")
+        self.close_after = _pint(g("close_after"))
+        self.drop_after = _pint(g("drop_after"))
+
+
+async def wait_or_gone(request, seconds):
+    """Sleep `seconds` (inf: forever); False as soon as the client is gone
+    (aiohttp 3.8 does not cancel a handler whose client disconnects)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while True:
+        tr = request.transport
+        if tr is None or tr.is_closing():
+            return False
+        left = end - loop.time()
+        if left <= 0:
+            return True
+        await asyncio.sleep(min(0.05, left))
+
+
+class PassStats:
+    """GET /_mock/stats "passthrough"."""
+
+    COUNTERS = ("responses_aborted", "uploads_aborted", "mock_failures",
+                "http_401", "http_403", "logins_ok", "logins_failed",
+                "password_changes", "bootstraps")
+
+    def __init__(self):
+        self.sockets = []
+        self.uploads = collections.deque(maxlen=KEEP_PASS_RECORDS)
+        self.downloads = collections.deque(maxlen=KEEP_PASS_RECORDS)
+        self.next_socket_id = 1
+        self.reset()
+
+    @staticmethod
+    def new_route():
+        return {"count": 0, "in_progress": 0, "statuses": {},
+                "last_status": None, "last_authorization": None,
+                "last_query": None, "last_path": None, "last_method": None,
+                "bytes_in": 0, "bytes_out": 0, "aborted": 0,
+                "mock_failures": 0}
+
+    def reset(self):
+        for k in self.COUNTERS:
+            setattr(self, k, 0)
+        self.last_jwt = None
+        self.routes = {r: self.new_route() for r in PASS_ROUTES}
+        # Records still being written to survive a reset.
+        self.uploads = collections.deque(
+            [r for r in self.uploads if r["in_progress"]],
+            maxlen=KEEP_PASS_RECORDS)
+        self.downloads = collections.deque(
+            [r for r in self.downloads if r["in_progress"]],
+            maxlen=KEEP_PASS_RECORDS)
+        self.sockets = [s for s in self.sockets if s["open"]]
+
+    def add_socket(self, rec):
+        rec["id"] = self.next_socket_id
+        self.next_socket_id += 1
+        self.sockets.append(rec)
+        closed = [s for s in self.sockets if not s["open"]]
+        while len(self.sockets) > KEEP_PASS_SOCKETS and closed:
+            self.sockets.remove(closed.pop(0))
+
+    def snapshot(self, controls):
+        d = {k: getattr(self, k) for k in self.COUNTERS}
+        d["last_jwt"] = self.last_jwt
+        d["routes"] = {k: dict(v, statuses=dict(v["statuses"]))
+                       for k, v in self.routes.items()}
+        d["uploads"] = [dict(r) for r in self.uploads]
+        d["downloads"] = [dict(r) for r in self.downloads]
+        d["sockets"] = [dict(r) for r in self.sockets]
+        d["controls"] = controls
+        return d
+
+
+class PassCall:
+    """Bookkeeping of one request to a passthrough route."""
+
+    def __init__(self, pt, route, request):
+        self.pt = pt
+        self.route = route
+        self.st = st = pt.stats.routes[route]
+        st["count"] += 1
+        st["in_progress"] += 1
+        st["last_authorization"] = request.headers.get("Authorization")
+        st["last_query"] = request.rel_url.raw_query_string
+        st["last_path"] = request.rel_url.raw_path
+        st["last_method"] = request.method
+        self.ctl = pt.controls_for(route, request)
+        self.finished = False
+        self.no_status = False      # nothing (valid) was answered
+
+    def bytes_in(self, n):
+        self.st["bytes_in"] += n
+
+    def bytes_out(self, n):
+        self.st["bytes_out"] += n
+
+    def aborted(self):
+        self.st["aborted"] += 1
+
+    def mock_failure(self):
+        self.st["mock_failures"] += 1
+        self.pt.stats.mock_failures += 1
+
+    def finish(self, status):
+        if self.finished:
+            return
+        self.finished = True
+        st = self.st
+        st["in_progress"] -= 1
+        if status is not None:
+            k = str(status)
+            st["statuses"][k] = st["statuses"].get(k, 0) + 1
+            st["last_status"] = status
+            if status == 401:
+                self.pt.stats.http_401 += 1
+            elif status == 403:
+                self.pt.stats.http_403 += 1
+
+
+class PassSocket:
+    def __init__(self, ws, transport, rec):
+        self.ws = ws
+        self.transport = transport
+        self.rec = rec
+        self.closing = None         # /_mock/close in progress
+
+
+class Passthrough:
+    """The gateway's routes other than /api/v1/socket, per era."""
+
+    def __init__(self, server):
+        self.server = server
+        self.args = server.args
+        self.era = server.era
+        self.state = server.state
+        self.stats = server.stats.passthrough
+        self.sockets = set()        # open bulk sockets (PassSocket)
+        self.streams = set()        # transports of bodies being streamed
+        self.kid = uuid.uuid4().hex[:16]
+        self.reset_state()
+
+    def reset_state(self):
+        wss = self.args.workspaces
+        ws = "default" if "default" in wss or not wss else wss[0]
+        self.users = {n: {"password": p, "workspace": ws}
+                      for n, p in self.args.user}
+        self.bootstrap_available = bool(self.args.bootstrap)
+        self.controls = {}
+
+    # ---- routes ----------------------------------------------------------
+
+    def routes(self):
+        """Registration order of gw/endpoint/manager.py; routes an era does
+        not have are simply absent (aiohttp 404 / 405)."""
+        e, w = self.era, self.wrap
+        r = []
+        if e.v2:
+            r += [
+                web.post("/api/v1/auth/login", w("auth/login", self.h_login)),
+                web.post("/api/v1/auth/bootstrap",
+                         w("auth/bootstrap", self.h_bootstrap)),
+                web.post("/api/v1/auth/bootstrap-status",
+                         w("auth/bootstrap-status", self.h_bootstrap_status)),
+                web.post("/api/v1/auth/change-password",
+                         w("auth/change-password", self.h_change_password)),
+            ]
+        if e.i18n:
+            r.append(web.get("/api/v1/i18n/packs/{lang}",
+                             w("i18n", self.h_i18n)))
+        r += [
+            web.get("/api/metrics/{path:.*}", w("metrics", self.h_metrics)),
+            web.get("/api/v1/flow/{flow}/import/{kind}",
+                    w("import", self.h_import_socket)),
+            web.get("/api/v1/flow/{flow}/export/{kind}",
+                    w("export", self.h_export_socket)),
+            web.post("/api/v1/import-core",
+                     w("import-core", self.h_import_core)),
+            web.get("/api/v1/export-core",
+                    w("export-core", self.h_export_core)),
+            web.get("/api/v1/document-stream",
+                    w("document-stream", self.h_document_stream)),
+        ]
+        return r
+
+    def wrap(self, route, fn):
+        async def handler(request):
+            call = PassCall(self, route, request)
+            status = None
+            try:
+                if call.ctl.slow:
+                    log.info("passthrough %s: slow %s", route, call.ctl.slow)
+                    if not await wait_or_gone(request, call.ctl.slow):
+                        call.aborted()
+                        self.stats.responses_aborted += 1
+                        return web.Response(status=204)   # nobody reads it
+                resp = await fn(request, call)
+                status = None if call.no_status else resp.status
+                # (a StreamResponse counted its own bytes as it wrote them)
+                if isinstance(resp, web.Response) and isinstance(
+                        resp.body, (bytes, bytearray)):
+                    call.bytes_out(len(resp.body))
+                return resp
+            except web.HTTPException as e:
+                status = e.status
+                raise
+            except asyncio.CancelledError:
+                raise
+            except MockInternalError:
+                status = 500
+                raise
+            except Exception:
+                status = 500
+                log.exception("passthrough %s: handler failed", route)
+                raise
+            finally:
+                call.finish(status)
+        return handler
+
+    def controls_for(self, route, request):
+        d = {}
+        for key in ("*", route):
+            c = self.controls.get(key)
+            if isinstance(c, dict):
+                d.update(c)
+                if _pbool(c.get("once")):
+                    del self.controls[key]
+        for k, v in request.query.items():
+            if k.startswith("mock-"):
+                d[k[5:].replace("-", "_")] = v
+        return PassControls(d)
+
+    # ---- auth (§3.1 / §3.2) ----------------------------------------------
+
+    def refuse_401(self, token=None):
+        if not self.era.v2:
+            # aiohttp HTTPUnauthorized(): text/plain "401: Unauthorized"
+            text = "401: Unauthorized"
+            if self.args.echo_token and token is not None:
+                text += " (token %s)" % token
+            return web.Response(status=401, text=text)
+        # capabilities.auth_failure(): exact bytes, no space
+        text = '{"error":"auth failure"}'
+        if self.args.echo_token and token is not None:
+            text = json.dumps({"error": "auth failure (token %s)" % token})
+        return web.Response(status=401, text=text,
+                            content_type="application/json")
+
+    def refuse_403(self):
+        return web.Response(status=403, text='{"error":"access denied"}',
+                            content_type="application/json")
+
+    async def v2_identity(self, header):
+        """IamAuth.authenticate on an Authorization header value."""
+        if self.args.auth_delay:
+            await asyncio.sleep(self.args.auth_delay)      # IAM round trip
+        if not header.startswith("Bearer "):
+            return self.server.anonymous_identity()
+        token = header[len("Bearer "):].strip()
+        if not token:
+            return self.server.anonymous_identity()
+        return self.server.resolve_credential(token)
+
+    async def authorize(self, request, call, capability):
+        """V1: VariableEndpoint-style header parsing, token == --secret.
+        V2: enforce(request, auth, capability).  Returns (identity, None)
+        or (None, refusal)."""
+        hdr = request.headers.get("Authorization")
+        if not self.era.v2:
+            token = ""
+            if hdr is not None:
+                parts = hdr.split(" ", 2)
+                if parts[0] != "Bearer":
+                    return None, self.refuse_401(hdr)   # even when open
+                token = parts[1] if len(parts) > 1 else ""
+            if self.args.secret and token != self.args.secret:
+                return None, self.refuse_401(token)
+            return {"handle": "gateway-secret", "source": "secret",
+                    "default_workspace": "default"}, None
+        if capability == PUBLIC:
+            return None, None
+        identity = await self.v2_identity(hdr or "")
+        if identity is None:
+            return None, self.refuse_401(hdr)
+        if capability != AUTHENTICATED and call.ctl.deny:
+            return None, self.refuse_403()       # IamAuth.authorise deny
+        return identity, None
+
+    async def read_json(self, request, call):
+        """request.json(); (data, None) or (None, 400 invalid json)."""
+        body = await request.read()
+        call.bytes_in(len(body))
+        try:
+            return json.loads(body.decode(request.charset or "utf-8")), None
+        except Exception:
+            return None, web.json_response({"error": "invalid json"},
+                                           status=400)
+
+    # ---- /api/v1/auth/* (V2, auth_endpoints.py) ---------------------------
+
+    def iam_login(self, username, password, workspace=""):
+        """IamService.handle_login: identity or None (auth-failed)."""
+        if not username or not password:
+            return None
+        u = self.users.get(str(username))
+        if u is None or u["password"] != str(password):
+            return None
+        ws = str(workspace or u["workspace"])
+        if ws not in self.args.workspaces:
+            return None                           # "workspace disabled"
+        return {"handle": str(username), "source": "jwt",
+                "default_workspace": ws}
+
+    def issue_jwt(self, identity):
+        """An EdDSA-JWT-shaped token (real header/claims, fake signature)
+        that this mock then accepts as a credential everywhere."""
+        def enc(b):
+            return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
+
+        def part(o):
+            return enc(json.dumps(o, separators=(",", ":"),
+                                  sort_keys=True).encode("utf-8"))
+        now = int(time.time())
+        exp = now + JWT_TTL_SECONDS
+        signing = "%s.%s" % (
+            part({"alg": "EdDSA", "typ": "JWT", "kid": self.kid}),
+            part({"iss": JWT_ISSUER, "sub": identity["handle"],
+                  "default_workspace": identity["default_workspace"],
+                  "iat": now, "exp": exp}))
+        sig = enc(hashlib.sha512((self.kid + signing).encode()).digest())
+        token = signing + "." + sig
+        self.server.issued[token] = dict(identity)
+        expires = datetime.datetime.fromtimestamp(
+            exp, tz=datetime.timezone.utc).isoformat()
+        return token, expires
+
+    async def h_login(self, request, call):
+        data, err = await self.read_json(request, call)
+        if err is not None:
+            return err
+        if not isinstance(data, dict):
+            raise MockInternalError(
+                "'%s' object has no attribute 'get'" % type(data).__name__)
+        if self.args.auth_delay:
+            await asyncio.sleep(self.args.auth_delay)
+        identity = self.iam_login(data.get("username", ""),
+                                  data.get("password", ""),
+                                  data.get("workspace", ""))
+        if identity is None:
+            self.stats.logins_failed += 1
+            return web.json_response({"error": "auth failure"}, status=401)
+        token, expires = self.issue_jwt(identity)
+        self.stats.logins_ok += 1
+        self.stats.last_jwt = token
+        # IamResponseTranslator.encode: jwt, jwt_expires, bootstrap_available
+        return web.json_response({"jwt": token, "jwt_expires": expires,
+                                  "bootstrap_available": False})
+
+    async def h_bootstrap(self, request, call):
+        call.bytes_in(len(await request.read()))    # body is not used
+        if self.args.auth_delay:
+            await asyncio.sleep(self.args.auth_delay)
+        if not self.bootstrap_available:
+            return web.json_response({"error": "auth failure"}, status=401)
+        self.bootstrap_available = False
+        key = "tg_" + secrets.token_urlsafe(24)
+        self.server.issued[key] = {"handle": "admin", "source": "api-key",
+                                   "default_workspace": "default"}
+        self.stats.bootstraps += 1
+        return web.json_response({"bootstrap_admin_user_id": "admin",
+                                  "bootstrap_admin_api_key": key,
+                                  "bootstrap_available": False})
+
+    async def h_bootstrap_status(self, request, call):
+        call.bytes_in(len(await request.read()))
+        return web.json_response(
+            {"bootstrap_available": self.bootstrap_available})
+
+    async def h_change_password(self, request, call):
+        identity, err = await self.authorize(request, call, AUTHENTICATED)
+        if err is not None:
+            return err
+        data, err = await self.read_json(request, call)
+        if err is not None:
+            return err
+        if not isinstance(data, dict):
+            raise MockInternalError(
+                "'%s' object has no attribute 'get'" % type(data).__name__)
+        current = data.get("current_password", "")
+        new = data.get("new_password", "")
+        if self.args.auth_delay:
+            await asyncio.sleep(self.args.auth_delay)
+        # IamService.handle_change_password; invalid-argument -> 400
+        # {"error": message}, auth-failed -> 401.
+        if not current:
+            return web.json_response(
+                {"error": "password (current) required"}, status=400)
+        if not new:
+            return web.json_response({"error": "new_password required"},
+                                     status=400)
+        u = self.users.get(identity["handle"])
+        if u is None or u["password"] != str(current):
+            return web.json_response({"error": "auth failure"}, status=401)
+        u["password"] = str(new)
+        self.stats.password_changes += 1
+        return web.json_response({"bootstrap_available": False})
+
+    # ---- i18n, metrics -----------------------------------------------------
+
+    async def h_i18n(self, request, call):
+        _, err = await self.authorize(request, call, PUBLIC)
+        if err is not None:
+            return err
+        lang = request.match_info.get("lang") or "en"
+        if "/" in lang or ".." in lang:
+            # web.HTTPBadRequest(reason="Invalid language code")
+            return web.Response(status=400, reason="Invalid language code",
+                                text="400: Invalid language code")
+        return web.json_response(i18n_pack(lang))
+
+    async def h_metrics(self, request, call):
+        _, err = await self.authorize(request, call, "metrics:read")
+        if err is not None:
+            return err
+        path = request.match_info["path"]
+        # The gateway forwards yarl's (partly decoded) query_string.
+        upstream = "/api/v1/" + path + "?" + request.query_string
+        if call.ctl.upstream_down:
+            if self.era.metrics_502:
+                return web.Response(
+                    status=502, text="Bad Gateway: metrics upstream "
+                    "unreachable: Cannot connect to host prometheus:9090 "
+                    "ssl:default [Connect call failed ('127.0.0.1', 9090)]")
+            return web.Response(status=500,
+                                text="500: Internal Server Error")
+        body = {"status": "success",
+                "data": {"resultType": "vector", "result": []},
+                "mock": {"path": path,
+                         "query_string": request.query_string,
+                         "raw_query_string":
+                             request.rel_url.raw_query_string,
+                         "query": {k: request.query.get(k)
+                                   for k in request.query},
+                         "upstream": upstream}}
+        # Proxied upstream body: web.Response(text=...) -> text/plain.
+        return web.Response(status=200, text=json.dumps(body))
+
+    # ---- streamed bodies -----------------------------------------------
+
+    def stop_point(self, ctl, modes):
+        stop, mode = None, None
+        for m in modes:
+            v = getattr(ctl, m + "_after")
+            if v is not None and v >= 0 and (stop is None or v < stop):
+                stop, mode = v, m
+        return stop, mode
+
+    async def stream_body(self, request, call, rec, pieces):
+        """StreamEndpoint ok() + one resp.write per piece + write_eof, with
+        back-pressure (write drains) and the mock's failure controls."""
+        ctl = call.ctl
+        resp = web.StreamResponse(
+            status=200, reason="OK",
+            headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        rec["chunked"] = request.version >= (1, 1)
+        stop, mode = self.stop_point(ctl, ("fail", "truncate", "stall"))
+        tr = request.transport
+        if tr is not None:
+            self.streams.add(tr)
+        sent, first = 0, True
+        try:
+            for piece in pieces:
+                if stop is not None and sent >= stop:
+                    break
+                if stop is not None and sent + len(piece) > stop:
+                    piece = piece[:stop - sent]
+                if not piece:
+                    continue
+                if not first and ctl.delay:
+                    if not await wait_or_gone(request, ctl.delay):
+                        raise ConnectionResetError("client gone")
+                first = False
+                await resp.write(piece)
+                sent += len(piece)
+                rec["bytes_sent"] = sent
+                call.bytes_out(len(piece))
+            if stop is not None and sent >= stop:
+                if mode == "fail":
+                    rec["failed_by_mock"] = True
+                    call.mock_failure()
+                    log.info("passthrough %s: abort after %d bytes",
+                             call.route, sent)
+                    if tr is not None:
+                        tr.abort()
+                    return resp
+                if mode == "stall":
+                    rec["stalled"] = True
+                    await wait_or_gone(request, math.inf)
+                    raise ConnectionResetError("client gone")
+                rec["truncated"] = True
+            await resp.write_eof()
+            rec["complete"] = True
+        except (OSError, asyncio.CancelledError) as e:
+            rec["aborted"] = True
+            self.stats.responses_aborted += 1
+            call.aborted()
+            log.info("passthrough %s: client went away after %d bytes "
+                     "(%r)", call.route, sent, e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            rec["in_progress"] = False
+            self.streams.discard(tr)
+        return resp
+
+    def download_record(self, call, **kw):
+        rec = {"route": call.route, "bytes_sent": 0, "in_progress": True,
+               "complete": False, "aborted": False, "failed_by_mock": False,
+               "truncated": False, "stalled": False, "chunked": None}
+        rec.update(kw)
+        self.stats.downloads.append(rec)
+        return rec
+
+    async def h_document_stream(self, request, call):
+        _, err = await self.authorize(request, call, "documents:read")
+        if err is not None:
+            return err
+        q = request.query
+        if self.era.workspaces:              # v2.4.0+
+            workspace = q.get("workspace", "default")
+            document_id = q.get("document-id")
+            missing = not document_id
+            message = "Missing required parameter: document-id"
+        else:                                # v2.1.7 .. v2.3.x: ?user=
+            workspace = "default"
+            document_id = q.get("document-id")
+            missing = not q.get("user") or not document_id
+            message = "Missing required parameters: user, document-id"
+        try:
+            chunk_size = int(q.get("chunk-size", DOCUMENT_CHUNK))
+        except Exception as e:
+            return web.json_response({"error": str(e)})
+        if missing:
+            # error() -> web.HTTPInternalServerError(text=err), returned
+            return web.Response(status=500, reason="Internal Server Error",
+                                text=message)
+        if chunk_size <= 0:                  # librarian: <= 0 -> default
+            chunk_size = DOCUMENT_CHUNK
+        size = size_from_id(document_id)
+        if size is not None:
+            pat = Pattern(call.ctl.pattern)
+            pieces = pat.pieces(size, chunk_size)
+            rec = self.download_record(call, id=document_id,
+                                       workspace=workspace,
+                                       expected_bytes=size,
+                                       chunk=min(chunk_size, MAX_WRITE),
+                                       pattern=pat.name)
+        else:
+            doc = self.state.documents.get(
+                self.state.ws_key(workspace), {}).get(document_id)
+            data = base64.b64decode(doc["content"]) if doc else b""
+            pieces = [data[i:i + chunk_size]
+                      for i in range(0, len(data), chunk_size)]
+            # An unknown document: the librarian's error is dropped by the
+            # responder, the body is just empty.
+            rec = self.download_record(call, id=document_id,
+                                       workspace=workspace,
+                                       expected_bytes=len(data),
+                                       chunk=chunk_size, pattern=None,
+                                       known=doc is not None)
+        return await self.stream_body(request, call, rec, pieces)
+
+    async def h_export_core(self, request, call):
+        _, err = await self.authorize(request, call, "users:admin")
+        if err is not None:
+            return err
+        try:
+            cid = request.query["id"]
+            if self.era.workspaces:
+                workspace = request.query.get("workspace", "default")
+            else:
+                workspace = request.query["user"]
+        except KeyError as e:
+            # raised before ok(): StreamEndpoint -> 200 {"error": "'id'"}
+            return web.json_response({"error": str(e)})
+        size = size_from_id(cid)
+        if size is not None:
+            pat = Pattern(call.ctl.pattern)
+            pieces = pat.pieces(size, call.ctl.chunk)
+            rec = self.download_record(call, id=cid, workspace=workspace,
+                                       expected_bytes=size,
+                                       chunk=min(call.ctl.chunk, MAX_WRITE),
+                                       pattern=pat.name)
+        else:
+            pieces = core_messages(cid) if cid in KNOWLEDGE_CORES else []
+            rec = self.download_record(call, id=cid, workspace=workspace,
+                                       expected_bytes=sum(map(len, pieces)),
+                                       chunk=None, pattern="msgpack")
+        return await self.stream_body(request, call, rec, pieces)
+
+    async def h_import_core(self, request, call):
+        _, err = await self.authorize(request, call, "users:admin")
+        if err is not None:
+            return err
+        try:
+            cid = request.query["id"]
+            if self.era.workspaces:
+                workspace = request.query.get("workspace", "default")
+            else:
+                workspace = request.query["user"]
+        except KeyError as e:
+            return web.json_response({"error": str(e)})
+        ctl = call.ctl
+        te = request.headers.get("Transfer-Encoding", "")
+        rec = {"route": "import-core", "id": cid, "workspace": workspace,
+               "content_length": request.content_length,
+               "chunked": "chunked" in te.lower(),
+               "expect": request.headers.get("Expect"),
+               "bytes": 0, "sha256": None, "in_progress": True,
+               "complete": False, "aborted": False,
+               "failed_by_mock": False, "stalled": False}
+        self.stats.uploads.append(rec)
+        stop, mode = self.stop_point(ctl, ("fail", "stall"))
+        h = hashlib.sha256()
+        n = 0
+        tr = request.transport
+        if tr is not None:
+            self.streams.add(tr)
+        try:
+            while stop is None or n < stop:
+                want = UPLOAD_READ if stop is None else min(UPLOAD_READ,
+                                                            stop - n)
+                buf = await request.content.read(want)
+                if not buf:
+                    break
+                h.update(buf)
+                n += len(buf)
+                rec["bytes"] = n
+                call.bytes_in(len(buf))
+            if stop is not None and n >= stop:
+                if mode == "fail":
+                    rec["failed_by_mock"] = True
+                    call.mock_failure()
+                    log.info("passthrough import-core: abort after %d "
+                             "bytes", n)
+                    if tr is not None:
+                        tr.abort()
+                    call.no_status = True
+                    return web.Response(status=204)
+                rec["stalled"] = True
+                await wait_or_gone(request, math.inf)
+                raise ConnectionResetError("client gone")
+            rec["complete"] = True
+        except (Exception, asyncio.CancelledError) as e:
+            # Connection lost mid-body (ConnectionResetError set on the
+            # payload), bad chunked framing, ...
+            rec["aborted"] = True
+            self.stats.uploads_aborted += 1
+            call.aborted()
+            log.info("passthrough import-core: upload aborted after %d "
+                     "bytes (%r)", n, e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            call.no_status = True
+            return web.Response(status=204)
+        finally:
+            rec["sha256"] = h.hexdigest()
+            rec["in_progress"] = False
+            self.streams.discard(tr)
+        resp = web.StreamResponse(
+            status=200, reason="OK",
+            headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        await resp.write_eof()
+        return resp
+
+    # ---- bulk import / export sockets --------------------------------------
+
+    def era_kinds(self, direction):
+        if direction == "export":
+            return EXPORT_KINDS
+        return IMPORT_KINDS + (("objects",) if self.era.name == "v1a" else ())
+
+    async def h_import_socket(self, request, call):
+        return await self.bulk_socket(request, call, "import")
+
+    async def h_export_socket(self, request, call):
+        return await self.bulk_socket(request, call, "export")
+
+    async def bulk_socket(self, request, call, direction):
+        era, ctl, q = self.era, call.ctl, request.query
+        flow = request.match_info["flow"]
+        kind = request.match_info["kind"]
+        kinds = self.era_kinds(direction)
+        token = q.get("token")
+        rec = {"route": direction, "flow": flow, "kind": kind,
+               "token": token, "authorization":
+                   request.headers.get("Authorization"),
+               "query": request.rel_url.raw_query_string,
+               "workspace_param": q.get("workspace"), "workspace": None,
+               "identity": None, "status": None, "open": False,
+               "echo": ctl.echo, "frames_in": 0, "text_frames_in": 0,
+               "binary_frames_in": 0, "bytes_in": 0, "frames_out": 0,
+               "bytes_out": 0, "bad_frames": 0, "error": None,
+               "closed_by": None, "client_close_code": None,
+               "client_close_reason": None, "server_close_code": None}
+        self.stats.add_socket(rec)
+        if era.v2:
+            # _RoutedSocketEndpoint.handle: registry, token, authorise.
+            if kind not in kinds:
+                rec["status"] = 404
+                return web.json_response({"error": "unknown kind"},
+                                         status=404)
+            if not token:               # even under the no-auth regime
+                rec["status"] = 401
+                return self.refuse_401("")
+            identity = await self.v2_identity("Bearer " + token)
+            if identity is None:
+                rec["status"] = 401
+                return self.refuse_401(token)
+            if ctl.deny:
+                rec["status"] = 403
+                return self.refuse_403()
+            rec["identity"] = identity
+        elif self.args.secret and (token or "") != self.args.secret:
+            rec["status"] = 401          # SocketEndpoint.handle @V1
+            return self.refuse_401(token or "")
+
+        ws = web.WebSocketResponse(max_msg_size=MAX_MSG_SIZE,
+                                   autoclose=not ctl.echo)
+        await ws.prepare(request)
+        rec["status"] = 101
+        rec["open"] = True
+        ps = PassSocket(ws, request.transport, rec)
+        self.sockets.add(ps)
+        try:
+            # params = query + match_info from v2.5.8; match_info only
+            # before (so ?workspace= was ignored, always "default").
+            workspace = (q.get("workspace", "default")
+                         if era.bulk_workspace_query else "default")
+            rec["workspace"] = workspace
+            err = self.bulk_dispatch_error(workspace, flow, kind, kinds)
+            if err:
+                # The dispatcher raises inside the TaskGroup; the handler's
+                # finally closes the open socket (1000).
+                rec["error"] = err
+                await self.server_close(ws, rec, 1000)
+            elif ctl.drop_after == 0:
+                self.abort_socket(rec, request.transport)
+            elif ctl.echo:
+                await self.bulk_echo(ws, rec, ctl)
+            elif direction == "import":
+                await self.bulk_import(ws, rec, ctl, kind)
+            else:
+                await self.bulk_export(ws, rec, ctl, kind)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("passthrough %s socket failed", direction)
+        finally:
+            if ps.closing is not None:
+                # /_mock/close: let its close handshake finish first.
+                try:
+                    await asyncio.wait_for(asyncio.shield(ps.closing), 3.0)
+                except Exception:
+                    pass
+            if not ws.closed:
+                try:
+                    if rec["closed_by"] is None:
+                        await self.server_close(ws, rec, 1000)
+                    else:
+                        await ws.close()      # after a drop: nothing sent
+                except Exception:
+                    pass
+            if rec["closed_by"] is None:
+                rec["closed_by"] = "lost"
+            rec["open"] = False
+            self.sockets.discard(ps)
+        return ws
+
+    def bulk_dispatch_error(self, workspace, flow, kind, kinds):
+        """DispatcherManager.process_flow_import/export checks."""
+        st = self.state
+        if self.era.workspaces:
+            if flow not in st.flows.get(st.ws_key(workspace), {}):
+                return f"Invalid flow {workspace}/{flow}"
+        elif flow not in st.flows.get("default", {}):
+            return "Invalid flow"
+        if kind not in kinds:
+            return "Invalid kind"
+        int_kind = kind + ("-load" if kind == "entity-contexts" else "-store")
+        if int_kind in self.args.exclude_kinds:
+            return "This kind not supported by flow"
+        return None
+
+    async def server_close(self, ws, rec, code, reason=""):
+        if rec["closed_by"] is None:
+            rec["closed_by"] = "server"
+        rec["server_close_code"] = code
+        await ws.close(code=code, message=reason.encode("utf-8"))
+        if rec["client_close_code"] is None and ws.close_code != 1006:
+            rec["client_close_code"] = ws.close_code     # the peer's reply
+
+    def transport_of(self, ws):
+        return next((ps.transport for ps in self.sockets if ps.ws is ws),
+                    None)
+
+    def abort_socket(self, rec, transport):
+        """Abrupt TCP close, no close frame."""
+        if rec["closed_by"] is None:
+            rec["closed_by"] = "drop"
+        if transport is not None:
+            transport.abort()
+
+    def count_in(self, rec, msg):
+        n = len(msg.data) if isinstance(msg.data, bytes) else \
+            len(msg.data.encode("utf-8"))
+        rec["frames_in"] += 1
+        rec["bytes_in"] += n
+        if msg.type == WSMsgType.TEXT:
+            rec["text_frames_in"] += 1
+        else:
+            rec["binary_frames_in"] += 1
+        self.stats.routes[rec["route"]]["bytes_in"] += n
+
+    def count_out(self, rec, n):
+        rec["frames_out"] += 1
+        rec["bytes_out"] += n
+        self.stats.routes[rec["route"]]["bytes_out"] += n
+
+    async def bulk_read(self, ws, rec, on_frame):
+        """The listener loop: frames to on_frame (True = stop); records how
+        the socket ended."""
+        while True:
+            msg = await ws.receive()
+            t = msg.type
+            if t in (WSMsgType.TEXT, WSMsgType.BINARY):
+                self.count_in(rec, msg)
+                if await on_frame(msg):
+                    return
+            elif t == WSMsgType.CLOSE:
+                rec["client_close_code"] = msg.data
+                rec["client_close_reason"] = msg.extra
+                if rec["closed_by"] is None:
+                    rec["closed_by"] = "client"
+                if rec["echo"]:
+                    # mock-only: answer with the client's own code/reason
+                    code = msg.data or 1000
+                    rec["server_close_code"] = code
+                    await ws.close(code=code,
+                                   message=(msg.extra or "").encode("utf-8"))
+                elif rec["server_close_code"] is None:
+                    rec["server_close_code"] = 1000   # aiohttp autoclose
+                return
+            elif t == WSMsgType.CLOSING:
+                return                  # our own close(), from another task
+            elif t == WSMsgType.CLOSED:
+                if rec["closed_by"] is None:
+                    rec["closed_by"] = "lost"
+                return
+            else:                       # ERROR, e.g. 1009 oversize
+                rec["error"] = repr(msg.data)
+                code = getattr(msg.data, "code", None)
+                if code is not None and rec["server_close_code"] is None:
+                    rec["server_close_code"] = code
+                if rec["closed_by"] is None:
+                    rec["closed_by"] = "server"
+                return
+
+    async def bulk_import(self, ws, rec, ctl, kind):
+        """*Import.receive: parse, publish, never reply; a frame it cannot
+        decode ends the listener and the socket is closed (1000)."""
+        transport = self.transport_of(ws)
+
+        async def on_frame(msg):
+            if ctl.drop_after is not None and rec["frames_in"] >= \
+                    ctl.drop_after:
+                self.abort_socket(rec, transport)
+                return True
+            if not ctl.lenient:
+                try:
+                    validate_import(kind, msg.data)
+                except Exception as e:
+                    rec["bad_frames"] += 1
+                    rec["error"] = "%s: %s" % (type(e).__name__, e)
+                    await self.server_close(ws, rec, 1000)
+                    return True
+            return False
+        await self.bulk_read(ws, rec, on_frame)
+
+    async def bulk_export(self, ws, rec, ctl, kind):
+        """*Export.run: JSON text frames as data arrives (the real socket
+        then waits for more; the mock closes after `frames` unless `hold`);
+        frames from the client are read and ignored."""
+        transport = self.transport_of(ws)
+
+        async def ignore(msg):
+            return False
+        reader = asyncio.create_task(
+            self.bulk_read(ws, rec, ignore))
+        try:
+            for i in range(ctl.frames):
+                if ws.closed or reader.done():
+                    break
+                if i and ctl.delay:
+                    await asyncio.sleep(ctl.delay)
+                text = bulk_frame(kind, i, ctl.frame_size)
+                await ws.send_str(text)
+                self.count_out(rec, len(text))
+                if ctl.drop_after is not None and rec["frames_out"] >= \
+                        ctl.drop_after:
+                    self.abort_socket(rec, transport)
+                    break
+            if not ws.closed and not reader.done() and rec["closed_by"] \
+                    is None:
+                if ctl.hold:
+                    await reader
+                else:
+                    await self.server_close(ws, rec, ctl.close_code,
+                                            ctl.close_reason)
+        except (ConnectionError, RuntimeError) as e:
+            log.info("passthrough export: send failed: %r", e)
+        finally:
+            if not reader.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(reader), 1.0)
+                except (asyncio.TimeoutError, Exception):
+                    reader.cancel()
+
+    async def bulk_echo(self, ws, rec, ctl):
+        """Mock-only: every text/binary frame is sent back as it came; a
+        client close is answered with the same code and reason."""
+        transport = self.transport_of(ws)
+
+        async def echo(msg):
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+                self.count_out(rec, len(msg.data.encode("utf-8")))
+            else:
+                await ws.send_bytes(msg.data)
+                self.count_out(rec, len(msg.data))
+            if ctl.drop_after is not None and rec["frames_in"] >= \
+                    ctl.drop_after:
+                self.abort_socket(rec, transport)
+                return True
+            if ctl.close_after is not None and rec["frames_out"] >= \
+                    ctl.close_after:
+                await self.server_close(ws, rec, ctl.close_code,
+                                        ctl.close_reason)
+                return True
+            return False
+        await self.bulk_read(ws, rec, echo)
+
+    # ---- /_mock/drop, /_mock/close, shutdown --------------------------------
+
+    def drop_all(self):
+        n = 0
+        for ps in list(self.sockets):
+            self.abort_socket(ps.rec, ps.transport)
+            n += 1
+        for tr in list(self.streams):
+            if tr is not None:
+                tr.abort()
+                n += 1
+        self.streams.clear()
+        return n
+
+    async def close_all(self, code):
+        socks = list(self.sockets)
+        for ps in socks:
+            if ps.rec["closed_by"] is None:
+                ps.rec["closed_by"] = "server"
+            ps.rec["server_close_code"] = code
+        tasks = []
+        for ps in socks:
+            ps.closing = asyncio.create_task(ps.ws.close(
+                code=code, message=b"going away"))
+            tasks.append(ps.closing)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        return len(socks)
+
+
+# --------------------------------------------------------------------------
 # HTTP server
 # --------------------------------------------------------------------------
 
@@ -1688,17 +3179,46 @@ class Server:
         self.state = State(args, self.era)
         self.stats = Stats()
         self.conns = set()
+        self.issued = {}        # credentials issued by login / bootstrap
+        self.passthrough = Passthrough(self)
 
     def make_app(self):
-        app = web.Application()
+        app = web.Application(client_max_size=CLIENT_MAX_SIZE)
         app.add_routes([
             web.get("/api/v1/socket", self.handle_socket),
             web.get("/_mock/stats", self.handle_stats),
             web.post("/_mock/reset", self.handle_reset),
             web.post("/_mock/drop", self.handle_drop),
             web.post("/_mock/close", self.handle_close),
+            web.get("/_mock/passthrough", self.handle_pt_controls),
+            web.post("/_mock/passthrough", self.handle_pt_controls),
         ])
+        app.add_routes(self.passthrough.routes())
         return app
+
+    # ---- credentials (gw/auth.py IamAuth.authenticate) --------------------
+
+    def resolve_credential(self, token):
+        """A non-empty V2 bearer token -> identity, or None.  tg_... = API
+        key, else exactly two dots = JWT, else malformed (refused even by
+        the no-auth regime)."""
+        identity = self.issued.get(token)
+        if identity is not None:
+            return dict(identity)
+        if not (token.startswith("tg_") or token.count(".") == 2):
+            return None
+        if self.args.token and token not in self.args.token:
+            return None
+        return {"handle": "mock-user",
+                "source": "api-key" if token.startswith("tg_") else "jwt",
+                "default_workspace": "default"}
+
+    def anonymous_identity(self):
+        """Empty / missing credential: v2.4.26+ no-auth regime only."""
+        if self.era.anonymous_possible and self.args.anonymous:
+            return {"handle": "anonymous", "source": "anonymous",
+                    "default_workspace": "default"}
+        return None
 
     async def handle_socket(self, request):
         st = self.stats
@@ -1746,19 +3266,51 @@ class Server:
         return ws
 
     async def handle_stats(self, request):
-        return web.json_response(self.stats.snapshot())
+        d = self.stats.snapshot()
+        d["passthrough"] = self.stats.passthrough.snapshot(
+            self.passthrough.controls)
+        return web.json_response(d)
 
     async def handle_reset(self, request):
         self.stats.reset()
         if request.query.get("state") in ("1", "true", "yes"):
             self.state.reset()
+            self.passthrough.reset_state()
+            self.issued.clear()
         return web.json_response({"ok": True})
+
+    async def handle_pt_controls(self, request):
+        """GET: the passthrough control defaults.  POST {route|"*": {...}}:
+        replace them (empty body or {} clears)."""
+        if request.method == "POST":
+            body = await request.read()
+            try:
+                new = json.loads(body) if body.strip() else {}
+            except ValueError:
+                return web.json_response({"ok": False,
+                                          "error": "invalid json"},
+                                         status=400)
+            if not isinstance(new, dict) or not all(
+                    isinstance(v, dict) for v in new.values()):
+                return web.json_response(
+                    {"ok": False, "error": "want {route: {control: value}}"},
+                    status=400)
+            unknown = [k for k in new if k != "*" and k not in PASS_ROUTES]
+            if unknown:
+                return web.json_response(
+                    {"ok": False, "error": "unknown route(s) %s" % unknown,
+                     "routes": list(PASS_ROUTES)}, status=400)
+            self.passthrough.controls = new
+        return web.json_response({"ok": True,
+                                  "controls": self.passthrough.controls})
 
     async def handle_drop(self, request):
         conns = list(self.conns)
         for c in conns:
             c.abort()
-        return web.json_response({"ok": True, "dropped": len(conns)})
+        n = self.passthrough.drop_all()
+        return web.json_response({"ok": True, "dropped": len(conns) + n,
+                                  "dropped_passthrough": n})
 
     async def handle_close(self, request):
         conns = list(self.conns)
@@ -1770,7 +3322,9 @@ class Server:
             # The close frames are written at once; wait (bounded) for the
             # peers' replies so the reply to this POST follows the closes.
             await asyncio.wait(tasks, timeout=2.0)
-        return web.json_response({"ok": True, "closed": len(conns)})
+        n = await self.passthrough.close_all(1001)
+        return web.json_response({"ok": True, "closed": len(conns) + n,
+                                  "closed_passthrough": n})
 
     def abort_all(self):
         for c in list(self.conns):
@@ -1780,6 +3334,10 @@ class Server:
                 c.teardown()
             except Exception:
                 log.exception("abort failed")
+        try:
+            self.passthrough.drop_all()
+        except Exception:
+            log.exception("abort failed")
 
 
 def parse_args(argv=None):
@@ -1809,6 +3367,14 @@ def parse_args(argv=None):
                    help="serve TLS with this PEM certificate (chain)")
     p.add_argument("--tls-key", default=None,
                    help="PEM private key for --tls-cert")
+    p.add_argument("--user", action="append", default=[],
+                   metavar="NAME:PASSWORD",
+                   help="V2 IAM user for POST /api/v1/auth/login "
+                        "(repeatable; default none)")
+    p.add_argument("--bootstrap", action="store_true",
+                   help="V2 IAM in bootstrap mode with empty tables: "
+                        "bootstrap-status true until POST "
+                        "/api/v1/auth/bootstrap consumes it")
     p.add_argument("--echo-token", action="store_true",
                    help="hostile: every refusal quotes the credential it got "
                         "(auth-failed, policy errors, the V1 401 body)")
@@ -1819,6 +3385,13 @@ def parse_args(argv=None):
 
     def csv(s):
         return [x.strip() for x in s.split(",") if x.strip()]
+    users = []
+    for u in a.user:
+        name, sep, pw = u.partition(":")
+        if not sep or not name:
+            p.error("--user wants NAME:PASSWORD, got %r" % u)
+        users.append((name, pw))
+    a.user = users
     a.flows = csv(a.flows)
     a.workspaces = csv(a.workspaces)
     a.exclude_kinds = csv(a.exclude_kinds)
@@ -1871,6 +3444,7 @@ def main(argv=None):
         stream=sys.stderr,
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s mock_gateway %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_QuietMockInternal())
     try:
         asyncio.run(amain(args))
     except KeyboardInterrupt:
