@@ -370,6 +370,15 @@ static void caller_gone(struct call *call)
     call->client_gone = true;
     mux_detach(call->req);
     call->req = NULL;
+    if (call->pass) {
+        /* The gateway sees its request go at once.  libmicrohttpd does not always
+         * notice a peer that closes mid-upload while it is not suspended: make its
+         * next read fail. */
+        pass_end(call->pass, true);
+        call->pass = NULL;
+        if (call->watch && call->watch->fd >= 0)
+            shutdown(call->watch->fd, SHUT_RDWR);
+    }
     wake(call); /* MHD then closes it (respond / stream_reader see client_gone) */
 }
 
@@ -417,7 +426,8 @@ static void on_hangups(void *arg)
             continue;
         /* Edge-triggered: remember it for a call that suspends later. */
         cw->hung_up = true;
-        if (cw->call && cw->call->suspended)
+        /* A pass-through call is watched all along: its upload may be under way. */
+        if (cw->call && (cw->call->suspended || cw->call->route == R_PASS))
             caller_gone(cw->call);
     }
 }
@@ -993,6 +1003,7 @@ static enum MHD_Result start_pass(struct MHD_Connection *c, struct conn_watch *c
     if (R.ncalls > R.peak_calls)
         R.peak_calls = R.ncalls;
     *con_cls = call;
+    watch_hangup(call);
     return MHD_YES;
 }
 
@@ -1000,6 +1011,8 @@ static enum MHD_Result start_pass(struct MHD_Connection *c, struct conn_watch *c
  * the connection suspended, until there is room (pass_room). */
 static enum MHD_Result pass_request_data(struct call *call, const char *data, size_t *size)
 {
+    if (call->client_gone)
+        return MHD_NO; /* hung up while suspended (watch_hangup): MHD closes it */
     if (*size) {
         size_t took = call->reply_ready ? *size : pass_put(call->pass, data, *size);
         *size -= took;
