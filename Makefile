@@ -103,7 +103,7 @@ clean:
 #   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
 #       checked-in corpora; `make test` builds these too (tests/test_fuzz_corpus.py runs
 #       them) and `make asan` builds them sanitized in build-asan.
-FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe
+FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath
 FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
 FUZZ_SECONDS     ?= 60
 FUZZ_ARGS        ?=
@@ -123,6 +123,7 @@ FUZZ_SRCS_lineframe := src/lineframe.c src/buf.c
 FUZZ_SRCS_redact    := src/redact.c src/util.c src/buf.c
 FUZZ_SRCS_httphead  := src/httphead.c
 FUZZ_SRCS_wsframe   := src/wsframe.c src/buf.c
+FUZZ_SRCS_bulkpath  := src/bulkpath.c src/buf.c src/util.c src/log.c src/redact.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h $(wildcard include/*.h)
 FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))
 FUZZ_REPLAY_BINS  := $(patsubst %,$(BUILD)/fuzz_replay_%,$(FUZZ_TARGETS))

@@ -1,5 +1,6 @@
 #include "wspass.h"
 #include "buf.h"
+#include "bulkpath.h"
 #include "dial.h"
 #include "frontend.h"
 #include "list.h"
@@ -306,32 +307,10 @@ const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callb
 
 /* ---- taking a connection ------------------------------------------------------------- */
 
-/* /api/v1/flow/{flow}/import/{kind} or .../export/{kind}: which, and "import/kind". */
-static int bulk_route(struct span path, char *what, size_t cap)
-{
-    static const char pre[] = "/api/v1/flow/";
-    if (path.n <= sizeof pre - 1 || memcmp(path.p, pre, sizeof pre - 1))
-        return -1;
-    const char *f = path.p + sizeof pre - 1, *end = path.p + path.n;
-    const char *slash = memchr(f, '/', (size_t)(end - f));
-    if (!slash || slash == f)
-        return -1;
-    const char *dir = slash + 1;
-    int r = -1;
-    if ((size_t)(end - dir) > 7 && !memcmp(dir, "import/", 7))
-        r = PASS_IMPORT_SOCKET;
-    else if ((size_t)(end - dir) > 7 && !memcmp(dir, "export/", 7))
-        r = PASS_EXPORT_SOCKET;
-    if (r < 0 || memchr(dir + 7, '/', (size_t)(end - dir - 7)))
-        return -1;
-    snprintf(what, cap, "%.*s", (int)(end - dir), dir);
-    return r;
-}
-
 bool wspass_route(const struct http_head *h)
 {
     char what[64];
-    return span_is(h->method, "GET") && bulk_route(h->path, what, sizeof what) >= 0;
+    return span_is(h->method, "GET") && bulk_route(h->path, what, sizeof what) != BULK_NONE;
 }
 
 static bool span_cstr(struct span s, char *out, size_t cap)
@@ -349,47 +328,14 @@ static bool span_cstr(struct span s, char *out, size_t cap)
  * --workspace when the caller names none. */
 static bool build_target(const struct http_head *h, char *out, size_t cap)
 {
-    struct buf b;
-    buf_init(&b, 0);
-    buf_puts(&b, WP.cfg->gw.base_path);
-    buf_append(&b, h->path.p, h->path.n);
     const char *t = WP.cfg->token && *WP.cfg->token ? WP.cfg->token : "tg_anonymous";
-    char *enc = url_encode(t);
-    buf_printf(&b, "?token=%s", enc ? enc : "");
-    free(enc);
-    bool has_workspace = false;
-    const char *q = h->query.p, *qend = h->query.p + h->query.n;
-    while (q && q < qend) {
-        const char *amp = memchr(q, '&', (size_t)(qend - q));
-        const char *e = amp ? amp : qend;
-        size_t nlen = strcspn(q, "=&");
-        if (nlen > (size_t)(e - q))
-            nlen = (size_t)(e - q);
-        bool is_token = nlen == 5 && !memcmp(q, "token", 5);
-        has_workspace |= nlen == 9 && !memcmp(q, "workspace", 9);
-        if (!is_token && e > q) {
-            buf_puts(&b, "&");
-            buf_append(&b, q, (size_t)(e - q));
-        }
-        q = amp ? amp + 1 : qend;
-    }
-    if (!has_workspace && WP.cfg->workspace) {
-        char *w = url_encode(WP.cfg->workspace);
-        buf_printf(&b, "&workspace=%s", w ? w : "");
-        free(w);
-    }
-    bool ok = b.len < cap;
-    if (ok)
-        memcpy(out, buf_ptr(&b), b.len + 1);
-    explicit_bzero(b.data, b.cap);
-    buf_free(&b);
-    return ok;
+    return bulk_target(WP.cfg->gw.base_path, h->path, h->query, t, WP.cfg->workspace, out, cap);
 }
 
 bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no)
 {
     char origin[512], host[512], what[64];
-    int route = bulk_route(h->path, what, sizeof what);
+    enum bulk_dir dir = bulk_route(h->path, what, sizeof what);
     bool has_origin = span_cstr(h->origin, origin, sizeof origin);
     bool has_host = span_cstr(h->host, host, sizeof host);
     if (access_browser_refused(has_origin ? origin : NULL, has_host ? host : NULL, unix_peer, no))
@@ -427,7 +373,7 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
         return false;
     }
     p->kind = LOCAL_BULK;
-    p->route = (enum pass_route)route;
+    p->route = dir == BULK_IMPORT ? PASS_IMPORT_SOCKET : PASS_EXPORT_SOCKET;
     snprintf(p->what, sizeof p->what, "%s", what);
     p->serial = ++WP.serial;
     p->started = now_mono();

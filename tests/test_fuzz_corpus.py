@@ -92,3 +92,7 @@ def test_fuzz_corpus_httphead():
 
 def test_fuzz_corpus_wsframe():
     _replay("wsframe")
+
+
+def test_fuzz_corpus_bulkpath():
+    _replay("bulkpath")
