@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -489,3 +490,36 @@ def test_pass_through_over_the_unix_socket():
                 break
             out, rest = out + rest[:k], rest[k + 2:]
         eq(hashlib.sha256(out).hexdigest(), expected_sha(MiB), "export over the Unix socket")
+
+
+@timeout(60)
+def test_sigterm_drains_pass_through_calls_then_closes_bulk_sockets_1001():
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--drain-timeout", "1")
+    with m, b:
+        b.wait_ready()
+        # a short download finishes during the drain; a bulk socket that never ends
+        # is closed with 1001 after it
+        quick = Background(get_stream, b.port, "/api/v1/export-core?id=size-1m&workspace=default&mock-slow=0.3")
+
+        async def held():
+            async with websockets.connect("ws://127.0.0.1:%d/api/v1/flow/default/export/triples?mock-hold=true"
+                                          % b.port) as ws:
+                frames = 0
+                try:
+                    while True:
+                        await ws.recv()
+                        frames += 1
+                        if frames == 3:
+                            os.kill(b.pid, signal.SIGTERM)
+                except websockets.ConnectionClosed as e:
+                    return frames, e.rcvd.code if e.rcvd else None
+        t0 = time.monotonic()
+        frames, code = run(held())
+        took = time.monotonic() - t0
+        eq(frames, 3, "frames before the close")
+        eq(code, 1001, "close code on shutdown")
+        assert took < T(4), "bulk socket closed %.2fs after SIGTERM (--drain-timeout 1)" % took
+        status, _, n, sha = quick.result(10)
+        eq((status, n, sha), (200, MiB, expected_sha(MiB)), "the download that finished during the drain")
+        eq(b.proc.wait(T(10)), 0, "exit status")
