@@ -9,6 +9,7 @@
 #include "access.h"
 #include "ws.h"
 #include "wspass.h"
+#include "passthrough.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -46,7 +47,8 @@ struct pending {
 
 /* Where requests go, by their head: a small table that the pass-through routes and
  * sockets handed over by systemd extend.  Anything not listed is libmicrohttpd's. */
-enum frontend_kind { FE_HTTP, FE_LINE, FE_WS, FE_WSPASS };
+enum frontend_kind { FE_HTTP, FE_HTTP_BULK, FE_LINE, FE_WS, FE_WSPASS };
+static bool pass_head(const struct http_head *h);
 static const struct route {
     const char *method, *path;   /* path NULL: match() decides */
     bool (*match)(const struct http_head *h);
@@ -55,6 +57,7 @@ static const struct route {
 } routes[] = {
     {"GET", "/api/v1/socket", NULL, true, FE_WS},
     {"GET", NULL, wspass_route, true, FE_WSPASS}, /* /api/v1/flow/{flow}/import|export/{kind} */
+    {NULL, NULL, pass_head, false, FE_HTTP_BULK}, /* the HTTP pass-through routes, any method */
 };
 
 /* Longest head we wait for; longer ones go to libmicrohttpd to be refused (it has the
@@ -93,11 +96,21 @@ static bool span_eq(struct span s, const char *lit)
     return s.n == strlen(lit) && !memcmp(s.p, lit, s.n);
 }
 
+/* A pass-through HTTP route's path (passthrough.c), as sent. */
+static bool pass_head(const struct http_head *h)
+{
+    char path[256];
+    size_t n = h->path.n < sizeof path - 1 ? h->path.n : sizeof path - 1;
+    memcpy(path, h->path.p, n);
+    path[n] = '\0';
+    return h->path.n < sizeof path && pass_http_route(path) >= 0;
+}
+
 static const struct route *route_of(const struct http_head *h)
 {
     bool upgrade = http_list_has(h->upgrade, "websocket") && http_list_has(h->connection, "upgrade");
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
-        if (span_eq(h->method, routes[i].method) &&
+        if ((!routes[i].method || span_eq(h->method, routes[i].method)) &&
             (routes[i].path ? span_eq(h->path, routes[i].path) : routes[i].match(h)) &&
             (!routes[i].upgrade || upgrade) && !h->malformed)
             return &routes[i];
@@ -119,7 +132,8 @@ static void hand_over(struct pending *p, enum frontend_kind fe, const struct htt
         line_client_adopt(fd, uid);
     else if ((fe != FE_WS || !ws_take(fd, h, unix_peer, &no)) && (fe != FE_WSPASS || !wspass_take(fd, h, unix_peer, &no)))
         /* libmicrohttpd answers, a turned-down upgrade included (with `no`). */
-        rest_add_connection(fd, (struct sockaddr *)&addr, len, at, fe == FE_WS || fe == FE_WSPASS ? &no : NULL);
+        rest_add_connection(fd, (struct sockaddr *)&addr, len, at, fe == FE_WS || fe == FE_WSPASS ? &no : NULL,
+                            fe == FE_HTTP_BULK);
 }
 
 /* What the first bytes say.  Line protocol clients start with '{' or blanks (or junk,

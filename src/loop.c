@@ -97,7 +97,7 @@ int loop_init(const struct config *cfg)
     /* Room for a long JWT in the handshake headers (libraries.md b2), on the way out
      * and, for the local WebSocket's upgrades, on the way in (as much as listener.c
      * waits for). */
-    info.pt_serv_buf_size = 32 * 1024;
+    info.pt_serv_buf_size = 256 * 1024;
     info.max_http_header_data = 16 * 1024;
     info.max_http_header_pool = 64;
     /* Every phase of a gateway connection has tgbridge's own deadline (dial.c), and a

@@ -13,7 +13,7 @@
 
 /* What waits in either direction for one call, at most (plus one read's worth). */
 #define PASS_BUF (256 * 1024)
-#define READ_CHUNK (64 * 1024)
+#define READ_CHUNK (256 * 1024)
 #define MAX_RESP_HEADERS 16
 
 static const char *const route_names[PASS_ROUTE_N] = {
@@ -378,7 +378,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_CLIENT_HTTP_WRITEABLE:
         return p->failed ? -1 : write_upload(p, wsi);
     case LWS_CALLBACK_RECEIVE_CLIENT_HTTP: {
-        char buffer[LWS_PRE + READ_CHUNK];
+        static char buffer[LWS_PRE + READ_CHUNK];
         char *px = buffer + LWS_PRE;
         int lenx = READ_CHUNK;
         return lws_http_client_read(wsi, &px, &lenx) < 0 ? -1 : 0;

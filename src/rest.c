@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #define STREAM_BLOCK (64 * 1024)
+#define PASS_POOL (512 * 1024)
 
 enum route {
     R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_METRICS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
@@ -73,7 +74,10 @@ struct call {
 
 static struct {
     const struct config *cfg;
-    struct MHD_Daemon *daemon;
+    /* Two servers, the same handlers: one for calls (small pools, cheap per request),
+     * one for the connections the listener routes to the pass-through routes, whose
+     * bodies stream in pieces as large as the pool allows (BENCHMARKS.md). */
+    struct MHD_Daemon *daemons[2];
     struct timer pump_timer;
     int hup_epfd;
     double accepted_at;  /* of the connection being added (rest_add_connection) */
@@ -1210,12 +1214,20 @@ static void pump_timer(struct timer *t)
 
 static void pump(void)
 {
-    if (!R.daemon)
-        return;
-    MHD_run(R.daemon);
-    MHD_UNSIGNED_LONG_LONG ms;
-    if (MHD_get_timeout(R.daemon, &ms) == MHD_YES)
-        timer_after(&R.pump_timer, (double)ms / 1000, pump_timer);
+    bool due = false;
+    MHD_UNSIGNED_LONG_LONG soonest = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!R.daemons[i])
+            continue;
+        MHD_run(R.daemons[i]);
+        MHD_UNSIGNED_LONG_LONG ms;
+        if (MHD_get_timeout(R.daemons[i], &ms) == MHD_YES && (!due || ms < soonest)) {
+            due = true;
+            soonest = ms;
+        }
+    }
+    if (due)
+        timer_after(&R.pump_timer, (double)soonest / 1000, pump_timer);
     else
         timer_cancel(&R.pump_timer);
 }
@@ -1258,36 +1270,42 @@ int rest_init(const struct config *cfg)
      * about 1 µs a request in memsets) and memory per open stream.  16 KiB still holds
      * a head with a long bearer token -- as much as listener.c waits for -- and chunks
      * of a stream are at most this. */
-    R.daemon = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-        on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)(16 * 1024), MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000, MHD_OPTION_END);
-    if (!R.daemon) {
-        log_error("cannot start the HTTP server");
-        return -1;
+    /* The pass-through server's pools are larger: a body goes out in pieces of what
+     * its pool leaves free, and each piece is a send and a loop turn. */
+    static const size_t pools[2] = {16 * 1024, PASS_POOL};
+    for (int i = 0; i < 2; i++) {
+        R.daemons[i] = MHD_start_daemon(
+            MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+            on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+            NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, pools[i], MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000,
+            MHD_OPTION_END);
+        if (!R.daemons[i]) {
+            log_error("cannot start the HTTP server");
+            return -1;
+        }
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(R.daemons[i], MHD_DAEMON_INFO_EPOLL_FD);
+        int fd = di ? dup(di->epoll_fd) : -1;
+        if (fd < 0 || !loop_watch_fd(fd, on_epoll_readable, NULL)) {
+            log_error("cannot watch the HTTP server's epoll fd");
+            return -1;
+        }
     }
     R.hup_epfd = epoll_create1(EPOLL_CLOEXEC);
     if (R.hup_epfd < 0 || !loop_watch_fd(R.hup_epfd, on_hangups, NULL)) {
         log_error("cannot create the hang-up watcher");
         return -1;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(R.daemon, MHD_DAEMON_INFO_EPOLL_FD);
-    int fd = di ? dup(di->epoll_fd) : -1;
-    if (fd < 0 || !loop_watch_fd(fd, on_epoll_readable, NULL)) {
-        log_error("cannot watch the HTTP server's epoll fd");
-        return -1;
-    }
     return 0;
 }
 
 int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at,
-                        const struct refusal *first)
+                        const struct refusal *first, bool bulk)
 {
     /* read by on_connection, which MHD_add_connection calls */
     R.accepted_at = accepted_at;
     R.first_refusal = first;
-    enum MHD_Result ok = MHD_add_connection(R.daemon, fd, addr, addrlen);
+    enum MHD_Result ok = MHD_add_connection(R.daemons[bulk], fd, addr, addrlen);
     R.accepted_at = 0;
     R.first_refusal = NULL;
     if (ok != MHD_YES) {
@@ -1312,7 +1330,7 @@ void rest_fail_all(int status, const char *type, const char *message)
 
 void rest_shutdown(void)
 {
-    if (!R.daemon)
+    if (!R.daemons[0])
         return;
     /* MHD_stop_daemon with suspended connections is undefined (libraries.md a3). */
     struct list *pos, *tmp;
@@ -1321,8 +1339,10 @@ void rest_shutdown(void)
         call->client_gone = true;
         wake(call);
     }
-    MHD_run(R.daemon);
+    for (int i = 0; i < 2; i++) {
+        MHD_run(R.daemons[i]);
+        MHD_stop_daemon(R.daemons[i]);
+        R.daemons[i] = NULL;
+    }
     timer_cancel(&R.pump_timer);
-    MHD_stop_daemon(R.daemon);
-    R.daemon = NULL;
 }
