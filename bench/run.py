@@ -11,7 +11,8 @@ Options: --rounds N (alternations per scenario, default 5), --quick (smaller run
 trying the suite out), --profile (also profile tgbridge and the mock: perf cpu-clock
 sampling and callgrind; or BENCH_PROFILE=1), --json PATH (write every raw figure there),
 --only NAME[,NAME] or BENCH_ONLY=NAME[,NAME] (scenarios: unary1, fresh, unary64, stream,
-large, mixed, wide, hold, wsidle; "none" runs only what --profile asks for).
+large, mixed, wide, passthrough, hold, wsidle; "none" runs only what --profile asks for).
+The passthrough scenario uses the Python mock gateway (tests/mock_gateway.py) and curl.
 Standard library only (Debian's /usr/bin/python3).
 """
 import argparse
@@ -659,6 +660,324 @@ def scen_ws_idle(ctx, R):
     R["ws_idle"] = res
 
 
+# ---- pass-through: a large export-core relayed by tgbridge vs straight from the gateway -----
+#
+# GET /api/v1/export-core is not an envelope: tgbridge relays it as an HTTP request of its
+# own to the gateway and streams the body through a fixed 256 KiB buffer.  The gateway here
+# is the Python mock (tests/mock_gateway.py: fastmock has no pass-through routes), whose
+# export-core of id "size-N" generates N bytes, written `mock-chunk` bytes at a time.  The
+# client is curl (C; a Python http.client reader was measured at about half of curl's rate
+# through tgbridge, so it would have been the bottleneck).
+
+PYMOCK = os.path.join(ROOT, "tests", "mock_gateway.py")
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+PASS_TOKEN = "tg_bench"           # the same token as Bridge's --token
+PASS_MIB = 100                    # the scenario's export, in MiB (3 alternating rounds)
+PASS_BIG_MIB = 300                # once, to show tgbridge's RSS does not grow with size
+# The mock's write size: 1 MiB writes make the mock faster (measured: 2,300-4,100 MiB/s
+# straight to curl in most transfers, against 1,990-2,340 MiB/s with its default of 64 KiB),
+# so tgbridge, not the mock, bounds its own path and the baseline is the stronger one.
+PASS_CHUNK = int(os.environ.get("BENCH_PASS_CHUNK", str(1024 * 1024)))
+PASS_RSS_EVERY = 0.010            # VmRSS sampling period during a transfer
+# The mock allocates a fresh ~1 MiB buffer per write.  With glibc's default (dynamic) mmap
+# threshold each one is mmapped and unmapped again, so the mock page-faults on every write
+# (perf: exc_page_fault, clear_page) and runs at 620-880 MiB/s, until some later free raises
+# the threshold and it jumps to 3,000-4,100 MiB/s at a moment no one chooses.  Fixed thresholds for
+# the mock alone (not tgbridge, not curl) make it fast from its first transfer.
+PYMOCK_ENV = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, (
+    os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.mmap_threshold=33554432",
+    "glibc.malloc.trim_threshold=268435456"))))
+CURL = shutil.which("curl")
+# For scale, when installed: socat as a bare TCP relay (no HTTP at all) between curl and the
+# mock, with 16 KiB and 256 KiB buffers: what one more user-space hop costs on this machine.
+SOCAT = shutil.which("socat")
+SOCAT_BUFS = (16384, 262144)
+
+
+class PyMock:
+    """tests/mock_gateway.py, started as tests/harness.py start_mock does."""
+
+    def __init__(self, tmp, tag):
+        self.err_path = os.path.join(tmp, f"mock_gateway-{tag}.log")
+        self.err = open(self.err_path, "w")
+        self.p = spawn([PYTHON, PYMOCK, "--port", "0", "--era", "v2d", "--token", PASS_TOKEN],
+                       stdout=subprocess.PIPE, stderr=self.err, text=True, env=PYMOCK_ENV)
+        self.pid = self.p.pid
+        r, _, _ = select.select([self.p.stdout], [], [], 60)
+        line = self.p.stdout.readline() if r else ""
+        m = re.match(r"PORT (\d+)", line)
+        if not m:
+            raise RuntimeError(f"mock_gateway.py did not report its port (see {self.err_path})")
+        self.port = int(m.group(1))
+
+    def stop(self):
+        stop(self.p)
+        self.err.close()
+        with open(self.err_path) as f:
+            return f.read().strip()
+
+
+class RssSampler:
+    """VmRSS of pid every PASS_RSS_EVERY seconds while a transfer runs: the largest seen."""
+
+    def __init__(self, pid):
+        self.pid, self.max_kb, self.samples = pid, 0, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while True:
+            try:
+                v = proc_status(self.pid).get("VmRSS", 0)
+            except OSError:
+                return
+            self.samples += 1
+            self.max_kb = max(self.max_kb, v)
+            if self._stop.wait(PASS_RSS_EVERY):
+                return
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(2)
+        return self.max_kb, self.samples
+
+
+def curl_get(url, unix_path=None, auth=False, timeout=300):
+    """One GET with curl, body to /dev/null; curl's own timings (seconds)."""
+    argv = [CURL, "-sS", "-o", "/dev/null", "-w",
+            "%{http_code} %{size_download} %{time_total} %{time_starttransfer} %{time_connect}"]
+    if unix_path:
+        argv += ["--unix-socket", unix_path]
+    if auth:
+        argv += ["-H", f"Authorization: Bearer {PASS_TOKEN}"]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        cp = subprocess.run(argv + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "why": "curl timed out"}
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # curl is the only child reaped meanwhile
+    f = cp.stdout.split()
+    if cp.returncode or len(f) != 5:
+        return {"ok": False, "why": f"curl exit {cp.returncode}: {cp.stderr.strip()[:200]}"}
+    return {"status": int(f[0]), "bytes": int(f[1]), "time_total_s": float(f[2]), "ttfb_s": float(f[3]),
+            "connect_s": float(f[4]),
+            "client_cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)}
+
+
+def free_port():
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def socat_run(mock, bridge, bufsize, mib):
+    """One export through a bare socat TCP relay (one connection, then it exits)."""
+    port = free_port()
+    sp = spawn([SOCAT, "-b", str(bufsize), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+                f"TCP:127.0.0.1:{mock.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and port not in listening_tcp_ports(sp.pid):
+        if sp.poll() is not None:
+            break
+        time.sleep(0.01)
+    try:
+        return pass_run(mock, bridge, f"socat{bufsize // 1024}k", mib, via_port=port, relay=sp)
+    finally:
+        try:
+            sp.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        stop(sp)
+
+
+def pass_run(mock, bridge, path, mib, via_port=None, relay=None):
+    """One export of `mib` MiB: straight from the mock (path "direct") or through tgbridge
+    ("tcp": REST over TCP, "unix": REST over its Unix socket).  tgbridge's RSS is sampled
+    every 10 ms meanwhile and its VmHWM reset before (clear_refs), so the peak is caught
+    even between two samples."""
+    size = mib * 1048576
+    target = f"/api/v1/export-core?id=size-{mib}m&workspace=default&mock-chunk={PASS_CHUNK}"
+    if path == "direct":
+        url, unix_path, auth = f"http://127.0.0.1:{mock.port}{target}", None, True
+    elif via_port:
+        url, unix_path, auth = f"http://127.0.0.1:{via_port}{target}", None, True
+    elif path == "tcp":
+        url, unix_path, auth = f"http://127.0.0.1:{bridge.port}{target}", None, False
+    else:
+        url, unix_path, auth = f"http://localhost{target}", bridge.unix_path, False
+    hwm_reset = reset_hwm(bridge.pid)
+    rss0 = proc_status(bridge.pid).get("VmRSS", 0)
+    sampler = RssSampler(bridge.pid)
+    w = Watch(mock, bridge, relay)
+    d = curl_get(url, unix_path, auth)
+    wall, _ = w.done()
+    rss_max, samples = sampler.stop()
+    st = proc_status(bridge.pid)
+    d.update(path=path, mib=mib, size=size, wall_s=wall, mock_cpu_s=w.fine[0], tgb_cpu_s=w.fine[1],
+             tgb_rss0_kb=rss0, tgb_rss_max_kb=rss_max, rss_samples=samples,
+             tgb_hwm_kb=st.get("VmHWM") if hwm_reset else None, tgb_rss_after_kb=st.get("VmRSS"))
+    if "status" in d:
+        d["ok"] = d["status"] == 200 and d["bytes"] == size
+        if not d["ok"]:
+            d["why"] = f"HTTP {d['status']}, {d['bytes']} of {size} bytes"
+        t = d["time_total_s"]
+        if t > 0:
+            d["mib_s"] = d["bytes"] / 1048576 / t
+            d["mock_cpu_share"] = d["mock_cpu_s"] / t
+            d["tgb_cpu_share"] = d["tgb_cpu_s"] / t
+            if relay is not None and len(w.fine) > 2:
+                d["relay_cpu_s"] = w.fine[2]
+                d["relay_cpu_share"] = w.fine[2] / t
+        peak = max(rss_max, d["tgb_hwm_kb"] or 0)
+        d["tgb_peak_growth_kb"] = peak - rss0
+    if not d.get("ok"):
+        log(f"  ! pass-through {path} {mib} MiB: {d.get('why')}")
+        return None
+    return d
+
+
+def scen_passthrough(ctx, R):
+    """A 100 MiB export-core through tgbridge (REST/TCP, and REST over the Unix socket when
+    built with it) and straight from the mock, alternating, 3 rounds at most; then 300 MiB
+    once each way.  Fresh mock and tgbridge of their own."""
+    if not CURL:
+        log("  (curl not found: pass-through scenario skipped)")
+        R["passthrough"] = {"skipped": "curl not found"}
+        return
+    rounds = max(1, min(ctx.rounds, 3))
+    res = {"mib": PASS_MIB, "big_mib": PASS_BIG_MIB, "chunk": PASS_CHUNK, "rounds": rounds,
+           "client": " ".join(subprocess.run([CURL, "--version"], stdout=subprocess.PIPE,
+                                             text=True).stdout.split()[:2])}
+    mock = PyMock(ctx.tmp, "pass")
+    bridge = None
+    try:
+        bridge = Bridge(ctx.tmp, "pass", mock.port, unix=HAS_UNIX)
+        time.sleep(0.3)
+        res["tgb_rss_start_kb"] = proc_status(bridge.pid)["VmRSS"]
+        # One export each way first, not counted: the mock builds its generated body and
+        # tgbridge pays its first-call allocations (the "from start" RSS figure counts them
+        # from before this warm-up).
+        res["warmup"] = [pass_run(mock, bridge, "direct", PASS_MIB), pass_run(mock, bridge, "tcp", PASS_MIB)]
+        runs = {"direct": lambda: pass_run(mock, bridge, "direct", PASS_MIB),
+                "tcp": lambda: pass_run(mock, bridge, "tcp", PASS_MIB)}
+        if bridge.unix_path:
+            runs["unix"] = lambda: pass_run(mock, bridge, "unix", PASS_MIB)
+        if SOCAT:
+            for b in SOCAT_BUFS:
+                runs[f"socat{b // 1024}k"] = (lambda b=b: socat_run(mock, bridge, b, PASS_MIB))
+        res["runs"] = alternate(rounds, runs)
+        res["big"] = {"tcp": pass_run(mock, bridge, "tcp", PASS_BIG_MIB),
+                      "direct": pass_run(mock, bridge, "direct", PASS_BIG_MIB)}
+        res["tgb_rss_end_kb"] = proc_status(bridge.pid)["VmRSS"]
+        res["tgb_status_passthrough"] = bridge.status().get("passthrough")
+    finally:
+        if bridge:
+            bridge.stop()
+        mock.stop()
+    R["passthrough"] = res
+
+
+def passthrough_rows(R, label):
+    rows = []
+    P = R["passthrough"]
+    if P.get("skipped"):
+        return [("pass-through export", "n/a", "n/a", P["skipped"], "", "")]
+    runs = P.get("runs", {})
+    dr = runs.get("direct", [])
+    d = med([x.get("mib_s") for x in dr])
+    for tr in ("tcp", "unix"):
+        br = runs.get(tr)
+        if not br:
+            continue
+        b = med([x.get("mib_s") for x in br])
+        ratio = med([y["mib_s"] / x["mib_s"] for x, y in zip(dr, br) if x.get("mib_s") and y.get("mib_s")])
+        rows.append((f"pass-through export {P['mib']} MiB, {label[tr]}: throughput (MiB/s)", fmt(d), fmt(b),
+                     fmt(ratio, "×", 2), "≥ 0.7×", verdict(ratio is not None and ratio >= 0.7)))
+    for b in SOCAT_BUFS:
+        sr = runs.get(f"socat{b // 1024}k")
+        if not sr:
+            continue
+        v = med([x.get("mib_s") for x in sr])
+        ratio = med([y["mib_s"] / x["mib_s"] for x, y in zip(dr, sr) if x.get("mib_s") and y.get("mib_s")])
+        rows.append((f"  for scale: bare TCP relay (socat -b {b // 1024} KiB, no HTTP): throughput (MiB/s)", fmt(d),
+                     fmt(v), fmt(ratio, "×", 2), "report", ""))
+    # CPU per 100 MiB carried (schedstat): steadier than timings on a shared machine.
+    per100 = lambda x, key: x[key] * 1000 * (100 * 1048576) / x["bytes"] if x.get(key) is not None else None
+    dcpu = med([per100(x, "mock_cpu_s") for x in dr])
+    for tr, key, what in (("tcp", "tgb_cpu_s", "tgbridge, REST/TCP"), ("unix", "tgb_cpu_s", "tgbridge, REST/unix"),
+                          ("socat16k", "relay_cpu_s", "socat -b 16 KiB"),
+                          ("socat256k", "relay_cpu_s", "socat -b 256 KiB")):
+        if not runs.get(tr):
+            continue
+        c = med([per100(x, key) for x in runs[tr]])
+        rows.append((f"pass-through: relay CPU per 100 MiB, {what} (ms; direct = the mock's)", fmt(dcpu), fmt(c),
+                     fmt(c / dcpu, "×", 2) if c and dcpu else "n/a", "report", ""))
+    # everything the machine's 2 cores had to run for one transfer: mock + relay + curl
+    chain = lambda x: per100({"v": x["mock_cpu_s"] + x["tgb_cpu_s"] + (x.get("relay_cpu_s") or 0)
+                              + x["client_cpu_s"], "bytes": x["bytes"]}, "v") if "client_cpu_s" in x else None
+    dch = med([chain(x) for x in dr])
+    for tr in ("tcp", "unix", "socat16k", "socat256k"):
+        if not runs.get(tr):
+            continue
+        c = med([chain(x) for x in runs[tr]])
+        what = label.get(tr) or f"socat -b {tr[5:-1]} KiB"
+        rows.append((f"pass-through: CPU of mock + relay + curl per 100 MiB, {what} (ms)", fmt(dch), fmt(c),
+                     fmt(c / dch, "×", 2) if c and dch else "n/a", "report", ""))
+    growth = [x["tgb_peak_growth_kb"] for tr in ("tcp", "unix") for x in runs.get(tr, [])]
+    worst = max(growth) if growth else None
+    # from before the first export of all (the warm-up included) to the highest peak
+    peaks = [max(x["tgb_rss_max_kb"], x["tgb_hwm_kb"] or 0)
+             for x in (P.get("warmup") or []) + [y for tr in ("tcp", "unix") for y in runs.get(tr, [])]
+             if x and x["path"] in ("tcp", "unix")]
+    cold = max(peaks) - P["tgb_rss_start_kb"] if peaks and P.get("tgb_rss_start_kb") else None
+    rows.append((f"pass-through export {P['mib']} MiB: tgbridge peak RSS growth (MiB, worst run)", "n/a",
+                 fmt(worst / 1024 if worst is not None else None, "", 2),
+                 f"from start +{fmt(cold / 1024 if cold is not None else None, '', 2)}", "≤ 4 MiB",
+                 verdict(worst is not None and worst <= 4096 and (cold is None or cold <= 4096))))
+    big = P.get("big") or {}
+    bt, bd = big.get("tcp"), big.get("direct")
+    if bt:
+        ratio = bt["mib_s"] / bd["mib_s"] if bd and bd.get("mib_s") else None
+        rows.append((f"pass-through export {P['big_mib']} MiB (once), REST/TCP: throughput (MiB/s)",
+                     fmt(bd.get("mib_s") if bd else None), fmt(bt.get("mib_s")), fmt(ratio, "×", 2), "report", ""))
+        g = bt["tgb_peak_growth_kb"]
+        rows.append((f"pass-through export {P['big_mib']} MiB (once): tgbridge peak RSS growth (MiB)", "n/a",
+                     fmt(g / 1024, "", 2), "", "≤ 4 MiB", verdict(g <= 4096)))
+    return rows
+
+
+def passthrough_detail(R):
+    P = R.get("passthrough")
+    if not P or P.get("skipped"):
+        return []
+    out = ["", f"pass-through export (tests/mock_gateway.py, mock-chunk={P['chunk']}; client {P['client']}; "
+               f"throughput = bytes / curl's time_total; CPU = schedstat over that time; RSS growth = the larger of "
+               f"VmHWM after a clear_refs reset and VmRSS sampled every {PASS_RSS_EVERY * 1000:g} ms, minus VmRSS "
+               f"before):"]
+    rows = [("warm-up", x) for x in P.get("warmup") or [] if x]
+    rows += [(f"round {i + 1}", x) for tr in P["runs"] for i, x in enumerate(P["runs"][tr])]
+    rows += [("once", x) for x in (P.get("big") or {}).values() if x]
+    for tag, x in rows:
+        line = (f"  {x['path']:9s} {x['mib']:3d} MiB {tag:8s}: {fmt(x.get('mib_s'))} MiB/s, first byte "
+                f"{x['ttfb_s'] * 1000:.1f} ms, mock CPU {x.get('mock_cpu_share', 0) * 100:.0f}%, tgbridge CPU "
+                f"{x.get('tgb_cpu_share', 0) * 100:.0f}%")
+        if "relay_cpu_share" in x:
+            line += f", socat CPU {x['relay_cpu_share'] * 100:.0f}%"
+        if x.get("time_total_s"):
+            line += f", curl CPU {x.get('client_cpu_s', 0) / x['time_total_s'] * 100:.0f}%"
+        if x["path"] in ("tcp", "unix"):
+            line += (f"; tgbridge RSS {x['tgb_rss0_kb']:,} KiB before, peak {x['tgb_rss_max_kb']:,} sampled "
+                     f"({x['rss_samples']} samples) / {x['tgb_hwm_kb'] or 0:,} VmHWM, {x['tgb_rss_after_kb']:,} after")
+        out.append(line)
+    allp = [max(x["tgb_rss_max_kb"], x["tgb_hwm_kb"] or 0) for _, x in rows if x["path"] in ("tcp", "unix")]
+    if allp and P.get("tgb_rss_start_kb"):
+        out.append(f"  tgbridge RSS: {P['tgb_rss_start_kb']:,} KiB before the first export, highest peak "
+                   f"{max(allp):,} KiB (+{(max(allp) - P['tgb_rss_start_kb']) / 1024:.2f} MiB), "
+                   f"{P.get('tgb_rss_end_kb', 0):,} KiB after the last")
+    return out
+
+
 # ---- table -----------------------------------------------------------------------------
 
 def fmt(x, unit="", digits=None):
@@ -787,6 +1106,8 @@ def build_rows(R, transports):
         rows += mixed_rows(R, figure, paired)
     if "wide" in R:
         rows += wide_rows(R, figure, paired)
+    if "passthrough" in R:
+        rows += passthrough_rows(R, label)
     for key, what in (("upload", "request"), ("download", "reply")):
         if key not in R:
             continue
@@ -1136,6 +1457,10 @@ def main():
                 log(f"bench: wide: {WIDE_CALLS} concurrent {WIDE_MS / 1000:g} s calls, fresh processes "
                     f"({min(ctx.rounds, 3)} alternating rounds) ...")
                 scen_wide(ctx, R)
+            if not only or "passthrough" in only:
+                log(f"bench: pass-through: a {PASS_MIB} MiB export-core through tgbridge and straight from the "
+                    f"Python mock ({max(1, min(ctx.rounds, 3))} alternating rounds), then {PASS_BIG_MIB} MiB once ...")
+                scen_passthrough(ctx, R)
             if not only or "hold" in only:
                 log("bench: 10,000 open streams held by the mock ...")
                 scen_hold(ctx, R)
@@ -1151,7 +1476,8 @@ def main():
     mach["loadavg_end"] = os.getloadavg()
 
     rows = build_rows(R, ctx.transports)
-    many = f" (mixed, wide: {min(ctx.rounds, 3)})" if ("mixed" in R or "wide" in R) and ctx.rounds > 3 else ""
+    capped = [k for k in ("mixed", "wide", "passthrough") if k in R]
+    many = f" ({', '.join(capped)}: {min(ctx.rounds, 3)})" if capped and ctx.rounds > 3 else ""
     print()
     print(f"tgbridge benchmark — {mach['date']} — {mach['nproc']} × {mach['cpu']} — Linux {mach['kernel']}")
     print(f"load average at start {mach['loadavg'][0]:.2f}, at end {mach['loadavg_end'][0]:.2f}; "
@@ -1171,6 +1497,8 @@ def main():
             else:
                 print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%")
     for line in many_connections_detail(R):
+        print(line)
+    for line in passthrough_detail(R):
         print(line)
     if "hold" in R:
         h = R["hold"]
