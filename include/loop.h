@@ -39,6 +39,10 @@ bool timer_pending(const struct timer *t);
 void loop_flush_soon(void);
 /* True once after loop_flush_soon. */
 bool loop_flush_wanted(void);
+/* The reader paused for it: fn runs at the next loop_flush_done (a front end wrote to
+ * a caller), so reading goes on as soon as the part is out, not a loop turn later. */
+void loop_flush_paused(void (*fn)(void));
+void loop_flush_done(void);
 
 void loop_run(void);
 void loop_stop(void);

@@ -230,6 +230,7 @@ static int on_writeable(struct lclient *c)
             return -1;
         }
         buf_consume(&c->out, (size_t)n);
+        loop_flush_done();
     }
     if (c->out.len) {
         lws_callback_on_writable(c->wsi);

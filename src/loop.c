@@ -191,6 +191,21 @@ bool loop_flush_wanted(void)
     return was;
 }
 
+static void (*flush_resume)(void);
+
+void loop_flush_paused(void (*fn)(void))
+{
+    flush_resume = fn;
+}
+
+void loop_flush_done(void)
+{
+    void (*fn)(void) = flush_resume;
+    flush_resume = NULL;
+    if (fn)
+        fn();
+}
+
 void loop_run(void)
 {
     running = true;

@@ -612,6 +612,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
         if (!call->out.len && call->out.cap > 1024 * 1024)
             buf_free(&call->out);
         call->last_write = now_mono();
+        loop_flush_done();
         return (ssize_t)n;
     }
     if (call->client_gone)
@@ -1219,9 +1220,18 @@ static void pump(void)
     for (int i = 0; i < 2; i++) {
         if (!R.daemons[i])
             continue;
-        MHD_run(R.daemons[i]);
-        MHD_UNSIGNED_LONG_LONG ms;
-        if (MHD_get_timeout(R.daemons[i], &ms) == MHD_YES && (!due || ms < soonest)) {
+        /* "More to do at once" (a resumed call's response queued, now to be sent) is
+         * done now, a few rounds at most, rather than after the rest of the loop's
+         * work -- which may be a whole batch of frames read meanwhile. */
+        MHD_UNSIGNED_LONG_LONG ms = 0;
+        bool has = false;
+        for (int round = 0; round < 4; round++) {
+            MHD_run(R.daemons[i]);
+            has = MHD_get_timeout(R.daemons[i], &ms) == MHD_YES;
+            if (!has || ms > 0)
+                break;
+        }
+        if (has && (!due || ms < soonest)) {
             due = true;
             soonest = ms;
         }

@@ -776,6 +776,19 @@ static void resume_reading(struct timer *t)
         lws_rx_flow_control(c->dial.wsi, 1);
 }
 
+/* A front end wrote: every connection paused for a first part reads on. */
+static void resume_all_paused(void)
+{
+    for (struct list *p = U.conns.next; p != &U.conns; p = p->next) {
+        struct upconn *c = list_entry(p, struct upconn, node);
+        if (timer_pending(&c->resume_rx)) {
+            timer_cancel(&c->resume_rx);
+            if (c->dial.wsi)
+                lws_rx_flow_control(c->dial.wsi, 1);
+        }
+    }
+}
+
 static int on_receive(struct upconn *c, const char *in, size_t len)
 {
     lws_validity_confirmed(c->dial.wsi);
@@ -801,7 +814,9 @@ static int on_receive(struct upconn *c, const char *in, size_t len)
         /* The rest of this read waits (lws keeps it) until the loop has written the
          * first part a caller was waiting for. */
         lws_rx_flow_control(c->dial.wsi, 0);
-        timer_after(&c->resume_rx, 0, resume_reading);
+        loop_flush_paused(resume_all_paused);
+        /* ... and at the latest after 2 ms, whatever the caller does. */
+        timer_after(&c->resume_rx, 0.002, resume_reading);
     }
     c->rx.len = 0;
     c->rx_overflow = false;

@@ -5,6 +5,7 @@
 #include "json.h"
 #include "list.h"
 #include "log.h"
+#include "loop.h"
 #include "mux.h"
 #include "session.h"
 #include "util.h"
@@ -99,6 +100,7 @@ static int on_writeable(struct wsconn *c)
         if (lws_write(c->wsi, (unsigned char *)buf_ptr(&c->out), n, LWS_WRITE_RAW) < 0)
             return -1;
         buf_consume(&c->out, n);
+        loop_flush_done();
         if (!c->out.len && c->out.cap > 1024 * 1024)
             buf_free(&c->out);
     }
