@@ -74,6 +74,8 @@ struct config {
     struct str_list allow_host;   /* Host names accepted besides loopback and the listen address */
     size_t max_line;
     size_t max_client_buffer;
+    bool print_config, check_config; /* --print-config, --check-config: then exit */
+    char *config_file;         /* the file read, if any */
 };
 
 void config_defaults(struct config *cfg);
@@ -95,4 +97,7 @@ bool host_is_loopback(const char *host);
 /* s is in l (case-insensitively), or l holds "*". */
 bool config_list_has(const struct str_list *l, const char *s);
 void config_usage(FILE *out);
+/* --print-config: every option as a config-file line with its effective value and
+ * where it came from; secrets masked. */
+void config_print(const struct config *cfg, FILE *out);
 #endif

@@ -25,7 +25,7 @@ enum opt_id {
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
     O_LOG_LEVEL, O_MAX_CONNECTIONS, O_CONNECTION_IDLE, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_MAX_PASSTHROUGH, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
-    O_MAX_CLIENT_BUFFER, O_CONFIG, O_HELP, O_VERSION,
+    O_MAX_CLIENT_BUFFER, O_CONFIG, O_PRINT_CONFIG, O_CHECK_CONFIG, O_HELP, O_VERSION, O_LAST
 };
 
 struct opt_doc {
@@ -129,6 +129,11 @@ static const struct opt_doc docs[] = {
     {O_CONFIG, "config", "PATH", "TGBRIDGE_CONFIG",
      "read settings from PATH first: one 'option = value' per line, option\n"
      "names as above without '--'; the environment and flags override it"},
+    {O_PRINT_CONFIG, "print-config", NULL, NULL,
+     "print the effective configuration (file < environment < flags), each\n"
+     "value with where it came from, secrets masked, and exit"},
+    {O_CHECK_CONFIG, "check-config", NULL, NULL,
+     "validate the configuration (token files included) and exit: 0 if good"},
     {O_HELP, "help", NULL, NULL, "show this help and exit"},
     {O_VERSION, "version", NULL, NULL, "show the version and exit"},
 };
@@ -365,6 +370,14 @@ const char *auth_mode_name(enum auth_mode m)
     }
 }
 
+/* Where each option's value came from, for --print-config ("default" if nowhere). */
+static char sources[O_LAST][300];
+
+static void note_source(enum opt_id id, const char *where)
+{
+    snprintf(sources[id], sizeof sources[id], "%s", where);
+}
+
 static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, size_t errlen)
 {
     long n;
@@ -563,7 +576,8 @@ int config_load_stream(struct config *cfg, FILE *f, const char *path, char *err,
         size_t i = 0;
         while (i < NDOCS && strcmp(docs[i].name, name))
             i++;
-        if (i == NDOCS || docs[i].id == O_HELP || docs[i].id == O_VERSION || docs[i].id == O_CONFIG) {
+        if (i == NDOCS || docs[i].id == O_HELP || docs[i].id == O_VERSION || docs[i].id == O_CONFIG ||
+            docs[i].id == O_PRINT_CONFIG || docs[i].id == O_CHECK_CONFIG) {
             rc = errorf(err, errlen, "%s:%d: unknown option '%s' (see --help)", path, lineno, name);
             break;
         }
@@ -585,8 +599,12 @@ int config_load_stream(struct config *cfg, FILE *f, const char *path, char *err,
             secret_add(value);
             has_token = true;
         }
+        char where[300];
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
         if (apply(cfg, docs[i].id, value, e2, sizeof e2))
             rc = errorf(err, errlen, "%s:%d: %s", path, lineno, e2);
+        else
+            note_source(docs[i].id, where);
     }
     if (line) {
         explicit_bzero(line, cap); /* it may have held the token */
@@ -709,9 +727,12 @@ static const char *config_path(int argc, char **argv)
 int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     config_defaults(cfg);
+    memset(sources, 0, sizeof sources);
     if (apply(cfg, O_GATEWAY, "http://localhost:8088", err, errlen))
         return -1;
     const char *file = config_path(argc, argv);
+    if (file)
+        set_str(&cfg->config_file, file);
     if (file && load_file(cfg, file, err, errlen))
         return -1;
     /* Environment first, so that flags override it. */
@@ -726,6 +747,8 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
         char e2[256];
         if (apply(cfg, docs[i].id, v, e2, sizeof e2))
             return errorf(err, errlen, "%s: %s", docs[i].env, e2);
+        note_source(docs[i].id, docs[i].id == O_TOKEN && !getenv("TRUSTGRAPH_TOKEN") ? "GATEWAY_SECRET"
+                                                                                   : docs[i].env);
     }
     struct option longopts[NDOCS + 1];
     for (size_t i = 0; i < NDOCS; i++)
@@ -746,6 +769,11 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
         }
         if (c == 'v') {
             cfg->log_level = LOG_DEBUG;
+            note_source(O_LOG_LEVEL, "-v");
+            continue;
+        }
+        if (c == O_PRINT_CONFIG || c == O_CHECK_CONFIG) {
+            *(c == O_PRINT_CONFIG ? &cfg->print_config : &cfg->check_config) = true;
             continue;
         }
         if (c == '?')
@@ -754,6 +782,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
             return errorf(err, errlen, "option '%s' needs a value", argv[optind - 1]);
         if (apply(cfg, (enum opt_id)c, optarg, err, errlen))
             return -1;
+        note_source((enum opt_id)c, "flag");
         /* Scrub the process title: /proc/PID/cmdline shows argv's memory. */
         if (c == O_TOKEN && optarg) {
             secret_add(optarg);
@@ -935,6 +964,7 @@ void config_free(struct config *cfg)
         explicit_bzero(cfg->token, strlen(cfg->token));
     free(cfg->token);
     free(cfg->token_file);
+    free(cfg->config_file);
     free(cfg->client_token_file);
     free(cfg->workspace);
     free(cfg->ca_file);
@@ -947,4 +977,119 @@ void config_free(struct config *cfg)
     free_list(&cfg->allow_origin);
     free_list(&cfg->allow_host);
     memset(cfg, 0, sizeof *cfg);
+}
+
+/* ---- --print-config ------------------------------------------------------------ */
+
+static void print_list(struct buf *b, const struct str_list *l)
+{
+    for (int i = 0; i < l->n; i++)
+        buf_printf(b, "%s%s", i ? "," : "", l->v[i]);
+}
+
+static void print_ids(struct buf *b, const unsigned *ids, int n)
+{
+    for (int i = 0; i < n; i++)
+        buf_printf(b, "%s%u", i ? "," : "", ids[i]);
+}
+
+/* The effective value of option id as the config file would spell it ("" = unset). */
+static void effective_value(const struct config *cfg, enum opt_id id, struct buf *b)
+{
+    const char *s = NULL;
+    switch (id) {
+    case O_GATEWAY: s = cfg->gateway; break;
+    case O_TOKEN: s = cfg->token && *cfg->token ? "***" : NULL; break; /* never shown */
+    case O_TOKEN_FILE: s = cfg->token_file; break;
+    case O_AUTH: s = auth_mode_name(cfg->auth); break;
+    case O_LISTEN: {
+        bool v6 = strchr(cfg->listen_host, ':') != NULL;
+        buf_printf(b, "%s%s%s:%d", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "", cfg->listen_port);
+        return;
+    }
+    case O_ALLOW_ORIGIN: print_list(b, &cfg->allow_origin); return;
+    case O_ALLOW_HOST: print_list(b, &cfg->allow_host); return;
+    case O_UNIX: s = cfg->unix_path ? cfg->unix_path : "none"; break;
+    case O_UNIX_MODE: buf_printf(b, "%04o", cfg->unix_mode); return;
+    case O_UNIX_GROUP: s = cfg->unix_group; break;
+    case O_UNIX_ALLOW_UID: print_ids(b, cfg->allow_uid, cfg->n_allow_uid); return;
+    case O_UNIX_ALLOW_GID: print_ids(b, cfg->allow_gid, cfg->n_allow_gid); return;
+    case O_MAX_LINE: buf_printf(b, "%zu", cfg->max_line); return;
+    case O_MAX_CLIENT_BUFFER: buf_printf(b, "%zu", cfg->max_client_buffer); return;
+    case O_MAX_BODY: buf_printf(b, "%zu", cfg->max_body); return;
+    case O_CLIENT_TIMEOUT: buf_printf(b, "%g", cfg->client_timeout); return;
+    case O_MAX_PENDING: buf_printf(b, "%zu", cfg->max_pending); return;
+    case O_CLIENT_TOKEN_FILE: s = cfg->client_token_file; break;
+    case O_MAX_WS_CLIENTS: buf_printf(b, "%zu", cfg->max_ws_clients); return;
+    case O_MAX_PASSTHROUGH: buf_printf(b, "%zu", cfg->max_passthrough); return;
+    case O_REQUEST_TIMEOUT: buf_printf(b, "%g", cfg->request_timeout); return;
+    case O_QUEUE_TIMEOUT: buf_printf(b, "%g", cfg->queue_timeout); return;
+    case O_HEARTBEAT: buf_printf(b, "%g", cfg->heartbeat); return;
+    case O_RECONNECT_MIN: buf_printf(b, "%g", cfg->reconnect_min); return;
+    case O_RECONNECT_MAX: buf_printf(b, "%g", cfg->reconnect_max); return;
+    case O_PING_INTERVAL: buf_printf(b, "%g", cfg->ping_interval); return;
+    case O_PING_TIMEOUT: buf_printf(b, "%g", cfg->ping_timeout); return;
+    case O_CONNECT_TIMEOUT: buf_printf(b, "%g", cfg->connect_timeout); return;
+    case O_DRAIN_TIMEOUT: buf_printf(b, "%g", cfg->drain_timeout); return;
+    case O_MAX_INFLIGHT: buf_printf(b, "%d", cfg->max_inflight); return;
+    case O_MAX_CONNECTIONS: buf_printf(b, "%d", cfg->max_connections); return;
+    case O_CONNECTION_IDLE: buf_printf(b, "%g", cfg->connection_idle); return;
+    case O_MAX_QUEUE: buf_printf(b, "%d", cfg->max_queue); return;
+    case O_WORKSPACE: s = cfg->workspace; break;
+    case O_CA_FILE: s = cfg->ca_file; break;
+    case O_CA_ONLY: s = cfg->ca_only ? "true" : "false"; break;
+    case O_INSECURE: s = cfg->insecure ? "true" : "false"; break;
+    case O_PROXY: s = cfg->proxy; break;
+    case O_LOG_LEVEL: {
+        static const char *const names[] = {"error", "warn", "info", "debug"};
+        s = names[cfg->log_level];
+        break;
+    }
+    default: break;
+    }
+    if (s)
+        buf_puts(b, s);
+}
+
+void config_print(const struct config *cfg, FILE *out)
+{
+    fprintf(out, "# tgbridge %s: the effective configuration%s%s\n", TGB_VERSION,
+            cfg->config_file ? ", over the file " : "", cfg->config_file ? cfg->config_file : "");
+    fprintf(out, "# precedence: default < config file < environment < flags; secrets shown as ***;\n"
+                 "# before each value, where it came from\n");
+    for (size_t i = 0; i < NDOCS; i++) {
+        enum opt_id id = docs[i].id;
+        if (id == O_HELP || id == O_VERSION || id == O_CONFIG || id == O_PRINT_CONFIG || id == O_CHECK_CONFIG)
+            continue;
+        struct buf v;
+        buf_init(&v, 0);
+        effective_value(cfg, id, &v);
+        if (id == O_PROXY && v.len) { /* credentials in a proxy URL: masked */
+            char *url = strdup(buf_ptr(&v));
+            if (!url)
+                abort();
+            char *start = strstr(url, "://");
+            start = start ? start + 3 : url;
+            char *at = strrchr(start, '@');
+            if (at && at > start) {
+                v.len = 0;
+                buf_printf(&v, "%.*s***%s", (int)(start - url), url, at);
+            }
+            explicit_bzero(url, strlen(url));
+            free(url);
+        }
+        redact_buf(&v); /* any secret that got into a value */
+        const char *src = sources[id][0] ? sources[id] : "default";
+        if (id == O_TOKEN && cfg->token && *cfg->token && !sources[id][0] && cfg->token_file)
+            src = "token-file";
+        /* The source on a comment line of its own: the output is a config file
+         * tgbridge reads back (values have no trailing comments there). */
+        bool quote = v.len && (strchr(buf_ptr(&v), '#') || buf_ptr(&v)[0] == ' ' || buf_ptr(&v)[v.len - 1] == ' ');
+        if (!v.len)
+            fprintf(out, "# %s: unset (%s)\n", docs[i].name, src);
+        else
+            fprintf(out, "# %s: %s\n%s = %s%.*s%s\n", docs[i].name, src, docs[i].name, quote ? "\"" : "",
+                    (int)v.len, buf_ptr(&v), quote ? "\"" : "");
+        buf_free(&v);
+    }
 }

@@ -162,6 +162,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;
     }
+    if (cfg.print_config) {
+        config_print(&cfg, stdout);
+        return 0;
+    }
+    if (cfg.check_config) {
+        printf("tgbridge: the configuration is valid\n");
+        return 0;
+    }
     if (cfg.insecure)
         log_warn("--insecure: the gateway's TLS certificate is NOT verified; anyone on the path can "
                  "read the token and every request");

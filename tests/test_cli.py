@@ -294,3 +294,51 @@ def test_every_option_and_environment_variable_is_in_the_readme():
     missing = [o for o in opts if "`%s" % o not in readme]
     missing += [e for e in envs if "`%s" % e not in readme]
     assert not missing, "in --help but not in README.md: %s" % missing
+
+
+def test_print_config_shows_effective_values_and_sources_and_masks_secrets():
+    tf = tmpfile("tg_from_the_token_file_77\n")
+    conf = write_config("gateway = https://gw.example.com/tg\n"
+                        "request-timeout = 300\n"
+                        "max-queue = 7\n"
+                        "proxy = http://proxyuser:proxy-pw-31@proxy.example:3128\n")
+    r = run_bridge("--config", conf, "--max-queue", "9", "--token", "tg_flag_secret_123",
+                   "--print-config", env={"TGBRIDGE_CONNECT_TIMEOUT": "4.5",
+                                          "TGBRIDGE_CLIENT_TOKEN_FILE": tf})
+    eq(r.returncode, 0, "exit status; stderr: %s" % r.stderr)
+    values, sources = {}, {}
+    for l in r.stdout.splitlines():
+        if l.startswith("# ") and ": " in l and " = " not in l:
+            k, _, v = l[2:].partition(": ")
+            sources[k] = v
+        elif " = " in l and not l.startswith("#"):
+            k, _, v = l.partition(" = ")
+            values[k] = v
+    eq((values["gateway"], sources["gateway"]), ("https://gw.example.com/tg", conf + ":1"), "gateway")
+    eq((values["request-timeout"], sources["request-timeout"]), ("300", conf + ":2"), "request-timeout")
+    eq((values["max-queue"], sources["max-queue"]), ("9", "flag"), "a flag over the file")
+    eq((values["connect-timeout"], sources["connect-timeout"]), ("4.5", "TGBRIDGE_CONNECT_TIMEOUT"), "environment")
+    eq((values["max-inflight"], sources["max-inflight"]), ("15", "default"), "a default")
+    eq(values["token"], "***", "the token masked")
+    eq(values["proxy"], "http://***@proxy.example:3128", "proxy credentials masked")
+    eq(sources["workspace"], "unset (default)", "an unset option")
+    for secret in ("tg_flag_secret_123", "proxy-pw-31", "proxyuser", "tg_from_the_token_file_77"):
+        assert secret not in r.stdout + r.stderr, "%s shown by --print-config" % secret
+    # what it prints is a config file tgbridge reads back
+    back = write_config("\n".join(l for l in r.stdout.splitlines()
+                                  if l and not l.startswith("#") and not l.startswith("token ")) + "\n")
+    r2 = run_bridge("--config", back, "--check-config")
+    eq(r2.returncode, 0, "--check-config on the printed configuration: %s" % r2.stderr)
+
+
+def test_check_config_exits_0_when_valid_and_2_with_the_reason():
+    r = run_bridge("--gateway", "http://127.0.0.1:1", "--check-config")
+    eq(r.returncode, 0, "valid: %s" % r.stderr)
+    assert "valid" in r.stdout, r.stdout
+    for args, why in ((["--max-inflight", "20"], "max-inflight"),
+                      (["--token-file", "/nonexistent/tgb-token"], "/nonexistent/tgb-token"),
+                      (["--client-token-file", "/nonexistent/tgb-client"], "/nonexistent/tgb-client"),
+                      (["--gateway", "ftp://x"], "gateway")):
+        r = run_bridge(*args, "--check-config")
+        eq(r.returncode, 2, "invalid %r" % args)
+        assert why in r.stderr, r.stderr
