@@ -1,7 +1,12 @@
-# tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test.
+# tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test;
+# `make install` installs it (PREFIX, DESTDIR).
 PKGS      := libmicrohttpd libwebsockets libcjson libcrypto
-DEB_PKGS  := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev \
-             python3 python3-aiohttp python3-websockets curl openssl socat netcat-openbsd
+# What building needs (`make` only checks for these and names what is missing) ...
+BUILD_DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev
+# ... and what the tests need besides (`make test` installs these when run as root).
+TEST_DEB_PKGS  := python3 python3-aiohttp python3-websockets python3-yaml curl openssl socat netcat-openbsd \
+                  groff-base man-db systemd
+DEB_PKGS  := $(BUILD_DEB_PKGS) $(TEST_DEB_PKGS)
 CC        ?= cc
 OPT       ?= -O2 -g
 SAN       ?=
@@ -17,11 +22,20 @@ OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 
-.PHONY: all deps test unit asan soak valgrind demo bench clean
+.PHONY: all build-deps deps test unit asan soak valgrind demo bench clean install uninstall
 
-all: deps tgbridge
+all: build-deps tgbridge
 
-# Installs missing Debian packages when run as root; otherwise names the command.
+# Building needs only the libraries: say exactly which Debian packages are missing
+# (never install anything for a plain `make`).
+build-deps:
+	@missing=$$(for p in $(BUILD_DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ] && ! pkg-config --exists $(PKGS) 2>/dev/null; then \
+	  echo "missing Debian packages to build tgbridge; run: sudo apt-get install -y $$missing"; exit 1; \
+	fi
+
+# The tests' packages too: installed when run as root; otherwise names the command.
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	  | grep -q 'install ok installed' || echo $$p; done); \
@@ -92,6 +106,34 @@ bench: deps tgbridge
 
 clean:
 	rm -rf build build-asan tgbridge
+
+# ---------------------------------------------------------------------------------------
+# Installation: PREFIX (default /usr/local) and DESTDIR as usual; the unit files'
+# ExecStart follows PREFIX.  `make uninstall` (same PREFIX and DESTDIR) removes exactly
+# what `make install` put there.
+PREFIX        ?= /usr/local
+BINDIR        ?= $(PREFIX)/bin
+MANDIR        ?= $(PREFIX)/share/man
+DOCDIR        ?= $(PREFIX)/share/doc/tgbridge
+SYSTEMDDIR    ?= $(PREFIX)/lib/systemd/system
+INSTALLED     := $(BINDIR)/tgbridge $(MANDIR)/man8/tgbridge.8 $(SYSTEMDDIR)/tgbridge.service \
+                 $(SYSTEMDDIR)/tgbridge.socket $(SYSTEMDDIR)/tgbridge-unix.socket \
+                 $(DOCDIR)/README.md $(DOCDIR)/tgbridge.conf.example
+
+install: build-deps tgbridge
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 tgbridge $(DESTDIR)$(BINDIR)/tgbridge
+	install -m 0644 man/tgbridge.8 $(DESTDIR)$(MANDIR)/man8/tgbridge.8
+	for u in tgbridge.service tgbridge.socket tgbridge-unix.socket; do \
+	  sed 's|@BINDIR@|$(BINDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' systemd/$$u > $(DESTDIR)$(SYSTEMDDIR)/$$u.tmp && \
+	  chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/$$u.tmp && mv -f $(DESTDIR)$(SYSTEMDDIR)/$$u.tmp $(DESTDIR)$(SYSTEMDDIR)/$$u; \
+	done
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -m 0644 examples/tgbridge.conf $(DESTDIR)$(DOCDIR)/tgbridge.conf.example
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 # ---------------------------------------------------------------------------------------
 # Fuzzing (tests/fuzz/): a libFuzzer target per parser of outside bytes, each with a seed

@@ -63,6 +63,8 @@ struct config {
     char *proxy;               /* --proxy as given; "none" = never */
     struct proxy_url *via_proxy; /* the decision (config_pick_proxy), or NULL: direct */
     enum log_level log_level;
+    bool log_json;             /* --log-format json */
+    bool access_log;           /* --access-log: a line per finished call */
     /* Unix-domain socket (line JSON and HTTP) */
     char *unix_path;           /* NULL = disabled */
     bool unix_set;             /* given explicitly (even as none) */

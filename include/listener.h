@@ -18,6 +18,9 @@ void listener_init(const struct config *cfg);
 struct listener *listener_start(int fd, accept_cb cb, void *arg);
 /* Binds and listens on host:port (port 0 = any); *bound_port gets the real port. */
 struct listener *listener_tcp(const char *host, int port, int *bound_port, char *err, size_t errlen);
+/* A listening TCP socket handed over by systemd (activation.c): its address goes to
+ * host (numeric) and bound_port.  It is never re-bound. */
+struct listener *listener_tcp_adopt(int fd, char *host, size_t hostlen, int *bound_port, char *err, size_t errlen);
 void listener_close(struct listener *l);
 /* Serves fd with what its first bytes ask for, among protos, within --client-timeout:
  * the line protocol, or by the request head's route, libmicrohttpd or the local

@@ -32,6 +32,7 @@ struct session_rules {
     bool nested_errors;     /* a service error nested in the response stays there, as
                              * the gateway sent it, instead of becoming a top-level error */
     size_t max_pending;     /* more unfinished requests are refused at once (0: no cap) */
+    const char *frontend;   /* the front end's name, for the access log: "line", "ws" */
 };
 
 struct session {

@@ -24,7 +24,7 @@ enum opt_id {
     O_GATEWAY = 1, O_TOKEN, O_TOKEN_FILE, O_AUTH, O_LISTEN, O_MAX_BODY, O_REQUEST_TIMEOUT,
     O_QUEUE_TIMEOUT, O_HEARTBEAT, O_RECONNECT_MIN, O_RECONNECT_MAX, O_PING_INTERVAL,
     O_PING_TIMEOUT, O_CONNECT_TIMEOUT, O_DRAIN_TIMEOUT, O_MAX_INFLIGHT, O_MAX_QUEUE, O_WORKSPACE, O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY,
-    O_LOG_LEVEL, O_MAX_CONNECTIONS, O_CONNECTION_IDLE, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_MAX_PASSTHROUGH, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
+    O_LOG_LEVEL, O_LOG_FORMAT, O_ACCESS_LOG, O_MAX_CONNECTIONS, O_CONNECTION_IDLE, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE, O_MAX_WS_CLIENTS, O_MAX_PASSTHROUGH, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE, O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE,
     O_MAX_CLIENT_BUFFER, O_CONFIG, O_PRINT_CONFIG, O_CHECK_CONFIG, O_HELP, O_VERSION, O_LAST
 };
 
@@ -65,8 +65,8 @@ static const struct opt_doc docs[] = {
      "... or peers whose primary group is one of these"},
     {O_MAX_LINE, "max-line", "BYTES", "TGBRIDGE_MAX_LINE", "longest line on the Unix socket (default 50m)"},
     {O_MAX_CLIENT_BUFFER, "max-client-buffer", "BYTES", "TGBRIDGE_MAX_CLIENT_BUFFER",
-     "replies buffered for a Unix client that reads too slowly\n"
-     "before it is disconnected (default 64m)"},
+     "reply bytes that may wait for one caller that does not read them (REST,\n"
+     "streams, the line protocol, the local WebSocket) before it is dropped (default 64m)"},
     {O_CLIENT_TIMEOUT, "client-timeout", "SECONDS", "TGBRIDGE_CLIENT_TIMEOUT",
      "a local connection must send a complete request head within this, and\n"
      "its body at least 1 MiB per this much more (default 30)"},
@@ -120,12 +120,17 @@ static const struct opt_doc docs[] = {
     {O_CA_ONLY, "ca-only", NULL, "TGBRIDGE_CA_ONLY",
      "trust only --ca-file, not the system's CA store"},
     {O_PROXY, "proxy", "URL", "TGBRIDGE_PROXY",
-     "HTTP CONNECT proxy http://[user:pass@]host:port, or 'none' (default:\n"
+     "HTTP CONNECT proxy http://[user:pass@]host[:port], or 'none' (default:\n"
      "https_proxy / http_proxy, honouring no_proxy, never for loopback)"},
     {O_INSECURE, "insecure", NULL, "TGBRIDGE_INSECURE",
      "do not verify the gateway's TLS certificate (dangerous)"},
     {O_LOG_LEVEL, "log-level", "LEVEL", "TGBRIDGE_LOG_LEVEL",
      "error | warn | info (default) | debug"},
+    {O_LOG_FORMAT, "log-format", "FORMAT", "TGBRIDGE_LOG_FORMAT",
+     "text (default) | json: one JSON object per line, for log shippers"},
+    {O_ACCESS_LOG, "access-log", "on|off", "TGBRIDGE_ACCESS_LOG",
+     "one line per finished call at info: front end, route or service, outcome,\n"
+     "bytes, duration, time to first part, upstream id (default on)"},
     {O_CONFIG, "config", "PATH", "TGBRIDGE_CONFIG",
      "read settings from PATH first: one 'option = value' per line, option\n"
      "names as above without '--'; the environment and flags override it"},
@@ -370,6 +375,15 @@ const char *auth_mode_name(enum auth_mode m)
     }
 }
 
+static int parse_bool(const char *v)
+{
+    if (!strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on") || !strcmp(v, "1"))
+        return 1;
+    if (!strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off") || !strcmp(v, "0"))
+        return 0;
+    return -1;
+}
+
 /* Where each option's value came from, for --print-config ("default" if nowhere). */
 static char sources[O_LAST][300];
 
@@ -461,13 +475,33 @@ static int apply(struct config *cfg, enum opt_id id, const char *v, char *err, s
         return 0;
     }
     case O_CA_FILE: set_str(&cfg->ca_file, v); return 0;
-    case O_INSECURE: cfg->insecure = !v || !*v || strcmp(v, "0"); return 0;
-    case O_CA_ONLY: cfg->ca_only = !v || !*v || strcmp(v, "0"); return 0;
+    case O_INSECURE: case O_CA_ONLY: {
+        /* A switch: no value (the flag) is on; from the environment or the file, a
+         * boolean -- TGBRIDGE_INSECURE=false must never turn verification off. */
+        int b = v ? parse_bool(v) : 1;
+        if (b < 0)
+            return errorf(err, errlen, "--%s wants true or false (1/0, yes/no, on/off), got '%s'",
+                          id == O_INSECURE ? "insecure" : "ca-only", v);
+        *(id == O_INSECURE ? &cfg->insecure : &cfg->ca_only) = b;
+        return 0;
+    }
     case O_PROXY: set_str(&cfg->proxy, v); return 0;
     case O_LOG_LEVEL:
         if (log_parse_level(v, &cfg->log_level))
             return errorf(err, errlen, "--log-level must be error, warn, info or debug");
         return 0;
+    case O_LOG_FORMAT:
+        if (strcmp(v, "text") && strcmp(v, "json"))
+            return errorf(err, errlen, "--log-format must be text or json");
+        cfg->log_json = !strcmp(v, "json");
+        return 0;
+    case O_ACCESS_LOG: {
+        int b = parse_bool(v);
+        if (b < 0)
+            return errorf(err, errlen, "--access-log must be on or off");
+        cfg->access_log = b;
+        return 0;
+    }
     default: return 0;
     }
 }
@@ -496,6 +530,7 @@ void config_defaults(struct config *cfg)
     cfg->connection_idle = 30;
     cfg->max_ws_clients = 1024;
     cfg->max_passthrough = 64;
+    cfg->access_log = true;
     cfg->log_level = LOG_INFO;
     cfg->unix_mode = 0660;
     cfg->max_line = GATEWAY_MAX_FRAME;
@@ -534,15 +569,6 @@ static char *trim(char *s)
     while (n && isspace((unsigned char)s[n - 1]))
         s[--n] = '\0';
     return s;
-}
-
-static int parse_bool(const char *v)
-{
-    if (!strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on") || !strcmp(v, "1"))
-        return 1;
-    if (!strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off") || !strcmp(v, "0"))
-        return 0;
-    return -1;
 }
 
 /* The config file: "name = value" lines, names from the option table.  Strict, like
@@ -740,9 +766,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
         const char *v = docs[i].env ? getenv(docs[i].env) : NULL;
         if (docs[i].id == O_TOKEN && (!v || !*v))
             v = getenv("GATEWAY_SECRET");
-        if (!v || (!*v && docs[i].id != O_INSECURE))
-            continue;
-        if ((docs[i].id == O_INSECURE || docs[i].id == O_CA_ONLY) && !*v)
+        if (!v || !*v)
             continue;
         char e2[256];
         if (apply(cfg, docs[i].id, v, e2, sizeof e2))
@@ -1045,6 +1069,8 @@ static void effective_value(const struct config *cfg, enum opt_id id, struct buf
         s = names[cfg->log_level];
         break;
     }
+    case O_LOG_FORMAT: s = cfg->log_json ? "json" : "text"; break;
+    case O_ACCESS_LOG: s = cfg->access_log ? "on" : "off"; break;
     default: break;
     }
     if (s)

@@ -1,4 +1,5 @@
 #include "health.h"
+#include "callrec.h"
 #include "frontend.h"
 #include "mux.h"
 #include "passthrough.h"
@@ -143,6 +144,8 @@ static void render_metrics(struct buf *b)
          "Body and frame bytes relayed by pass-through calls: in = from callers to the gateway, out = back.");
     buf_printf(b, "tgbridge_passthrough_bytes_total{direction=\"in\"} %llu\n", passthrough_bytes(true));
     buf_printf(b, "tgbridge_passthrough_bytes_total{direction=\"out\"} %llu\n", passthrough_bytes(false));
+
+    callrec_metrics(b);
 
     head(b, "tgbridge_uptime_seconds", "gauge", "Seconds since tgbridge started.");
     buf_printf(b, "tgbridge_uptime_seconds %.3f\n", uptime);

@@ -45,7 +45,7 @@ static struct {
 
 /* Duplicate ids refused, as the README's contract has it; errors in one shape; the
  * pending cap is back-pressure on the client's socket alone (libraries.md b8). */
-static const struct session_rules line_rules = {"line", false, false, 0};
+static const struct session_rules line_rules = {"line", false, false, 0, "line"};
 
 
 static void line_fail_all(const char *type, const char *message);

@@ -10,6 +10,7 @@
 #include "ws.h"
 #include "wspass.h"
 #include "passthrough.h"
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -311,6 +312,26 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
         close(fd);
         errorf(err, errlen, "cannot add the listener to the event loop");
     }
+    return l;
+}
+
+struct listener *listener_tcp_adopt(int fd, char *host, size_t hostlen, int *bound_port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len)) {
+        errorf(err, errlen, "socket activation: %s", strerror(errno));
+        return NULL;
+    }
+    bool v6 = ss.ss_family == AF_INET6;
+    const void *a = v6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                       : (const void *)&((struct sockaddr_in *)&ss)->sin_addr;
+    if (!inet_ntop(ss.ss_family, a, host, (socklen_t)hostlen))
+        snprintf(host, hostlen, "?");
+    *bound_port = ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
+    struct listener *l = listener_start(fd, serve_tcp, NULL);
+    if (!l)
+        errorf(err, errlen, "cannot add the listener to the event loop");
     return l;
 }
 

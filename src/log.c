@@ -44,6 +44,71 @@ bool log_limit_ok(struct log_limit *l, double interval, unsigned long *held_back
     return true;
 }
 
+static bool json_lines;
+
+void log_set_json(bool json) { json_lines = json; }
+
+/* The line around an already formatted (and redacted) message b: the journal's
+ * priority prefix, or a timestamp; or a JSON object.  One write(2) per line so that
+ * concurrent writers never interleave mid-line. */
+static void emit(enum log_level level, const struct buf *b, const struct log_kv *kv, size_t n)
+{
+    struct buf line;
+    buf_init(&line, 0);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[40];
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (json_lines) {
+        buf_printf(&line, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"pid\":%d,\"msg\":", when,
+                   ts.tv_nsec / 1000000L, names[level], (int)getpid());
+        buf_json_string(&line, buf_ptr(b), b->len);
+        for (size_t i = 0; i < n; i++) {
+            if (kv[i].kind == KV_STR && !kv[i].s)
+                continue;
+            buf_printf(&line, ",\"%s\":", kv[i].key);
+            if (kv[i].kind == KV_STR)
+                buf_json_string(&line, kv[i].s, strlen(kv[i].s));
+            else if (kv[i].kind == KV_INT)
+                buf_printf(&line, "%lld", kv[i].i);
+            else
+                buf_printf(&line, "%.6f", kv[i].d);
+        }
+        buf_puts(&line, "}");
+        redact_buf(&line);
+        buf_puts(&line, "\n");
+    } else {
+        if (getenv("JOURNAL_STREAM"))
+            buf_printf(&line, "%s%s: ", prio[level], names[level]);
+        else
+            buf_printf(&line, "%s.%03ldZ tgbridge[%d] %s: ", when, ts.tv_nsec / 1000000L, (int)getpid(),
+                       names[level]);
+        buf_append(&line, buf_ptr(b), b->len);
+        for (size_t i = 0; i < n; i++) {
+            if (kv[i].kind == KV_STR && !kv[i].s)
+                continue;
+            buf_printf(&line, " %s=", kv[i].key);
+            if (kv[i].kind == KV_STR) {
+                if (!*kv[i].s || strpbrk(kv[i].s, " \"=\n"))
+                    buf_json_string(&line, kv[i].s, strlen(kv[i].s));
+                else
+                    buf_puts(&line, kv[i].s);
+            } else if (kv[i].kind == KV_INT) {
+                buf_printf(&line, "%lld", kv[i].i);
+            } else {
+                buf_printf(&line, "%.6f", kv[i].d);
+            }
+        }
+        redact_buf(&line);
+        buf_puts(&line, "\n");
+    }
+    ssize_t w = write(STDERR_FILENO, buf_ptr(&line), line.len);
+    (void)w;
+    buf_free(&line);
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
     if (level > current)
@@ -70,23 +135,18 @@ void log_msg(enum log_level level, const char *fmt, ...)
         free(big);
     }
     redact_buf(&b);
-    /* One write(2) per line so concurrent writers never interleave mid-line. */
-    struct buf line;
-    buf_init(&line, 0);
-    if (getenv("JOURNAL_STREAM")) {
-        buf_printf(&line, "%s%s: %s\n", prio[level], names[level], buf_ptr(&b));
-    } else {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
-        char when[32];
-        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-        buf_printf(&line, "%s.%03ldZ tgbridge[%d] %s: %s\n", when, ts.tv_nsec / 1000000L,
-                   (int)getpid(), names[level], buf_ptr(&b));
-    }
-    ssize_t w = write(STDERR_FILENO, buf_ptr(&line), line.len);
-    (void)w;
-    buf_free(&line);
+    emit(level, &b, NULL, 0);
+    buf_free(&b);
+}
+
+void log_record(enum log_level level, const char *msg, const struct log_kv *kv, size_t n)
+{
+    if (level > current)
+        return;
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, msg);
+    redact_buf(&b);
+    emit(level, &b, kv, n);
     buf_free(&b);
 }

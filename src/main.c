@@ -1,6 +1,8 @@
 /* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
  * REST with streaming.  main() wires the modules together; see README "Design". */
 #include "access.h"
+#include "callrec.h"
+#include "activation.h"
 #include "config.h"
 #include "dial.h"
 #include "frontend.h"
@@ -158,6 +160,8 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
+    log_set_json(cfg.log_json);
+    callrec_init(&cfg);
     if (access_init(&cfg, err, sizeof err)) {
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;
@@ -193,16 +197,40 @@ int main(int argc, char **argv)
     if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg) || wspass_init(loop_ctx(), &cfg))
         return 1;
     int port = 0;
-    rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, &port, err, sizeof err);
+    struct activation act;
+    if (activation_take(&act, err, sizeof err)) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (act.rest_fd >= 0) {
+        /* systemd's socket: its address is the listen address (the Host rules use it). */
+        rest_listener = listener_tcp_adopt(act.rest_fd, cfg.listen_host, sizeof cfg.listen_host, &port, err,
+                                           sizeof err);
+        cfg.listen_port = port;
+    } else {
+        rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, &port, err, sizeof err);
+    }
     if (!rest_listener) {
         log_error("%s", err);
         return 1;
     }
-    unix_listener = unix_listener_open(&cfg, err, sizeof err);
+    static char adopted_path[108];
+    if (act.unix_fd >= 0) {
+        unix_listener = unix_listener_adopt(&cfg, act.unix_fd, adopted_path, sizeof adopted_path, err, sizeof err);
+        if (unix_listener) {
+            free(cfg.unix_path);
+            cfg.unix_path = strdup(adopted_path);
+        }
+    } else {
+        unix_listener = unix_listener_open(&cfg, err, sizeof err);
+    }
     if (!unix_listener && err[0]) {
         log_error("%s", err);
         return 1;
     }
+    if (act.rest_fd >= 0 || act.unix_fd >= 0)
+        log_info("socket activation: took over %s%s%s from systemd", act.rest_fd >= 0 ? "the REST listener" : "",
+                 act.rest_fd >= 0 && act.unix_fd >= 0 ? " and " : "", act.unix_fd >= 0 ? "the Unix socket" : "");
     bool v6 = strchr(cfg.listen_host, ':') != NULL;
     log_info("listening rest=%s%s%s:%d unix=%s gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
              port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway, auth_mode_name(cfg.auth));

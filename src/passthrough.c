@@ -152,7 +152,8 @@ static void account(struct pass *p, enum pass_outcome o)
     char status[24] = "";
     if (p->head_seen)
         snprintf(status, sizeof status, ", status %d", p->status);
-    log_info("pass-through %s %s: %s%s, %llu bytes in, %llu out, %.3f s", route_names[p->route], p->method,
+    /* The caller's access-log line is the front end's (callrec.c); this is the detail. */
+    log_debug("pass-through %s %s: %s%s, %llu bytes in, %llu out, %.3f s", route_names[p->route], p->method,
              outcome_names[o], status, (unsigned long long)p->bytes_in, (unsigned long long)p->bytes_out,
              now_mono() - p->started);
 }

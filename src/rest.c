@@ -1,6 +1,7 @@
 #include "rest.h"
 #include "access.h"
 #include "buf.h"
+#include "callrec.h"
 #include "envelope.h"
 #include "list.h"
 #include "log.h"
@@ -69,8 +70,27 @@ struct call {
     int pass_route;
     struct pass *pass;
     bool pass_failed;          /* cut short after the head */
+    /* For the access log and the histograms (callrec.c). */
+    double started, first_part;
+    uint64_t bytes_in, bytes_out;
+    char method[8];
+    char *path;
+    char upstream_id[48];
+    char error[64];            /* the error type, if the call had one */
+    bool own_error;            /* tgbridge answered with an error of its own */
+    bool gateway_error;        /* the gateway answered with an error */
     struct list node;
 };
+
+static void note_error(struct call *call, bool own, const char *type)
+{
+    if (own)
+        call->own_error = true;
+    else
+        call->gateway_error = true;
+    if (!call->error[0] && type)
+        snprintf(call->error, sizeof call->error, "%s", type);
+}
 
 static struct {
     const struct config *cfg;
@@ -260,6 +280,8 @@ static void map_unary(struct call *call, const struct frame *f)
 {
     const char *policy_body;
     int st;
+    if (f->kind != FRAME_FINAL)
+        note_error(call, false, f->kind == FRAME_FINAL_ERROR || !f->err_type[0] ? "error" : f->err_type);
     if (f->kind == FRAME_FINAL || f->kind == FRAME_FINAL_ERROR) {
         call->reply_status = 200;
         buf_append(&call->reply, f->response.p, f->response.n);
@@ -290,6 +312,7 @@ static void map_stream_error(struct call *call, const struct frame *f)
 {
     const char *unused;
     int st = 400;
+    note_error(call, false, error_type_of(f));
     if (f->kind == FRAME_FINAL_ERROR) {
         bool timeout = !strcmp(f->err_type, "gateway-error") &&
                        (!f->err_message[0] || !strcmp(f->err_message, "Timeout"));
@@ -560,10 +583,12 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
         call->reply_ready = true;
         call->done = true;
     } else {
-        if (f->kind == FRAME_TOP_ERROR || f->kind == FRAME_FINAL_ERROR)
+        if (f->kind == FRAME_TOP_ERROR || f->kind == FRAME_FINAL_ERROR) {
+            note_error(call, false, error_type_of(f));
             append_error_event(call, error_type_of(f), f->err_message);
-        else
+        } else {
             append_event(call, f->response.p, f->response.n, false);
+        }
         if (call->client_gone)
             return; /* dropped for reading too slowly: req is no longer ours */
         if (!call->stream_ready)
@@ -581,6 +606,7 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
 static void on_fail(struct request *req, int status, const char *type, const char *message)
 {
     struct call *call = req->owner;
+    note_error(call, true, type);
     if (call->phase == PH_STREAMING || call->stream_ready) {
         append_error_event(call, type, message);
         if (call->client_gone)
@@ -612,6 +638,9 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
         if (!call->out.len && call->out.cap > 1024 * 1024)
             buf_free(&call->out);
         call->last_write = now_mono();
+        if (!call->first_part)
+            call->first_part = call->last_write;
+        call->bytes_out += n;
         loop_flush_done();
         return (ssize_t)n;
     }
@@ -631,6 +660,7 @@ static enum MHD_Result respond(struct call *call)
         return MHD_NO;
     if (call->reply_ready) {
         call->phase = PH_DONE;
+        call->bytes_out = call->reply.len;
         if (call->reply_status == 503)
             return queue_503(c, buf_ptr(&call->reply), call->reply.len);
         return queue_json(c, (unsigned)call->reply_status, buf_ptr(&call->reply), call->reply.len, NULL);
@@ -781,6 +811,7 @@ static enum MHD_Result start_call(struct call *call)
     if (call->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "request body is larger than --max-body (%zu bytes)", R.cfg->max_body);
+        note_error(call, true, "payload-too-large");
         return queue_error(c, 413, "payload-too-large", msg, NULL);
     }
     const char *body = call->body.len ? buf_ptr(&call->body) : "";
@@ -789,10 +820,12 @@ static enum MHD_Result start_call(struct call *call)
     if (why) {
         char msg[128];
         snprintf(msg, sizeof msg, "request body %s", why);
+        note_error(call, true, "bad-request");
         return queue_error(c, 400, "bad-request", msg, NULL);
     }
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
+        note_error(call, true, "bad-request");
         return queue_error(c, 400, "bad-request", "request body must be a JSON object", NULL);
     }
     const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
@@ -809,6 +842,7 @@ static enum MHD_Result start_call(struct call *call)
     call->req = mux_new(call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL, workspace, body,
                         call->body.len, &call_ops, call);
     call->req->caller = call->watch ? &call->watch->caller : NULL;
+    snprintf(call->upstream_id, sizeof call->upstream_id, "%s", call->req->id);
     cJSON_Delete(root);
     buf_free(&call->body);
     mux_submit(call->req);
@@ -824,6 +858,7 @@ static void pass_room(void *owner) { wake(owner); }
 static void pass_fail(void *owner, int status, const char *type, const char *message)
 {
     struct call *call = owner;
+    note_error(call, true, type);
     if (status) {
         call->reply_status = status;
         json_error_body(&call->reply, type, message);
@@ -841,8 +876,10 @@ static ssize_t pass_reader(void *cls, uint64_t pos, char *out, size_t max)
     (void)pos;
     struct call *call = cls;
     size_t n = call->pass ? pass_take(call->pass, out, max) : 0;
-    if (n)
+    if (n) {
+        call->bytes_out += n;
         return (ssize_t)n;
+    }
     if (call->client_gone || call->pass_failed || !call->pass)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     if (pass_done(call->pass))
@@ -996,6 +1033,9 @@ static enum MHD_Result start_pass(struct MHD_Connection *c, struct conn_watch *c
     call->route = R_PASS;
     call->pass_route = probe->pass_route;
     call->conn = c;
+    call->started = now_mono();
+    snprintf(call->method, sizeof call->method, "%s", method);
+    call->path = strdup(url);
     call->phase = PH_BODY;
     buf_init(&call->body, 0);
     buf_init(&call->reply, 0);
@@ -1021,6 +1061,7 @@ static enum MHD_Result pass_request_data(struct call *call, const char *data, si
     if (*size) {
         size_t took = call->reply_ready ? *size : pass_put(call->pass, data, *size);
         *size -= took;
+        call->bytes_in += took;
         if (*size)
             suspend(call);
         return MHD_YES;
@@ -1125,6 +1166,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         call->route = route;
         call->reject = rj;
         call->conn = c;
+        call->started = now_mono();
+        snprintf(call->method, sizeof call->method, "%s", method);
+        call->path = strdup(url);
         buf_init(&call->body, 0);
         buf_init(&call->reply, 0);
         buf_init(&call->out, 0);
@@ -1141,6 +1185,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (call->route == R_PASS)
         return pass_request_data(call, upload_data, upload_data_size);
     if (*upload_data_size) {
+        call->bytes_in += *upload_data_size;
         if (call->watch)
             call->watch->received += *upload_data_size;
         if (!call->too_large && !call->reject.status) {
@@ -1158,11 +1203,41 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         request_in(call->watch);
     if (call->phase == PH_BODY && call->reject.status) {
         call->phase = PH_DONE;
+        note_error(call, true, call->reject.type);
         return queue_error(c, call->reject.status, call->reject.type, call->reject.message, call->reject.allow);
     }
     if (call->phase == PH_BODY)
         return start_call(call);
     return respond(call);
+}
+
+/* The call's line in the access log, and its observation in the histograms. */
+static void finish_record(struct MHD_Connection *c, const struct call *call, enum MHD_RequestTerminationCode toe)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_HTTP_STATUS);
+    int status = ci ? (int)ci->http_status : 0;
+    bool aborted = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || call->client_gone || call->pass_failed;
+    enum call_outcome o = aborted && !call->pass_failed ? CALL_ABORTED
+                        : call->own_error || call->pass_failed ? CALL_FAILED
+                        : call->gateway_error || status >= 400 ? CALL_GATEWAY_ERROR : CALL_OK;
+    const char *service = call->route == R_PASS ? pass_route_name((enum pass_route)call->pass_route)
+                        : call->kind[0] ? call->kind : NULL;
+    struct call_record r = {
+        .frontend = "rest",
+        .method = call->method,
+        .route = call->path,
+        .service = service,
+        .flow = call->route == R_FLOW_SERVICE ? call->flow : NULL,
+        .status = status,
+        .outcome = o,
+        .error = call->error[0] ? call->error : NULL,
+        .bytes_in = call->bytes_in,
+        .bytes_out = call->bytes_out,
+        .started = call->started,
+        .first_part = call->fmt != FMT_JSON && call->route != R_PASS ? call->first_part : 0,
+        .upstream_id = call->upstream_id[0] ? call->upstream_id : NULL,
+    };
+    callrec_finish(&r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
@@ -1176,6 +1251,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         return;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_debug("call ended early (MHD code %d)", (int)toe);
+    finish_record(c, call, toe);
     pass_end(call->pass, toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || call->client_gone);
     timer_cancel(&call->heartbeat);
     if (call->watch)
@@ -1192,6 +1268,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     buf_free(&call->body);
     buf_free(&call->reply);
     buf_free(&call->out);
+    free(call->path);
     free(call);
     *con_cls = NULL;
 }

@@ -1,8 +1,10 @@
 #include "session.h"
 #include "buf.h"
+#include "callrec.h"
 #include "loop.h"
 #include "mux.h"
 #include "redact.h"
+#include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +17,20 @@ struct sreq {
     struct request *req;
     char *cid;
     bool streaming;      /* a part has been sent */
+    /* For the access log and the histograms (callrec.c). */
+    double started, first_part;
+    uint64_t bytes_in, bytes_out;
+    char error[64];
+    enum call_outcome outcome;
 };
+
+static void note(struct sreq *r, enum call_outcome o, const char *type)
+{
+    if (r->outcome == CALL_OK)
+        r->outcome = o;
+    if (!r->error[0] && type)
+        snprintf(r->error, sizeof r->error, "%s", type);
+}
 
 void session_init(struct session *s, const struct session_rules *rules, const struct session_ops *ops,
                   const struct config *cfg, void *owner)
@@ -56,6 +71,20 @@ void session_error(struct session *s, const char *cid, const char *type, const c
 static void sreq_free(struct sreq *r)
 {
     struct session *s = r->s;
+    struct call_record rec = {
+        .frontend = s->rules->frontend,
+        .service = r->req ? r->req->service : NULL,
+        .outcome = r->req && r->req->owner ? r->outcome : CALL_ABORTED,
+        .error = r->error[0] ? r->error : NULL,
+        .bytes_in = r->bytes_in,
+        .bytes_out = r->bytes_out,
+        .started = r->started,
+        .first_part = r->first_part,
+        .upstream_id = r->req ? r->req->id : NULL,
+    };
+    if (s->closed && r->outcome == CALL_OK)
+        rec.outcome = CALL_ABORTED; /* the client went away before its answer */
+    callrec_finish(&rec);
     list_del(&r->node);
     s->npending--;
     mux_detach(r->req);
@@ -75,6 +104,8 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
     buf_init(&b, 0);
     bool as_response = f->kind == FRAME_PART || f->kind == FRAME_FINAL ||
                        (f->kind == FRAME_FINAL_ERROR && s->rules->nested_errors);
+    if (!as_response || f->kind == FRAME_FINAL_ERROR)
+        note(r, CALL_GATEWAY_ERROR, f->err_type[0] ? f->err_type : "error");
     if (as_response) {
         buf_puts(&b, "{\"id\":");
         buf_puts(&b, r->cid);
@@ -87,8 +118,10 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
     }
     if (!final && !r->streaming) {
         r->streaming = true;
+        r->first_part = now_mono();
         loop_flush_soon(); /* its first part: out before the rest of the batch */
     }
+    r->bytes_out += b.len;
     s->ops->send(s, buf_ptr(&b), b.len);
     buf_free(&b);
     if (s->closed)
@@ -102,6 +135,7 @@ static void on_fail(struct request *req, int status, const char *type, const cha
     (void)status;
     struct sreq *r = req->owner;
     struct session *s = r->s;
+    note(r, CALL_FAILED, type);
     session_error(s, r->cid, type, message);
     if (!s->closed)
         sreq_free(r);
@@ -143,6 +177,8 @@ static void submit(struct session *s, const struct client_msg_info *m, const cha
         abort();
     r->s = s;
     r->cid = cid;
+    r->started = now_mono();
+    r->bytes_in = len;
     list_add_tail(&s->reqs, &r->node);
     s->npending++;
     r->req = mux_alloc(m->service, m->has_flow, &sreq_ops, r);
@@ -189,6 +225,7 @@ void session_fail_all(struct session *s, const char *type, const char *message)
 {
     while (!s->closed && !list_empty(&s->reqs)) {
         struct sreq *r = list_entry(s->reqs.next, struct sreq, node);
+        note(r, CALL_FAILED, type);
         session_error(s, r->cid, type, message);
         if (!s->closed)
             sreq_free(r);

@@ -20,6 +20,7 @@ struct unix_listener {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     dev_t dev;
     ino_t ino;
+    bool adopted;        /* systemd's: never unlinked */
 };
 
 static bool peer_allowed(const struct config *cfg, const struct ucred *cr)
@@ -171,14 +172,42 @@ fail:
     return NULL;
 }
 
+struct unix_listener *unix_listener_adopt(const struct config *cfg, int fd, char *path, size_t pathlen, char *err,
+                                          size_t errlen)
+{
+    err[0] = '\0';
+    struct unix_listener *u = calloc(1, sizeof *u);
+    if (!u)
+        abort();
+    u->cfg = cfg;
+    u->adopted = true;
+    struct sockaddr_un sa;
+    socklen_t len = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) || sa.sun_family != AF_UNIX) {
+        errorf(err, errlen, "socket activation: the \"unix\" descriptor is not a Unix socket");
+        free(u);
+        return NULL;
+    }
+    snprintf(u->path, sizeof u->path, "%s", sa.sun_path[0] ? sa.sun_path : "(abstract)");
+    snprintf(path, pathlen, "%s", u->path);
+    if (!(u->l = listener_start(fd, on_accept, u))) {
+        errorf(err, errlen, "cannot add the Unix socket to the event loop");
+        free(u);
+        return NULL;
+    }
+    return u;
+}
+
 void unix_listener_close(struct unix_listener *u)
 {
     if (!u)
         return;
     listener_close(u->l);
     struct stat st;
-    /* Only our own file: a successor may already have bound the path. */
-    if (!stat(u->path, &st) && st.st_dev == u->dev && st.st_ino == u->ino)
+    /* Only our own file: a successor may already have bound the path; and never the
+     * one systemd owns. */
+    if (!u->adopted && !stat(u->path, &st) && st.st_dev == u->dev && st.st_ino == u->ino)
         unlink(u->path);
     free(u);
 }

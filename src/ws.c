@@ -53,7 +53,7 @@ static struct {
  * request with the same id), errors nested in responses left where the gateway put
  * them (the official clients read them there), and a cap instead of back-pressure:
  * not reading the socket would also stop reading its pings and its close. */
-static struct session_rules ws_rules = {"message", true, true, 0};
+static struct session_rules ws_rules = {"message", true, true, 0, "ws"};
 
 /* ---- writing ----------------------------------------------------------------------- */
 

@@ -1,6 +1,7 @@
 #include "wspass.h"
 #include "buf.h"
 #include "bulkpath.h"
+#include "callrec.h"
 #include "dial.h"
 #include "frontend.h"
 #include "list.h"
@@ -88,9 +89,20 @@ static void maybe_free(struct wspass *p)
         return;
     enum pass_outcome o = p->up_open ? PASS_OK : PASS_FAILED;
     passthrough_slot_give(p->route, o, p->bytes_in, p->bytes_out);
-    log_info("pass-through %s socket %s: %s, %llu bytes in, %llu out, %.3f s", pass_route_name(p->route), p->what,
-             pass_outcome_name(o), (unsigned long long)p->bytes_in, (unsigned long long)p->bytes_out,
-             now_mono() - p->started);
+    char route[96];
+    snprintf(route, sizeof route, "/api/v1/flow/.../%s", p->what);
+    struct call_record r = {
+        .frontend = "bulk",
+        .method = "GET",
+        .route = route,
+        .service = pass_route_name(p->route),
+        .status = p->up_open ? 101 : 0,
+        .outcome = p->up_open ? CALL_OK : CALL_FAILED,
+        .bytes_in = p->bytes_in,
+        .bytes_out = p->bytes_out,
+        .started = p->started,
+    };
+    callrec_finish(&r);
     side_clear(&p->local);
     side_clear(&p->up);
     list_del(&p->node);

@@ -342,3 +342,17 @@ def test_check_config_exits_0_when_valid_and_2_with_the_reason():
         r = run_bridge(*args, "--check-config")
         eq(r.returncode, 2, "invalid %r" % args)
         assert why in r.stderr, r.stderr
+
+
+def test_switches_from_the_environment_are_booleans():
+    """TGBRIDGE_INSECURE=false once meant "on" (any value but 0 did)."""
+    for value, want in (("false", "false"), ("no", "false"), ("0", "false"), ("off", "false"),
+                        ("true", "true"), ("1", "true"), ("yes", "true")):
+        for var, opt in (("TGBRIDGE_INSECURE", "insecure"), ("TGBRIDGE_CA_ONLY", "ca-only")):
+            extra = ["--ca-file", "/etc/hostname"] if opt == "ca-only" else []
+            r = run_bridge(*extra, "--print-config", env={var: value})
+            eq(r.returncode, 0, "%s=%s: %s" % (var, value, r.stderr))
+            assert ("\n%s = %s\n" % (opt, want)) in r.stdout, "%s=%s gave:\n%s" % (var, value, r.stdout)
+    r = run_bridge("--check-config", env={"TGBRIDGE_INSECURE": "maybe"})
+    eq(r.returncode, 2, "an unreadable switch")
+    assert "TGBRIDGE_INSECURE" in r.stderr, r.stderr

@@ -20,8 +20,9 @@ def scrape(b):
     for line in r.body.decode().splitlines():
         if line.startswith("# TYPE "):
             name, kind = line.split()[2:4]
-            assert kind in ("counter", "gauge"), line
-            typed.add(name)
+            assert kind in ("counter", "gauge", "histogram"), line
+            # a histogram's samples are its _bucket, _sum and _count series
+            typed.update([name] if kind != "histogram" else [name + "_bucket", name + "_sum", name + "_count"])
             continue
         if line.startswith("# HELP ") or not line:
             continue
@@ -30,6 +31,25 @@ def scrape(b):
         assert m.group(1) in typed, "sample before its # TYPE: %r" % line
         samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
     return samples
+
+
+def histogram(samples, name, **labels):
+    """(cumulative buckets [(le, n)], sum, count) of one series; checks the format's
+    rules: buckets non-decreasing, +Inf equal to _count."""
+    sel = ",".join('%s="%s"' % kv for kv in labels.items())
+    buckets = []
+    for k, v in samples.items():
+        m = re.match(r'^%s_bucket\{%s,le="([^"]+)"\}$' % (name, re.escape(sel)), k)
+        if m:
+            buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), v))
+    buckets.sort()
+    assert buckets, "no %s{%s}" % (name, sel)
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), "buckets not cumulative: %r" % buckets
+    count = samples["%s_count{%s}" % (name, sel)]
+    eq(buckets[-1], (float("inf"), count), "+Inf bucket = _count")
+    eq(buckets[0][0], 0.001, "the first bucket is 1 ms")
+    eq(buckets[-2][0], 600, "the last finite bucket is 10 min")
+    return buckets, samples["%s_sum{%s}" % (name, sel)], count
 
 
 def test_metrics_follow_requests_failures_and_the_gateway():
@@ -56,6 +76,27 @@ def test_metrics_follow_requests_failures_and_the_gateway():
            "in flight (the abandoned call still holds the gateway's window)")
         eq(s["tgbridge_requests_queued"], 0, "queued")
         assert s["tgbridge_uptime_seconds"] > 0, s
+        # latencies, by service and outcome
+        _, total, n = histogram(s, "tgbridge_call_duration_seconds", service="text-completion", outcome="ok")
+        eq(n, 3, "ok text-completion calls")
+        assert 0 < total < 3, total
+        buckets, total, n = histogram(s, "tgbridge_call_duration_seconds", service="text-completion",
+                                      outcome="failed")
+        eq(n, 1, "the timed-out call")
+        eq(dict(buckets)[0.25], 0, "it took over 0.25 s (--request-timeout 0.3)")
+        eq(dict(buckets)[0.5], 1, "and under 0.5 s")
+        st = b.stream(FLOW_TC, tc("abc", streaming=True, parts=3))
+        st.body()
+        s = scrape(b)
+        _, _, n = histogram(s, "tgbridge_call_first_part_seconds", service="text-completion", outcome="ok")
+        eq(n, 1, "a streamed call's time to first part")
+        assert s['tgbridge_call_bytes_total{frontend="rest",direction="in"}'] > 0, s
+        assert s['tgbridge_call_bytes_total{frontend="rest",direction="out"}'] > 0, s
+        # a service name a caller invents does not become a label
+        b.post("/api/v1/flow/default/service/made-up-kind-%d" % 7, {"x": 1})
+        s = scrape(b)
+        assert not any("made-up-kind" in k for k in s), "an invented service became a label"
+        histogram(s, "tgbridge_call_duration_seconds", service="other", outcome="gateway-error")
         m.drop()
         wait_until(lambda: scrape(b)["tgbridge_upstream_reconnects_total"] >= 1,
                    timeout=5, what="reconnect counted")

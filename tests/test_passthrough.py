@@ -190,7 +190,8 @@ def test_http_routes_relayed_with_the_right_credential():
         r = b.get("/api/v1/i18n/packs/..")
         eq(r.status, 400, "the gateway's 400")
         assert TOKEN not in b.log() and jwt not in b.log(), "a credential in the log"
-        assert "pass-through metrics GET: ok, status 200" in b.log(), b.log()[-2000:]
+        assert "access frontend=rest method=GET route=/api/metrics/query service=metrics status=200 outcome=ok" \
+            in b.log(), b.log()[-2000:]
 
 
 @timeout(90)

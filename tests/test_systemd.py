@@ -130,3 +130,103 @@ def test_abstract_notify_socket():
     with m, b:
         sd.wait_for(lambda x: "READY=1" in x, T(10), "READY=1 (@abstract)")
     sd.close()
+
+
+# ---------------------------------------------------------------- socket activation
+
+def _activated(fds, names, *args):
+    """tgbridge started as systemd starts a socket-activated service: the listening
+    sockets at descriptors 3, 4, ..., LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID equal
+    to its own pid (set by the shell it is exec'ed from)."""
+    import subprocess
+    from harness import BIN, WRAPPER, bridge_env
+
+    def place():
+        for i, fd in enumerate(fds):
+            os.dup2(fd, 3 + i)
+            os.set_inheritable(3 + i, True)
+    env = bridge_env({"LISTEN_FDS": str(len(fds)), "LISTEN_FDNAMES": names})
+    cmd = ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "sh"] + WRAPPER + [BIN] + list(args)
+    return subprocess.Popen(cmd, env=env, preexec_fn=place, pass_fds=tuple(range(3, 3 + len(fds))),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _http(sock, path):
+    sock.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path).encode())
+    data = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return data
+        data += d
+
+
+@timeout(30)
+def test_socket_activation_takes_over_both_sockets_and_leaves_them_to_systemd():
+    m = start_mock(tokens=[TOKEN])
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(16)
+    port = tcp.getsockname()[1]
+    path = os.path.join(tempfile.mkdtemp(prefix="tgb-act-"), "act.sock")
+    us = socket.socket(socket.AF_UNIX)
+    us.bind(path)
+    us.listen(16)
+    # a caller that connects before tgbridge runs is not lost
+    early = socket.create_connection(("127.0.0.1", port))
+    early.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    with m:
+        p = _activated([tcp.fileno(), us.fileno()], "rest:unix", "--gateway", m.url, "--token", TOKEN,
+                       "--listen", "127.0.0.1:1", "--unix", "/nonexistent/dir/never.sock")
+        try:
+            data = b""
+            early.settimeout(T(10))
+            while True:
+                d = early.recv(65536)
+                if not d:
+                    break
+                data += d
+            assert data.startswith(b"HTTP/1.1 200"), data[:200]
+            u = socket.socket(socket.AF_UNIX)
+            u.connect(path)
+            assert _http(u, "/healthz").startswith(b"HTTP/1.1 200"), "the Unix socket systemd handed over"
+            u.close()
+            p.send_signal(signal.SIGTERM)
+            eq(p.wait(T(10)), 0, "exit status")
+            log = p.stderr.read()
+            assert "socket activation: took over the REST listener and the Unix socket" in log, log
+            assert os.path.exists(path), "tgbridge removed the socket systemd owns"
+            # systemd still holds the listening socket: the next instance gets callers
+            c = socket.create_connection(("127.0.0.1", port))
+            c.close()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    early.close()
+
+
+@timeout(30)
+def test_socket_activation_refuses_a_socket_it_cannot_place():
+    a = socket.socket()
+    a.bind(("127.0.0.1", 0))
+    a.listen(4)
+    p = _activated([a.fileno()], "metrics", "--gateway", "http://127.0.0.1:1", "--unix", "none")
+    eq(p.wait(T(10)), 1, "exit status")
+    assert "named 'metrics'" in p.stderr.read()
+    # not meant for it (another pid): ignored, its own listener is bound
+    import subprocess
+    from harness import BIN, WRAPPER, bridge_env
+    q = subprocess.Popen(WRAPPER + [BIN, "--gateway", "http://127.0.0.1:1", "--unix", "none", "--listen",
+                                    "127.0.0.1:0"],
+                         env=bridge_env({"LISTEN_PID": "1", "LISTEN_FDS": "1"}), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = q.stderr.readline()
+        while line and "listening rest=" not in line:
+            line = q.stderr.readline()
+        assert "listening rest=127.0.0.1:" in line, line
+    finally:
+        q.send_signal(signal.SIGTERM)
+        eq(q.wait(T(10)), 0, "exit status")
+    a.close()
