@@ -10,8 +10,8 @@ run, whatever the figures.  Every process it starts is stopped before it exits.
 Options: --rounds N (alternations per scenario, default 5), --quick (smaller runs, for
 trying the suite out), --profile (also profile tgbridge and the mock: perf cpu-clock
 sampling and callgrind; or BENCH_PROFILE=1), --json PATH (write every raw figure there),
---only NAME[,NAME] or BENCH_ONLY=NAME[,NAME] (scenarios: unary1, fresh, unary64, stream,
-large, mixed, wide, passthrough, hold, wsidle; "none" runs only what --profile asks for).
+--only NAME[,NAME] or BENCH_ONLY=NAME[,NAME] (scenarios: unary1, fresh, unary64, accesslog,
+stream, large, mixed, wide, passthrough, hold, wsidle; "none" runs only what --profile asks for).
 The passthrough scenario uses the Python mock gateway (tests/mock_gateway.py) and curl.
 Standard library only (Debian's /usr/bin/python3).
 """
@@ -183,19 +183,35 @@ class Mock:
 
 
 class Bridge:
-    def __init__(self, tmp, tag, mock_port, extra=(), wrapper=(), unix=False, ready_timeout=30.0):
+    """tgbridge on loopback.  Its stderr is drained by a thread into self.lines (and the log
+    file) — fine for the few lines of --log-level warn; with stderr_file=True (the access-log
+    scenario: hundreds of thousands of lines) it goes straight to the log file instead, with
+    no reader in between that could hold lines in memory or, by reading slowly, block
+    tgbridge's write(2) on a full pipe."""
+
+    def __init__(self, tmp, tag, mock_port, extra=(), wrapper=(), unix=False, ready_timeout=30.0,
+                 log_level="warn", stderr_file=False):
         self.log_path = os.path.join(tmp, f"tgbridge-{tag}.log")
         self.unix_path = os.path.join(tmp, f"tgb-{tag}.sock") if unix else None
         argv = list(wrapper) + [TGBRIDGE, "--gateway", f"http://127.0.0.1:{mock_port}", "--token", "tg_bench",
-                                "--listen", "127.0.0.1:0", "--log-level", "warn"]
+                                "--listen", "127.0.0.1:0", "--log-level", log_level]
         if HAS_UNIX:
             argv += ["--unix", self.unix_path or "none"]
         argv += list(extra)
         self.lines = []
-        self.p = spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._t = None
+        self._err = None
+        self._off = 0  # count_new_lines(): bytes of the log file already counted
+        if stderr_file:
+            # stderr is a plain file here, not the journal: no journal priority prefixes
+            env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+            self._err = open(self.log_path, "wb")
+            self.p = spawn(argv, stdout=subprocess.DEVNULL, stderr=self._err, env=env)
+        else:
+            self.p = spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self._t = threading.Thread(target=self._drain, daemon=True)
+            self._t.start()
         self.pid = self.p.pid
-        self._t = threading.Thread(target=self._drain, daemon=True)
-        self._t.start()
         self.port = None
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and self.port is None:
@@ -206,8 +222,8 @@ class Bridge:
                 if m:
                     self.port = int(m.group(2))
             if self.port is None:
-                # At --log-level warn the "listening" line (info) is not printed: find the
-                # listening socket in /proc instead.
+                # At --log-level warn the "listening" line (info) is not printed, and with
+                # stderr_file nothing reads it: find the listening socket in /proc instead.
                 ports = listening_tcp_ports(self.pid)
                 if ports:
                     self.port = ports[0]
@@ -230,7 +246,27 @@ class Bridge:
                 f.flush()
 
     def tail(self):
-        return "".join(self.lines[-5:]).strip()
+        if self._err is None:
+            return "".join(self.lines[-5:]).strip()
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - 2000))
+                return b"".join(f.read().splitlines(True)[-5:]).decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def count_new_lines(self):
+        """(lines, bytes) the log file grew by since the last call (stderr_file only)."""
+        lines, start = 0, self._off
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                lines += chunk.count(b"\n")
+                self._off += len(chunk)
+        return lines, self._off - start
 
     def status(self):
         st, body = http_get(self.port, "/status")
@@ -241,7 +277,10 @@ class Bridge:
 
     def stop(self):
         stop(self.p, 15.0)
-        self._t.join(2)
+        if self._t is not None:
+            self._t.join(2)
+        if self._err is not None:
+            self._err.close()
 
 
 def http_get(port, path, timeout=2.0):
@@ -424,6 +463,106 @@ def scen_large(ctx, R):
     R["upload"] = alternate(rounds, up)
     R["download"] = alternate(rounds, down)
     R["large_size"] = size
+
+# ---- access log: what one info line per finished call costs (issue 12, item 6) -----------
+#
+# The 64-caller unary load of scen_unary64 (REST/TCP) against three fresh tgbridges started
+# side by side, all at --log-level info: access log off, on (text), on (--log-format json).
+# Their stderr goes straight to a file in the tmp dir (Bridge(stderr_file=True)): no reader
+# process or thread, so nothing but tgbridge's own write(2) into the page cache is measured
+# -- the least any consumer (journald reading a stream socket, a log shipper) can cost it.
+
+ACCESSLOG_MODES = (("off", ["--access-log", "off"]),
+                   ("text", ["--access-log", "on", "--log-format", "text"]),
+                   ("json", ["--access-log", "on", "--log-format", "json"]))
+
+
+def scen_accesslog(ctx, R):
+    n = 5000 if ctx.quick else 20000
+    bridges = {}
+    res = {"requests": n, "warmup": 1000, "callers": 64, "runs": {}, "files": {}}
+    try:
+        for mode, extra in ACCESSLOG_MODES:
+            b = Bridge(ctx.tmp, f"accesslog-{mode}", ctx.mock.port, extra=extra, log_level="info", stderr_file=True)
+            bridges[mode] = b
+            run_bridge(ctx.mock, b, "tcp", 4, 500, 0)  # warm it once, as main() warms the main bridge
+
+        def one(mode):
+            b = bridges[mode]
+            b.count_new_lines()  # start-up and earlier runs are not this run's
+            d = run_bridge(ctx.mock, b, "tcp", 64, n, 1000)
+            lines, nbytes = b.count_new_lines()
+            if d:
+                d.update(log_lines=lines, log_bytes=nbytes)
+            return d
+
+        res["runs"] = alternate(ctx.rounds, {m: (lambda m=m: one(m)) for m, _ in ACCESSLOG_MODES})
+    finally:
+        for mode, b in bridges.items():
+            b.stop()
+            try:
+                res["files"][mode] = os.path.getsize(b.log_path)
+                with open(b.log_path, "rb") as f:  # one sample line, for the record
+                    tail = f.read()[-4096:].splitlines()
+                res.setdefault("sample", {})[mode] = next(
+                    (l.decode(errors="replace") for l in reversed(tail) if b" access " in l or b'"access"' in l), None)
+                os.unlink(b.log_path)  # tens of MB each; the figures are kept
+            except OSError:
+                pass
+    R["accesslog"] = res
+
+
+def accesslog_rows(R):
+    A = R["accesslog"]
+    runs = A.get("runs") or {}
+    base = runs.get("off") or []
+    rps = lambda d: d.get("rps")
+    cpu = lambda d: d["tgb_cpu_s"] / d["total_requests"] * 1e6 if d.get("total_requests") else None
+    lps = lambda d: d["log_lines"] / d["mock_wall_s"] if d.get("mock_wall_s") else None
+    what = {"off": "access log off", "text": "access log on, text", "json": "access log on, json"}
+    rows = []
+    for key, unit, fn in (("throughput (req/s)", "", rps), ("tgbridge CPU per request (µs)", "", cpu)):
+        for mode, _ in ACCESSLOG_MODES:
+            rs = runs.get(mode) or []
+            if not rs:
+                continue
+            v = med([fn(d) for d in rs])
+            ratio = None
+            if mode != "off":
+                # paired: round i of this mode against round i of "off"
+                ratio = med([fn(b) / fn(a) for a, b in zip(base, rs) if fn(a) and fn(b)])
+            rows.append((f"{what[mode]} (info, 64 callers, REST/TCP): {key}", "n/a", fmt(v),
+                         f"{fmt(ratio, '×', 2)} off" if ratio is not None else "", "report", ""))
+    for mode, _ in ACCESSLOG_MODES:
+        rs = runs.get(mode) or []
+        if mode == "off" or not rs:
+            continue
+        per = med([d["log_bytes"] / d["log_lines"] for d in rs if d.get("log_lines")])
+        rows.append((f"{what[mode]}: lines written per second (bytes per line)", "n/a", fmt(med([lps(d) for d in rs])),
+                     f"{fmt(per, ' B', 0)}/line", "report", ""))
+    return rows
+
+
+def accesslog_detail(R):
+    if "accesslog" not in R:
+        return []
+    A = R["accesslog"]
+    out = ["", f"access log, every round ({A['callers']} callers, {A['requests']:,} requests after "
+               f"{A['warmup']:,} warm-up; stderr straight to a file):"]
+    for mode, _ in ACCESSLOG_MODES:
+        for i, d in enumerate((A.get("runs") or {}).get(mode, [])):
+            wall = d.get("mock_wall_s") or 0
+            out.append(f"  {mode:4s} round {i + 1}: {fmt(d.get('rps'))} req/s, tgbridge CPU "
+                       f"{d['tgb_cpu_s'] / d['total_requests'] * 1e6:.2f} µs/request (stat), "
+                       f"{d['tgb_cpu_fine_s'] / d['total_requests'] * 1e6:.2f} (schedstat), "
+                       f"{d['tgb_cpu_fine_s'] / wall * 100 if wall else 0:.0f}% of one core; "
+                       f"{d.get('log_lines', 0):,} lines ({d.get('log_bytes', 0) / 1048576:.1f} MiB) in "
+                       f"{wall:.2f} s = {d.get('log_lines', 0) / wall if wall else 0:,.0f} lines/s")
+    for mode, line in (A.get("sample") or {}).items():
+        if line:
+            out.append(f"  sample line ({mode}): {line}")
+    return out
+
 
 # ---- many connections: long calls beside short ones, and many long calls at once ----------
 #
@@ -1102,6 +1241,8 @@ def build_rows(R, transports):
         rows.append((f"{n:,} idle local WebSockets: tgbridge CPU over 10 s", "n/a", shown,
                      f"{fmt(w.get('idle_wakeups_per_s'), '', 0)} wakeups/s", "0",
                      verdict(cpu is not None and cpu == 0 and (sched or 0) < 5)))
+    if "accesslog" in R:
+        rows += accesslog_rows(R)
     if "mixed" in R:
         rows += mixed_rows(R, figure, paired)
     if "wide" in R:
@@ -1438,6 +1579,8 @@ def main():
             for name, fn, what in (("unary1", scen_unary1, "unary, 1 caller"),
                                    ("fresh", scen_fresh, "first call on a new connection"),
                                    ("unary64", scen_unary64, "unary, 64 keep-alive callers"),
+                                   ("accesslog", scen_accesslog,
+                                    "access log off / on (text) / on (json), 64 callers, three fresh tgbridges"),
                                    ("stream", scen_stream, "one long stream"),
                                    ("large", scen_large, "20 MB request and reply")):
                 if only and name not in only:
@@ -1496,6 +1639,8 @@ def main():
                 print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%  tgbridge {tgb * 100:4.0f}% of one core")
             else:
                 print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%")
+    for line in accesslog_detail(R):
+        print(line)
     for line in many_connections_detail(R):
         print(line)
     for line in passthrough_detail(R):
