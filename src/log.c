@@ -57,13 +57,22 @@ static void emit(enum log_level level, const struct buf *b, const struct log_kv 
     buf_init(&line, 0);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char when[40];
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    /* At tens of thousands of access lines a second, the second's text and our pid
+     * are worth keeping (BENCHMARKS.md, the access-log scenario). */
+    static time_t last_sec = -1;
+    static char when[40];
+    static int pid;
+    if (ts.tv_sec != last_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+        last_sec = ts.tv_sec;
+    }
+    if (!pid)
+        pid = (int)getpid();
     if (json_lines) {
         buf_printf(&line, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"pid\":%d,\"msg\":", when,
-                   ts.tv_nsec / 1000000L, names[level], (int)getpid());
+                   ts.tv_nsec / 1000000L, names[level], pid);
         buf_json_string(&line, buf_ptr(b), b->len);
         for (size_t i = 0; i < n; i++) {
             if (kv[i].kind == KV_STR && !kv[i].s)
@@ -80,11 +89,13 @@ static void emit(enum log_level level, const struct buf *b, const struct log_kv 
         redact_buf(&line);
         buf_puts(&line, "\n");
     } else {
-        if (getenv("JOURNAL_STREAM"))
+        static int journal = -1; /* set by systemd for the process's life */
+        if (journal < 0)
+            journal = getenv("JOURNAL_STREAM") != NULL;
+        if (journal)
             buf_printf(&line, "%s%s: ", prio[level], names[level]);
         else
-            buf_printf(&line, "%s.%03ldZ tgbridge[%d] %s: ", when, ts.tv_nsec / 1000000L, (int)getpid(),
-                       names[level]);
+            buf_printf(&line, "%s.%03ldZ tgbridge[%d] %s: ", when, ts.tv_nsec / 1000000L, pid, names[level]);
         buf_append(&line, buf_ptr(b), b->len);
         for (size_t i = 0; i < n; i++) {
             if (kv[i].kind == KV_STR && !kv[i].s)
@@ -134,8 +145,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
         buf_append(&b, big, (size_t)n);
         free(big);
     }
-    redact_buf(&b);
-    emit(level, &b, NULL, 0);
+    emit(level, &b, NULL, 0); /* redacts the whole line */
     buf_free(&b);
 }
 
@@ -146,7 +156,6 @@ void log_record(enum log_level level, const char *msg, const struct log_kv *kv, 
     struct buf b;
     buf_init(&b, 0);
     buf_puts(&b, msg);
-    redact_buf(&b);
-    emit(level, &b, kv, n);
+    emit(level, &b, kv, n); /* redacts the whole line */
     buf_free(&b);
 }
