@@ -7,6 +7,10 @@
 double now_mono(void);
 /* Percent-encodes everything but RFC 3986 unreserved characters; caller frees. */
 char *url_encode(const char *s);
+/* The same for a path: '/' stays too. */
+char *url_encode_path(const char *s);
+/* The value of a hexadecimal digit, or -1. */
+int hex_value(char c);
 /* "1.5" → 1.5 seconds; rejects negatives, junk and non-finite values. */
 int parse_seconds(const char *s, double *out);
 /* "50m", "1048576", "64k" → bytes (k/m/g are powers of 1024). */

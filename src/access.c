@@ -1,6 +1,7 @@
 #include "access.h"
 #include "log.h"
 #include "redact.h"
+#include "util.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -151,12 +152,6 @@ const char *access_bearer(const char *authorization, size_t len, size_t *tlen)
     return authorization + 7;
 }
 
-static int hexval(char ch)
-{
-    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-         : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
-}
-
 /* ?token= as the gateway reads it (decoded, '+' as a space: ref Q20), or as sent (the
  * clients that put it there do not encode it). */
 bool access_token_ok_encoded(const char *p, size_t n)
@@ -167,7 +162,7 @@ bool access_token_ok_encoded(const char *p, size_t n)
     size_t o = 0;
     for (size_t i = 0; i < n && o + 1 < sizeof dec; i++) {
         int hi, lo;
-        if (p[i] == '%' && i + 2 < n && (hi = hexval(p[i + 1])) >= 0 && (lo = hexval(p[i + 2])) >= 0) {
+        if (p[i] == '%' && i + 2 < n && (hi = hex_value(p[i + 1])) >= 0 && (lo = hex_value(p[i + 2])) >= 0) {
             dec[o++] = (char)(hi * 16 + lo);
             i += 2;
         } else {

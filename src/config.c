@@ -836,11 +836,6 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
     return 0;
 }
 
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -863,7 +858,7 @@ int config_parse_proxy(const char *url, struct proxy_url *out, char *err, size_t
         for (const char *q = p; q < at; q++) {
             char ch = *q;
             if (ch == '%') {
-                int hi = q + 2 < at ? hexval(q[1]) : -1, lo = hi >= 0 ? hexval(q[2]) : -1;
+                int hi = q + 2 < at ? hex_value(q[1]) : -1, lo = hi >= 0 ? hex_value(q[2]) : -1;
                 if (lo < 0)
                     return errorf(err, errlen, "bad percent-encoding in the proxy credentials");
                 ch = (char)(hi * 16 + lo);

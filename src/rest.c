@@ -923,18 +923,15 @@ struct query_build {
     bool first;
 };
 
-/* RFC 3986 unreserved characters stay; everything else is percent-encoded (the
- * gateway decodes what it reads, so this is the same request). */
+/* MHD hands the path and query decoded: encoded again (the gateway decodes what it
+ * reads, so this is the same request). */
 static void put_encoded(struct buf *b, const char *s, bool keep_slash)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' ||
-            *p == '.' || *p == '_' || *p == '~' || (keep_slash && *p == '/'))
-            buf_append(b, p, 1);
-        else
-            buf_printf(b, "%%%c%c", hex[*p >> 4], hex[*p & 15]);
-    }
+    char *e = keep_slash ? url_encode_path(s) : url_encode(s);
+    if (!e)
+        abort();
+    buf_puts(b, e);
+    free(e);
 }
 
 static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)

@@ -1,5 +1,6 @@
 #include "util.h"
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -16,7 +17,7 @@ double now_mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-char *url_encode(const char *s)
+static char *encode(const char *s, bool keep_slash)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t n = strlen(s);
@@ -26,7 +27,7 @@ char *url_encode(const char *s)
     char *o = out;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+        if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || (keep_slash && c == '/')) {
             *o++ = (char)c;
         } else {
             *o++ = '%';
@@ -36,6 +37,15 @@ char *url_encode(const char *s)
     }
     *o = '\0';
     return out;
+}
+
+char *url_encode(const char *s) { return encode(s, false); }
+char *url_encode_path(const char *s) { return encode(s, true); }
+
+int hex_value(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                                                                                      : -1;
 }
 
 int parse_seconds(const char *s, double *out)
