@@ -17,7 +17,8 @@ BUILD     ?= build
 PYTHON    := /usr/bin/python3
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-SRCS      := $(wildcard src/*.c)
+# src/<room>/*.c: the folders are the architecture (docs/design.md).
+SRCS      := $(wildcard src/*.c src/*/*.c)
 OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.c)
@@ -56,6 +57,7 @@ $(BUILD)/tgbridge: $(OBJS)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
+	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD):
@@ -155,17 +157,17 @@ FUZZ_CFLAGS       = -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=al
                     $(shell pkg-config --cflags libcjson 2>/dev/null)
 FUZZ_LIBS         = $(shell pkg-config --libs libcjson 2>/dev/null) -lm
 # The few src/ files each target needs (none pulls in lws, MHD or libcrypto).
-FUZZ_SRCS_body      := src/json.c src/envelope.c src/buf.c
-FUZZ_SRCS_line      := src/json.c src/envelope.c src/buf.c
-FUZZ_SRCS_frame     := src/json.c src/envelope.c src/buf.c
-FUZZ_SRCS_json      := src/json.c
-FUZZ_SRCS_config    := src/config.c src/log.c src/redact.c src/util.c src/buf.c
-FUZZ_SRCS_url       := src/config.c src/log.c src/redact.c src/util.c src/buf.c
-FUZZ_SRCS_lineframe := src/lineframe.c src/buf.c
-FUZZ_SRCS_redact    := src/redact.c src/util.c src/buf.c
-FUZZ_SRCS_httphead  := src/httphead.c
-FUZZ_SRCS_wsframe   := src/wsframe.c src/buf.c
-FUZZ_SRCS_bulkpath  := src/bulkpath.c src/buf.c src/util.c src/log.c src/redact.c
+FUZZ_SRCS_body      := src/wire/json.c src/wire/envelope.c src/base/buf.c
+FUZZ_SRCS_line      := src/wire/json.c src/wire/envelope.c src/base/buf.c
+FUZZ_SRCS_frame     := src/wire/json.c src/wire/envelope.c src/base/buf.c
+FUZZ_SRCS_json      := src/wire/json.c
+FUZZ_SRCS_config    := src/config/config.c src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c
+FUZZ_SRCS_url       := src/config/config.c src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c
+FUZZ_SRCS_lineframe := src/wire/lineframe.c src/base/buf.c
+FUZZ_SRCS_redact    := src/base/redact.c src/base/util.c src/base/buf.c
+FUZZ_SRCS_httphead  := src/wire/httphead.c
+FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
+FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h $(wildcard include/*.h)
 FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))
 FUZZ_REPLAY_BINS  := $(patsubst %,$(BUILD)/fuzz_replay_%,$(FUZZ_TARGETS))
@@ -233,4 +235,4 @@ fuzz-replay-asan: deps
 fuzz-clean:
 	rm -rf build-fuzz
 
--include $(wildcard $(BUILD)/*.d)
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)

@@ -16,7 +16,7 @@
  * line on stdout.
  *
  * Small envelopes waiting together are framed into one buffer and sent with one write,
- * as tgbridge does (src/wsframe.c): the baseline stays the best a client can do.
+ * as tgbridge does (src/wire/wsframe.c): the baseline stays the best a client can do.
  * --per-frame writes each with its own lws_write instead, as a naive client would.
  *
  * Mixed load (the bench's "mixed" scenario): --long-callers L more callers on the same
@@ -38,7 +38,7 @@
 #include <sys/resource.h>
 
 #define WRITE_CHUNK (64 * 1024)
-/* The same limits as src/upstream.c. */
+/* The same limits as src/upstream/upstream.c. */
 #define BURST_MAX_ENVELOPE (16 * 1024)
 #define BURST_MAX_BYTES (60 * 1024)
 #define BURST_MAX_COUNT 64

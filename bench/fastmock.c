@@ -17,7 +17,7 @@
  *     the reference describes.  There is no artificial 10 ms start spacing: the mock must
  *     never be the bottleneck.
  *
- * Speed: requests are scanned, never parsed into a tree (json_members from src/envelope.c); replies are built
+ * Speed: requests are scanned, never parsed into a tree (json_members from src/wire/envelope.c); replies are built
  * straight into one output buffer, many WebSocket frames per send(2) (server frames are
  * unmasked, so they are framed here and written with LWS_WRITE_RAW); a huge reply is
  * streamed in 256 KiB slices without ever being materialised.

@@ -103,7 +103,7 @@ def test_tls_wrong_hostname_not_ready():
 
 @timeout(30)
 def test_tls_by_host_name_checks_the_name_not_the_address():
-    """The gateway's name is looked up by tgbridge (src/resolver.c) and the
+    """The gateway's name is looked up by tgbridge (src/upstream/resolver.c) and the
     connection goes to the numeric address, but SNI and the certificate check
     still use the name: a certificate for localhost and 127.0.0.1 is right
     for https://localhost and wrong for a name that merely resolves to
