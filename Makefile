@@ -21,7 +21,9 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 SRCS      := $(wildcard src/*.c src/*/*.c)
 OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
-UNIT_SRCS := $(wildcard tests/unit/*.c)
+UNIT_SRCS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
+# One cmocka binary per module, $(BUILD)/unit/test_<m>: `--list`, `NAME` (that test only).
+UNIT_BINS := $(BUILD)/unit/test_pool_policy
 
 .PHONY: all build-deps deps test unit asan soak valgrind demo bench clean install uninstall
 
@@ -73,10 +75,18 @@ build/slowdns.so: tests/slowdns.c
 	@mkdir -p build
 	$(CC) -O2 -g -std=c11 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
-unit: deps $(BUILD)/unit_tests
-	./$(BUILD)/unit_tests
+# Pure policy: built from its own source alone, linked with nothing but cmocka.
+$(BUILD)/unit/test_pool_policy: tests/unit/test_pool_policy.c src/upstream/pool_policy.c include/pool_policy.h
+	@mkdir -p $(@D)
+	$(CC) $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude $(CFLAGS) $(LDFLAGS) -o $@ \
+	  tests/unit/test_pool_policy.c src/upstream/pool_policy.c -lcmocka
 
-test: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES) fuzz-replay-bins
+unit: deps $(BUILD)/unit_tests $(UNIT_BINS)
+	./$(BUILD)/unit_tests
+	@for t in $(UNIT_BINS); do ./$$t || exit 1; done
+
+test: deps tgbridge $(BUILD)/unit_tests $(UNIT_BINS) $(TEST_FIXTURES) fuzz-replay-bins
+	@for t in $(UNIT_BINS); do ./$$t || exit 1; done
 	UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
 
 # Same tests against an AddressSanitizer+UBSan build.
