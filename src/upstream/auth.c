@@ -86,15 +86,15 @@ void auth_word_reason(struct upconn *c)
     }
 }
 
-/* Reference §1.1: the reply to the auth frame tells the era (*era, on AUTH_READY). */
-enum auth_verdict auth_reply(struct upconn *c, const struct frame *f, const char **era)
+/* Reference §1.1: the reply to the auth frame tells the era (*era, on AUTH_READY);
+ * AUTH_REFUSED is auth-failed, f->err_message says why. */
+enum auth_verdict auth_reply(const struct frame *f, const char **era)
 {
     switch (f->kind) {
     case FRAME_AUTH_OK:
         *era = f->auth_new_field ? "v2c/v2d" : "v2a/v2b";
         return AUTH_READY;
     case FRAME_AUTH_FAILED:
-        conn_reason(c, true, "the gateway rejected the token (auth-failed: %s)", f->err_message);
         return AUTH_REFUSED;
     case FRAME_ORPHAN_ERROR:
         /* A V1 gateway does not know in-band auth: it answers "Bad message". Having

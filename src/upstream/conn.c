@@ -167,11 +167,12 @@ struct upconn *conn_start(enum opened_for why, char *whynot, size_t whylen)
 static int on_auth_frame(struct upconn *c, const struct frame *f)
 {
     const char *era = NULL;
-    switch (auth_reply(c, f, &era)) {
+    switch (auth_reply(f, &era)) {
     case AUTH_READY:
         conn_ready(c, era, f->kind == FRAME_AUTH_OK ? f->workspace : NULL);
         return 0;
     case AUTH_REFUSED:
+        conn_reason(c, true, "the gateway rejected the token (auth-failed: %s)", f->err_message);
         return -1;
     case AUTH_WAIT:
         break;

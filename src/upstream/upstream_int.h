@@ -118,7 +118,7 @@ int auth_append_headers(struct dial *d, unsigned char **p, unsigned char *end);
 int auth_write_frame(struct lws *wsi);
 void auth_word_reason(struct upconn *c);
 enum auth_verdict { AUTH_WAIT, AUTH_READY, AUTH_REFUSED };
-enum auth_verdict auth_reply(struct upconn *c, const struct frame *f, const char **era);
+enum auth_verdict auth_reply(const struct frame *f, const char **era);
 void auth_refresh_reply(struct upconn *c, const struct frame *f);
 
 /* pool.c */
