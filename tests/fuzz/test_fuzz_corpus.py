@@ -2,9 +2,9 @@
 the targets built without libFuzzer (tests/fuzz/replay.c): every checked-in input
 still holds every property its target checks (tests/fuzz/fuzz_<target>.c).
 
-`make test` builds the replay binaries into $(BUILD) next to the unit tests, so they
-are looked up in FUZZ_REPLAY_DIR if set, else next to $UNIT_TESTS (build-asan under
-`make asan`: sanitized), else in build/.  Under TGBRIDGE_WRAPPER (`make valgrind`)
+`make test` builds the replay binaries into $(BUILD), so they are looked up in
+FUZZ_REPLAY_DIR if set, else in $BUILD_DIR (build-asan under `make asan`: sanitized),
+else next to $UNIT_TESTS (the old single unit binary), else in build/.  Under TGBRIDGE_WRAPPER (`make valgrind`)
 they run under the wrapper too.  `make fuzz` runs the same targets with libFuzzer."""
 
 import os
@@ -20,6 +20,8 @@ def _replay_dirs():
     dirs = []
     if os.environ.get("FUZZ_REPLAY_DIR"):
         dirs.append(os.environ["FUZZ_REPLAY_DIR"])
+    if os.environ.get("BUILD_DIR"):
+        dirs.append(os.environ["BUILD_DIR"])
     if os.environ.get("UNIT_TESTS"):
         dirs.append(os.path.dirname(os.environ["UNIT_TESTS"]))
     dirs.append("build")

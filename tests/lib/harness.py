@@ -1,14 +1,14 @@
 """Test harness for tgbridge integration tests (standard library only).
 
 Every process a test starts through this module is registered and is
-stopped by `cleanup()` (the runner calls it after every test, pass or fail);
+stopped by `cleanup()` (tests/conftest.py calls it after every test, pass or fail);
 tests should still use the returned objects as context managers.
 
 Environment:
   TGBRIDGE_BIN      path of the daemon (default ./tgbridge)
   TGBRIDGE_WRAPPER  command prefix, e.g. "valgrind --error-exitcode=99 -q";
                     when set, every wait is multiplied by SCALE (10)
-  MOCK_GATEWAY      mock gateway script (default tests/mock_gateway.py)
+  MOCK_GATEWAY      mock gateway script (default tests/lib/mock_gateway.py)
   TEST_TIMEOUT_SCALE  override the wait multiplier
 """
 
@@ -24,7 +24,11 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+from middleman import Middleman
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
 
 
@@ -34,7 +38,7 @@ def _path_from_env(name, default):
 
 
 BIN = _path_from_env("TGBRIDGE_BIN", "tgbridge")
-MOCK = _path_from_env("MOCK_GATEWAY", "tests/mock_gateway.py")
+MOCK = _path_from_env("MOCK_GATEWAY", "tests/lib/mock_gateway.py")
 WRAPPER = shlex.split(os.environ.get("TGBRIDGE_WRAPPER", ""))
 SCALE = float(os.environ.get("TEST_TIMEOUT_SCALE") or (10 if WRAPPER else 1))
 
@@ -51,16 +55,18 @@ def T(seconds):
     return seconds * SCALE
 
 
-class Skip(Exception):
-    """Raised by a test that cannot run in this environment."""
+# A test that cannot run in this environment skips with pytest's own exception
+# (pytest reports the reason; `make test` counts it as skipped).
+Skip = pytest.skip.Exception
 
 
 def skip(reason):
-    raise Skip(reason)
+    pytest.skip(reason)
 
 
 def timeout(seconds):
-    """Decorator: per-test wall-clock limit enforced by the runner."""
+    """Decorator: per-test wall-clock limit (times SCALE), enforced by
+    pytest-timeout through tests/conftest.py; 60 s when not given."""
     def deco(fn):
         fn.timeout = seconds
         return fn
@@ -819,7 +825,7 @@ def _short(obj, n=600):
 
 
 def slowdns_env(delay):
-    """Environment that preloads tests/slowdns.c (built by the Makefile as
+    """Environment that preloads tests/lib/slowdns.c (built by the Makefile as
     build/slowdns.so, or $SLOWDNS_LIB): names ending .slow.test / .fail.test /
     .two.test resolve slowly, fail, or to two addresses.  Skips the test if
     the library was not built."""
@@ -1100,43 +1106,20 @@ def start_tls_mock(cert, key, era="v2d", tokens=(), port=0, extra=()):
     return TlsMock(cmd)
 
 
-class ConnectProxy:
+class ConnectProxy(Middleman):
     """A loopback HTTP CONNECT proxy (threads and sockets). Records every
     request head it gets as (request_line, {lower-case header: value}) in
     .requests; CONNECTs are tunnelled, anything else gets 405."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.url = "http://127.0.0.1:%d" % self.port
         self.requests = []
-        self._lock = threading.Lock()
-        self._socks = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
     def connects(self):
         with self._lock:
             return [r for r in self.requests if r[0].startswith("CONNECT ")]
 
-    def _track(self, s):
-        with self._lock:
-            self._socks.append(s)
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self._track(c)
-            threading.Thread(target=self._serve, args=(c,),
-                             daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c):
         try:
             c.settimeout(T(10))
             data = b""
@@ -1169,57 +1152,15 @@ class ConnectProxy:
                           b"Content-Length: 0\r\nConnection: close\r\n\r\n")
                 c.close()
                 return
-            self._track(up)
+            self.track(up)
             c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             c.settimeout(None)
             up.settimeout(None)
             if rest:
                 up.sendall(rest)
-            threading.Thread(target=self._pump, args=(up, c),
-                             daemon=True).start()
-            self._pump(c, up)
+            self.tunnel(c, up)
         except OSError:
             try:
                 c.close()
             except OSError:
                 pass
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self):
-        self._closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False

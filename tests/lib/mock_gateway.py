@@ -15,7 +15,7 @@ are aiohttp's own and match the gateway exactly (§2.4).
 
 Usage (Python 3.11 + Debian python3-aiohttp 3.8.4, stdlib otherwise):
 
-    /usr/bin/python3 tests/mock_gateway.py [--host 127.0.0.1] [--port 0]
+    /usr/bin/python3 tests/lib/mock_gateway.py [--host 127.0.0.1] [--port 0]
         [--era v1a|v1b|v1c|v2a|v2b|v2c|v2d] [--secret S] [--token T]... [--echo-token]
         [--anonymous] [--flows default,...] [--workspaces default,...]
         [--exclude-kinds k,...] [--timeout SECONDS] [--auth-delay SECONDS]

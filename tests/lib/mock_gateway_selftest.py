@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Self-test for tests/mock_gateway.py; `make test` runs it as tests/test_mock_selftest.py.
+"""Self-test for tests/lib/mock_gateway.py; `make test` runs it as
+tests/e2e/mock_gateway/test_mock_selftest.py.
 
-    /usr/bin/python3 tests/mock_gateway_selftest.py [-v]
+    /usr/bin/python3 tests/lib/mock_gateway_selftest.py [-v]
 
 Starts the mock in various eras and checks auth, every error shape, the
 16-window / reader stall, close 1009, drops, closes, controls and SIGTERM;

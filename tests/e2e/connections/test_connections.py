@@ -15,6 +15,7 @@ import time
 
 from harness import (FLOW_TC, T, Background, check_status, eq, start_bridge,
                      start_mock, tc, timeout, tmpfile, wait_bridge_status, wait_until)
+from middleman import Middleman
 
 TOKEN = "tg_pool_token_3b7e"
 FAST = ("--reconnect-min", "0.05", "--reconnect-max", "0.3")
@@ -121,52 +122,22 @@ def test_overflow_connections_close_when_idle_and_the_persistent_one_stays():
         assert b.log().count("closing overflow connection") >= 2
 
 
-class RefuseAfterFirst:
+class RefuseAfterFirst(Middleman):
     """A TCP front of the mock that lets the first connection through and refuses
     (closes at once) every later one while `refusing` is set."""
 
     def __init__(self, target):
         self.target = target
         self.refusing = True
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.url = "http://127.0.0.1:%d" % self.port
-        self.accepted = 0
         self.refused = []
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__()
 
-    def _pump(self, a, b):
-        try:
-            while True:
-                d = a.recv(65536)
-                if not d:
-                    break
-                b.sendall(d)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            if self.accepted > 1 and self.refusing:
-                self.refused.append(time.monotonic())
-                c.close()
-                continue
-            up = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(c, up), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, c), daemon=True).start()
+    def handle(self, c, n):
+        if n > 1 and self.refusing:
+            self.refused.append(time.monotonic())
+            c.close()
+            return
+        threading.Thread(target=self.tunnel_to, args=(c, self.target), daemon=True).start()
 
 
 @timeout(60)

@@ -1,6 +1,6 @@
 """Gateway host names: looked up off the event loop, so a slow or failing
 resolver never freezes local callers; a name with several addresses is tried
-address by address.  The resolver is tests/slowdns.c (LD_PRELOAD), so the
+address by address.  The resolver is tests/lib/slowdns.c (LD_PRELOAD), so the
 machine's resolver configuration is never touched."""
 
 import time

@@ -13,17 +13,10 @@ import time
 
 from harness import (FLOW_TC, T, check_status, eq, own_error, rss_meaningful,
                      start_bridge, start_mock, tc, timeout, wait_until)
+from rss import RssWatch, rss_bytes
 
 TOKEN = "tg_callers_token_5e02"
 MiB = 1024 * 1024
-
-
-def rss(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def metric(b, name, labels=""):
@@ -32,29 +25,6 @@ def metric(b, name, labels=""):
         if line.startswith(want + " "):
             return float(line.split()[1])
     raise AssertionError("no metric %s" % want)
-
-
-class PeakRss:
-    """Samples a process's RSS in a thread until stopped; .peak is the most."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.peak = rss(pid)
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            try:
-                self.peak = max(self.peak, rss(self.pid))
-            except (OSError, AssertionError):
-                return
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(5)
-        return self.peak
 
 
 def raw_post(port, path, body, headers=(), rcvbuf=None):
@@ -99,8 +69,8 @@ def test_caller_that_stops_reading_a_huge_stream_is_dropped_not_buffered():
     with m, b:
         b.wait_ready()
         check_status(b.post(FLOW_TC, tc("warm up")), 200, "warm-up")
-        base = rss(b.pid)
-        sampler = PeakRss(b.pid)
+        base = rss_bytes(b.pid)
+        sampler = RssWatch(b.pid, interval=0.02)
         slow = raw_post(b.port, FLOW_TC, tc("never read", streaming=True, parts=300,
                                             part_size=MiB),
                         headers=["Accept: application/x-ndjson"], rcvbuf=64 * 1024)
@@ -114,7 +84,8 @@ def test_caller_that_stops_reading_a_huge_stream_is_dropped_not_buffered():
         eq(got[-1].get("end_of_stream"), True, "its final part")
         wait_until(lambda: m.stats()["requests_completed"] >= 3, timeout=60,
                    what="the mock sent all 300 MiB")
-        peak = sampler.stop()
+        sampler.stop()
+        peak = sampler.peak * 1024
         assert not rss_meaningful(b.pid) or peak - base < 4 * MiB + 24 * MiB, \
             "RSS grew by %.1f MiB for a caller that does not read (bound 4 MiB)" % ((peak - base) / MiB)
         assert read_to_eof(slow, T(10)), "the slow caller's connection was not closed"

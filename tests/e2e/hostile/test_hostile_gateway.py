@@ -16,8 +16,9 @@ from urllib.parse import quote
 from harness import (FLOW_TC, T, ConnectProxy, check_status, eq, is_json_ct,
                      own_error, slowdns_env, start_bridge, start_mock, tc,
                      timeout, wait_until)
-from test_systemd import FakeSystemd
-from test_unix import LineClient, envelope
+from fakesystemd import FakeSystemd
+from lineclient import LineClient, envelope
+from middleman import Middleman
 
 TOKEN = "tg_hostile_token_9c41"
 
@@ -186,7 +187,7 @@ def test_no_secret_on_any_surface():
 
 # ------------------------------------------------------------ silent gateways
 
-class Gatekeeper:
+class Gatekeeper(Middleman):
     """A TCP listener standing in for a gateway (or a proxy) that misbehaves:
     mode "silent" accepts and says nothing; "half101" answers the upgrade
     with half a 101 and stops; "forward" tunnels to target_port (the mock)
@@ -195,40 +196,19 @@ class Gatekeeper:
     def __init__(self, mode="silent", target_port=None):
         self.mode = mode
         self.target_port = target_port
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.url = "http://127.0.0.1:%d" % self.port
-        self.accepted = 0
         self.heads = []
-        self._socks = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.accepted += 1
-                self._socks.append(c)
-                mode = self.mode
-            threading.Thread(target=self._serve, args=(c, mode),
-                             daemon=True).start()
+    def handle(self, c, n):
+        with self._lock:
+            mode = self.mode
+        threading.Thread(target=self._serve, args=(c, mode),
+                         daemon=True).start()
 
     def _serve(self, c, mode):
         try:
             if mode == "forward":
-                up = socket.create_connection(("127.0.0.1", self.target_port))
-                with self._lock:
-                    self._socks.append(up)
-                threading.Thread(target=ConnectProxy._pump, args=(up, c),
-                                 daemon=True).start()
-                ConnectProxy._pump(c, up)
+                self.tunnel_to(c, self.target_port)
                 return
             data = b""
             while b"\r\n\r\n" not in data and len(data) < 65536:
@@ -249,28 +229,6 @@ class Gatekeeper:
     def set_mode(self, mode):
         with self._lock:
             self.mode = mode
-
-    def count(self):
-        with self._lock:
-            return self.accepted
-
-    def close(self):
-        self.sock.close()
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 FAST = ("--reconnect-min", "0.05", "--reconnect-max", "0.2")

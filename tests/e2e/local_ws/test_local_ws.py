@@ -17,7 +17,7 @@ import websockets
 
 from harness import (FLOW_TC, T, check_status, eq, start_bridge, start_mock,
                      tc, timeout, wait_until)
-from test_unix import LineClient, envelope, unix_request
+from lineclient import LineClient, envelope, unix_request
 
 TOKEN = "tg_localws_token_7a1c"
 

@@ -4,10 +4,10 @@ or a credential; JSON lines that a log shipper can parse."""
 
 import json
 import os
-import socket
 import tempfile
 
 from harness import FLOW_TC, T, check_status, eq, start_bridge, start_mock, tc, timeout, wait_until
+from lineclient import LineClient
 
 TOKEN = "tg_access_token_6a2b"
 SECRET_BODY = "a body that must never be logged 4417"
@@ -33,14 +33,12 @@ def access_lines(b, json_lines=False):
 
 
 def line_call(path, obj):
-    c = socket.socket(socket.AF_UNIX)
-    c.connect(path)
-    c.sendall((json.dumps(obj) + "\n").encode())
-    f = c.makefile("rb")
+    c = LineClient(path)
+    c.send_raw((json.dumps(obj) + "\n").encode())
     got = []
     while True:
-        line = f.readline()
-        if not line:
+        line = c.raw_line(allow_eof=True)
+        if line is None:
             break
         msg = json.loads(line)
         got.append(msg)

@@ -3,16 +3,16 @@ as good as the mock's fidelity to the gateway (auth eras, error shapes, the 16-r
 window and reader stall, close 1009, drops, controls, SIGTERM), so `make test` checks
 the mock too.
 
-tests/mock_gateway_selftest.py starts its own mocks on free ports (--port 0) and keeps
+tests/lib/mock_gateway_selftest.py starts its own mocks on free ports (--port 0) and keeps
 no files, so it runs alongside the other tests; it prints "ALL OK" and exits 0 when
 every check passed, else a "  FAIL <what>" line per failed check."""
 
 import os
 import subprocess
 
-from harness import PYTHON, T, timeout
+from harness import PYTHON, ROOT, T, timeout
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(ROOT, "tests", "lib")
 SELFTEST = os.path.join(HERE, "mock_gateway_selftest.py")
 
 

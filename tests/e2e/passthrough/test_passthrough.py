@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 
 import websockets
@@ -20,6 +19,7 @@ from harness import (FLOW_TC, T, Background, ConnectProxy, check_status, closed_
                      eq, make_pki, own_error, rss_meaningful, start_bridge, start_mock,
                      start_tls_mock, tc, timeout, tmpfile, wait_until)
 from mock_gateway import pattern_bytes
+from rss import RssWatch
 
 TOKEN = "tg_pass_token_5c1d"
 FAST = ("--reconnect-min", "0.05", "--reconnect-max", "0.3")
@@ -32,39 +32,6 @@ def pstats(m):
 
 def route_rec(m, name):
     return pstats(m)["routes"][name]
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-class RssWatch:
-    """Samples a process's RSS on a thread while a transfer runs."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.base = rss_kib(pid)
-        self.peak = self.base
-        self._stop = False
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        while not self._stop:
-            try:
-                self.peak = max(self.peak, rss_kib(self.pid))
-            except (OSError, AssertionError):
-                return
-            time.sleep(0.01)
-
-    def stop(self):
-        self._stop = True
-        self._t.join(2)
-        return self.peak - self.base
 
 
 def expected_sha(n, pattern="binary"):

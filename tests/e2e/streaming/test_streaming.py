@@ -2,7 +2,7 @@
 time to first byte, final frames, first-frame and mid-stream errors,
 heartbeats, callers that hang up.
 
-Mock facts used here (tests/mock_gateway.py): a streaming text-completion
+Mock facts used here (tests/lib/mock_gateway.py): a streaming text-completion
 with `parts: N` sends N text chunks whose "response" fields concatenate to
 the prompt, then one final frame {"response": "", usage...,
 "end_of_stream": true}; `delay` is the pause before every frame but the
@@ -14,6 +14,7 @@ import time
 from harness import (FLOW_TC, T, check_status, eq, flow_path, is_json_ct,
                      rss_meaningful, sse_payloads, start_bridge, start_mock,
                      tc, wait_bridge_status)
+from rss import rss_kib
 
 TOKEN = "tg_stream_token_91ab"
 NDJSON = "application/x-ndjson"
@@ -410,15 +411,6 @@ def test_caller_hangs_up_before_first_byte():
                                   "q r", 2)
         check_status(b.post(FLOW_TC, tcs("x", streaming=None)), 200,
                      "after hang-up")
-
-
-def rss_kib(pid):
-    """Resident set size of a process, from /proc/PID/status (KiB)."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/%d/status" % pid)
 
 
 def drained(st):
