@@ -99,7 +99,6 @@ def _sweep(before):
 def pytest_configure(config):
     global _config
     _config = config
-    os.chdir(ROOT)
     _become_subreaper()
     config._tgbridge_outcomes = {}
 
