@@ -7,7 +7,19 @@ or a section retitled must not leave a reader at a dead end."""
 import os
 import re
 
-from harness import ROOT
+
+def _root():
+    """The source tree: the first folder above this file with the README and
+    docs/ (found, not fixed, so the test may live in any tests/ subfolder)."""
+    d = os.path.dirname(os.path.abspath(__file__))
+    while not (os.path.exists(os.path.join(d, "README.md")) and os.path.isdir(os.path.join(d, "docs"))):
+        parent = os.path.dirname(d)
+        assert parent != d, "no README.md with docs/ above " + __file__
+        d = parent
+    return d
+
+
+ROOT = _root()
 
 SKIP_DIRS = {".git", "build", "build-asan", "build-fuzz", "corpus", "node_modules"}
 FENCE = re.compile(r"(?ms)^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$")
