@@ -132,12 +132,14 @@ BINDIR        ?= $(PREFIX)/bin
 MANDIR        ?= $(PREFIX)/share/man
 DOCDIR        ?= $(PREFIX)/share/doc/tgbridge
 SYSTEMDDIR    ?= $(PREFIX)/lib/systemd/system
+# docs/*.md go to $(DOCDIR)/docs, beside the README, so the README's links work there.
+DOCS          := $(wildcard docs/*.md)
 INSTALLED     := $(BINDIR)/tgbridge $(MANDIR)/man8/tgbridge.8 $(SYSTEMDDIR)/tgbridge.service \
                  $(SYSTEMDDIR)/tgbridge.socket $(SYSTEMDDIR)/tgbridge-unix.socket \
-                 $(DOCDIR)/README.md $(DOCDIR)/tgbridge.conf.example
+                 $(DOCDIR)/README.md $(DOCDIR)/tgbridge.conf.example $(addprefix $(DOCDIR)/,$(DOCS))
 
 install: build-deps tgbridge
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)/docs
 	install -m 0755 tgbridge $(DESTDIR)$(BINDIR)/tgbridge
 	install -m 0644 man/tgbridge.8 $(DESTDIR)$(MANDIR)/man8/tgbridge.8
 	for u in tgbridge.service tgbridge.socket tgbridge-unix.socket; do \
@@ -146,10 +148,11 @@ install: build-deps tgbridge
 	done
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 0644 examples/tgbridge.conf $(DESTDIR)$(DOCDIR)/tgbridge.conf.example
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/docs/
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
-	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+	-rmdir $(DESTDIR)$(DOCDIR)/docs $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 # ---------------------------------------------------------------------------------------
 # Fuzzing (tests/fuzz/): a libFuzzer target per parser of outside bytes, each with a seed

@@ -1,5 +1,5 @@
 """make install / make uninstall (PREFIX, DESTDIR) and the installed systemd units:
-the tree is exactly what README "Running under systemd" lists, the units' ExecStart
+the tree is exactly what docs/operations.md "Installing" lists, the units' ExecStart
 follows PREFIX, systemd-analyze verifies them as installed, and the hardening keeps
 its exposure score."""
 
@@ -20,6 +20,9 @@ EXPECTED = {
     "share/doc/tgbridge/README.md": 0o644,
     "share/doc/tgbridge/tgbridge.conf.example": 0o644,
 }
+# The documentation pages go beside the README, so its docs/ links work there too.
+EXPECTED.update({"share/doc/tgbridge/docs/" + f: 0o644
+                 for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")})
 
 
 def make(*args):
@@ -49,6 +52,7 @@ def test_install_into_destdir_then_uninstall_removes_exactly_that():
         assert re.search(r"^ExecStart=/usr/local/bin/tgbridge ", unit, re.M), unit
         assert "@BINDIR@" not in unit and "@DOCDIR@" not in unit, "placeholders left in the unit"
         assert "file:///usr/local/share/doc/tgbridge/README.md" in unit, "Documentation= follows PREFIX"
+        assert len([k for k in got if "/share/doc/tgbridge/docs/" in k]) >= 6, "the docs/ pages are installed"
         v = subprocess.run([os.path.join(dest, "usr/local/bin/tgbridge"), "--version"], capture_output=True,
                            text=True, timeout=10)
         assert v.returncode == 0 and v.stdout.startswith("tgbridge "), v
@@ -88,7 +92,7 @@ def test_installed_units_verify_and_stay_hardened():
         m = re.search(r"Overall exposure level for tgbridge.service: ([0-9.]+)", s.stdout + s.stderr)
         if not m:
             skip("this systemd-analyze has no offline security check: %s" % (s.stdout + s.stderr)[-300:])
-        assert float(m.group(1)) <= 2.0, "exposure %s (README says 1.x):\n%s" % (m.group(1), s.stdout[-3000:])
+        assert float(m.group(1)) <= 2.0, "exposure %s (docs/operations.md says 1.2):\n%s" % (m.group(1), s.stdout[-3000:])
         # the verifier really looks at ExecStart: without the binary it fails
         os.rename(os.path.join(prefix, "bin/tgbridge"), os.path.join(prefix, "tgbridge.moved"))
         p = subprocess.run(["systemd-analyze", "verify", "--man=no", "tgbridge.service"], cwd=units,

@@ -51,7 +51,7 @@ def help_entries(text):
         default = DEFAULT.search(block)
         entries.append((m.group(1), m.group(2), env[-1] if env else None,
                         default and (default.group(1) or default.group(2))))
-    # the same option list test_cli.py reads for the README check
+    # the same option list test_cli.py reads for the docs/configuration.md check
     eq([e[0] for e in entries], re.findall(r"(?m)^  (--[a-z-]+)", text),
        "options read from --help")
     assert len(entries) > 20, text
