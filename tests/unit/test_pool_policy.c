@@ -21,7 +21,7 @@
 
 /* ---- placement ---- */
 
-static void place_most_room(void **state)
+static void test_place_most_room(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {PERSISTENT(5), SERVING(2), SERVING(7)};
@@ -29,7 +29,7 @@ static void place_most_room(void **state)
     assert_int_equal(pool_place(&v), 1);
 }
 
-static void place_tie_prefers_persistent(void **state)
+static void test_place_tie_prefers_persistent(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {SERVING(3), SERVING(3), PERSISTENT(3)};
@@ -37,7 +37,7 @@ static void place_tie_prefers_persistent(void **state)
     assert_int_equal(pool_place(&v), 2);
 }
 
-static void place_tie_earliest_opened(void **state)
+static void test_place_tie_earliest_opened(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {PERSISTENT(9), SERVING(4), SERVING(4)};
@@ -45,7 +45,7 @@ static void place_tie_earliest_opened(void **state)
     assert_int_equal(pool_place(&v), 1);
 }
 
-static void place_skips_not_serving(void **state)
+static void test_place_skips_not_serving(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {PERSISTENT(6), CLOSING(0), SERVING(8)};
@@ -53,7 +53,7 @@ static void place_skips_not_serving(void **state)
     assert_int_equal(pool_place(&v), 0);
 }
 
-static void place_full_persistent_uses_overflow(void **state)
+static void test_place_full_persistent_uses_overflow(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {PERSISTENT(WINDOW), SERVING(WINDOW - 1)};
@@ -61,7 +61,7 @@ static void place_full_persistent_uses_overflow(void **state)
     assert_int_equal(pool_place(&v), 1);
 }
 
-static void place_all_full(void **state)
+static void test_place_all_full(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {PERSISTENT(WINDOW), SERVING(WINDOW), CLOSING(0)};
@@ -80,7 +80,7 @@ static struct pool_demand wanting(void)
                                 .open_conns = 1, .max_connections = 8, .now = 100.0, .not_before = 0.0};
 }
 
-static void overflow_when_full_and_waiting(void **state)
+static void test_overflow_when_full_and_waiting(void **state)
 {
     (void)state;
     struct pool_demand d = wanting();
@@ -92,7 +92,7 @@ static void overflow_when_full_and_waiting(void **state)
     assert_false(pool_should_open_overflow(&d));
 }
 
-static void overflow_one_opening_at_a_time(void **state)
+static void test_overflow_one_opening_at_a_time(void **state)
 {
     (void)state;
     struct pool_demand d = wanting();
@@ -100,7 +100,7 @@ static void overflow_one_opening_at_a_time(void **state)
     assert_false(pool_should_open_overflow(&d));
 }
 
-static void overflow_max_connections_cap(void **state)
+static void test_overflow_max_connections_cap(void **state)
 {
     (void)state;
     struct pool_demand d = wanting();
@@ -113,7 +113,7 @@ static void overflow_max_connections_cap(void **state)
     assert_false(pool_should_open_overflow(&d));
 }
 
-static void overflow_needs_persistent(void **state)
+static void test_overflow_needs_persistent(void **state)
 {
     (void)state;
     struct pool_demand d = wanting();
@@ -121,7 +121,7 @@ static void overflow_needs_persistent(void **state)
     assert_false(pool_should_open_overflow(&d));
 }
 
-static void overflow_waits_out_backoff(void **state)
+static void test_overflow_waits_out_backoff(void **state)
 {
     (void)state;
     struct pool_demand d = wanting();
@@ -133,7 +133,7 @@ static void overflow_waits_out_backoff(void **state)
 
 /* ---- idle ---- */
 
-static void idle_overflow_with_empty_window(void **state)
+static void test_idle_overflow_with_empty_window(void **state)
 {
     (void)state;
     const struct pool_slot idle = SERVING(0), busy = SERVING(1), persistent = PERSISTENT(0), closing = CLOSING(0);
@@ -145,7 +145,7 @@ static void idle_overflow_with_empty_window(void **state)
 
 /* ---- promotion ---- */
 
-static void promote_most_room(void **state)
+static void test_promote_most_room(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {SERVING(5), CLOSING(0), SERVING(2), SERVING(9)};
@@ -153,7 +153,7 @@ static void promote_most_room(void **state)
     assert_int_equal(pool_promote(&v), 2);
 }
 
-static void promote_tie_earliest_and_full_ok(void **state)
+static void test_promote_tie_earliest_and_full_ok(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {SERVING(WINDOW), SERVING(WINDOW)};
@@ -161,7 +161,7 @@ static void promote_tie_earliest_and_full_ok(void **state)
     assert_int_equal(pool_promote(&v), 0); /* a full one still serves its window */
 }
 
-static void promote_none_serving(void **state)
+static void test_promote_none_serving(void **state)
 {
     (void)state;
     const struct pool_slot s[] = {CLOSING(0), CLOSING(3)};
@@ -171,7 +171,7 @@ static void promote_none_serving(void **state)
 
 /* ---- backoff ---- */
 
-static void backoff_doubles_to_max(void **state)
+static void test_backoff_doubles_to_max(void **state)
 {
     (void)state;
     uint32_t ms[16];
@@ -181,7 +181,7 @@ static void backoff_doubles_to_max(void **state)
     assert_memory_equal(ms, want, sizeof want);
 }
 
-static void backoff_capped_at_max(void **state)
+static void test_backoff_capped_at_max(void **state)
 {
     (void)state;
     uint32_t ms[16];
@@ -191,7 +191,7 @@ static void backoff_capped_at_max(void **state)
     assert_memory_equal(ms, want, sizeof want);
 }
 
-static void backoff_default_min_and_floor(void **state)
+static void test_backoff_default_min_and_floor(void **state)
 {
     (void)state;
     uint32_t ms[16];
@@ -205,7 +205,7 @@ static void backoff_default_min_and_floor(void **state)
     assert_int_equal(ms[2], 1);
 }
 
-static void backoff_step_limit(void **state)
+static void test_backoff_step_limit(void **state)
 {
     (void)state;
     uint32_t ms[16];
@@ -218,25 +218,25 @@ static void backoff_step_limit(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-    cmocka_unit_test(place_most_room),
-    cmocka_unit_test(place_tie_prefers_persistent),
-    cmocka_unit_test(place_tie_earliest_opened),
-    cmocka_unit_test(place_skips_not_serving),
-    cmocka_unit_test(place_full_persistent_uses_overflow),
-    cmocka_unit_test(place_all_full),
-    cmocka_unit_test(overflow_when_full_and_waiting),
-    cmocka_unit_test(overflow_one_opening_at_a_time),
-    cmocka_unit_test(overflow_max_connections_cap),
-    cmocka_unit_test(overflow_needs_persistent),
-    cmocka_unit_test(overflow_waits_out_backoff),
-    cmocka_unit_test(idle_overflow_with_empty_window),
-    cmocka_unit_test(promote_most_room),
-    cmocka_unit_test(promote_tie_earliest_and_full_ok),
-    cmocka_unit_test(promote_none_serving),
-    cmocka_unit_test(backoff_doubles_to_max),
-    cmocka_unit_test(backoff_capped_at_max),
-    cmocka_unit_test(backoff_default_min_and_floor),
-    cmocka_unit_test(backoff_step_limit),
+    cmocka_unit_test(test_place_most_room),
+    cmocka_unit_test(test_place_tie_prefers_persistent),
+    cmocka_unit_test(test_place_tie_earliest_opened),
+    cmocka_unit_test(test_place_skips_not_serving),
+    cmocka_unit_test(test_place_full_persistent_uses_overflow),
+    cmocka_unit_test(test_place_all_full),
+    cmocka_unit_test(test_overflow_when_full_and_waiting),
+    cmocka_unit_test(test_overflow_one_opening_at_a_time),
+    cmocka_unit_test(test_overflow_max_connections_cap),
+    cmocka_unit_test(test_overflow_needs_persistent),
+    cmocka_unit_test(test_overflow_waits_out_backoff),
+    cmocka_unit_test(test_idle_overflow_with_empty_window),
+    cmocka_unit_test(test_promote_most_room),
+    cmocka_unit_test(test_promote_tie_earliest_and_full_ok),
+    cmocka_unit_test(test_promote_none_serving),
+    cmocka_unit_test(test_backoff_doubles_to_max),
+    cmocka_unit_test(test_backoff_capped_at_max),
+    cmocka_unit_test(test_backoff_default_min_and_floor),
+    cmocka_unit_test(test_backoff_step_limit),
 };
 
 /* --list, or one test by name (until tests/unit/unit_main.h serves every binary). */
