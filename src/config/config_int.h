@@ -53,11 +53,11 @@ enum opt_type {
     T_GIDS,        /* unsigned[]: group names or ids; aux: int, how many */
 };
 
-/* Whether SIGHUP may apply a change.  RESTART is the zero value: an option is not
- * reloadable until its row says so.  Today SIGHUP re-reads the files the SIGHUP rows
- * name (main.c: access_reload, upstream_reload_token); the options themselves still
- * need a restart. */
-enum opt_reload { RESTART = 0, SIGHUP_FILE };
+/* Whether SIGHUP may apply a change.  RELOAD_RESTART is the zero value, so an option
+ * is not reloadable until its row says so.  RELOAD_FILE: SIGHUP re-reads the file the
+ * option names (main.c: access_reload, upstream_reload_token); a changed name still
+ * needs a restart. */
+enum opt_reload { RELOAD_RESTART = 0, RELOAD_FILE };
 
 struct opt {
     enum opt_id id;
@@ -73,7 +73,8 @@ struct opt {
     const char *bad;      /* the refusal when min or max is not met, if not the type's */
     const char *const *names; /* T_ENUM, T_LOG_LEVEL: the values, by number */
     const char *env_alt;  /* a second variable read when env is unset or empty */
-    enum opt_id from;     /* set nowhere yet holding a value: it came from this option's file */
+    enum opt_id from;     /* set nowhere yet holding a value: it came from the file this
+                           * (string) option names; 0: none */
     const char *help;
 };
 

@@ -9,14 +9,14 @@ static const char *const log_format_names[] = {"text", "json", NULL};
 
 /* Columns (config_int.h, struct opt): id, name, the value's placeholder, the
  * environment variable; the type, the field it sets, the default as text, whether
- * SIGHUP may apply it (RESTART unless marked), limits and refusals; the help text. */
+ * SIGHUP may apply it (RELOAD_RESTART unless marked), limits and refusals; the help text. */
 const struct opt config_options[] = {
     {O_GATEWAY, "gateway", "URL", "TRUSTGRAPH_URL",
      T_GATEWAY, F(gateway), AUX(gw), .def = "http://localhost:8088",
      .help = "gateway root: ws://, wss://, http:// or https://host[:port][/prefix]\n"
              "(default http://localhost:8088); /api/v1/socket is appended"},
     {O_TOKEN_FILE, "token-file", "PATH", "TGBRIDGE_TOKEN_FILE",
-     T_PATH, F(token_file), .reload = SIGHUP_FILE,
+     T_PATH, F(token_file), .reload = RELOAD_FILE,
      .help = "read the gateway token from PATH (preferred; re-read on every reconnect)"},
     {O_TOKEN, "token", "TOKEN", "TRUSTGRAPH_TOKEN",
      T_SECRET, F(token), .env_alt = "GATEWAY_SECRET", .from = O_TOKEN_FILE,
@@ -69,7 +69,7 @@ const struct opt config_options[] = {
      .help = "unfinished requests one local connection may have: a line client is not\n"
              "read past it, further WebSocket requests get an error (default 1024)"},
     {O_CLIENT_TOKEN_FILE, "client-token-file", "PATH", "TGBRIDGE_CLIENT_TOKEN_FILE",
-     T_PATH, F(client_token_file), .reload = SIGHUP_FILE,
+     T_PATH, F(client_token_file), .reload = RELOAD_FILE,
      .help = "local callers must present the token in PATH: REST as a Bearer header,\n"
              "the local WebSocket in its auth frame or ?token= (default: none needed)"},
     {O_MAX_WS_CLIENTS, "max-ws-clients", "N", "TGBRIDGE_MAX_WS_CLIENTS",
