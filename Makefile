@@ -4,7 +4,7 @@ PKGS      := libmicrohttpd libwebsockets libcjson libcrypto
 # What building needs (`make` only checks for these and names what is missing) ...
 BUILD_DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev
 # ... and what the tests need besides (`make test` installs these when run as root).
-TEST_DEB_PKGS  := python3 python3-aiohttp python3-websockets python3-yaml curl openssl socat netcat-openbsd \
+TEST_DEB_PKGS  := libcmocka-dev python3 python3-aiohttp python3-websockets python3-yaml curl openssl socat netcat-openbsd \
                   groff-base man-db systemd
 DEB_PKGS  := $(BUILD_DEB_PKGS) $(TEST_DEB_PKGS)
 CC        ?= cc
@@ -21,9 +21,8 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 SRCS      := $(wildcard src/*.c src/*/*.c)
 OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
-UNIT_SRCS := $(wildcard tests/unit/*.c)
 
-.PHONY: all build-deps deps test unit asan soak valgrind demo bench clean install uninstall
+.PHONY: all build-deps deps test unit unit-bins asan soak valgrind demo bench clean install uninstall
 
 all: build-deps tgbridge
 
@@ -63,8 +62,52 @@ $(BUILD)/%.o: src/%.c | $(BUILD)
 $(BUILD):
 	mkdir -p $@
 
-$(BUILD)/unit_tests: $(UNIT_SRCS) $(LIB_OBJS)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# C unit tests (tests/unit/): one cmocka binary per module, $(BUILD)/unit/test_<m>, linked
+# from tests/unit/test_<m>.c, the objects it tests (UNIT_OBJS_<m>: $(BUILD)/<these>.o) and
+# link-time stubs for whatever lies beyond them (UNIT_STUBS_<m>: tests/unit/stubs_*.c,
+# stubs.h) -- never libwebsockets or libmicrohttpd.  Every binary runs all its tests with
+# no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
+# A new module: its name in UNIT_MODULES and its two lists.
+UNIT_MODULES     := buf util json envelope wsframe lineframe redact config reqtable mux session
+UNIT_OBJS_buf       := base/buf
+UNIT_OBJS_util      := base/util
+UNIT_OBJS_json      := wire/json
+UNIT_OBJS_envelope  := wire/envelope wire/json base/buf
+UNIT_OBJS_wsframe   := wire/wsframe base/buf
+UNIT_OBJS_lineframe := wire/lineframe base/buf
+UNIT_OBJS_redact    := base/redact base/util base/buf
+UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log base/redact base/util \
+                       base/buf base/clock
+UNIT_OBJS_reqtable  := core/reqtable base/buf
+UNIT_OBJS_mux       := core/mux core/reqtable wire/envelope wire/json base/buf
+UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
+UNIT_OBJS_session   := core/session core/mux core/reqtable wire/envelope wire/json base/buf base/redact \
+                       base/util
+UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c
+UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
+UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
+                    $(shell pkg-config --cflags libcjson cmocka 2>/dev/null) $(CFLAGS)
+UNIT_LIBS         = $(shell pkg-config --libs libcjson cmocka 2>/dev/null) -lm
+UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h
+# The core compiles without libwebsockets and libmicrohttpd: headers of their names that
+# stop the compiler come first on the include path (tests/unit/poison/).
+UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c
+
+define UNIT_RULES
+$$(BUILD)/unit/test_$(1): tests/unit/test_$(1).c tests/unit/unit_main.c $$(UNIT_STUBS_$(1)) \
+    $$(patsubst %,$$(BUILD)/%.o,$$(UNIT_OBJS_$(1))) $$(UNIT_HDRS) $$(BUILD)/unit/lws-free.stamp
+	@mkdir -p $$(@D)
+	$$(CC) $$(UNIT_CFLAGS) $$(LDFLAGS) -o $$@ $$(filter %.c %.o,$$^) $$(UNIT_LIBS)
+endef
+$(foreach m,$(UNIT_MODULES),$(eval $(call UNIT_RULES,$(m))))
+
+$(BUILD)/unit/lws-free.stamp: $(UNIT_LWS_FREE) $(wildcard include/*.h tests/unit/poison/*.h)
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Itests/unit/poison -Iinclude \
+	  $(shell pkg-config --cflags libcjson 2>/dev/null) -fsyntax-only $(UNIT_LWS_FREE)
+	touch $@
+
+unit-bins: $(UNIT_BINS)
 
 # Test fixture: an LD_PRELOAD resolver that takes its time (tests/test_dns.py).  Never
 # sanitized: it is loaded into the daemon under test, whatever that was built with.
@@ -73,18 +116,18 @@ build/slowdns.so: tests/slowdns.c
 	@mkdir -p build
 	$(CC) -O2 -g -std=c11 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
-unit: deps $(BUILD)/unit_tests
-	./$(BUILD)/unit_tests
+unit: deps $(UNIT_BINS)
+	@fail=0; for b in $(UNIT_BINS); do ./$$b || fail=1; done; exit $$fail
 
-test: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES) fuzz-replay-bins
-	UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+test: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES) fuzz-replay-bins
+	UNIT_TESTS=$(BUILD)/unit $(PYTHON) tests/run.py $(TESTFLAGS)
 
 # Same tests against an AddressSanitizer+UBSan build.
 asan:
 	$(MAKE) deps $(TEST_FIXTURES)
-	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge build-asan/unit_tests
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge unit-bins
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  TGBRIDGE_BIN=build-asan/tgbridge UNIT_TESTS=build-asan/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+	  TGBRIDGE_BIN=build-asan/tgbridge UNIT_TESTS=build-asan/unit $(PYTHON) tests/run.py $(TESTFLAGS)
 
 # The soak test for SOAK_SECONDS (default 300) against the ASan+UBSan build.
 SOAK_SECONDS ?= 300
@@ -95,10 +138,13 @@ soak:
 	  TGBRIDGE_BIN=build-asan/tgbridge TGBRIDGE_SOAK_SECONDS=$(SOAK_SECONDS) \
 	  $(PYTHON) tests/run.py -k test_soak
 
-valgrind: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
-	valgrind -q --error-exitcode=99 --leak-check=full ./$(BUILD)/unit_tests
+valgrind: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES)
+	@fail=0; for b in $(UNIT_BINS); do \
+	  valgrind -q --error-exitcode=99 --leak-check=full ./$$b >$$b.valgrind.log 2>&1 \
+	    && echo "valgrind $$b: clean" || { fail=1; echo "valgrind $$b: FAILED"; cat $$b.valgrind.log; }; \
+	done; exit $$fail
 	TGBRIDGE_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --suppressions=$(CURDIR)/tests/valgrind.supp" \
-	  UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+	  UNIT_TESTS=$(BUILD)/unit $(PYTHON) tests/run.py $(TESTFLAGS)
 
 demo: deps tgbridge
 	$(PYTHON) examples/demo.py
@@ -226,8 +272,8 @@ fuzz-replay-bins: $(FUZZ_REPLAY_BINS)
 fuzz-replay: fuzz-replay-bins
 	@for t in $(FUZZ_TARGETS); do ./$(BUILD)/fuzz_replay_$$t tests/fuzz/corpus/$$t || exit 1; done
 
-# `make asan` runs tests/test_fuzz_corpus.py too: it finds the replay binaries next to
-# $UNIT_TESTS (build-asan/unit_tests), built here with the same sanitizers.
+# `make asan` runs tests/test_fuzz_corpus.py too: it finds the replay binaries beside
+# $UNIT_TESTS (build-asan/unit: in build-asan), built here with the same sanitizers.
 asan: fuzz-replay-asan
 fuzz-replay-asan: deps
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" fuzz-replay-bins
