@@ -310,6 +310,21 @@ static void test_orphan_error_without_an_id(void **state)
     assert_int_equal(W.n, 0);
 }
 
+/* A request that has had a frame already cannot own an id-less error. */
+static void test_orphan_error_skips_requests_with_replies(void **state)
+{
+    (void)state;
+    struct owner *z = submit(NULL, "agent"), *a = submit(NULL, "agent");
+    fake_send_all(&W);
+    fake_reply(&W, 0, "\"response\":{\"p\":1},\"complete\":false");
+    fake_frame(&W, "{\"error\":\"'agent'\"}");
+    assert_int_equal(a->finals, 1);
+    assert_str_eq(a->type, "");  /* a bare string error: no type */
+    assert_int_equal(z->parts, 1);
+    assert_int_equal(z->finals + z->fails, 0);
+    assert_int_equal(W.n, 2);    /* a finished behind z, which still runs */
+}
+
 /* The owner lets go inside its own callback (a REST call whose client hung up while
  * being written to): no later callback, no use after free (ASan and valgrind watch). */
 static void test_detach_inside_a_part_callback(void **state)
@@ -349,6 +364,27 @@ static void test_detach_inside_final_and_fail_callbacks(void **state)
     assert_int_equal(live(), 1); /* b still holds its place in the window */
     fake_reply(&W, 1, "\"response\":{},\"complete\":true");
     assert_int_equal(b->finals, 0);
+    assert_int_equal(live(), 0);
+}
+
+/* Refused at once (the queue is full) or failed while queued (its deadline, the
+ * connection lost before it was sent), by an owner that lets go in the callback. */
+static void test_detach_inside_the_fail_of_a_request_never_sent(void **state)
+{
+    (void)state;
+    cfg.max_queue = 1;
+    struct owner *a = submit(NULL, "agent");
+    a->detach = DETACH_ON_FAIL;
+    struct owner *b = new_owner();
+    b->detach = DETACH_ON_FAIL;
+    b->req = mux_new("agent", NULL, "", "{}", 2, &ops, b);
+    mux_submit(b->req);
+    assert_int_equal(b->fails, 1);
+    assert_null(b->req);
+    assert_int_equal(live(), 1);
+    fake_clock_advance(cfg.queue_timeout);
+    assert_int_equal(a->fails, 1);
+    assert_null(a->req);
     assert_int_equal(live(), 0);
 }
 
@@ -497,8 +533,10 @@ static const struct CMUnitTest tests[] = {
     T(test_orphan_caller_gone_in_flight),
     T(test_orphan_caller_gone_while_queued),
     T(test_orphan_error_without_an_id),
+    T(test_orphan_error_skips_requests_with_replies),
     T(test_detach_inside_a_part_callback),
     T(test_detach_inside_final_and_fail_callbacks),
+    T(test_detach_inside_the_fail_of_a_request_never_sent),
     T(test_queue_deadline),
     T(test_request_deadline),
     T(test_queue_full_and_frame_too_large),
