@@ -3,8 +3,8 @@
 
     /usr/bin/python3 tests/run.py [-k SUBSTRING] [-j N] [-v]
 
-Runs the C unit tests (UNIT_TESTS, default build/unit_tests, if executable;
-skipped when -k is given) then every test_* function of tests/test_*.py,
+Runs the C unit tests (every test of the test_* binaries in UNIT_TESTS, default
+build/unit, each test in its own process; skipped when -k is given) then every test_* function of tests/test_*.py,
 each in its own child process (own process group, killed afterwards) with
 N in parallel (default 2). Prints `PASS name (0.42s)` / `FAIL name: reason`
 per test and, last, `N passed, N failed`. Exit status 0 iff nothing failed.
@@ -142,39 +142,37 @@ def run_one(name, modname, funcname, limit, scale, verbose):
     return name, result
 
 
-def run_unit(path):
-    """Runs the C unit-test binary; returns (passed, failed, lines)."""
+def run_unit_dir(path):
+    """Runs every test of the cmocka binaries test_* in path, each as `BINARY NAME`
+    (tests/unit/unit_main.h); returns (passed, failed, lines)."""
+    passed = failed = 0
     lines = []
-    try:
-        p = subprocess.run([path], cwd=ROOT, capture_output=True, text=True,
-                           errors="replace", timeout=300)
-    except subprocess.TimeoutExpired:
-        return 0, 1, ["FAIL unit_tests: timed out"]
-    out = p.stdout.splitlines()
-    passed = failed = None
-    for line in out:
-        parts = line.split()
-        if (len(parts) == 4 and parts[1].rstrip(",") == "passed"
-                and parts[3] == "failed"):
-            try:
-                passed, failed = int(parts[0]), int(parts[2])
-            except ValueError:
-                pass
+    for binary in sorted(os.listdir(path)):
+        exe = os.path.join(path, binary)
+        if not binary.startswith("test_") or not os.path.isfile(exe) or not os.access(exe, os.X_OK):
             continue
-        lines.append(line)
-    if passed is None:
-        lines.append("FAIL unit_tests: no 'N passed, N failed' line (rc=%d)"
-                     % p.returncode)
-        if p.stderr.strip():
-            lines.append(indent(p.stderr[-3000:]))
-        return 0, 1, lines
-    if p.returncode != 0 and failed == 0:
-        lines.append("FAIL unit_tests: exit status %d" % p.returncode)
-        if p.stderr.strip():
-            lines.append(indent(p.stderr[-3000:]))
-        failed = 1
-    elif failed and p.stderr.strip():
-        lines.append(indent(p.stderr[-3000:]))
+        p = subprocess.run([exe, "--list"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        names = p.stdout.split()
+        if p.returncode != 0 or not names:
+            failed += 1
+            lines.append("FAIL %s: --list failed (rc=%d)" % (binary, p.returncode))
+            continue
+        for name in names:
+            label = "%s::%s" % (binary, name)
+            try:
+                r = subprocess.run([exe, name], cwd=ROOT, capture_output=True, text=True,
+                                   errors="replace", timeout=300)
+            except subprocess.TimeoutExpired:
+                failed += 1
+                lines.append("FAIL %s: timed out" % label)
+                continue
+            if r.returncode == 0:
+                passed += 1
+                lines.append("PASS %s" % label)
+            else:
+                failed += 1
+                lines.append("FAIL %s: exit status %d" % (label, r.returncode))
+                lines.append(indent((r.stdout + r.stderr)[-3000:]))
     return passed, failed, lines
 
 
@@ -204,10 +202,9 @@ def main():
     passed = failed = skipped = 0
     lock = threading.Lock()
 
-    unit = os.environ.get("UNIT_TESTS") or os.path.join(ROOT, "build",
-                                                        "unit_tests")
-    if not args.pattern and os.path.isfile(unit) and os.access(unit, os.X_OK):
-        p, f, lines = run_unit(unit)
+    unit = os.environ.get("UNIT_TESTS") or os.path.join(ROOT, "build", "unit")
+    if not args.pattern and os.path.isdir(unit):
+        p, f, lines = run_unit_dir(unit)
         for line in lines:
             print(line)
         passed += p
