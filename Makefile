@@ -140,7 +140,7 @@ soak:
 
 valgrind: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES)
 	@fail=0; for b in $(UNIT_BINS); do \
-	  valgrind -q --error-exitcode=99 --leak-check=full ./$$b >/dev/null \
+	  valgrind -q --error-exitcode=99 --leak-check=full --log-fd=3 ./$$b 3>&2 >/dev/null 2>&1 \
 	    && echo "valgrind $$b: clean" || { fail=1; echo "valgrind $$b: FAILED (rerun it for cmocka's report)"; }; \
 	done; exit $$fail
 	TGBRIDGE_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --suppressions=$(CURDIR)/tests/valgrind.supp" \
