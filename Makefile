@@ -128,7 +128,7 @@ unit: deps $(UNIT_BINS)
 # Only the plugins named here (none a developer happens to have installed).
 PYTEST    = PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PYTHON) -m pytest -p xdist.plugin -p pytest_timeout -n 2
 TESTFLAGS ?=
-TEST_ENV  = BUILD_DIR=$(BUILD) UNIT_DIR=$(BUILD)/unit UNIT_TESTS=$(BUILD)/unit_tests
+TEST_ENV  = BUILD_DIR=$(BUILD) UNIT_DIR=$(BUILD)/unit
 
 test: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES) fuzz-replay-bins
 	$(TEST_ENV) $(PYTEST) $(TESTFLAGS)
@@ -139,7 +139,7 @@ asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge unit-bins
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TGBRIDGE_BIN=build-asan/tgbridge BUILD_DIR=build-asan UNIT_DIR=build-asan/unit \
-	  UNIT_TESTS=build-asan/unit_tests $(PYTEST) $(TESTFLAGS)
+	  $(PYTEST) $(TESTFLAGS)
 
 # The soak test for SOAK_SECONDS (default 300) against the ASan+UBSan build.
 SOAK_SECONDS ?= 300
