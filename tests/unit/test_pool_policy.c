@@ -1,15 +1,6 @@
 /* The pool's decisions (include/pool_policy.h): placement, overflow, idle, promotion
- * and the reconnect backoff, each rule checked on hand-made views.
- *   test_pool_policy --list     one test name per line
- *   test_pool_policy NAME       only that test (exit 0 iff it passed)
- *   test_pool_policy            every test */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
-#include <stdio.h>
-#include <string.h>
+ * and the reconnect backoff, each rule checked on hand-made views. */
+#include "unit_main.h"
 #include "pool_policy.h"
 
 #define WINDOW 15
@@ -239,24 +230,4 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_backoff_step_limit),
 };
 
-/* --list, or one test by name (until tests/unit/unit_main.h serves every binary). */
-int main(int argc, char **argv)
-{
-    size_t n = sizeof tests / sizeof tests[0];
-    if (argc > 1 && !strcmp(argv[1], "--list")) {
-        for (size_t i = 0; i < n; i++)
-            puts(tests[i].name);
-        return 0;
-    }
-    if (argc > 1) {
-        size_t i = 0;
-        while (i < n && strcmp(tests[i].name, argv[1]))
-            i++;
-        if (i == n) {
-            fprintf(stderr, "no test named %s\n", argv[1]);
-            return 2;
-        }
-        cmocka_set_test_filter(argv[1]);
-    }
-    return cmocka_run_group_tests_name("pool_policy", tests, NULL, NULL) ? 1 : 0;
-}
+UNIT_MAIN(tests)
