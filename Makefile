@@ -18,7 +18,7 @@ PYTHON    := /usr/bin/python3
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 # src/<room>/*.c: the folders are the architecture (docs/design.md).
-SRCS      := $(wildcard src/*.c src/*/*.c)
+SRCS      := $(wildcard src/*.c src/*/*.c src/*/*/*.c)
 OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.c)

@@ -1,8 +1,10 @@
 /* Unit tests for the pure modules: envelope codec, request table, config parsing,
  * helpers.  Prints PASS/FAIL per test and ends with "N passed, N failed". */
+#include "access.h"
 #include "buf.h"
 #include "config.h"
 #include "envelope.h"
+#include "guard.h"
 #include "lineframe.h"
 #include "log.h"
 #include "redact.h"
@@ -1143,6 +1145,142 @@ static void test_lineframe_pieces_and_limits(void)
     }
 }
 
+/* ---- admission (access.c) and limits (guard.c): pure decisions ------------------- */
+
+static void decide(const struct config *cfg, const char *token, const struct admission_ask *ask,
+                   struct admission *out)
+{
+    struct access_rules rules = {cfg, token};
+    access_decide(&rules, ask, out);
+}
+
+static void test_admission_browser_rules(void)
+{
+    struct config cfg;
+    char err[256];
+    CHECK_EQ_INT(config_line("allow-origin = https://ok.example\n", &cfg, err, sizeof err), 0);
+    struct admission v;
+    struct admission_ask ask = {.rule = ADMIT_BEARER, .origin = "https://evil.example", .host = "127.0.0.1:8089"};
+    decide(&cfg, NULL, &ask, &v);
+    CHECK(!v.admitted);
+    CHECK_EQ_INT(v.refusal.status, 403);
+    CHECK_EQ_STR(v.refusal.type, "forbidden-origin");
+    CHECK(strstr(v.refusal.message, "https://evil.example") != NULL);
+    ask.origin = "https://ok.example";
+    decide(&cfg, NULL, &ask, &v);
+    CHECK(v.admitted);
+    CHECK_EQ_INT(v.caller.token, TOKEN_NOT_NEEDED);
+    /* DNS rebinding: a name that is not this machine's, over TCP */
+    ask.origin = NULL;
+    ask.host = "rebind.example:8089";
+    decide(&cfg, NULL, &ask, &v);
+    CHECK(!v.admitted);
+    CHECK_EQ_STR(v.refusal.type, "forbidden-host");
+    /* no browser reaches the Unix socket: Host is not looked at */
+    ask.unix_socket = true;
+    decide(&cfg, NULL, &ask, &v);
+    CHECK(v.admitted);
+    CHECK(v.caller.unix_socket);
+    /* the probes ask nothing */
+    ask = (struct admission_ask){.rule = ADMIT_OPEN, .origin = "https://evil.example", .host = "x.example"};
+    decide(&cfg, "secret", &ask, &v);
+    CHECK(v.admitted);
+    CHECK_EQ_INT(v.caller.token, TOKEN_UNCHECKED);
+    config_free(&cfg);
+}
+
+static void test_admission_local_token(void)
+{
+    struct config cfg;
+    config_defaults(&cfg);
+    struct admission v;
+    static const char good[] = "Bearer s3cret", bad[] = "Bearer nope";
+    struct admission_ask ask = {.rule = ADMIT_BEARER, .host = "localhost"};
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(!v.admitted);
+    CHECK_EQ_INT(v.refusal.status, 401);
+    CHECK_EQ_STR(v.refusal.type, "auth-required");
+    CHECK_EQ_STR(v.refusal.message, "auth failure");
+    ask.authorization = good;
+    ask.authorization_len = strlen(good);
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(v.admitted);
+    CHECK_EQ_INT(v.caller.token, TOKEN_BEARER);
+    CHECK(v.caller.bearer_is_local);
+    /* REST takes no ?token= */
+    ask = (struct admission_ask){.rule = ADMIT_BEARER, .query_token = "s3cret", .query_token_len = 6};
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(!v.admitted);
+    /* the upgrades do, decoded as the gateway decodes it or as sent */
+    ask.rule = ADMIT_UPGRADE;
+    ask.query_token = "s3%63ret";
+    ask.query_token_len = strlen(ask.query_token);
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(v.admitted);
+    CHECK_EQ_INT(v.caller.token, TOKEN_QUERY);
+    /* a Bearer, when there is one, is what counts */
+    ask.authorization = bad;
+    ask.authorization_len = strlen(bad);
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(!v.admitted);
+    /* the bulk sockets refuse a caller with neither; the local WebSocket locks it */
+    ask = (struct admission_ask){.rule = ADMIT_UPGRADE};
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(!v.admitted);
+    ask.rule = ADMIT_UPGRADE_LOCKED;
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(v.admitted);
+    CHECK_EQ_INT(v.caller.token, TOKEN_ABSENT);
+    config_free(&cfg);
+}
+
+static void test_admission_own_credential_and_peer(void)
+{
+    struct config cfg;
+    char err[256];
+    CHECK_EQ_INT(config_line("unix-allow-uid = 1000\n", &cfg, err, sizeof err), 0);
+    struct admission v;
+    /* the auth routes: the caller's own key goes on, the local token comes apart */
+    static const char own[] = "Bearer users-own-key";
+    struct admission_ask ask = {.rule = ADMIT_OWN_CREDENTIAL, .authorization = own, .authorization_len = strlen(own)};
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(!v.admitted);
+    CHECK_EQ_INT(v.refusal.status, 401);
+    ask.alt_token = "s3cret";
+    decide(&cfg, "s3cret", &ask, &v);
+    CHECK(v.admitted);
+    CHECK(!v.caller.bearer_is_local);
+    /* the Unix socket's allow lists */
+    struct peer p = {.unix_socket = true, .has_cred = true, .uid = 1000, .gid = 1000, .pid = 42};
+    ask = (struct admission_ask){.rule = ADMIT_PEER, .peer = &p};
+    decide(&cfg, NULL, &ask, &v);
+    CHECK(v.admitted);
+    CHECK_EQ_INT(v.caller.uid, 1000);
+    CHECK_EQ_INT(v.caller.pid, 42);
+    p.uid = 1001;
+    p.gid = 7;
+    decide(&cfg, NULL, &ask, &v);
+    CHECK(!v.admitted);
+    CHECK_EQ_STR(v.refusal.type, "forbidden");
+    CHECK_EQ_STR(v.refusal.message, "uid 1001 / gid 7 is not allowed to use this socket");
+    config_free(&cfg);
+}
+
+static void test_guard_deadlines_and_budget(void)
+{
+    /* a head: T; a body: T, and T more per MiB received */
+    CHECK(fabs(guard_due(GUARD_HEAD, 100.0, 5 << 20, 10.0) - 110.0) < 1e-9);
+    CHECK(fabs(guard_due(GUARD_BODY, 100.0, 0, 10.0) - 110.0) < 1e-9);
+    CHECK(fabs(guard_due(GUARD_BODY, 100.0, 3 << 20, 10.0) - 140.0) < 1e-9);
+    /* what waits is bounded; one reply larger than the bound goes to a caller that reads */
+    CHECK(!guard_over_budget(1000, 0, 5000, false));
+    CHECK(guard_over_budget(1000, 1, 1000, false));
+    CHECK(!guard_over_budget(1000, 500, 500, false));
+    /* ... except on the line protocol, where every line counts */
+    CHECK(guard_over_budget(1000, 0, 5000, true));
+    CHECK(!guard_over_budget(1000, 0, 1000, true));
+}
+
 int main(void)
 {
     log_set_level(LOG_ERROR);
@@ -1162,6 +1300,10 @@ int main(void)
     RUN(test_reqtable_queue_fifo_and_drop);
     RUN(test_gateway_url_parsing);
     RUN(test_allow_lists_fail_closed);
+    RUN(test_admission_browser_rules);
+    RUN(test_admission_local_token);
+    RUN(test_admission_own_credential_and_peer);
+    RUN(test_guard_deadlines_and_budget);
     RUN(test_loopback_names_are_only_loopback);
     RUN(test_sizes_and_seconds);
     RUN(test_config_flags_override_env);
