@@ -146,7 +146,8 @@ static void hand_over(struct pending *p, const struct frontend *fe, const struct
     if (fe->take(fd, &in, &no))
         return;
     struct handover again = {h, &peer, -1, &no};
-    HTTP_ROUTE->fe->take(fd, &again, &no);
+    struct refusal unused;
+    HTTP_ROUTE->fe->take(fd, &again, &unused); /* libmicrohttpd answers it */
 }
 
 /* What the first bytes say.  Line protocol clients start with '{' or blanks (or junk,

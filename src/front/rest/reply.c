@@ -30,7 +30,7 @@ void rest_error_body(struct buf *b, const char *type, const char *message)
 }
 
 enum MHD_Result rest_queue_json(struct MHD_Connection *c, unsigned status, const char *body, size_t len,
-                                  const char *allow)
+                                const char *allow)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!r)
@@ -61,7 +61,7 @@ enum MHD_Result rest_queue_503(struct MHD_Connection *c, const char *body, size_
 }
 
 enum MHD_Result rest_queue_error(struct MHD_Connection *c, unsigned status, const char *type,
-                                   const char *message, const char *allow)
+                                 const char *message, const char *allow)
 {
     struct buf b;
     buf_init(&b, 0);

@@ -5,8 +5,8 @@
  *   reply.c   replies: error bodies, the gateway's outcomes mapped to HTTP;
  *   route.c   what a request is (route, framing, admission ask, format): verdicts;
  *   relay.c   the HTTP pass-through adapter feeding passthrough.c.
- * Data flows server -> call -> {route, reply, relay}; route and reply call nobody
- * back. */
+ * route.c and reply.c are leaves: they decide and format, and call nothing in the
+ * others.  call.c and relay.c drive calls; server.c owns connections and the pump. */
 #ifndef TGB_REST_INT_H
 #define TGB_REST_INT_H
 #include "access.h"

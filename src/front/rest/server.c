@@ -143,8 +143,6 @@ static void pump_timer(struct timer *t)
 
 void rest_pump_soon(void)
 {
-    /* MHD must run after a resume (libraries.md a3).  Not from inside its own
-     * callbacks: on the next loop turn instead (Taler's "trigger"). */
     timer_after(&REST.pump_timer, 0, pump_timer);
 }
 
