@@ -19,7 +19,7 @@ PYTHON    := /usr/bin/python3
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 # src/<room>/*.c: the folders are the architecture (docs/design.md).
-SRCS      := $(wildcard src/*.c src/*/*.c)
+SRCS      := $(wildcard src/*.c src/*/*.c src/*/*/*.c)
 OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
 
@@ -69,7 +69,8 @@ $(BUILD):
 # stubs.h) -- never libwebsockets or libmicrohttpd.  Every binary runs all its tests with
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
-UNIT_MODULES     := buf util json envelope wsframe lineframe redact config reqtable mux session pool_policy
+UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard reqtable mux session \
+                    pool_policy
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
@@ -79,6 +80,11 @@ UNIT_OBJS_lineframe := wire/lineframe base/buf
 UNIT_OBJS_redact    := base/redact base/util base/buf
 UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log base/redact base/util \
                        base/buf base/clock
+UNIT_STUBS_config   := tests/unit/unit_config.c
+UNIT_OBJS_access    := core/access $(UNIT_OBJS_config) wire/httphead
+UNIT_STUBS_access   := tests/unit/unit_config.c
+UNIT_OBJS_guard     := core/guard
+UNIT_STUBS_guard    := tests/unit/stubs_loop.c tests/unit/stubs_drops.c
 UNIT_OBJS_reqtable  := core/reqtable base/buf
 UNIT_OBJS_mux       := core/mux core/reqtable wire/envelope wire/json base/buf
 UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
@@ -90,7 +96,7 @@ UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
 UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
                     $(shell pkg-config --cflags libcjson cmocka 2>/dev/null) $(CFLAGS)
 UNIT_LIBS         = $(shell pkg-config --libs libcjson cmocka 2>/dev/null) -lm
-UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h
+UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h tests/unit/unit_config.h
 # The core and the pool's policy compile without libwebsockets and libmicrohttpd: headers
 # of their names that stop the compiler come first on the include path (tests/unit/poison/).
 UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c src/upstream/pool_policy.c
@@ -297,4 +303,4 @@ fuzz-replay-asan: deps
 fuzz-clean:
 	rm -rf build-fuzz
 
--include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d $(BUILD)/*/*/*.d)

@@ -1,12 +1,14 @@
 /* The link-time stand-ins of the C unit tests (mosquitto's test/unit/<module>_stubs.c are the
  * model): what lies beyond the module under test, replaced by something a test can
  * drive and inspect.  stubs_loop.c: the clock and the timers; stubs_log.c: the log;
- * stubs_upstream.c: the side the mux sends to; stubs_callrec.c: the call records. */
+ * stubs_upstream.c: the side the mux sends to; stubs_callrec.c: the call records;
+ * stubs_drops.c: the drop counter. */
 #ifndef TGB_UNIT_STUBS_H
 #define TGB_UNIT_STUBS_H
 #include <stdbool.h>
 #include <stddef.h>
 #include "callrec.h"
+#include "health.h"
 #include "log.h"
 #include "mux.h"
 #include "timer.h"
@@ -59,4 +61,6 @@ struct fake_call {
 };
 extern struct fake_call fake_calls[64];
 extern size_t fake_ncalls;
+/* ---- stubs_drops.c: callers dropped by a guard, by reason ---- */
+extern unsigned fake_drops[DROP_REASONS];
 #endif

@@ -3,6 +3,7 @@
 #include "unit_main.h"
 #include "config.h"
 #include "redact.h"
+#include "unit_config.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,16 +40,6 @@ static void test_gateway_url_parsing(void **state)
     assert_int_not_equal(config_parse_gateway("http://gw example:80", &u, err, sizeof err), 0);
     assert_int_equal(config_parse_gateway("http://[::ffff:10.0.0.1]:80", &u, err, sizeof err), 0);
     assert_int_equal(config_parse_gateway("http://gw_1.example-x.com", &u, err, sizeof err), 0);
-}
-
-/* One config-file line, applied to fresh defaults: its return and error. */
-static int config_line(const char *line, struct config *cfg, char *err, size_t errlen)
-{
-    config_defaults(cfg);
-    FILE *f = fmemopen((void *)line, strlen(line), "r");
-    int rc = config_load_stream(cfg, f, "t.conf", err, errlen);
-    fclose(f);
-    return rc;
 }
 
 static void test_allow_lists_fail_closed(void **state)
