@@ -6,9 +6,9 @@
 #include <stddef.h>
 #include "config.h"
 
-struct lws_protocols;
-extern const struct lws_protocols line_protocol;
-
+/* Its lws protocol (raw sockets on the loop's vhost), with the loop: before
+ * loop_init. */
+void line_register_protocol(void);
 void line_init(const struct config *cfg);
 /* Serves fd (an accepted Unix connection) with the line protocol; takes ownership. */
 int line_client_adopt(int fd, unsigned uid);

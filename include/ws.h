@@ -11,18 +11,10 @@
 #include "httphead.h"
 
 struct lws_context;
-struct lws_protocols;
-extern const struct lws_protocols ws_protocol;
 
 int ws_init(struct lws_context *ctx, const struct config *cfg);
 /* Serves fd, whose upgrade request h is still unread on it, as a local WebSocket --
  * unless the upgrade is refused (browser rules, a wrong token, --max-ws-clients):
  * then false with why in no, and fd is still the caller's. */
 bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no);
-/* The server vhost local WebSockets are adopted on, the bulk sockets' (wspass.c)
- * too.  lws binds every upgrade without a subprotocol to the vhost's first protocol,
- * whatever the connection was adopted for, so ws.c's callback hands a connection
- * whose object starts with LOCAL_BULK on to wspass.c. */
-struct lws_vhost *ws_local_vhost(void);
-enum { LOCAL_SESSION = 0x5e55, LOCAL_BULK = 0xb0c5 };
 #endif

@@ -161,7 +161,6 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg.log_level);
     log_set_json(cfg.log_json);
-    callrec_init(&cfg);
     if (access_init(&cfg, err, sizeof err)) {
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;
@@ -180,20 +179,30 @@ int main(int argc, char **argv)
     if (cfg.via_proxy)
         log_info("connecting to the gateway through the HTTP proxy %s:%d%s", cfg.via_proxy->host,
                  cfg.via_proxy->port, cfg.via_proxy->userinfo[0] ? " (with credentials)" : "");
+    /* The loop's context is made with every module's lws protocols. */
+    upstream_register_protocol();
+    line_register_protocol();
+    passthrough_register_protocol();
+    wspass_register_protocol();
     if (loop_init(&cfg) || setup_signals() || resolver_init()) {
         log_error("cannot set up the event loop");
         return 1;
     }
     sdnotify_init();
+    /* Each registers its status source as it starts: /status and /metrics show them
+     * in this order (the upstream, the requests, the front ends, the pass-through,
+     * the calls). */
+    if (upstream_init(loop_ctx(), &cfg))
+        return 1;
     static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
-                                                  upstream_default_workspace};
+                                                  upstream_default_workspace, upstream_window_used};
     mux_init(&cfg, &upstream_sink);
+    health_init(&cfg);
+    passthrough_init(loop_ctx(), &cfg);
+    callrec_init(&cfg);
     line_init(&cfg);
     listener_init(&cfg);
-    health_init(&cfg);
     dial_init(loop_ctx(), &cfg);
-    passthrough_init(loop_ctx(), &cfg);
-    upstream_init(loop_ctx(), &cfg);
     if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg) || wspass_init(loop_ctx(), &cfg))
         return 1;
     int port = 0;

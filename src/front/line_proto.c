@@ -1,12 +1,13 @@
 #include "line_proto.h"
 #include "buf.h"
+#include "firstpart.h"
 #include "frontend.h"
-#include "health.h"
 #include "lineframe.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
 #include "session.h"
+#include "stats.h"
 #include "util.h"
 #include <errno.h>
 #include <libwebsockets.h>
@@ -94,7 +95,7 @@ static void send_bytes(struct lclient *c, const char *p, size_t n)
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, limit %zu)",
                  c->out.len + n, L.cfg->max_client_buffer);
-        health_caller_dropped(DROP_SLOW_READER);
+        stats_caller_dropped(DROP_SLOW_READER);
         kill_client(c, why);
         return;
     }
@@ -189,7 +190,7 @@ static void partial_overdue(struct timer *t)
         log_warn("closing Unix client #%llu (uid %u): it sent %zu bytes of a line and not the rest within "
                  "--client-timeout (%g s)%s", c->serial, c->uid, c->frame.partial, L.cfg->client_timeout,
                  held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
-    health_caller_dropped(DROP_CLIENT_TIMEOUT);
+    stats_caller_dropped(DROP_CLIENT_TIMEOUT);
     kill_client(c, NULL);
 }
 
@@ -230,7 +231,7 @@ static int on_writeable(struct lclient *c)
             return -1;
         }
         buf_consume(&c->out, (size_t)n);
-        loop_flush_done();
+        firstpart_wrote();
     }
     if (c->out.len) {
         lws_callback_on_writable(c->wsi);
@@ -323,7 +324,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return 0;
 }
 
-const struct lws_protocols line_protocol = {"tgb-line", callback, 0, 64 * 1024, 0, NULL, 0};
+static const struct lws_protocols line_protocol = {"tgb-line", callback, 0, 64 * 1024, 0, NULL, 0};
+
+void line_register_protocol(void)
+{
+    loop_add_protocol(&line_protocol);
+}
 
 int line_client_adopt(int fd, unsigned uid)
 {

@@ -3,6 +3,7 @@
 #include "buf.h"
 #include "callrec.h"
 #include "envelope.h"
+#include "firstpart.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
@@ -11,6 +12,7 @@
 #include "mux.h"
 #include "passthrough.h"
 #include "redact.h"
+#include "stats.h"
 #include "upstream.h"
 #include "util.h"
 #include <cjson/cJSON.h>
@@ -99,7 +101,7 @@ static struct {
      * bodies stream in pieces as large as the pool allows (BENCHMARKS.md). */
     struct MHD_Daemon *daemons[2];
     struct timer pump_timer;
-    int hup_epfd;
+    struct loop_epoll *hup;
     double accepted_at;  /* of the connection being added (rest_add_connection) */
     const struct refusal *first_refusal;
     size_t nconns;
@@ -418,7 +420,7 @@ static bool over_budget(struct call *call, size_t more)
         return false;
     log_warn("closing a REST caller that reads too slowly (%zu bytes of its reply waiting, "
              "--max-client-buffer %zu)", call->out.len + more, R.cfg->max_client_buffer);
-    health_caller_dropped(DROP_SLOW_READER);
+    stats_caller_dropped(DROP_SLOW_READER);
     if (call->watch && call->watch->fd >= 0)
         shutdown(call->watch->fd, SHUT_RDWR); /* MHD notices at once, suspended or not */
     buf_free(&call->out);
@@ -437,26 +439,20 @@ static void watch_hangup(struct call *call)
     }
     if (cw->added)
         return;
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = cw};
-    if (!epoll_ctl(R.hup_epfd, EPOLL_CTL_ADD, cw->fd, &ev))
+    if (!loop_epoll_add(R.hup, cw->fd, EPOLLRDHUP | EPOLLET, cw))
         cw->added = true;
 }
 
-static void on_hangups(void *arg)
+static void on_hangup(void *ptr, uint32_t events)
 {
-    (void)arg;
-    struct epoll_event evs[64];
-    int n = epoll_wait(R.hup_epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++) {
-        struct conn_watch *cw = evs[i].data.ptr;
-        if (!(evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
-            continue;
-        /* Edge-triggered: remember it for a call that suspends later. */
-        cw->hung_up = true;
-        /* A pass-through call is watched all along: its upload may be under way. */
-        if (cw->call && (cw->call->suspended || cw->call->route == R_PASS))
-            caller_gone(cw->call);
-    }
+    struct conn_watch *cw = ptr;
+    if (!(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        return;
+    /* Edge-triggered: remember it for a call that suspends later. */
+    cw->hung_up = true;
+    /* A pass-through call is watched all along: its upload may be under way. */
+    if (cw->call && (cw->call->suspended || cw->call->route == R_PASS))
+        caller_gone(cw->call);
 }
 
 static void request_overdue(struct timer *t)
@@ -476,7 +472,7 @@ static void request_overdue(struct timer *t)
         log_warn("closing an HTTP connection that sent no complete request %s within --client-timeout (%g s)%s",
                  cw->phase == CW_BODY ? "body (1 MiB per timeout, after one of grace)" : "head", T,
                  held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
-    health_caller_dropped(DROP_CLIENT_TIMEOUT);
+    stats_caller_dropped(DROP_CLIENT_TIMEOUT);
     if (cw->fd >= 0)
         shutdown(cw->fd, SHUT_RDWR); /* MHD sees the hang-up and closes it */
 }
@@ -538,7 +534,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         return;
     timer_cancel(&cw->deadline);
     if (cw->added)
-        epoll_ctl(R.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
+        loop_epoll_del(R.hup, cw->fd);
     if (cw->call)
         cw->call->watch = NULL;
     free(cw);
@@ -592,7 +588,7 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
         if (call->client_gone)
             return; /* dropped for reading too slowly: req is no longer ours */
         if (!call->stream_ready)
-            loop_flush_soon(); /* its first part: out before the rest of the batch */
+            firstpart_queued(); /* its first part: out before the rest of the batch */
         call->stream_ready = true;
         call->done = final;
     }
@@ -641,7 +637,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
         if (!call->first_part)
             call->first_part = call->last_write;
         call->bytes_out += n;
-        loop_flush_done();
+        firstpart_wrote();
         return (ssize_t)n;
     }
     if (call->client_gone)
@@ -1369,14 +1365,13 @@ int rest_init(const struct config *cfg)
             return -1;
         }
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(R.daemons[i], MHD_DAEMON_INFO_EPOLL_FD);
-        int fd = di ? dup(di->epoll_fd) : -1;
-        if (fd < 0 || !loop_watch_fd(fd, on_epoll_readable, NULL)) {
+        if (!di || !loop_watch_epoll(di->epoll_fd, on_epoll_readable, NULL)) {
             log_error("cannot watch the HTTP server's epoll fd");
             return -1;
         }
     }
-    R.hup_epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (R.hup_epfd < 0 || !loop_watch_fd(R.hup_epfd, on_hangups, NULL)) {
+    R.hup = loop_epoll_new(on_hangup);
+    if (!R.hup) {
         log_error("cannot create the hang-up watcher");
         return -1;
     }

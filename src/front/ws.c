@@ -1,16 +1,16 @@
 #include "ws.h"
 #include "buf.h"
+#include "firstpart.h"
 #include "frontend.h"
-#include "health.h"
 #include "json.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
 #include "session.h"
+#include "stats.h"
 #include "util.h"
 #include "wsframe.h"
-#include "wspass.h"
 #include <cjson/cJSON.h>
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -29,7 +29,6 @@
 
 /* One local WebSocket client: its socket (lws's), its framing, and its session. */
 struct wsconn {
-    unsigned kind;           /* LOCAL_SESSION (ws.h) */
     struct session session;
     struct lws *wsi;
     unsigned long long serial;
@@ -85,7 +84,7 @@ static void session_send(struct session *s, const char *msg, size_t len)
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, --max-client-buffer %zu)",
                  c->out.len + len, W.cfg->max_client_buffer);
-        health_caller_dropped(DROP_SLOW_READER);
+        stats_caller_dropped(DROP_SLOW_READER);
         conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why);
         return;
     }
@@ -100,7 +99,7 @@ static int on_writeable(struct wsconn *c)
         if (lws_write(c->wsi, (unsigned char *)buf_ptr(&c->out), n, LWS_WRITE_RAW) < 0)
             return -1;
         buf_consume(&c->out, n);
-        loop_flush_done();
+        firstpart_wrote();
         if (!c->out.len && c->out.cap > 1024 * 1024)
             buf_free(&c->out);
     }
@@ -220,8 +219,6 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct wsconn *c = lws_get_opaque_user_data(wsi);
     if (!c)
         return 0;
-    if (c->kind == LOCAL_BULK)
-        return wspass_local_protocol.callback(wsi, reason, user, in, len);
     switch (reason) {
     case LWS_CALLBACK_ESTABLISHED:
         log_debug("local WebSocket client #%llu connected", c->serial);
@@ -246,7 +243,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
-const struct lws_protocols ws_protocol = {"tgb-ws", callback, 0, 64 * 1024, 0, NULL, 0};
+static const struct lws_protocols ws_protocol = {"tgb-ws", callback, 0, 64 * 1024, 0, NULL, 0};
 
 static bool span_cstr(struct span s, char *out, size_t cap)
 {
@@ -297,7 +294,6 @@ bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *
     struct wsconn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
-    c->kind = LOCAL_SESSION;
     c->serial = ++W.serial;
     buf_init(&c->out, 0);
     buf_init(&c->in, 0);
@@ -356,11 +352,6 @@ static void ws_close_all(void)
     }
 }
 
-struct lws_vhost *ws_local_vhost(void)
-{
-    return W.vh;
-}
-
 static const struct frontend ws_frontend = {"ws", ws_stats, ws_fail_all, ws_close_all};
 
 int ws_init(struct lws_context *ctx, const struct config *cfg)
@@ -375,9 +366,11 @@ int ws_init(struct lws_context *ctx, const struct config *cfg)
     W.idle.secs_since_valid_hangup = (uint16_t)(W.idle.secs_since_valid_ping +
                                                 (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000
                                                  : cfg->ping_timeout + 0.999));
-    static struct lws_protocols protocols[3];
+    /* lws binds every upgrade without a subprotocol to its vhost's first protocol,
+     * whatever the connection was adopted for: this vhost is the local WebSocket's
+     * alone (the bulk sockets have their own, wspass.c). */
+    static struct lws_protocols protocols[2];
     protocols[0] = ws_protocol;
-    protocols[1] = wspass_local_protocol; /* adopted under it, then served through ours */
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.vhost_name = "tgb-local";

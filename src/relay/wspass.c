@@ -10,7 +10,6 @@
 #include "passthrough.h"
 #include "redact.h"
 #include "util.h"
-#include "ws.h"
 #include <libwebsockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -47,7 +46,6 @@ struct side {
 };
 
 struct wspass {
-    unsigned kind;       /* LOCAL_BULK (ws.h) */
     struct dial dial;    /* the gateway side's connection */
     struct side local, up;
     enum pass_route route;
@@ -64,6 +62,7 @@ static struct {
     struct list all;
     unsigned long long serial;
     lws_retry_bo_t keepalive;
+    struct lws_vhost *vh; /* the local sides' */
 } WP;
 
 static struct side *other(struct wspass *p, struct side *s)
@@ -252,7 +251,7 @@ static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     }
 }
 
-const struct lws_protocols wspass_local_protocol = {"tgb-wspass", local_callback, 0, RX_CHUNK, 0, NULL, 0};
+static const struct lws_protocols wspass_local_protocol = {"tgb-wspass", local_callback, 0, RX_CHUNK, 0, NULL, 0};
 
 /* ---- the gateway side --------------------------------------------------------------- */
 
@@ -315,7 +314,13 @@ static int up_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     }
 }
 
-const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callback, 0, RX_CHUNK, 0, NULL, 0};
+static const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callback, 0, RX_CHUNK, 0, NULL,
+                                                              0};
+
+void wspass_register_protocol(void)
+{
+    loop_add_protocol(&wspass_upstream_protocol);
+}
 
 /* ---- taking a connection ------------------------------------------------------------- */
 
@@ -384,7 +389,6 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
                  WP.cfg->max_passthrough);
         return false;
     }
-    p->kind = LOCAL_BULK;
     p->route = dir == BULK_IMPORT ? PASS_IMPORT_SOCKET : PASS_EXPORT_SOCKET;
     snprintf(p->what, sizeof p->what, "%s", what);
     p->serial = ++WP.serial;
@@ -398,7 +402,7 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
     }
     lws_adopt_desc_t ad;
     memset(&ad, 0, sizeof ad);
-    ad.vh = ws_local_vhost();
+    ad.vh = WP.vh;
     ad.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
     ad.fd.sockfd = fd;
     ad.vh_prot_name = wspass_local_protocol.name;
@@ -459,7 +463,6 @@ static const struct frontend bulk_frontend = {"bulk", bulk_stats, bulk_fail_all,
 int wspass_init(struct lws_context *ctx, const struct config *cfg)
 {
     frontend_register(&bulk_frontend);
-    (void)ctx;
     WP.cfg = cfg;
     list_init(&WP.all);
     /* Pinged after --ping-interval of silence, dropped after --ping-timeout more, as
@@ -469,5 +472,20 @@ int wspass_init(struct lws_context *ctx, const struct config *cfg)
     WP.keepalive.secs_since_valid_hangup =
         (uint16_t)(WP.keepalive.secs_since_valid_ping +
                    (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000 : cfg->ping_timeout + 0.999));
+    /* The local sides' server vhost, of their own: lws binds every upgrade without a
+     * subprotocol to its vhost's first protocol, whatever it was adopted for. */
+    static struct lws_protocols protocols[2];
+    protocols[0] = wspass_local_protocol;
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.vhost_name = "tgb-bulk";
+    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+    info.protocols = protocols;
+    info.retry_and_idle_policy = &WP.keepalive;
+    WP.vh = lws_create_vhost(ctx, &info);
+    if (!WP.vh) {
+        log_error("cannot create the local bulk socket server");
+        return -1;
+    }
     return 0;
 }
