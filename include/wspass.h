@@ -15,7 +15,6 @@ struct lws_context;
 /* Its lws protocol for the gateway sides (on the loop's client vhost), with the loop:
  * before loop_init. */
 void wspass_register_protocol(void);
-/* Creates the local sides' server vhost. */
 int wspass_init(struct lws_context *ctx, const struct config *cfg);
 /* A request head for one of the bulk sockets (path and upgrade checked). */
 bool wspass_route(const struct http_head *h);

@@ -22,6 +22,7 @@
 #include "util.h"
 #include "ws.h"
 #include "wspass.h"
+#include "wsserver.h"
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -203,7 +204,8 @@ int main(int argc, char **argv)
     line_init(&cfg);
     listener_init(&cfg);
     dial_init(loop_ctx(), &cfg);
-    if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg) || wspass_init(loop_ctx(), &cfg))
+    if (rest_init(&cfg) || wsserver_init(loop_ctx(), &cfg) || ws_init(loop_ctx(), &cfg) ||
+        wspass_init(loop_ctx(), &cfg))
         return 1;
     int port = 0;
     struct activation act;

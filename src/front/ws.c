@@ -11,6 +11,7 @@
 #include "stats.h"
 #include "util.h"
 #include "wsframe.h"
+#include "wsserver.h"
 #include <cjson/cJSON.h>
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 
 /* One local WebSocket client: its socket (lws's), its framing, and its session. */
 struct wsconn {
+    struct wsserver_conn ws; /* first: the callback that serves it (wsserver.h) */
     struct session session;
     struct lws *wsi;
     unsigned long long serial;
@@ -41,11 +43,9 @@ struct wsconn {
 
 static struct {
     const struct config *cfg;
-    struct lws_vhost *vh;
     struct list conns;
     size_t nconns;
     unsigned long long serial;
-    lws_retry_bo_t idle;     /* pings for clients that go silent (validity) */
 } W;
 
 /* Ids allowed again while in flight (the TypeScript client re-sends a timed-out
@@ -243,8 +243,6 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
-static const struct lws_protocols ws_protocol = {"tgb-ws", callback, 0, 64 * 1024, 0, NULL, 0};
-
 static bool span_cstr(struct span s, char *out, size_t cap)
 {
     if (!s.p || s.n >= cap)
@@ -294,6 +292,7 @@ bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *
     struct wsconn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
+    c->ws.callback = callback;
     c->serial = ++W.serial;
     buf_init(&c->out, 0);
     buf_init(&c->in, 0);
@@ -301,14 +300,7 @@ bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *
     c->session.locked = !authenticated;
     list_add_tail(&W.conns, &c->node);
     W.nconns++;
-    lws_adopt_desc_t d;
-    memset(&d, 0, sizeof d);
-    d.vh = W.vh;
-    d.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP; /* lws reads the upgrade request itself */
-    d.fd.sockfd = fd;
-    d.vh_prot_name = ws_protocol.name;
-    d.opaque = c;
-    c->wsi = lws_adopt_descriptor_vhost_via_info(&d);
+    c->wsi = wsserver_adopt(fd, &c->ws);
     if (!c->wsi) { /* lws closed fd */
         log_warn("cannot serve a local WebSocket client");
         conn_free(c);
@@ -356,32 +348,10 @@ static const struct frontend ws_frontend = {"ws", ws_stats, ws_fail_all, ws_clos
 
 int ws_init(struct lws_context *ctx, const struct config *cfg)
 {
+    (void)ctx; /* served on wsserver.c's vhost */
     W.cfg = cfg;
     list_init(&W.conns);
     ws_rules.max_pending = cfg->max_pending;
-    /* An idle client is pinged after --ping-interval, and dropped when it has not
-     * answered within --ping-timeout more (the official clients answer at once). */
-    W.idle.secs_since_valid_ping = (uint16_t)(cfg->ping_interval < 1 ? 1 : cfg->ping_interval > 65000 ? 65000
-                                              : cfg->ping_interval + 0.999);
-    W.idle.secs_since_valid_hangup = (uint16_t)(W.idle.secs_since_valid_ping +
-                                                (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000
-                                                 : cfg->ping_timeout + 0.999));
-    /* lws binds every upgrade without a subprotocol to its vhost's first protocol,
-     * whatever the connection was adopted for: this vhost is the local WebSocket's
-     * alone (the bulk sockets have their own, wspass.c). */
-    static struct lws_protocols protocols[2];
-    protocols[0] = ws_protocol;
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    info.vhost_name = "tgb-local";
-    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    info.protocols = protocols;
-    info.retry_and_idle_policy = &W.idle;
-    W.vh = lws_create_vhost(ctx, &info);
-    if (!W.vh) {
-        log_error("cannot create the local WebSocket server");
-        return -1;
-    }
     frontend_register(&ws_frontend);
     return 0;
 }

@@ -10,6 +10,7 @@
 #include "passthrough.h"
 #include "redact.h"
 #include "util.h"
+#include "wsserver.h"
 #include <libwebsockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -46,6 +47,7 @@ struct side {
 };
 
 struct wspass {
+    struct wsserver_conn ws; /* first: the callback that serves the local side */
     struct dial dial;    /* the gateway side's connection */
     struct side local, up;
     enum pass_route route;
@@ -62,7 +64,6 @@ static struct {
     struct list all;
     unsigned long long serial;
     lws_retry_bo_t keepalive;
-    struct lws_vhost *vh; /* the local sides' */
 } WP;
 
 static struct side *other(struct wspass *p, struct side *s)
@@ -251,7 +252,6 @@ static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     }
 }
 
-static const struct lws_protocols wspass_local_protocol = {"tgb-wspass", local_callback, 0, RX_CHUNK, 0, NULL, 0};
 
 /* ---- the gateway side --------------------------------------------------------------- */
 
@@ -400,14 +400,8 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
-    lws_adopt_desc_t ad;
-    memset(&ad, 0, sizeof ad);
-    ad.vh = WP.vh;
-    ad.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
-    ad.fd.sockfd = fd;
-    ad.vh_prot_name = wspass_local_protocol.name;
-    ad.opaque = p;
-    p->local.wsi = lws_adopt_descriptor_vhost_via_info(&ad);
+    p->ws.callback = local_callback;
+    p->local.wsi = wsserver_adopt(fd, &p->ws);
     if (!p->local.wsi) { /* lws closed fd */
         log_warn("cannot serve a local bulk socket");
         p->local_gone = p->up_gone = true;
@@ -463,6 +457,7 @@ static const struct frontend bulk_frontend = {"bulk", bulk_stats, bulk_fail_all,
 int wspass_init(struct lws_context *ctx, const struct config *cfg)
 {
     frontend_register(&bulk_frontend);
+    (void)ctx; /* the local sides are served on wsserver.c's vhost */
     WP.cfg = cfg;
     list_init(&WP.all);
     /* Pinged after --ping-interval of silence, dropped after --ping-timeout more, as
@@ -472,20 +467,5 @@ int wspass_init(struct lws_context *ctx, const struct config *cfg)
     WP.keepalive.secs_since_valid_hangup =
         (uint16_t)(WP.keepalive.secs_since_valid_ping +
                    (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000 : cfg->ping_timeout + 0.999));
-    /* The local sides' server vhost, of their own: lws binds every upgrade without a
-     * subprotocol to its vhost's first protocol, whatever it was adopted for. */
-    static struct lws_protocols protocols[2];
-    protocols[0] = wspass_local_protocol;
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    info.vhost_name = "tgb-bulk";
-    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    info.protocols = protocols;
-    info.retry_and_idle_policy = &WP.keepalive;
-    WP.vh = lws_create_vhost(ctx, &info);
-    if (!WP.vh) {
-        log_error("cannot create the local bulk socket server");
-        return -1;
-    }
     return 0;
 }
