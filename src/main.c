@@ -150,6 +150,104 @@ static int setup_signals(void)
     return 0;
 }
 
+/* Every module, in the order that matters: the lws protocols before the loop's
+ * context is made with them; the status sources in the order /status and /metrics
+ * show them (the upstream, the requests, the front ends, the pass-through, the
+ * calls).  0, or the exit code. */
+static int start_modules(void)
+{
+    upstream_register_protocol();
+    line_register_protocol();
+    passthrough_register_protocol();
+    wspass_register_protocol();
+    if (loop_init(&cfg) || setup_signals() || resolver_init()) {
+        log_error("cannot set up the event loop");
+        return 1;
+    }
+    sdnotify_init();
+    if (upstream_init(loop_ctx(), &cfg))
+        return 1;
+    static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
+                                                  upstream_default_workspace, upstream_window_used};
+    mux_init(&cfg, &upstream_sink);
+    health_init(&cfg);
+    passthrough_init(loop_ctx(), &cfg);
+    callrec_init(&cfg);
+    line_init(&cfg);
+    listener_init(&cfg);
+    dial_init(loop_ctx(), &cfg);
+    if (rest_init(&cfg) || wsserver_init(loop_ctx(), &cfg) || ws_init(loop_ctx(), &cfg) ||
+        wspass_init(loop_ctx(), &cfg))
+        return 1;
+    return 0;
+}
+
+/* The REST listener and the Unix socket, systemd's if it handed them over.  0, or
+ * the exit code. */
+static int open_listeners(int *port)
+{
+    char err[512];
+    struct activation act;
+    if (activation_take(&act, err, sizeof err)) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (act.rest_fd >= 0) {
+        /* systemd's socket: its address is the listen address (the Host rules use it). */
+        rest_listener = listener_tcp_adopt(act.rest_fd, cfg.listen_host, sizeof cfg.listen_host, port, err,
+                                           sizeof err);
+        cfg.listen_port = *port;
+    } else {
+        rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, port, err, sizeof err);
+    }
+    if (!rest_listener) {
+        log_error("%s", err);
+        return 1;
+    }
+    static char adopted_path[108];
+    if (act.unix_fd >= 0) {
+        unix_listener = unix_listener_adopt(&cfg, act.unix_fd, adopted_path, sizeof adopted_path, err, sizeof err);
+        if (unix_listener) {
+            free(cfg.unix_path);
+            cfg.unix_path = strdup(adopted_path);
+        }
+    } else {
+        unix_listener = unix_listener_open(&cfg, err, sizeof err);
+    }
+    if (!unix_listener && err[0]) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (act.rest_fd >= 0 || act.unix_fd >= 0)
+        log_info("socket activation: took over %s%s%s from systemd", act.rest_fd >= 0 ? "the REST listener" : "",
+                 act.rest_fd >= 0 && act.unix_fd >= 0 ? " and " : "", act.unix_fd >= 0 ? "the Unix socket" : "");
+    return 0;
+}
+
+/* Serves until a signal stops the loop, then takes everything down. */
+static void serve(int port)
+{
+    bool v6 = strchr(cfg.listen_host, ':') != NULL;
+    log_info("listening rest=%s%s%s:%d unix=%s gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
+             port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway, auth_mode_name(cfg.auth));
+    upstream_on_change(upstream_changed);
+    char status[300];
+    snprintf(status, sizeof status, "listening on %s%s%s:%d; connecting to the gateway", v6 ? "[" : "",
+             cfg.listen_host, v6 ? "]" : "", port);
+    /* Ready means serving: callers get answers (503s included) from now on; whether the
+     * gateway is there is /readyz's business, and STATUS= follows it. */
+    sdnotify_ready(status);
+    upstream_start();
+    loop_run();
+    sdnotify_close();
+    unix_listener_close(unix_listener);
+    rest_shutdown();
+    mux_stop_timers();
+    loop_destroy();
+    mux_shutdown();
+    log_info("stopped");
+}
+
 int main(int argc, char **argv)
 {
     char err[512];
@@ -180,87 +278,13 @@ int main(int argc, char **argv)
     if (cfg.via_proxy)
         log_info("connecting to the gateway through the HTTP proxy %s:%d%s", cfg.via_proxy->host,
                  cfg.via_proxy->port, cfg.via_proxy->userinfo[0] ? " (with credentials)" : "");
-    /* The loop's context is made with every module's lws protocols. */
-    upstream_register_protocol();
-    line_register_protocol();
-    passthrough_register_protocol();
-    wspass_register_protocol();
-    if (loop_init(&cfg) || setup_signals() || resolver_init()) {
-        log_error("cannot set up the event loop");
-        return 1;
-    }
-    sdnotify_init();
-    /* Each registers its status source as it starts: /status and /metrics show them
-     * in this order (the upstream, the requests, the front ends, the pass-through,
-     * the calls). */
-    if (upstream_init(loop_ctx(), &cfg))
-        return 1;
-    static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
-                                                  upstream_default_workspace, upstream_window_used};
-    mux_init(&cfg, &upstream_sink);
-    health_init(&cfg);
-    passthrough_init(loop_ctx(), &cfg);
-    callrec_init(&cfg);
-    line_init(&cfg);
-    listener_init(&cfg);
-    dial_init(loop_ctx(), &cfg);
-    if (rest_init(&cfg) || wsserver_init(loop_ctx(), &cfg) || ws_init(loop_ctx(), &cfg) ||
-        wspass_init(loop_ctx(), &cfg))
-        return 1;
     int port = 0;
-    struct activation act;
-    if (activation_take(&act, err, sizeof err)) {
-        log_error("%s", err);
-        return 1;
-    }
-    if (act.rest_fd >= 0) {
-        /* systemd's socket: its address is the listen address (the Host rules use it). */
-        rest_listener = listener_tcp_adopt(act.rest_fd, cfg.listen_host, sizeof cfg.listen_host, &port, err,
-                                           sizeof err);
-        cfg.listen_port = port;
-    } else {
-        rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, &port, err, sizeof err);
-    }
-    if (!rest_listener) {
-        log_error("%s", err);
-        return 1;
-    }
-    static char adopted_path[108];
-    if (act.unix_fd >= 0) {
-        unix_listener = unix_listener_adopt(&cfg, act.unix_fd, adopted_path, sizeof adopted_path, err, sizeof err);
-        if (unix_listener) {
-            free(cfg.unix_path);
-            cfg.unix_path = strdup(adopted_path);
-        }
-    } else {
-        unix_listener = unix_listener_open(&cfg, err, sizeof err);
-    }
-    if (!unix_listener && err[0]) {
-        log_error("%s", err);
-        return 1;
-    }
-    if (act.rest_fd >= 0 || act.unix_fd >= 0)
-        log_info("socket activation: took over %s%s%s from systemd", act.rest_fd >= 0 ? "the REST listener" : "",
-                 act.rest_fd >= 0 && act.unix_fd >= 0 ? " and " : "", act.unix_fd >= 0 ? "the Unix socket" : "");
-    bool v6 = strchr(cfg.listen_host, ':') != NULL;
-    log_info("listening rest=%s%s%s:%d unix=%s gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
-             port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway, auth_mode_name(cfg.auth));
-    upstream_on_change(upstream_changed);
-    char status[300];
-    snprintf(status, sizeof status, "listening on %s%s%s:%d; connecting to the gateway", v6 ? "[" : "",
-             cfg.listen_host, v6 ? "]" : "", port);
-    /* Ready means serving: callers get answers (503s included) from now on; whether the
-     * gateway is there is /readyz's business, and STATUS= follows it. */
-    sdnotify_ready(status);
-    upstream_start();
-    loop_run();
-    sdnotify_close();
-    unix_listener_close(unix_listener);
-    rest_shutdown();
-    mux_stop_timers();
-    loop_destroy();
-    mux_shutdown();
-    log_info("stopped");
+    rc = start_modules();
+    if (!rc)
+        rc = open_listeners(&port);
+    if (rc)
+        return rc;
+    serve(port);
     secrets_clear();
     config_free(&cfg);
     return 0;
