@@ -60,8 +60,8 @@ static size_t nprotocols = 2;
 
 void loop_add_protocol(const struct lws_protocols *p)
 {
-    if (nprotocols + 1 >= MAX_PROTOCOLS) {
-        log_error("too many lws protocols (%s not added)", p->name);
+    if (ctx || nprotocols + 1 >= MAX_PROTOCOLS) {
+        log_error("lws protocol %s not added (%s)", p->name, ctx ? "after loop_init" : "too many");
         return;
     }
     protocols[nprotocols++] = *p;
