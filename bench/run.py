@@ -12,7 +12,7 @@ trying the suite out), --profile (also profile tgbridge and the mock: perf cpu-c
 sampling and callgrind; or BENCH_PROFILE=1), --json PATH (write every raw figure there),
 --only NAME[,NAME] or BENCH_ONLY=NAME[,NAME] (scenarios: unary1, fresh, unary64, accesslog,
 stream, large, mixed, wide, passthrough, hold, wsidle; "none" runs only what --profile asks for).
-The passthrough scenario uses the Python mock gateway (tests/mock_gateway.py) and curl.
+The passthrough scenario uses the Python mock gateway (tests/lib/mock_gateway.py) and curl.
 Standard library only (Debian's /usr/bin/python3).
 """
 import argparse
@@ -803,12 +803,12 @@ def scen_ws_idle(ctx, R):
 #
 # GET /api/v1/export-core is not an envelope: tgbridge relays it as an HTTP request of its
 # own to the gateway and streams the body through a fixed 256 KiB buffer.  The gateway here
-# is the Python mock (tests/mock_gateway.py: fastmock has no pass-through routes), whose
+# is the Python mock (tests/lib/mock_gateway.py: fastmock has no pass-through routes), whose
 # export-core of id "size-N" generates N bytes, written `mock-chunk` bytes at a time.  The
 # client is curl (C; a Python http.client reader was measured at about half of curl's rate
 # through tgbridge, so it would have been the bottleneck).
 
-PYMOCK = os.path.join(ROOT, "tests", "mock_gateway.py")
+PYMOCK = os.path.join(ROOT, "tests", "lib", "mock_gateway.py")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 PASS_TOKEN = "tg_bench"           # the same token as Bridge's --token
 PASS_MIB = 100                    # the scenario's export, in MiB (3 alternating rounds)
@@ -834,7 +834,7 @@ SOCAT_BUFS = (16384, 262144)
 
 
 class PyMock:
-    """tests/mock_gateway.py, started as tests/harness.py start_mock does."""
+    """tests/lib/mock_gateway.py, started as tests/lib/harness.py start_mock does."""
 
     def __init__(self, tmp, tag):
         self.err_path = os.path.join(tmp, f"mock_gateway-{tag}.log")
@@ -1090,7 +1090,7 @@ def passthrough_detail(R):
     P = R.get("passthrough")
     if not P or P.get("skipped"):
         return []
-    out = ["", f"pass-through export (tests/mock_gateway.py, mock-chunk={P['chunk']}; client {P['client']}; "
+    out = ["", f"pass-through export (tests/lib/mock_gateway.py, mock-chunk={P['chunk']}; client {P['client']}; "
                f"throughput = bytes / curl's time_total; CPU = schedstat over that time; RSS growth = the larger of "
                f"VmHWM after a clear_refs reset and VmRSS sampled every {PASS_RSS_EVERY * 1000:g} ms, minus VmRSS "
                f"before):"]
