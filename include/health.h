@@ -5,13 +5,12 @@
 #ifndef TGB_HEALTH_H
 #define TGB_HEALTH_H
 #include "buf.h"
-#include "config.h"
 
 enum health_page { HEALTH_LIVE, HEALTH_READY, HEALTH_STATUS, HEALTH_METRICS };
 
 /* Registers the front ends' status source: /status and /metrics show the sources in
  * the order they were registered (main.c). */
-void health_init(const struct config *cfg);
+void health_init(void);
 /* Appends the page to out; returns its HTTP status and its Content-Type. */
 unsigned health_render(enum health_page page, struct buf *out, const char **content_type);
 #endif

@@ -170,7 +170,7 @@ static int start_modules(void)
     static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
                                                   upstream_default_workspace, upstream_window_used};
     mux_init(&cfg, &upstream_sink);
-    health_init(&cfg);
+    health_init();
     passthrough_init(loop_ctx(), &cfg);
     callrec_init(&cfg);
     line_init(&cfg);

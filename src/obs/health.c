@@ -6,7 +6,6 @@
 #include "util.h"
 
 static struct {
-    const struct config *cfg;
     double started;
 } H;
 
@@ -47,9 +46,8 @@ static void frontends_status(struct buf *b)
 
 static const struct status_source frontends_source = {"frontends", frontends_status, frontends_metrics, NULL};
 
-void health_init(const struct config *cfg)
+void health_init(void)
 {
-    H.cfg = cfg;
     H.started = now_mono();
     status_register(&frontends_source);
 }

@@ -3,10 +3,12 @@
 #include "buf.h"
 #include "config.h"
 #include "envelope.h"
+#include "health.h"
 #include "lineframe.h"
 #include "log.h"
 #include "redact.h"
 #include "reqtable.h"
+#include "status.h"
 #include "util.h"
 #include "wsframe.h"
 #include <cjson/cJSON.h>
@@ -1143,6 +1145,67 @@ static void test_lineframe_pieces_and_limits(void)
     }
 }
 
+/* ---- health.c renders status sources it does not know ---------------------------- */
+
+static bool fake_ready = true;
+static void fake_a_status(struct buf *b) { buf_puts(b, "\"a\":1"); }
+static void fake_silent(struct buf *b) { (void)b; }
+static void fake_b_status(struct buf *b) { buf_puts(b, "\"b\":{\"c\":2},\"d\":3"); }
+static void fake_a_metrics(struct buf *b) { status_metric_u(b, "fake_a", "gauge", "A.", 1); }
+static void fake_b_metrics(struct buf *b) { status_metric_u(b, "fake_b", "counter", "B.", 2); }
+static bool fake_a_ready(struct buf *b) { buf_puts(b, "\"era\":\"x\""); return true; }
+static bool fake_b_ready(struct buf *b)
+{
+    if (!fake_ready)
+        buf_puts(b, "\"why\":\"down\"");
+    return fake_ready;
+}
+static bool fake_c_ready(struct buf *b) { (void)b; return true; }
+
+static const struct status_source fake_sources[] = {
+    {"first-silent", fake_silent, NULL, NULL},
+    {"a", fake_a_status, fake_a_metrics, fake_a_ready},
+    {"middle-silent", fake_silent, NULL, fake_c_ready},
+    {"b", fake_b_status, fake_b_metrics, fake_b_ready},
+    {"none", NULL, NULL, NULL},
+};
+
+static void render(enum health_page page, struct buf *out, unsigned want_status)
+{
+    const char *type;
+    buf_init(out, 0);
+    CHECK_EQ_INT(health_render(page, out, &type), want_status);
+    buf_append(out, "", 1);
+}
+
+static void test_health_renders_registered_sources(void)
+{
+    for (size_t i = 0; i < sizeof fake_sources / sizeof *fake_sources; i++)
+        status_register(&fake_sources[i]);
+    struct buf b;
+    /* Members joined by single commas, whatever sources say nothing; uptime last. */
+    CHECK_CALL(render(HEALTH_STATUS, &b, 200));
+    static const char status_head[] = "{\"a\":1,\"b\":{\"c\":2},\"d\":3,\"uptime_seconds\":";
+    CHECK_EQ_MEM(buf_ptr(&b), status_head, strlen(status_head));
+    buf_free(&b);
+    CHECK_CALL(render(HEALTH_METRICS, &b, 200));
+    static const char metrics_head[] = "# HELP fake_a A.\n# TYPE fake_a gauge\nfake_a 1\n"
+                                       "# HELP fake_b B.\n# TYPE fake_b counter\nfake_b 2\n"
+                                       "# HELP tgbridge_uptime_seconds ";
+    CHECK_EQ_MEM(buf_ptr(&b), metrics_head, strlen(metrics_head));
+    buf_free(&b);
+    /* Ready when all are, with what the ready ones said ... */
+    fake_ready = true;
+    CHECK_CALL(render(HEALTH_READY, &b, 200));
+    CHECK_EQ_STR(buf_ptr(&b), "{\"status\":\"ready\",\"era\":\"x\"}");
+    buf_free(&b);
+    /* ... and otherwise not, with only why not. */
+    fake_ready = false;
+    CHECK_CALL(render(HEALTH_READY, &b, 503));
+    CHECK_EQ_STR(buf_ptr(&b), "{\"status\":\"not-ready\",\"why\":\"down\"}");
+    buf_free(&b);
+}
+
 int main(void)
 {
     log_set_level(LOG_ERROR);
@@ -1172,6 +1235,7 @@ int main(void)
     RUN(test_proxy_url_parsing);
     RUN(test_client_messages);
     RUN(test_lineframe_pieces_and_limits);
+    RUN(test_health_renders_registered_sources);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
