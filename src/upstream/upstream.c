@@ -62,7 +62,8 @@ int upstream_init(struct lws_context *ctx, struct config *cfg)
     snprintf(U.reason, sizeof U.reason, "not connected yet");
     snprintf(U.era, sizeof U.era, "unknown");
     pool_build_retry_policy();
-    return 0;
+    upstream_status_register(cfg);
+    return loop_before_poll(conn_resume_after_writes, NULL);
 }
 
 void upstream_start(void)

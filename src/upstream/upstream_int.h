@@ -54,6 +54,7 @@ struct upconn {
     unsigned long long carried; /* requests sent on it */
     struct timer reauth_timer; /* an in-band refresh unanswered */
     struct timer resume_rx;    /* reading paused so that a first part goes out first */
+    uint64_t resume_after;     /* ... until writes to callers pass this (firstpart.h) */
     struct timer idle_timer;   /* an overflow connection with nothing in flight */
     struct timer drain_timer;  /* a retiring one's live requests have --drain-timeout */
     struct list node;
@@ -108,6 +109,8 @@ void conn_reason(struct upconn *c, bool auth, const char *fmt, ...) __attribute_
 /* Closes c with a close frame from its next WRITEABLE, counted as `as`. */
 void conn_goodbye(struct upconn *c, enum closed_for as);
 void conn_want_write(struct upconn *c);
+/* The before-poll hook (loop_before_poll): reading paused for a first part resumes. */
+void conn_resume_after_writes(void *arg);
 
 /* auth.c: the era, the credentials, the auth frame; nothing here opens or closes. */
 const char *auth_token(void);
