@@ -28,8 +28,9 @@ const char *pass_route_name(enum pass_route r);
 /* The HTTP routes: which one a (decoded) local path is, or -1. */
 int pass_http_route(const char *path);
 
-/* How a call ended, for the metric label. */
-enum pass_outcome { PASS_OK, PASS_GATEWAY_ERROR, PASS_FAILED, PASS_ABORTED, PASS_OUTCOME_N };
+/* How a call ended, for the metric label (truncated: the gateway's body ended before
+ * its end, and so did the caller's). */
+enum pass_outcome { PASS_OK, PASS_GATEWAY_ERROR, PASS_FAILED, PASS_ABORTED, PASS_TRUNCATED, PASS_OUTCOME_N };
 
 struct pass_header {
     const char *name;   /* lower case, e.g. "content-type" */
@@ -75,6 +76,9 @@ long long pass_body_length(const struct pass *p);
 size_t pass_take(struct pass *p, void *out, size_t max);
 /* The whole body has been taken. */
 bool pass_done(const struct pass *p);
+/* The gateway's body ended before its end (the caller's was broken off: pass_ops.fail
+ * with status 0). */
+bool pass_truncated(const struct pass *p);
 /* The caller is gone, or has been answered: the upstream request is aborted if it is
  * still running and p is freed; no callback follows. */
 void pass_end(struct pass *p, bool caller_gone);

@@ -17,7 +17,7 @@ import time
 import websockets
 
 from harness import (FLOW_TC, T, Background, ConnectProxy, check_status, closed_port,
-                     eq, make_pki, own_error, rss_meaningful, start_bridge, start_mock,
+                     eq, log_count, make_pki, own_error, rss_meaningful, start_bridge, start_mock,
                      start_tls_mock, tc, timeout, tmpfile, wait_until)
 from mock_gateway import pattern_bytes
 
@@ -137,6 +137,65 @@ def upload(port, path, total, chunked=False, stop_after=None, headers=None):
         s.close()
 
 
+def raw_get(port, path, timeout_s=20):
+    """GET path on a raw socket, read until tgbridge closes the connection or goes
+    quiet for a second (a kept-alive connection): (status, headers, body as sent,
+    closed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=T(timeout_s))
+    try:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode())
+        data, closed = b"", False
+        while b"\r\n\r\n" not in data:
+            d = s.recv(65536)
+            if not d:
+                raise AssertionError("no response head: %r" % data)
+            data += d
+        s.settimeout(T(1))
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    closed = True
+                    break
+                data += d
+        except socket.timeout:
+            pass
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        hdrs = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        return int(lines[0].split()[1]), hdrs, body, closed
+    finally:
+        s.close()
+
+
+def dechunk(raw):
+    """Chunked transfer coding decoded: (data, whether the last chunk came)."""
+    out, pos = b"", 0
+    while True:
+        eol = raw.find(b"\r\n", pos)
+        if eol < 0:
+            return out, False
+        size = int(raw[pos:eol].split(b";")[0], 16)
+        if size == 0:
+            return out, raw[eol:eol + 4] == b"\r\n\r\n"
+        piece = raw[eol + 2:eol + 2 + size]
+        out += piece
+        if len(piece) < size or raw[eol + 2 + size:eol + 4 + size] != b"\r\n":
+            return out, False
+        pos = eol + 4 + size
+
+
+def metric(text, line_prefix):
+    """The value of the one /metrics sample line starting with line_prefix, or 0."""
+    for line in text.splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.split()[-1])
+    return 0
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, T(30)))
 
@@ -192,6 +251,59 @@ def test_http_routes_relayed_with_the_right_credential():
         assert TOKEN not in b.log() and jwt not in b.log(), "a credential in the log"
         assert "access frontend=rest method=GET route=/api/metrics/query service=metrics status=200 outcome=ok" \
             in b.log(), b.log()[-2000:]
+
+
+@timeout(60)
+def test_gateway_body_cut_short_reaches_the_caller_broken_and_is_counted_truncated():
+    """Issue 16 item 1: the gateway closes mid-body -- before the last chunk of a
+    chunked export-core or document-stream, or short of its Content-Length: the caller
+    gets the bytes the gateway sent and then a closed connection without the last
+    chunk (or short of the Content-Length), never a clean end; the access log and
+    /metrics say outcome truncated.  A whole body still ends cleanly, outcome ok."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--access-log", "on")
+    with m, b:
+        b.wait_ready()
+        cut = 100000
+        for path in ("/api/v1/export-core?id=size-1m&workspace=default&mock-cut-after=%d" % cut,
+                     "/api/v1/document-stream?document-id=size-1m&workspace=default&chunk-size=30000"
+                     "&mock-cut-after=%d" % cut):
+            status, hdrs, raw, closed = raw_get(b.port, path)
+            eq(status, 200, "the gateway's status, sent before the cut")
+            eq(hdrs.get("transfer-encoding"), "chunked", "relayed chunked: %s" % path)
+            data, whole = dechunk(raw)
+            eq(data, pattern_bytes("binary", 0, cut), "the bytes the gateway sent, relayed")
+            assert not whole, "a clean last chunk after a cut body: %s %r" % (path, raw[-20:])
+            assert closed, "the connection left open after a cut body: %s" % path
+        # the Content-Length case: short of the length, closed
+        status, hdrs, raw, closed = raw_get(
+            b.port, "/api/v1/export-core?id=size-1m&workspace=default&mock-length=1&mock-cut-after=%d" % cut)
+        eq(status, 200, "Content-Length: the gateway's status")
+        eq(hdrs.get("content-length"), str(MiB), "the gateway's Content-Length relayed")
+        eq(raw, pattern_bytes("binary", 0, cut), "Content-Length: the bytes the gateway sent")
+        assert closed, "the connection left open short of the Content-Length"
+        # a whole chunked body: its last chunk, outcome ok
+        status, hdrs, raw, closed = raw_get(b.port, "/api/v1/export-core?id=size-300000&workspace=default")
+        data, whole = dechunk(raw)
+        assert status == 200 and whole and data == pattern_bytes("binary", 0, 300000), (status, whole, len(data))
+        wait_until(lambda: log_count(b, r"service=export-core status=200 outcome=ok") == 1,
+                   what="the whole export's access line")
+        eq(log_count(b, r"access .*route=/api/v1/export-core service=export-core status=200 outcome=truncated "
+                        r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut), 2,
+           "access lines of the two cut exports")
+        eq(log_count(b, r"access .*service=document-stream status=200 outcome=truncated "
+                        r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut), 1,
+           "access line of the cut document-stream")
+        eq(log_count(b, r"outcome=ok bytes_in=0 bytes_out=%d " % cut), 0, "a cut body logged as ok")
+        text = b.get("/metrics").body.decode()
+        for route, n_cut, n_ok in (("export-core", 2, 1), ("document-stream", 1, 0)):
+            eq(metric(text, 'tgbridge_passthrough_calls_total{route="%s",outcome="truncated"}' % route), n_cut,
+               "%s truncated calls" % route)
+            eq(metric(text, 'tgbridge_passthrough_calls_total{route="%s",outcome="ok"}' % route), n_ok,
+               "%s ok calls" % route)
+            eq(metric(text, 'tgbridge_call_duration_seconds_count{service="%s",outcome="truncated"}' % route),
+               n_cut, "%s truncated in the latency histogram" % route)
+        eq(sum(1 for d in pstats(m)["downloads"] if d["cut"]), 3, "the mock cut three bodies")
 
 
 @timeout(90)

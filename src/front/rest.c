@@ -1215,6 +1215,7 @@ static void finish_record(struct MHD_Connection *c, const struct call *call, enu
     int status = ci ? (int)ci->http_status : 0;
     bool aborted = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || call->client_gone || call->pass_failed;
     enum call_outcome o = aborted && !call->pass_failed ? CALL_ABORTED
+                        : call->pass_failed && pass_truncated(call->pass) ? CALL_TRUNCATED
                         : call->own_error || call->pass_failed ? CALL_FAILED
                         : call->gateway_error || status >= 400 ? CALL_GATEWAY_ERROR : CALL_OK;
     const char *service = call->route == R_PASS ? pass_route_name((enum pass_route)call->pass_route)

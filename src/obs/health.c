@@ -134,7 +134,7 @@ static void render_metrics(struct buf *b)
              passthrough_active());
     head(b, "tgbridge_passthrough_calls_total", "counter",
          "Pass-through calls finished, by route and outcome (ok: the gateway's 1xx-3xx answer or a socket "
-         "that opened; gateway-error: its 4xx/5xx; failed: tgbridge could not relay; aborted: the caller left).");
+         "that opened; gateway-error: its 4xx/5xx; failed: tgbridge could not relay; aborted: the caller left; truncated: the gateway's body ended before its end).");
     for (int r = 0; r < PASS_ROUTE_N; r++)
         for (int o = 0; o < PASS_OUTCOME_N; o++)
             buf_printf(b, "tgbridge_passthrough_calls_total{route=\"%s\",outcome=\"%s\"} %llu\n",

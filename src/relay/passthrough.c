@@ -18,7 +18,7 @@
 
 static const char *const route_names[PASS_ROUTE_N] = {
     "auth", "i18n", "metrics", "document-stream", "import-core", "export-core", "import", "export"};
-static const char *const outcome_names[PASS_OUTCOME_N] = {"ok", "gateway-error", "failed", "aborted"};
+static const char *const outcome_names[PASS_OUTCOME_N] = {"ok", "gateway-error", "failed", "aborted", "truncated"};
 
 /* The response headers relayed to the caller; the rest (hop-by-hop ones, Server,
  * Date, cookies) stay behind.  lws 4.1.6 reads headers by name only. */
@@ -62,6 +62,10 @@ struct pass {
     struct pass_header resp[MAX_RESP_HEADERS];
     size_t nresp;
     bool head_seen, completed, failed, gone;
+    bool chunked;              /* the gateway's body is chunked: only its last chunk ends it */
+    bool in_read;              /* inside lws_http_client_read (callback) */
+    bool end_pending;          /* lws said "completed" during that read: decided after it */
+    bool truncated;            /* the body ended before its end (last chunk, Content-Length) */
     struct timer deadline;     /* --request-timeout: for the head, then without progress */
     double started;
     uint64_t bytes_in, bytes_out;
@@ -139,6 +143,8 @@ static void pass_free(struct pass *p)
 
 static enum pass_outcome outcome_of(const struct pass *p, bool caller_gone)
 {
+    if (p->truncated) /* first: the caller's connection was then broken off by us */
+        return PASS_TRUNCATED;
     if (caller_gone && !(p->completed && !p->down.len))
         return PASS_ABORTED;
     if (p->failed || !p->head_seen)
@@ -177,6 +183,17 @@ static void fail(struct pass *p, int status, const char *type, const char *fmt, 
         p->ops->fail(p->owner, p->head_seen ? 0 : status, type, msg);
     if (p->dial.wsi)
         dial_close(&p->dial);
+}
+
+/* The gateway's body ended before its end (its connection closed before the last
+ * chunk or the Content-Length): the caller's transfer is broken off the same way --
+ * no last chunk, the connection closed -- never made to look whole. */
+static void truncate_body(struct pass *p)
+{
+    if (p->failed || p->completed)
+        return;
+    p->truncated = true;
+    fail(p, 0, "upstream-disconnected", "the gateway closed the connection before the end of its body");
 }
 
 void pass_end(struct pass *p, bool caller_gone)
@@ -233,6 +250,9 @@ static void copy_response_headers(struct pass *p, struct lws *wsi)
         p->resp[p->nresp].name = relayed[i].name;
         p->resp[p->nresp++].value = v;
     }
+    char te[16];
+    /* lws decodes a body as chunked on exactly this value (client-http.c). */
+    p->chunked = lws_hdr_copy(wsi, te, sizeof te, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0 && !strcmp(te, "chunked");
     p->body_length = -1;
     char cl[32];
     if (lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
@@ -273,7 +293,7 @@ static void on_gone(struct dial *d)
         if (!p->head_seen)
             fail(p, 502, "gateway-unreachable", "%s", d->reason);
         else
-            fail(p, 0, "upstream-disconnected", "the gateway connection closed before the body was complete");
+            truncate_body(p);
     }
 }
 
@@ -367,6 +387,21 @@ static void received(struct pass *p, struct lws *wsi, const void *in, size_t len
         p->ops->data(p->owner);
 }
 
+/* One request per connection: whole or not, the gateway connection closes (-1). */
+static int body_ended(struct pass *p, bool whole)
+{
+    p->end_pending = false;
+    if (!whole) {
+        truncate_body(p);
+        return -1;
+    }
+    p->completed = true;
+    timer_cancel(&p->deadline);
+    if (p->owner)
+        p->ops->data(p->owner);
+    return -1;
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     struct dial *d = lws_get_opaque_user_data(wsi);
@@ -382,17 +417,27 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         static char buffer[LWS_PRE + READ_CHUNK];
         char *px = buffer + LWS_PRE;
         int lenx = READ_CHUNK;
-        return lws_http_client_read(wsi, &px, &lenx) < 0 ? -1 : 0;
+        p->in_read = true;
+        int r = lws_http_client_read(wsi, &px, &lenx);
+        p->in_read = false;
+        if (p->end_pending)
+            return body_ended(p, r >= 0);
+        return r < 0 ? -1 : 0;
     }
     case LWS_CALLBACK_RECEIVE_CLIENT_HTTP_READ:
         received(p, wsi, in, len);
         return 0;
     case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
-        p->completed = true;
-        timer_cancel(&p->deadline);
-        if (p->owner)
-            p->ops->data(p->owner);
-        return -1; /* one request per connection: close it */
+        /* lws 4.1.6 says "completed" after a chunked body's last chunk, and also when
+         * the gateway closes a body without Content-Length, chunked or not
+         * (lws_http_client_read, client-http.c): after a close that read returns -1
+         * whatever we answer here, after the last chunk it goes on.  So a chunked end
+         * is decided once the read is over. */
+        if (p->in_read && p->chunked) {
+            p->end_pending = true;
+            return 0;
+        }
+        return body_ended(p, true);
     default:
         return 0;
     }
@@ -510,6 +555,8 @@ bool pass_done(const struct pass *p)
 {
     return p->completed && !p->down.len;
 }
+
+bool pass_truncated(const struct pass *p) { return p->truncated; }
 
 int passthrough_init(struct lws_context *ctx, const struct config *cfg)
 {
