@@ -67,6 +67,11 @@ struct pass *pass_start(const struct pass_request *rq, const struct pass_ops *op
 /* Upload: takes what fits of data (returns how much); pass_put_end after the last. */
 size_t pass_put(struct pass *p, const void *data, size_t n);
 void pass_put_end(struct pass *p);
+/* The gateway's status once the head is the owner's (pass_ops.head), else 0.  A 2xx
+ * head comes at once and its body streams unchanged; any other is held until its
+ * body is whole, then given with every known secret redacted from the body (as from
+ * every relayed header), or, past 64 KiB or encoded, with tgbridge's own
+ * gateway-error body instead. */
 int pass_status(const struct pass *p);
 /* The i-th response header relayed (allow-listed), false past the last. */
 bool pass_response_header(const struct pass *p, size_t i, const char **name, const char **value);

@@ -237,6 +237,7 @@ Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
                    quoting it too, as a gateway that echoes the credential
                    back in a refusal would (whatever the credential)
     quote_pad N    quote_credential: N more bytes ("x") in the message
+    quote S        quote_credential: quote S instead of the header
     stall_after N  downloads: stop after N bytes, keep the connection open;
                    import-core: stop reading after N bytes, never answer
     chunk N        export-core write size (default 65536)
@@ -2185,6 +2186,7 @@ class PassControls:
         self.length = _pbool(g("length"))
         self.quote_credential = _pbool(g("quote_credential"))
         self.quote_pad = max(0, _pint(g("quote_pad"), 0))
+        self.quote = g("quote")
         self.stall_after = _pint(g("stall_after"))
         self.chunk = max(1, _pint(g("chunk"), DEFAULT_WRITE))
         self.pattern = "alpha" if g("pattern") in ("alpha", "text") \
@@ -2486,7 +2488,8 @@ class Passthrough:
         if capability != AUTHENTICATED and call.ctl.deny:
             return None, self.refuse_403()       # IamAuth.authorise deny
         if call.ctl.quote_credential:
-            return None, self.refuse_quoting(hdr, call.ctl.quote_pad)
+            quoted = hdr if call.ctl.quote is None else str(call.ctl.quote)
+            return None, self.refuse_quoting(quoted, call.ctl.quote_pad)
         return identity, None
 
     def refuse_quoting(self, hdr, pad):

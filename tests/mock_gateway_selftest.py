@@ -1080,6 +1080,13 @@ async def pt_downloads():
                     "error": "auth failure (token Bearer tg_x)xxxxx"}
                     and "Bearer tg_x" in hd.get("WWW-Authenticate", ""),
                     "mock-quote-credential on %s -> 401 quoting it" % path)
+            st, hd, body = await http(
+                s, "GET", b + "/api/metrics/x?mock-quote-credential=1"
+                "&mock-quote=s3cr%22t", headers=H)
+            check(st == 401 and json.loads(body) == {
+                "error": 'auth failure (token s3cr"t)'}
+                and 's3cr"t' in hd.get("WWW-Authenticate", ""),
+                "mock-quote -> 401 quoting that instead")
             st, _, body = await http(s, "GET", b + "/api/v1/export-core",
                                      headers=H)
             check(st == 200 and json.loads(body) == {"error": "'id'"},

@@ -548,6 +548,74 @@ def test_client_token_and_the_auth_routes_own_credentials():
         assert local not in b.log() and jwt not in b.log(), "a token in the log"
 
 
+def set_controls(m, controls):
+    """POST /_mock/passthrough: the mock's pass-through controls, replaced."""
+    conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=T(10))
+    try:
+        conn.request("POST", "/_mock/passthrough", body=json.dumps(controls),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        eq(r.status, 200, "mock controls")
+    finally:
+        conn.close()
+
+
+@timeout(60)
+def test_a_credential_quoted_back_by_the_gateway_never_reaches_the_caller():
+    """Issue 16 item 6: a non-2xx answer that quotes tgbridge's gateway token, a local
+    client token or the proxy password reaches the caller with each redacted, in the
+    body and in the headers; a body over 64 KiB is replaced by tgbridge's own
+    gateway-error body (the gateway's status kept); a 2xx stream is unchanged."""
+    local, proxy_pass = "local-quoted-token-77", "pr0xy-pa55-quoted"
+    tf = tmpfile(local + "\n")
+    m = start_mock("v2d", tokens=[TOKEN])
+    with m, ConnectProxy() as p:
+        b = start_bridge(m.url, "--token", TOKEN, *FAST, "--client-token-file", tf, "--access-log", "on",
+                         "--proxy", "http://pu:%s@127.0.0.1:%d" % (proxy_pass, p.port))
+        with b:
+            b.wait_ready()
+            L = {"Authorization": "Bearer " + local}
+            paths = {"metrics": "/api/metrics/query?query=up",
+                     "export-core": "/api/v1/export-core?id=size-1m&workspace=default",
+                     "document-stream": "/api/v1/document-stream?document-id=size-1m&workspace=default"}
+            set_controls(m, {"*": {"quote_credential": True}})
+            for route, path in paths.items():
+                r = b.get(path, headers=L)
+                eq(r.status, 401, "%s: the gateway's refusal" % route)
+                eq(r.json(), {"error": "auth failure (token Bearer ***)"}, "%s: body, the token redacted" % route)
+                eq(r.headers["WWW-Authenticate"], 'Bearer error="invalid_token", token="Bearer ***"',
+                   "%s: a header quoting it, redacted" % route)
+                eq(r.headers["Content-Length"], str(len(r.body)), "%s: the length of the redacted body" % route)
+                eq(route_rec(m, route)["last_authorization"], "Bearer " + TOKEN, "%s: the gateway got it" % route)
+            for secret in (local, proxy_pass):
+                set_controls(m, {"*": {"quote_credential": True, "quote": secret}})
+                r = b.get(paths["export-core"], headers=L)
+                eq((r.status, r.json()), (401, {"error": "auth failure (token ***)"}), "a quoted secret, redacted")
+            # up to 64 KiB: relayed, redacted; longer: tgbridge's own body
+            set_controls(m, {"*": {"quote_credential": True, "quote_pad": 60000}})
+            r = b.get(paths["metrics"], headers=L)
+            eq((r.status, r.json()), (401, {"error": "auth failure (token Bearer ***)" + "x" * 60000}),
+               "a 60 KB refusal, redacted")
+            set_controls(m, {"*": {"quote_credential": True, "quote_pad": 70000}})
+            for route, path in paths.items():
+                r = b.get(path, headers=L)
+                own_error(r, 401, "gateway-error")
+                assert "64 KiB" in r.json()["error"]["message"], r.body
+                eq(r.headers["WWW-Authenticate"], 'Bearer error="invalid_token", token="Bearer ***"',
+                   "%s: the other headers kept, redacted" % route)
+            set_controls(m, {})
+            status, _, n, sha = get_stream(b.port, paths["export-core"], headers=L)
+            eq((status, n, sha), (200, MiB, expected_sha(MiB)), "a 2xx stream, unchanged")
+            text = b.get("/metrics", headers=L).body.decode()
+            for route, n in (("metrics", 3), ("export-core", 4), ("document-stream", 2)):
+                eq(metric(text, 'tgbridge_passthrough_calls_total{route="%s",outcome="gateway-error"}' % route), n,
+                   "%s refusals counted" % route)
+            eq(log_count(b, r"access .* status=401 outcome=gateway-error "), 9, "access lines of the refusals")
+            for secret in (TOKEN, local, proxy_pass):
+                assert secret not in b.log(), "a secret in the log"
+
+
 @timeout(60)
 def test_pass_through_over_tls_and_a_proxy():
     pki = make_pki()

@@ -15,6 +15,9 @@
 #define PASS_BUF (256 * 1024)
 #define READ_CHUNK (256 * 1024)
 #define MAX_RESP_HEADERS 16
+/* A non-2xx body is held until whole and redacted (a refusal may quote a credential
+ * back); one longer than this is not relayed at all. */
+#define HELD_MAX (64 * 1024)
 
 static const char *const route_names[PASS_ROUTE_N] = {
     "auth", "i18n", "metrics", "document-stream", "import-core", "export-core", "import", "export"};
@@ -62,6 +65,8 @@ struct pass {
     struct pass_header resp[MAX_RESP_HEADERS];
     size_t nresp;
     bool head_seen, completed, failed, gone;
+    bool holding;              /* a non-2xx answer: head and body held until whole */
+    bool head_told;            /* the owner has been given the head */
     bool chunked;              /* the gateway's body is chunked: only its last chunk ends it */
     bool in_read;              /* inside lws_http_client_read (callback) */
     bool end_pending;          /* lws said "completed" during that read: decided after it */
@@ -180,7 +185,7 @@ static void fail(struct pass *p, int status, const char *type, const char *fmt, 
     redact_str(msg, sizeof msg);
     timer_cancel(&p->deadline);
     if (p->owner)
-        p->ops->fail(p->owner, p->head_seen ? 0 : status, type, msg);
+        p->ops->fail(p->owner, p->head_told ? 0 : status, type, msg);
     if (p->dial.wsi)
         dial_close(&p->dial);
 }
@@ -192,6 +197,11 @@ static void truncate_body(struct pass *p)
 {
     if (p->failed || p->completed)
         return;
+    if (!p->head_told) {
+        fail(p, 502, "upstream-disconnected", "the gateway closed the connection before the end of its %d answer",
+             p->status);
+        return;
+    }
     p->truncated = true;
     fail(p, 0, "upstream-disconnected", "the gateway closed the connection before the end of its body");
 }
@@ -220,7 +230,7 @@ static void overdue(struct timer *t)
 {
     struct pass *p = timer_owner(t, struct pass, deadline);
     double s = P.cfg->request_timeout;
-    if (!p->head_seen)
+    if (!p->head_told)
         fail(p, 504, "request-timeout", "the gateway did not answer within --request-timeout (%g s)", s);
     else
         fail(p, 0, "request-timeout", "nothing moved either way for --request-timeout (%g s)", s);
@@ -247,8 +257,10 @@ static void copy_response_headers(struct pass *p, struct lws *wsi)
             free(v);
             continue;
         }
+        /* A header may quote a credential back (WWW-Authenticate, Location). */
         p->resp[p->nresp].name = relayed[i].name;
-        p->resp[p->nresp++].value = v;
+        p->resp[p->nresp++].value = redact_dup(v, strlen(v));
+        free(v);
     }
     char te[16];
     /* lws decodes a body as chunked on exactly this value (client-http.c). */
@@ -263,6 +275,56 @@ static void copy_response_headers(struct pass *p, struct lws *wsi)
     }
 }
 
+static void tell_head(struct pass *p)
+{
+    p->head_told = true;
+    if (p->owner)
+        p->ops->head(p->owner);
+}
+
+/* A held answer that cannot be relayed safely: tgbridge's own gateway-error body, with
+ * the gateway's status, instead of the gateway's body and content headers. */
+static void replace_held(struct pass *p, const char *why)
+{
+    p->holding = false;
+    p->completed = true;
+    timer_cancel(&p->deadline);
+    if (p->dial.wsi)
+        dial_close(&p->dial);
+    buf_free(&p->down);
+    buf_init(&p->down, 0);
+    buf_printf(&p->down, "{\"error\":{\"type\":\"gateway-error\",\"message\":\"the gateway answered %d with %s; "
+                         "not relayed\"}}", p->status, why);
+    size_t kept = 0;
+    for (size_t i = 0; i < p->nresp; i++) {
+        if (!strncmp(p->resp[i].name, "content-", 8))
+            free(p->resp[i].value);
+        else
+            p->resp[kept++] = p->resp[i];
+    }
+    p->nresp = kept;
+    p->resp[p->nresp].name = "content-type";
+    p->resp[p->nresp++].value = strdup("application/json");
+    p->body_length = (long long)p->down.len;
+    tell_head(p);
+    if (p->owner)
+        p->ops->data(p->owner);
+}
+
+/* A held answer is whole: relayed with every secret in it redacted. */
+static void release_held(struct pass *p)
+{
+    for (size_t i = 0; i < p->nresp; i++)
+        if (!strcmp(p->resp[i].name, "content-encoding") && strcmp(p->resp[i].value, "identity")) {
+            replace_held(p, "an encoded body");
+            return;
+        }
+    p->holding = false;
+    redact_buf(&p->down);
+    p->body_length = (long long)p->down.len;
+    tell_head(p);
+}
+
 static void on_head(struct dial *d)
 {
     struct pass *p = timer_owner(d, struct pass, dial);
@@ -271,14 +333,18 @@ static void on_head(struct dial *d)
     p->head_seen = true;
     dial_settled(d);
     progressed(p);
-    if (!strcmp(p->method, "HEAD")) {
+    bool head = !strcmp(p->method, "HEAD");
+    if (head) {
         /* No body follows, whatever Content-Length says (lws would wait for one). */
         p->completed = true;
         timer_cancel(&p->deadline);
         dial_close(d);
     }
-    if (p->owner)
-        p->ops->head(p->owner);
+    /* A refusal may quote tgbridge's credential back: a non-2xx body is held until
+     * whole and redacted.  A 2xx body streams as it comes, unchanged. */
+    p->holding = !head && p->status / 100 != 2;
+    if (!p->holding)
+        tell_head(p);
 }
 
 static void on_gone(struct dial *d)
@@ -376,9 +442,16 @@ static int write_upload(struct pass *p, struct lws *wsi)
 
 static void received(struct pass *p, struct lws *wsi, const void *in, size_t len)
 {
+    if (p->completed)
+        return; /* a held answer replaced: the rest is not read */
     buf_append(&p->down, in, len);
     p->bytes_out += len;
     progressed(p);
+    if (p->holding) {
+        if (p->down.len > HELD_MAX)
+            replace_held(p, "a body over 64 KiB");
+        return;
+    }
     if (p->down.len >= PASS_BUF && !p->rx_paused) {
         p->rx_paused = true; /* the caller reads slowly: so does this request, alone */
         lws_rx_flow_control(wsi, 0);
@@ -395,8 +468,12 @@ static int body_ended(struct pass *p, bool whole)
         truncate_body(p);
         return -1;
     }
+    if (p->completed)
+        return -1; /* a held answer replaced */
     p->completed = true;
     timer_cancel(&p->deadline);
+    if (p->holding)
+        release_held(p);
     if (p->owner)
         p->ops->data(p->owner);
     return -1;
@@ -523,7 +600,7 @@ void pass_put_end(struct pass *p)
         lws_callback_on_writable(p->dial.wsi);
 }
 
-int pass_status(const struct pass *p) { return p->status; }
+int pass_status(const struct pass *p) { return p->head_told ? p->status : 0; }
 long long pass_body_length(const struct pass *p) { return p->body_length; }
 
 bool pass_response_header(const struct pass *p, size_t i, const char **name, const char **value)
