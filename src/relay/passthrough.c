@@ -1,4 +1,5 @@
 #include "passthrough.h"
+#include "passhead.h"
 #include "dial.h"
 #include "list.h"
 #include "log.h"
@@ -14,7 +15,6 @@
 /* What waits in either direction for one call, at most (plus one read's worth). */
 #define PASS_BUF (256 * 1024)
 #define READ_CHUNK (256 * 1024)
-#define MAX_RESP_HEADERS 16
 /* A non-2xx body is held until whole and redacted (a refusal may quote a credential
  * back); one longer than this is not relayed at all. */
 #define HELD_MAX (64 * 1024)
@@ -22,29 +22,6 @@
 static const char *const route_names[PASS_ROUTE_N] = {
     "auth", "i18n", "metrics", "document-stream", "import-core", "export-core", "import", "export"};
 static const char *const outcome_names[PASS_OUTCOME_N] = {"ok", "gateway-error", "failed", "aborted", "truncated"};
-
-/* The response headers relayed to the caller; the rest (hop-by-hop ones, Server,
- * Date, cookies) stay behind.  lws 4.1.6 reads headers by name only. */
-static const struct {
-    const char *name;
-    enum lws_token_indexes token;
-} relayed[] = {
-    {"content-type", WSI_TOKEN_HTTP_CONTENT_TYPE},
-    {"content-disposition", WSI_TOKEN_HTTP_CONTENT_DISPOSITION},
-    {"content-encoding", WSI_TOKEN_HTTP_CONTENT_ENCODING},
-    {"content-language", WSI_TOKEN_HTTP_CONTENT_LANGUAGE},
-    {"content-range", WSI_TOKEN_HTTP_CONTENT_RANGE},
-    {"accept-ranges", WSI_TOKEN_HTTP_ACCEPT_RANGES},
-    {"cache-control", WSI_TOKEN_HTTP_CACHE_CONTROL},
-    {"etag", WSI_TOKEN_HTTP_ETAG},
-    {"last-modified", WSI_TOKEN_HTTP_LAST_MODIFIED},
-    {"expires", WSI_TOKEN_HTTP_EXPIRES},
-    {"vary", WSI_TOKEN_HTTP_VARY},
-    {"location", WSI_TOKEN_HTTP_LOCATION},
-    {"retry-after", WSI_TOKEN_HTTP_RETRY_AFTER},
-    {"www-authenticate", WSI_TOKEN_HTTP_WWW_AUTHENTICATE},
-    {"allow", WSI_TOKEN_HTTP_ALLOW},
-};
 
 struct pass {
     struct dial dial;
@@ -60,14 +37,10 @@ struct pass {
     bool up_end, up_done, owner_wants_room;
     struct buf down;           /* body bytes for the caller */
     bool rx_paused;
-    int status;
-    long long body_length;
-    struct pass_header resp[MAX_RESP_HEADERS];
-    size_t nresp;
+    struct pass_head head;     /* the answer's, as the caller gets it */
     bool head_seen, completed, failed, gone;
     bool holding;              /* a non-2xx answer: head and body held until whole */
     bool head_told;            /* the owner has been given the head */
-    bool chunked;              /* the gateway's body is chunked: only its last chunk ends it */
     bool in_read;              /* inside lws_http_client_read (callback) */
     bool end_pending;          /* lws said "completed" during that read: decided after it */
     bool truncated;            /* the body ended before its end (last chunk, Content-Length) */
@@ -135,8 +108,7 @@ static void pass_free(struct pass *p)
     list_del(&p->node);
     for (size_t i = 0; i < p->nreq_headers; i++)
         free(p->req_headers[i].value);
-    for (size_t i = 0; i < p->nresp; i++)
-        free(p->resp[i].value);
+    pass_head_free(&p->head);
     if (p->authorization) {
         explicit_bzero(p->authorization, strlen(p->authorization));
         free(p->authorization);
@@ -154,7 +126,7 @@ static enum pass_outcome outcome_of(const struct pass *p, bool caller_gone)
         return PASS_ABORTED;
     if (p->failed || !p->head_seen)
         return PASS_FAILED;
-    return p->status >= 400 ? PASS_GATEWAY_ERROR : PASS_OK;
+    return p->head.status >= 400 ? PASS_GATEWAY_ERROR : PASS_OK;
 }
 
 static void account(struct pass *p, enum pass_outcome o)
@@ -162,7 +134,7 @@ static void account(struct pass *p, enum pass_outcome o)
     passthrough_slot_give(p->route, o, p->bytes_in, p->bytes_out);
     char status[24] = "";
     if (p->head_seen)
-        snprintf(status, sizeof status, ", status %d", p->status);
+        snprintf(status, sizeof status, ", status %d", p->head.status);
     /* The caller's access-log line is the front end's (callrec.c); this is the detail. */
     log_debug("pass-through %s %s: %s%s, %llu bytes in, %llu out, %.3f s", route_names[p->route], p->method,
              outcome_names[o], status, (unsigned long long)p->bytes_in, (unsigned long long)p->bytes_out,
@@ -199,7 +171,7 @@ static void truncate_body(struct pass *p)
         return;
     if (!p->head_told) {
         fail(p, 502, "upstream-disconnected", "the gateway closed the connection before the end of its %d answer",
-             p->status);
+             p->head.status);
         return;
     }
     p->truncated = true;
@@ -244,37 +216,6 @@ static void progressed(struct pass *p)
 
 /* ---- dial.c's callbacks ----------------------------------------------------------- */
 
-static void copy_response_headers(struct pass *p, struct lws *wsi)
-{
-    for (size_t i = 0; i < sizeof relayed / sizeof *relayed && p->nresp < MAX_RESP_HEADERS; i++) {
-        int n = lws_hdr_total_length(wsi, relayed[i].token);
-        if (n <= 0)
-            continue;
-        char *v = malloc((size_t)n + 1);
-        if (!v)
-            abort();
-        if (lws_hdr_copy(wsi, v, n + 1, relayed[i].token) < 0) {
-            free(v);
-            continue;
-        }
-        /* A header may quote a credential back (WWW-Authenticate, Location). */
-        p->resp[p->nresp].name = relayed[i].name;
-        p->resp[p->nresp++].value = redact_dup(v, strlen(v));
-        free(v);
-    }
-    char te[16];
-    /* lws decodes a body as chunked on exactly this value (client-http.c). */
-    p->chunked = lws_hdr_copy(wsi, te, sizeof te, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0 && !strcmp(te, "chunked");
-    p->body_length = -1;
-    char cl[32];
-    if (lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
-        char *e;
-        long long n = strtoll(cl, &e, 10);
-        if (!*e && n >= 0)
-            p->body_length = n;
-    }
-}
-
 static void tell_head(struct pass *p)
 {
     p->head_told = true;
@@ -294,18 +235,8 @@ static void replace_held(struct pass *p, const char *why)
     buf_free(&p->down);
     buf_init(&p->down, 0);
     buf_printf(&p->down, "{\"error\":{\"type\":\"gateway-error\",\"message\":\"the gateway answered %d with %s; "
-                         "not relayed\"}}", p->status, why);
-    size_t kept = 0;
-    for (size_t i = 0; i < p->nresp; i++) {
-        if (!strncmp(p->resp[i].name, "content-", 8))
-            free(p->resp[i].value);
-        else
-            p->resp[kept++] = p->resp[i];
-    }
-    p->nresp = kept;
-    p->resp[p->nresp].name = "content-type";
-    p->resp[p->nresp++].value = strdup("application/json");
-    p->body_length = (long long)p->down.len;
+                         "not relayed\"}}", p->head.status, why);
+    pass_head_own_body(&p->head, p->down.len);
     tell_head(p);
     if (p->owner)
         p->ops->data(p->owner);
@@ -314,22 +245,20 @@ static void replace_held(struct pass *p, const char *why)
 /* A held answer is whole: relayed with every secret in it redacted. */
 static void release_held(struct pass *p)
 {
-    for (size_t i = 0; i < p->nresp; i++)
-        if (!strcmp(p->resp[i].name, "content-encoding") && strcmp(p->resp[i].value, "identity")) {
-            replace_held(p, "an encoded body");
-            return;
-        }
+    if (pass_head_encoded(&p->head)) {
+        replace_held(p, "an encoded body");
+        return;
+    }
     p->holding = false;
     redact_buf(&p->down);
-    p->body_length = (long long)p->down.len;
+    p->head.body_length = (long long)p->down.len;
     tell_head(p);
 }
 
 static void on_head(struct dial *d)
 {
     struct pass *p = timer_owner(d, struct pass, dial);
-    p->status = (int)lws_http_client_http_response(d->wsi);
-    copy_response_headers(p, d->wsi);
+    pass_head_read(&p->head, d->wsi);
     p->head_seen = true;
     dial_settled(d);
     progressed(p);
@@ -342,7 +271,7 @@ static void on_head(struct dial *d)
     }
     /* A refusal may quote tgbridge's credential back: a non-2xx body is held until
      * whole and redacted.  A 2xx body streams as it comes, unchanged. */
-    p->holding = !head && p->status / 100 != 2;
+    p->holding = !head && p->head.status / 100 != 2;
     if (!p->holding)
         tell_head(p);
 }
@@ -510,7 +439,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
          * (lws_http_client_read, client-http.c): after a close that read returns -1
          * whatever we answer here, after the last chunk it goes on.  So a chunked end
          * is decided once the read is over. */
-        if (p->in_read && p->chunked) {
+        if (p->in_read && p->head.chunked) {
             p->end_pending = true;
             return 0;
         }
@@ -600,15 +529,15 @@ void pass_put_end(struct pass *p)
         lws_callback_on_writable(p->dial.wsi);
 }
 
-int pass_status(const struct pass *p) { return p->head_told ? p->status : 0; }
-long long pass_body_length(const struct pass *p) { return p->body_length; }
+int pass_status(const struct pass *p) { return p->head_told ? p->head.status : 0; }
+long long pass_body_length(const struct pass *p) { return p->head.body_length; }
 
 bool pass_response_header(const struct pass *p, size_t i, const char **name, const char **value)
 {
-    if (i >= p->nresp)
+    if (i >= p->head.n)
         return false;
-    *name = p->resp[i].name;
-    *value = p->resp[i].value;
+    *name = p->head.hdr[i].name;
+    *value = p->head.hdr[i].value;
     return true;
 }
 
