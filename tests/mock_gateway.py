@@ -238,6 +238,7 @@ Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
                    back in a refusal would (whatever the credential)
     quote_pad N    quote_credential: N more bytes ("x") in the message
     quote S        quote_credential: quote S instead of the header
+    status N       metrics: answer N with no body (204, 304, ...)
     stall_after N  downloads: stop after N bytes, keep the connection open;
                    import-core: stop reading after N bytes, never answer
     chunk N        export-core write size (default 65536)
@@ -2187,6 +2188,7 @@ class PassControls:
         self.quote_credential = _pbool(g("quote_credential"))
         self.quote_pad = max(0, _pint(g("quote_pad"), 0))
         self.quote = g("quote")
+        self.status = _pint(g("status"))
         self.stall_after = _pint(g("stall_after"))
         self.chunk = max(1, _pint(g("chunk"), DEFAULT_WRITE))
         self.pattern = "alpha" if g("pattern") in ("alpha", "text") \
@@ -2640,6 +2642,8 @@ class Passthrough:
         if err is not None:
             return err
         path = request.match_info["path"]
+        if call.ctl.status:
+            return web.Response(status=call.ctl.status)
         # The gateway forwards yarl's (partly decoded) query_string.
         upstream = "/api/v1/" + path + "?" + request.query_string
         if call.ctl.upstream_down:

@@ -1087,6 +1087,10 @@ async def pt_downloads():
                 "error": 'auth failure (token s3cr"t)'}
                 and 's3cr"t' in hd.get("WWW-Authenticate", ""),
                 "mock-quote -> 401 quoting that instead")
+            for n in (204, 304):
+                st, hd, body = await http(
+                    s, "GET", b + "/api/metrics/x?mock-status=%d" % n, headers=H)
+                check(st == n and body == b"", "mock-status=%d -> no body" % n)
             st, _, body = await http(s, "GET", b + "/api/v1/export-core",
                                      headers=H)
             check(st == 200 and json.loads(body) == {"error": "'id'"},

@@ -188,6 +188,34 @@ def dechunk(raw):
         pos = eol + 4 + size
 
 
+def exchange(port, *requests):
+    """Sends each (method, raw target[, body]) on one kept-alive connection, in turn:
+    [(status, headers, body)]."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=T(10))
+    out = []
+    try:
+        for rq in requests:
+            method, target = rq[0], rq[1]
+            body = rq[2] if len(rq) > 2 else b""
+            head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % (method, target, len(body))
+            s.sendall(head.encode("latin-1") + body)
+            r = http.client.HTTPResponse(s, method=method)
+            r.begin()
+            out.append((r.status, r.headers, r.read()))
+    finally:
+        s.close()
+    return out
+
+
+def log_lines(b, regex, n, what):
+    """Exactly n log lines of b match regex (an access line is written as its call
+    ends, which may be just after the caller has its answer)."""
+    try:
+        wait_until(lambda: log_count(b, regex) >= n, timeout=3, what=what)
+    finally:
+        eq(log_count(b, regex), n, what)
+
+
 def metric(text, line_prefix):
     """The value of the one /metrics sample line starting with line_prefix, or 0."""
     for line in text.splitlines():
@@ -288,12 +316,12 @@ def test_gateway_body_cut_short_reaches_the_caller_broken_and_is_counted_truncat
         assert status == 200 and whole and data == pattern_bytes("binary", 0, 300000), (status, whole, len(data))
         wait_until(lambda: log_count(b, r"service=export-core status=200 outcome=ok") == 1,
                    what="the whole export's access line")
-        eq(log_count(b, r"access .*route=/api/v1/export-core service=export-core status=200 outcome=truncated "
-                        r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut), 2,
-           "access lines of the two cut exports")
-        eq(log_count(b, r"access .*service=document-stream status=200 outcome=truncated "
-                        r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut), 1,
-           "access line of the cut document-stream")
+        log_lines(b, r"access .*route=/api/v1/export-core service=export-core status=200 outcome=truncated "
+                     r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut, 2,
+                  "access lines of the two cut exports")
+        log_lines(b, r"access .*service=document-stream status=200 outcome=truncated "
+                     r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut, 1,
+                  "access line of the cut document-stream")
         eq(log_count(b, r"outcome=ok bytes_in=0 bytes_out=%d " % cut), 0, "a cut body logged as ok")
         text = b.get("/metrics").body.decode()
         for route, n_cut, n_ok in (("export-core", 2, 1), ("document-stream", 1, 0)):
@@ -548,6 +576,27 @@ def test_client_token_and_the_auth_routes_own_credentials():
         assert local not in b.log() and jwt not in b.log(), "a token in the log"
 
 
+@timeout(60)
+def test_bodiless_answers_are_relayed_at_once():
+    """A 204 or 304 from the gateway has no body (RFC 9110 §6.4.1) whatever its
+    framing says: relayed at once and whole, never held until the gateway closes (a
+    guard for the holding of non-2xx answers; aiohttp frames them well already)."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--access-log", "on", "--request-timeout", "5")
+    with m, b:
+        b.wait_ready()
+        for n, outcome in ((204, "ok"), (304, "ok")):
+            t0 = time.monotonic()
+            [(status, _, body)] = exchange(b.port, ("GET", "/api/metrics/x?mock-status=%d" % n))
+            took = time.monotonic() - t0
+            eq((status, body), (n, b""), "the gateway's %d" % n)
+            assert took < T(2), "%d answered after %.1f s" % (n, took)
+        log_lines(b, r"access .*route=/api/metrics/x service=metrics status=(204|304) outcome=ok ", 2,
+                  "their access lines")
+        text = b.get("/metrics").body.decode()
+        eq(metric(text, 'tgbridge_passthrough_calls_total{route="metrics",outcome="ok"}'), 2, "two calls, ok")
+
+
 def set_controls(m, controls):
     """POST /_mock/passthrough: the mock's pass-through controls, replaced."""
     conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=T(10))
@@ -611,7 +660,7 @@ def test_a_credential_quoted_back_by_the_gateway_never_reaches_the_caller():
             for route, n in (("metrics", 3), ("export-core", 4), ("document-stream", 2)):
                 eq(metric(text, 'tgbridge_passthrough_calls_total{route="%s",outcome="gateway-error"}' % route), n,
                    "%s refusals counted" % route)
-            eq(log_count(b, r"access .* status=401 outcome=gateway-error "), 9, "access lines of the refusals")
+            log_lines(b, r"access .* status=401 outcome=gateway-error ", 9, "access lines of the refusals")
             for secret in (TOKEN, local, proxy_pass):
                 assert secret not in b.log(), "a secret in the log"
 

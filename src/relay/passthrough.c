@@ -262,16 +262,20 @@ static void on_head(struct dial *d)
     p->head_seen = true;
     dial_settled(d);
     progressed(p);
-    bool head = !strcmp(p->method, "HEAD");
-    if (head) {
-        /* No body follows, whatever Content-Length says (lws would wait for one). */
+    int st = p->head.status;
+    bool bodiless = st / 100 == 1 || st == 204 || st == 304; /* RFC 9110 §6.4.1 */
+    if (bodiless)
+        p->head.body_length = 0;
+    if (bodiless || !strcmp(p->method, "HEAD")) {
+        /* No body follows, whatever Content-Length says (lws 4.1.6 would wait for one
+         * until the gateway closed). */
         p->completed = true;
         timer_cancel(&p->deadline);
         dial_close(d);
     }
     /* A refusal may quote tgbridge's credential back: a non-2xx body is held until
      * whole and redacted.  A 2xx body streams as it comes, unchanged. */
-    p->holding = !head && p->head.status / 100 != 2;
+    p->holding = !p->completed && st / 100 != 2;
     if (!p->holding)
         tell_head(p);
 }
