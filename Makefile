@@ -5,7 +5,8 @@ PKGS      := libmicrohttpd libwebsockets libcjson libcrypto
 BUILD_DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev
 # ... and what the tests need besides (`make test` installs these when run as root).
 TEST_DEB_PKGS  := python3 python3-aiohttp python3-websockets python3-yaml curl openssl socat netcat-openbsd \
-                  groff-base man-db systemd
+                  groff-base man-db systemd python3-pytest python3-pytest-xdist python3-pytest-timeout \
+                  libcmocka-dev
 DEB_PKGS  := $(BUILD_DEB_PKGS) $(TEST_DEB_PKGS)
 CC        ?= cc
 OPT       ?= -O2 -g
@@ -66,25 +67,36 @@ $(BUILD):
 $(BUILD)/unit_tests: $(UNIT_SRCS) $(LIB_OBJS)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# Test fixture: an LD_PRELOAD resolver that takes its time (tests/test_dns.py).  Never
+# Test fixture: an LD_PRELOAD resolver that takes its time (tests/e2e/dns/).  Never
 # sanitized: it is loaded into the daemon under test, whatever that was built with.
 TEST_FIXTURES := build/slowdns.so
-build/slowdns.so: tests/slowdns.c
+build/slowdns.so: tests/lib/slowdns.c
 	@mkdir -p build
 	$(CC) -O2 -g -std=c11 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
 unit: deps $(BUILD)/unit_tests
-	./$(BUILD)/unit_tests
+	$(TEST_ENV) $(PYTEST) tests/unit
+
+# pytest (Debian's python3-pytest, -xdist, -timeout) runs everything under tests/: the
+# C unit tests (tests/unit/test_c_units.py collects each test of each $(BUILD)/unit/test_*
+# binary) and the end-to-end, packaging and fuzz-corpus tests; tests/conftest.py prints
+# the last line, `N passed, N failed`.  Select with TESTFLAGS (pytest's arguments),
+# e.g. TESTFLAGS="-k unix" or TESTFLAGS=tests/e2e/rest (docs/testing.md).
+# Only the plugins named here (none a developer happens to have installed).
+PYTEST    = PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PYTHON) -m pytest -p xdist.plugin -p pytest_timeout -n 2
+TESTFLAGS ?=
+TEST_ENV  = BUILD_DIR=$(BUILD) UNIT_DIR=$(BUILD)/unit UNIT_TESTS=$(BUILD)/unit_tests
 
 test: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES) fuzz-replay-bins
-	UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+	$(TEST_ENV) $(PYTEST) $(TESTFLAGS)
 
 # Same tests against an AddressSanitizer+UBSan build.
 asan:
 	$(MAKE) deps $(TEST_FIXTURES)
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge build-asan/unit_tests
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  TGBRIDGE_BIN=build-asan/tgbridge UNIT_TESTS=build-asan/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+	  TGBRIDGE_BIN=build-asan/tgbridge BUILD_DIR=build-asan UNIT_DIR=build-asan/unit \
+	  UNIT_TESTS=build-asan/unit_tests $(PYTEST) $(TESTFLAGS)
 
 # The soak test for SOAK_SECONDS (default 300) against the ASan+UBSan build.
 SOAK_SECONDS ?= 300
@@ -93,12 +105,14 @@ soak:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TGBRIDGE_BIN=build-asan/tgbridge TGBRIDGE_SOAK_SECONDS=$(SOAK_SECONDS) \
-	  $(PYTHON) tests/run.py -k test_soak
+	  $(PYTEST) tests/e2e/soak
 
+# Every test under valgrind: the daemon (TGBRIDGE_WRAPPER; waits scaled by 10) and the
+# C unit tests (UNIT_WRAPPER).
+VALGRIND = valgrind -q --error-exitcode=99 --leak-check=full
 valgrind: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
-	valgrind -q --error-exitcode=99 --leak-check=full ./$(BUILD)/unit_tests
-	TGBRIDGE_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --suppressions=$(CURDIR)/tests/valgrind.supp" \
-	  UNIT_TESTS=$(BUILD)/unit_tests $(PYTHON) tests/run.py $(TESTFLAGS)
+	TGBRIDGE_WRAPPER="$(VALGRIND) --suppressions=$(CURDIR)/tests/valgrind.supp" \
+	  UNIT_WRAPPER="$(VALGRIND)" $(TEST_ENV) $(PYTEST) $(TESTFLAGS)
 
 demo: deps tgbridge
 	$(PYTHON) examples/demo.py
@@ -118,12 +132,14 @@ BINDIR        ?= $(PREFIX)/bin
 MANDIR        ?= $(PREFIX)/share/man
 DOCDIR        ?= $(PREFIX)/share/doc/tgbridge
 SYSTEMDDIR    ?= $(PREFIX)/lib/systemd/system
+# docs/*.md go to $(DOCDIR)/docs, beside the README, so the README's links work there.
+DOCS          := $(wildcard docs/*.md)
 INSTALLED     := $(BINDIR)/tgbridge $(MANDIR)/man8/tgbridge.8 $(SYSTEMDDIR)/tgbridge.service \
                  $(SYSTEMDDIR)/tgbridge.socket $(SYSTEMDDIR)/tgbridge-unix.socket \
-                 $(DOCDIR)/README.md $(DOCDIR)/tgbridge.conf.example
+                 $(DOCDIR)/README.md $(DOCDIR)/tgbridge.conf.example $(addprefix $(DOCDIR)/,$(DOCS))
 
 install: build-deps tgbridge
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)/docs
 	install -m 0755 tgbridge $(DESTDIR)$(BINDIR)/tgbridge
 	install -m 0644 man/tgbridge.8 $(DESTDIR)$(MANDIR)/man8/tgbridge.8
 	for u in tgbridge.service tgbridge.socket tgbridge-unix.socket; do \
@@ -132,10 +148,11 @@ install: build-deps tgbridge
 	done
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 0644 examples/tgbridge.conf $(DESTDIR)$(DOCDIR)/tgbridge.conf.example
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/docs/
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
-	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+	-rmdir $(DESTDIR)$(DOCDIR)/docs $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 # ---------------------------------------------------------------------------------------
 # Fuzzing (tests/fuzz/): a libFuzzer target per parser of outside bytes, each with a seed
@@ -145,7 +162,7 @@ uninstall:
 #       build-fuzz/corpus/<target> (seeded from the checked-in corpus, which runs never
 #       grow); a crash is saved in build-fuzz/crashes/<target>/ and its path printed
 #   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
-#       checked-in corpora; `make test` builds these too (tests/test_fuzz_corpus.py runs
+#       checked-in corpora; `make test` builds these too (tests/fuzz/test_fuzz_corpus.py runs
 #       them) and `make asan` builds them sanitized in build-asan.
 FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath
 FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
@@ -169,7 +186,8 @@ FUZZ_SRCS_httphead  := src/wire/httphead.c
 FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
 FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c
 FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/redact.c
-FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h $(wildcard include/*.h)
+FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h tests/lib/utf8_valid.h \
+                     $(wildcard include/*.h)
 FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))
 FUZZ_REPLAY_BINS  := $(patsubst %,$(BUILD)/fuzz_replay_%,$(FUZZ_TARGETS))
 
@@ -227,8 +245,8 @@ fuzz-replay-bins: $(FUZZ_REPLAY_BINS)
 fuzz-replay: fuzz-replay-bins
 	@for t in $(FUZZ_TARGETS); do ./$(BUILD)/fuzz_replay_$$t tests/fuzz/corpus/$$t || exit 1; done
 
-# `make asan` runs tests/test_fuzz_corpus.py too: it finds the replay binaries next to
-# $UNIT_TESTS (build-asan/unit_tests), built here with the same sanitizers.
+# `make asan` runs tests/fuzz/test_fuzz_corpus.py too: it finds the replay binaries in
+# $BUILD_DIR (build-asan), built here with the same sanitizers.
 asan: fuzz-replay-asan
 fuzz-replay-asan: deps
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" fuzz-replay-bins

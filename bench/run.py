@@ -10,9 +10,10 @@ run, whatever the figures.  Every process it starts is stopped before it exits.
 Options: --rounds N (alternations per scenario, default 5), --quick (smaller runs, for
 trying the suite out), --profile (also profile tgbridge and the mock: perf cpu-clock
 sampling and callgrind; or BENCH_PROFILE=1), --json PATH (write every raw figure there),
---only NAME[,NAME] or BENCH_ONLY=NAME[,NAME] (scenarios: unary1, fresh, unary64, accesslog,
+--only NAME[,NAME] or BENCH_ONLY=NAME[,NAME] (scenarios: unary1, fresh, unary64, nginx, accesslog,
 stream, large, mixed, wide, passthrough, hold, wsidle; "none" runs only what --profile asks for).
-The passthrough scenario uses the Python mock gateway (tests/mock_gateway.py) and curl.
+The passthrough scenario uses the Python mock gateway (tests/lib/mock_gateway.py) and curl; the
+nginx scenario uses nginx (nginx-light, installed when missing if run as root, else skipped).
 Standard library only (Debian's /usr/bin/python3).
 """
 import argparse
@@ -564,6 +565,257 @@ def accesslog_detail(R):
     return out
 
 
+# ---- nginx anchors: an HTTP floor and an HTTP hop that forwards (issue 19, item 1) ----------
+#
+# The 64-caller unary load of scen_unary64 (the same httpload, the same 64 keep-alive
+# callers, the same requests) against (a) nginx answering the constant body tgbridge gives
+# those callers (bench/nginx/constant.conf) and (b) nginx as a reverse proxy with keep-alive
+# upstream connections (bench/nginx/proxy.conf) to a second nginx answering that body.  Each
+# nginx is one process (master_process off), so its /proc CPU is all of its work, measured
+# as tgbridge's is.  The REST/TCP figures are the unary64 scenario's of the same run, or,
+# when that scenario is not selected, measured here in the same alternation.
+
+NGINX_DIR = os.path.join(HERE, "nginx")
+NGINX_PKG = "nginx-light"
+
+
+def find_nginx():
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                          if os.access(p, os.X_OK)), None)
+
+
+def nginx_service_pid():
+    try:
+        with open("/run/nginx.pid") as f:
+            pid = int(f.read().split()[0])
+        with open(f"/proc/{pid}/comm") as f:
+            return pid if f.read().strip() == "nginx" else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def install_nginx():
+    """(path, None) when nginx is there or could be installed, else (None, why).  Installs
+    nginx-light only as root (as `make deps` installs packages), never letting the package
+    start the Debian nginx service: a policy-rc.d that denies every start is put in place
+    for the install (unless one exists), and a service that started all the same is
+    stopped (systemctl when systemd runs the machine, else the pid in /run/nginx.pid)."""
+    path = find_nginx()
+    if path:
+        return path, None
+    if os.geteuid() != 0:
+        return None, f"nginx not installed and not root (sudo apt-get install -y {NGINX_PKG})"
+    if not shutil.which("apt-get"):
+        return None, "nginx not installed and no apt-get"
+    policy = "/usr/sbin/policy-rc.d"
+    own_policy = False
+    before = nginx_service_pid()
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    out = ""
+    try:
+        if not os.path.exists(policy):
+            with open(policy, "w") as f:
+                f.write("#!/bin/sh\n# written by tgbridge's bench/run.py for the install of nginx-light\nexit 101\n")
+            os.chmod(policy, 0o755)
+            own_policy = True
+        log(f"bench: installing {NGINX_PKG} (apt-get; the nginx service is not started) ...")
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", NGINX_PKG]
+        for step in ([install], [["apt-get", "update", "-q"], install]):
+            rc = 0
+            for argv in step:
+                cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                    timeout=600)
+                out, rc = cp.stdout, cp.returncode
+                if rc:
+                    break
+            if rc == 0:
+                break
+    except (OSError, subprocess.SubprocessError) as e:
+        out = str(e)
+    finally:
+        if own_policy:
+            try:
+                os.unlink(policy)
+            except OSError:
+                pass
+        if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+            subprocess.run(["systemctl", "stop", "nginx"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid = nginx_service_pid()
+        if pid and pid != before:
+            try:
+                os.kill(pid, signal.SIGTERM)  # the service's master: it stops its workers
+            except OSError:
+                pass
+    path = find_nginx()
+    if not path:
+        tail = " | ".join(out.strip().splitlines()[-2:])
+        return None, f"installing {NGINX_PKG} failed: {tail[:200]}"
+    return path, None
+
+
+class Nginx:
+    """One nginx process from a bench/nginx template, in its own directory under tmp."""
+
+    def __init__(self, binary, tmp, tag, template, **ports):
+        self.dir = os.path.join(tmp, f"nginx-{tag}")
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(NGINX_DIR, template)) as f:
+            tmpl = f.read()
+        self.p = None
+        for attempt in range(3):  # a port picked free may be taken before nginx binds it
+            self.port = free_port()
+            text = tmpl.replace("@DIR@", self.dir).replace("@PORT@", str(self.port))
+            for k, v in ports.items():
+                text = text.replace(f"@{k.upper()}@", str(v))
+            if "@" in re.sub(r"#.*", "", text):
+                raise RuntimeError(f"bench/nginx/{template}: a placeholder was left unreplaced")
+            conf = os.path.join(self.dir, template)
+            with open(conf, "w") as f:
+                f.write(text)
+            self.log_path = os.path.join(self.dir, "error.log")
+            self.p = spawn([binary, "-p", self.dir + "/", "-c", conf, "-e", self.log_path],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            self.pid = self.p.pid
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.p.poll() is None:
+                if http_get(self.port, "/")[0] == 200:
+                    return
+                time.sleep(0.02)
+            stop(self.p)
+        raise RuntimeError(f"nginx ({template}) did not answer: {self.tail()}")
+
+    def tail(self):
+        try:
+            with open(self.log_path) as f:
+                return " | ".join(f.read().strip().splitlines()[-3:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        stop(self.p)
+
+
+def run_nginx(anchor, backend, callers, requests, warmup):
+    """The httpload of run_bridge, against an nginx: its CPU (and its backend's) from /proc."""
+    w = Watch(anchor, backend)
+    d = run_tool([HTTPLOAD, "--port", str(anchor.port), "--conns", str(callers)] + load_args(callers, requests, warmup))
+    wall, cpus = w.done()
+    if d:
+        d.update(nginx_cpu_s=cpus[0], nginx_cpu_fine_s=w.fine[0], wall_s_watch=wall, total_requests=requests + warmup)
+        if backend is not None:
+            d.update(backend_cpu_s=cpus[1], backend_cpu_fine_s=w.fine[1])
+    return d
+
+
+def scen_nginx(ctx, R):
+    n = 5000 if ctx.quick else 20000
+    res = {"requests": n, "warmup": 1000, "callers": 64, "runs": {}}
+    R["nginx"] = res
+    binary, why = install_nginx()
+    if not binary:
+        res["skipped"] = why
+        log(f"  nginx anchors skipped: {why}")
+        return
+    v = subprocess.run([binary, "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+    res["version"] = v.strip().rsplit(":", 1)[-1].strip()
+    started = []
+    try:
+        constant = Nginx(binary, ctx.tmp, "constant", "constant.conf")
+        started.append(constant)
+        backend = Nginx(binary, ctx.tmp, "backend", "constant.conf")
+        started.append(backend)
+        proxy = Nginx(binary, ctx.tmp, "proxy", "proxy.conf", backend_port=backend.port)
+        started.append(proxy)
+        runs = {"constant": lambda: run_nginx(constant, None, 64, n, 1000),
+                "proxy": lambda: run_nginx(proxy, backend, 64, n, 1000)}
+        for anchor in (constant, proxy):
+            run_tool([HTTPLOAD, "--port", str(anchor.port), "--conns", "4", "--requests", "500", "--warmup", "0"])
+        u = R.get("unary64", {}).get("tcp")
+        if u:
+            res["rest_from"] = "unary64"
+        else:
+            res["rest_from"] = "nginx"
+            runs["tcp"] = lambda: run_bridge(ctx.mock, ctx.bridge, "tcp", 64, n, 1000)
+        res["runs"] = alternate(ctx.rounds, runs)
+        if u:
+            res["runs"]["tcp"] = u
+    except (OSError, RuntimeError) as e:
+        res["skipped"] = f"nginx did not start: {e}"
+        log(f"  nginx anchors skipped: {res['skipped']}")
+    finally:
+        for x in started:
+            x.stop()
+
+
+def nginx_rows(R):
+    N = R["nginx"]
+    if N.get("skipped"):
+        return [(f"nginx anchors: skipped ({N['skipped']})", "n/a", "n/a", "", "skipped", "")]
+    runs = N.get("runs") or {}
+    rest = runs.get("tcp") or []
+    rps = lambda d: d.get("rps")
+    cpu = lambda key: (lambda d: d[key] / d["total_requests"] * 1e6 if d.get("total_requests") else None)
+    tgb = cpu("tgb_cpu_s")
+
+    def ratio(fa, a, fb, b):
+        # REST/TCP over nginx, round by round (the REST rounds of unary64, when they are the
+        # source, ran in the same run but not interleaved with these: paired by index)
+        return med([fb(y) / fa(x) for x, y in zip(a, b) if fa(x) and fb(y)])
+
+    rows = []
+    # the direct column holds nginx's figure, the tgbridge column REST/TCP's, the ratio is
+    # REST/TCP / nginx
+    for anchor, what, target, lim in (("constant", "nginx, constant body", "≤ 1.5×", 1.5),
+                                      ("proxy", "nginx reverse proxy → nginx", "≤ 0.5×", 0.5)):
+        rs = runs.get(anchor) or []
+        if not rs or not rest:
+            continue
+        r = ratio(rps, rs, rps, rest)
+        rows.append((f"{what}, 64 callers, vs REST/TCP: throughput (req/s; direct = nginx)",
+                     fmt(med([rps(d) for d in rs])), fmt(med([rps(d) for d in rest])),
+                     fmt(r, "×", 2), "report", ""))
+        c = ratio(cpu("nginx_cpu_s"), rs, tgb, rest)
+        who = ", the proxy's own" if anchor == "proxy" else ""
+        rows.append((f"{what}: CPU per request{who} (µs)", fmt(med([cpu("nginx_cpu_s")(d) for d in rs])),
+                     fmt(med([tgb(d) for d in rest])), fmt(c, "×", 2), target, verdict(c is not None and c <= lim)))
+        if anchor == "proxy":
+            rows.append((f"{what}: CPU per request, its backend (µs)",
+                         fmt(med([cpu("backend_cpu_s")(d) for d in rs])), "", "", "report", ""))
+    if not rows:
+        rows.append(("nginx anchors: no run finished (see the messages above)", "n/a", "n/a", "", "report", ""))
+    return rows
+
+
+def nginx_detail(R):
+    N = R.get("nginx")
+    if not N:
+        return []
+    if N.get("skipped"):
+        return ["", f"nginx anchors: skipped — {N['skipped']}"]
+    src = ("the unary64 scenario's (same run, not interleaved)" if N.get("rest_from") == "unary64"
+           else "measured in this scenario, alternating with nginx")
+    out = ["", f"nginx anchors ({N.get('version', 'nginx')}, one process each, {N['callers']} callers, "
+               f"{N['requests']:,} requests after {N['warmup']:,} warm-up; REST/TCP figures: {src}):"]
+    for anchor in ("constant", "proxy", "tcp"):
+        for i, d in enumerate((N.get("runs") or {}).get(anchor, [])):
+            wall = d.get("mock_wall_s") or d.get("wall_s_watch") or 0
+            tot = d["total_requests"]
+            if anchor == "tcp":
+                cpu = f"tgbridge {d['tgb_cpu_s'] / tot * 1e6:.2f} µs/request (stat), " \
+                      f"{d['tgb_cpu_fine_s'] / tot * 1e6:.2f} (schedstat), " \
+                      f"{d['tgb_cpu_fine_s'] / wall * 100 if wall else 0:.0f}% of one core"
+            else:
+                cpu = f"nginx {d['nginx_cpu_s'] / tot * 1e6:.2f} µs/request (stat), " \
+                      f"{d['nginx_cpu_fine_s'] / tot * 1e6:.2f} (schedstat), " \
+                      f"{d['nginx_cpu_fine_s'] / wall * 100 if wall else 0:.0f}% of one core"
+                if "backend_cpu_s" in d:
+                    cpu += f"; backend {d['backend_cpu_s'] / tot * 1e6:.2f} (stat), " \
+                           f"{d['backend_cpu_fine_s'] / tot * 1e6:.2f} (schedstat)"
+            name = "REST/TCP" if anchor == "tcp" else anchor
+            out.append(f"  {name:8s} round {i + 1}: {fmt(d.get('rps'))} req/s, {cpu}")
+    return out
+
+
 # ---- many connections: long calls beside short ones, and many long calls at once ----------
 #
 # Both run on FRESH processes for every run (a mock, and tgbridge with its defaults:
@@ -803,12 +1055,12 @@ def scen_ws_idle(ctx, R):
 #
 # GET /api/v1/export-core is not an envelope: tgbridge relays it as an HTTP request of its
 # own to the gateway and streams the body through a fixed 256 KiB buffer.  The gateway here
-# is the Python mock (tests/mock_gateway.py: fastmock has no pass-through routes), whose
+# is the Python mock (tests/lib/mock_gateway.py: fastmock has no pass-through routes), whose
 # export-core of id "size-N" generates N bytes, written `mock-chunk` bytes at a time.  The
 # client is curl (C; a Python http.client reader was measured at about half of curl's rate
 # through tgbridge, so it would have been the bottleneck).
 
-PYMOCK = os.path.join(ROOT, "tests", "mock_gateway.py")
+PYMOCK = os.path.join(ROOT, "tests", "lib", "mock_gateway.py")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 PASS_TOKEN = "tg_bench"           # the same token as Bridge's --token
 PASS_MIB = 100                    # the scenario's export, in MiB (3 alternating rounds)
@@ -834,7 +1086,7 @@ SOCAT_BUFS = (16384, 262144)
 
 
 class PyMock:
-    """tests/mock_gateway.py, started as tests/harness.py start_mock does."""
+    """tests/lib/mock_gateway.py, started as tests/lib/harness.py start_mock does."""
 
     def __init__(self, tmp, tag):
         self.err_path = os.path.join(tmp, f"mock_gateway-{tag}.log")
@@ -1090,7 +1342,7 @@ def passthrough_detail(R):
     P = R.get("passthrough")
     if not P or P.get("skipped"):
         return []
-    out = ["", f"pass-through export (tests/mock_gateway.py, mock-chunk={P['chunk']}; client {P['client']}; "
+    out = ["", f"pass-through export (tests/lib/mock_gateway.py, mock-chunk={P['chunk']}; client {P['client']}; "
                f"throughput = bytes / curl's time_total; CPU = schedstat over that time; RSS growth = the larger of "
                f"VmHWM after a clear_refs reset and VmRSS sampled every {PASS_RSS_EVERY * 1000:g} ms, minus VmRSS "
                f"before):"]
@@ -1241,6 +1493,8 @@ def build_rows(R, transports):
         rows.append((f"{n:,} idle local WebSockets: tgbridge CPU over 10 s", "n/a", shown,
                      f"{fmt(w.get('idle_wakeups_per_s'), '', 0)} wakeups/s", "0",
                      verdict(cpu is not None and cpu == 0 and (sched or 0) < 5)))
+    if "nginx" in R:
+        rows += nginx_rows(R)
     if "accesslog" in R:
         rows += accesslog_rows(R)
     if "mixed" in R:
@@ -1579,6 +1833,8 @@ def main():
             for name, fn, what in (("unary1", scen_unary1, "unary, 1 caller"),
                                    ("fresh", scen_fresh, "first call on a new connection"),
                                    ("unary64", scen_unary64, "unary, 64 keep-alive callers"),
+                                   ("nginx", scen_nginx,
+                                    "nginx anchors: a constant body and a reverse proxy, 64 callers"),
                                    ("accesslog", scen_accesslog,
                                     "access log off / on (text) / on (json), 64 callers, three fresh tgbridges"),
                                    ("stream", scen_stream, "one long stream"),
@@ -1639,6 +1895,8 @@ def main():
                 print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%  tgbridge {tgb * 100:4.0f}% of one core")
             else:
                 print(f"  {key:9s} {path:7s} mock {busy * 100:4.0f}%")
+    for line in nginx_detail(R):
+        print(line)
     for line in accesslog_detail(R):
         print(line)
     for line in many_connections_detail(R):

@@ -43,7 +43,7 @@ def main():
     procs = []
     try:
         mock = subprocess.Popen(
-            ["/usr/bin/python3", os.path.join(ROOT, "tests/mock_gateway.py"), "--port", "0",
+            ["/usr/bin/python3", os.path.join(ROOT, "tests/lib/mock_gateway.py"), "--port", "0",
              "--era", "v2d", "--token", TOKEN],
             stdout=open(mock_out, "w"), stderr=subprocess.DEVNULL)
         procs.append(mock)

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A client for tgbridge's Unix socket, standard library only.
 
-Both protocols the socket speaks (README, "Unix socket"):
+Both protocols the socket speaks (docs/protocols.md, "Unix socket"):
 
 * the line protocol: one JSON request envelope per line, one JSON reply per
   line (`LineClient`: several requests in flight on one connection, replies

@@ -1,5 +1,5 @@
 #!/bin/sh
-# One-liners for tgbridge's Unix socket (README: "Unix socket", "Line protocol").
+# One-liners for tgbridge's Unix socket (docs/protocols.md: "Unix socket", "Line protocol").
 #
 #   sh examples/uds_oneliner.sh [SOCKET]
 #

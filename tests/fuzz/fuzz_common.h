@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../lib/utf8_valid.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* A violated property: say which, then abort (libFuzzer saves the input as crash-*;
@@ -41,40 +43,6 @@ static inline char *fz_copy(const uint8_t *data, size_t n, bool nul)
     if (nul)
         p[n] = '\0';
     return p;
-}
-
-/* RFC 3629 UTF-8, written plainly: no overlong forms, no surrogates, nothing past
- * U+10FFFF.  (cJSON does not check it; the gateway's aiohttp does.) */
-static inline bool fz_utf8_valid(const char *text, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)text;
-    for (size_t i = 0; i < n;) {
-        unsigned c = s[i], cp, min;
-        size_t k;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            k = 1, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            k = 2, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            k = 3, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if (n - i - 1 < k)
-            return false;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + j] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += k + 1;
-    }
-    return true;
 }
 
 static inline bool fz_is_hex(unsigned char c)
@@ -126,7 +94,7 @@ static inline void fz_lex_scan(const char *text, size_t len, const char *const *
 {
     const unsigned char *p = (const unsigned char *)text;
     memset(o, 0, sizeof *o);
-    o->utf8_ok = fz_utf8_valid(text, len);
+    o->utf8_ok = utf8_valid(text, len);
     o->strings_ok = o->tokens_ok = true;
     size_t depth = 0, i = 0;
     while (i < len) {

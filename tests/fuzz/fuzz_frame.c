@@ -81,8 +81,8 @@ static void check_error(const struct frame *f, const cJSON *ev)
         if (msg)
             FUZZ_CHECK(!strcmp(f->err_message, msg));
     }
-    FUZZ_CHECK(fz_utf8_valid(f->err_type, strlen(f->err_type)));
-    FUZZ_CHECK(fz_utf8_valid(f->err_message, strlen(f->err_message)));
+    FUZZ_CHECK(utf8_valid(f->err_type, strlen(f->err_type)));
+    FUZZ_CHECK(utf8_valid(f->err_message, strlen(f->err_message)));
 }
 
 /* text with every NaN, Infinity and -Infinity outside strings replaced by "0" and
