@@ -18,6 +18,9 @@
 #include "json.h" /* struct span */
 #include "passthrough.h"
 
+/* Room for a canonical path that a gateway request line can carry (dial.h). */
+#define PASSPATH_MAX 4096
+
 enum passpath_verdict {
     PASSPATH_NONE,       /* not a pass-through route: other routes decide */
     PASSPATH_OK,         /* route and canonical path set */

@@ -25,8 +25,7 @@ enum pass_route {
     PASS_IMPORT_SOCKET, PASS_EXPORT_SOCKET, PASS_ROUTE_N
 };
 const char *pass_route_name(enum pass_route r);
-/* The HTTP routes: which one a (decoded) local path is, or -1. */
-int pass_http_route(const char *path);
+/* The HTTP routes: which one a local request is, is passpath.c's to say. */
 
 /* How a call ended, for the metric label (truncated: the gateway's body ended before
  * its end, and so did the caller's). */

@@ -81,25 +81,6 @@ void passthrough_slot_give(enum pass_route r, enum pass_outcome o, uint64_t in, 
     P.bytes_out += out;
 }
 
-int pass_http_route(const char *path)
-{
-    if (!strncmp(path, "/api/v1/auth/", 13))
-        return PASS_AUTH;
-    if (!strncmp(path, "/api/v1/i18n/", 13))
-        return PASS_I18N;
-    /* The official metrics client asks for the bare /api/metrics, which the gateway
-     * itself 404s (ref §2.2): relayed all the same. */
-    if (!strcmp(path, "/api/metrics") || !strncmp(path, "/api/metrics/", 13))
-        return PASS_METRICS;
-    if (!strcmp(path, "/api/v1/document-stream"))
-        return PASS_DOCUMENT_STREAM;
-    if (!strcmp(path, "/api/v1/import-core"))
-        return PASS_IMPORT_CORE;
-    if (!strcmp(path, "/api/v1/export-core"))
-        return PASS_EXPORT_CORE;
-    return -1;
-}
-
 /* ---- the end of a call ------------------------------------------------------------- */
 
 static void pass_free(struct pass *p)

@@ -241,8 +241,10 @@ def test_http_routes_relayed_with_the_right_credential():
         eq(sha, expected_sha(3 * MiB), "document content")
         eq(route_rec(m, "document-stream")["last_authorization"], "Bearer " + TOKEN, "document-stream credential")
         # a redirect-free error from the gateway keeps its status and body
-        r = b.get("/api/v1/i18n/packs/..")
-        eq(r.status, 400, "the gateway's 400")
+        r = b.get("/api/v1/document-stream?workspace=default")
+        eq((r.status, r.body), (500, b"Missing required parameter: document-id"), "the gateway's 500")
+        # a dot segment never reaches the gateway (issue 16 item 5): tgbridge's own 400
+        own_error(b.get("/api/v1/i18n/packs/.."), 400, "bad-path")
         assert TOKEN not in b.log() and jwt not in b.log(), "a credential in the log"
         assert "access frontend=rest method=GET route=/api/metrics/query service=metrics status=200 outcome=ok" \
             in b.log(), b.log()[-2000:]
@@ -514,6 +516,75 @@ def test_v1_gateway_gets_its_secret_on_every_route():
                 return [m async for m in ws]
         eq(len(run(go())), 3, "V1 export frames")
         eq(pstats(m)["sockets"][-1]["token"], "v1-pass-secret", "V1 socket ?token=")
+
+
+def exchange(port, *requests):
+    """Sends each (method, raw target[, body]) on one kept-alive connection, in turn:
+    [(status, headers, body)]."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=T(10))
+    out = []
+    try:
+        for rq in requests:
+            method, target = rq[0], rq[1]
+            body = rq[2] if len(rq) > 2 else b""
+            head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % (method, target, len(body))
+            s.sendall(head.encode("latin-1") + body)
+            r = http.client.HTTPResponse(s, method=method)
+            r.begin()
+            out.append((r.status, r.headers, r.read()))
+    finally:
+        s.close()
+    return out
+
+
+@timeout(60)
+def test_pass_through_paths_are_canonical_and_only_the_gateways_methods_pass():
+    """Issue 16 item 5: a pass-through path is decided as sent.  Dot segments (also
+    escaped, any case), escaped slashes and backslashes get tgbridge's 400 bad-path and
+    never reach the gateway -- also as the second request of a kept-alive connection;
+    a method the gateway does not serve on the route gets 405 with Allow; escapes of
+    unreserved characters are decoded, and the canonical path is what is forwarded."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--access-log", "on")
+    with m, b:
+        b.wait_ready()
+        bad = ["/api/metrics/x/../../v1/auth/change-password", "/api/metrics/%2e%2e/%2E%2E/v1/auth/login",
+               "/api/metrics/.%2e/x", "/api/metrics/a%2Fb", "/api/metrics/a%2fb", "/api/metrics/a\\b",
+               "/api/metrics/a%5Cb", "/api/v1/flow/x/../../auth/login", "/api/v1/i18n/packs/..",
+               "/api%2Fv1/export-core"]
+        for path in bad:
+            for method in ("POST", "GET"):
+                [(status, hdrs, body)] = exchange(b.port, (method, path, b"{}" if method == "POST" else b""))
+                eq(status, 400, "%s %s" % (method, path))
+                eq(json.loads(body)["error"]["type"], "bad-path", "%s %s" % (method, path))
+        wrong = [("POST", "/api/metrics/query", "GET, HEAD"), ("PUT", "/api/metrics", "GET, HEAD"),
+                 ("GET", "/api/v1/auth/login", "POST"), ("GET", "/api/v1/auth/change-password", "POST"),
+                 ("DELETE", "/api/v1/export-core", "GET, HEAD"), ("POST", "/api/v1/document-stream", "GET, HEAD"),
+                 ("GET", "/api/v1/import-core", "POST"), ("POST", "/api/v1/i18n/packs/en", "GET, HEAD")]
+        for method, path, allow in wrong:
+            [(status, hdrs, body)] = exchange(b.port, (method, path, b"{}" if method != "GET" else b""))
+            eq((status, hdrs.get("Allow")), (405, allow), "%s %s" % (method, path))
+            eq(json.loads(body)["error"]["type"], "method-not-allowed", "%s %s" % (method, path))
+        # escapes of unreserved characters decoded: the canonical path goes up
+        [(status, _, body)] = exchange(b.port, ("GET", "/api/metrics/%71uery%2D1?query=up"))
+        eq(status, 200, "an escaped but harmless path")
+        eq(json.loads(body)["mock"]["path"], "query-1", "the gateway's path")
+        eq(route_rec(m, "metrics")["last_path"], "/api/metrics/query-1", "the canonical path forwarded")
+        # the second request of a kept-alive connection is decided as sent too (the
+        # first is the listener's to route; a refusal then closes the connection)
+        for second, want in ((("GET", "/api/metrics/a/%2E%2e/%2e./v1/auth/login"), 400),
+                             (("POST", "/api/metrics/a%2Fb", b"{}"), 400),
+                             (("POST", "/api/metrics/query", b"{}"), 405)):
+            r = exchange(b.port, ("GET", "/api/metrics/query"), second)
+            eq([x[0] for x in r], [200, want], "statuses on one connection: %r" % (second,))
+        eq(route_rec(m, "metrics")["count"], 4, "only the good metrics requests reached the gateway")
+        for route in ("auth/login", "auth/change-password", "export-core", "i18n", "document-stream", "import-core"):
+            eq(route_rec(m, route)["count"], 0, "%s reached" % route)
+        # (a refusal of a request without a body is answered before a call exists: no line)
+        eq(log_count(b, r"access frontend=rest method=POST route=\S+ status=400 outcome=failed error=bad-path "),
+           len(bad) + 1, "access lines of the bad paths sent with a body")
+        eq(log_count(b, r"access .* status=405 outcome=failed error=method-not-allowed "),
+           sum(1 for w in wrong if w[0] != "GET") + 1, "access lines of the wrong methods sent with a body")
 
 
 # ------------------------------------------------------- local token, TLS, proxy
