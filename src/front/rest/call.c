@@ -261,14 +261,12 @@ static enum MHD_Result start_call(struct call *call)
 
 /* The first request of a connection is for the route the listener decided; later
  * ones (kept alive) are mapped here. */
-/* The pass-through routes are decided on the path as sent (passpath.c): in the
- * decoded url, %2F cannot be told from '/' nor %2e%2e from "..".  The listener's
- * reading of a first request (cw->first_route) is the same function's. */
+/* The pass-through routes are decided on the path as sent (passpath.c), for every
+ * request of a connection: in the decoded url, %2F cannot be told from '/' nor
+ * %2e%2e from "..".  (The listener decided a first request the same way.) */
 static enum route route_of_request(struct conn_watch *cw, const char *url, const char *method, struct call *probe,
                                    char *path, size_t cap)
 {
-    if (cw)
-        cw->first_route = -1;
     const char *raw = cw && cw->raw_uri ? cw->raw_uri : url;
     const char *q = strchr(raw, '?');
     struct passpath pp;

@@ -96,7 +96,6 @@ struct conn_watch {
      * after one of grace. */
     struct guard deadline;
     struct peer peer;             /* who is at the other end (listener.c) */
-    int first_route;              /* the listener's pass-through route for the first request, or -1 */
     struct refusal first_refusal; /* the listener's answer to its first request, if any */
     char *raw_uri;                /* the request target as sent (libmicrohttpd decodes its own copy) */
     struct caller caller;         /* this connection, as the fair queue sees it */

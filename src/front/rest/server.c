@@ -116,7 +116,6 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             const struct handover *in = REST.handing;
             cw->fd = ci ? ci->connect_fd : -1;
             caller_init(&cw->caller);
-            cw->first_route = in ? in->route : -1;
             if (in && in->peer)
                 cw->peer = *in->peer;
             rest_await_head(cw, in && in->peer && in->peer->accepted_at > 0 ? in->peer->accepted_at : now_mono());
