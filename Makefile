@@ -69,13 +69,15 @@ $(BUILD):
 # stubs.h) -- never libwebsockets or libmicrohttpd.  Every binary runs all its tests with
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
-UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard reqtable mux session
+UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard reqtable mux session \
+                    passpath
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
 UNIT_OBJS_envelope  := wire/envelope wire/json base/buf
 UNIT_OBJS_wsframe   := wire/wsframe base/buf
 UNIT_OBJS_lineframe := wire/lineframe base/buf
+UNIT_OBJS_passpath  := wire/passpath base/util
 UNIT_OBJS_redact    := base/redact base/util base/buf
 UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log base/redact base/util \
                        base/buf base/clock

@@ -9,8 +9,9 @@
  * one routed and forwarded to the gateway.  A path in the pass-through space (as
  * written, or once its dot segments are resolved) with a dot segment ("." or "..",
  * also escaped, in any case), an escaped slash (%2F), a backslash (raw or %5C), an
- * escaped NUL or a broken escape is refused: a gateway or an ingress in front of it
- * that resolves them would route it elsewhere, with tgbridge's credential. */
+ * escaped NUL, a raw space or control character or a broken escape is refused: a
+ * gateway or an ingress in front of it that resolves them would route it elsewhere,
+ * with tgbridge's credential. */
 #ifndef TGB_PASSPATH_H
 #define TGB_PASSPATH_H
 #include <stdbool.h>

@@ -110,7 +110,7 @@ static void canonicalise(struct span path, struct canon *c)
         if (ch == '\\')
             note(c, "a backslash");
         else if (ch < 0x21 || ch == 0x7f)
-            note(c, "a control character");
+            note(c, "a space or a control character");
         if (pchar(ch) && !unreserved(ch)) {
             c->seg_len++;
             c->out[c->len++] = (char)ch;
