@@ -1,6 +1,6 @@
 /* Who may use tgbridge's door, decided in one place for every front end and every
  * upgrade: the peer's credentials (the Unix socket's --unix-allow-uid/gid), the
- * browser rules (Origin, Host: README "Security") and the optional local client token
+ * browser rules (Origin, Host: docs/security.md) and the optional local client token
  * (--client-token-file) as a Bearer header, a ?token= or the local WebSocket's auth
  * frame.  The answer is a verdict -- the caller's identity, or a refusal with its
  * status, error type and message -- which front ends only apply: REST answers the

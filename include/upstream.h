@@ -1,5 +1,5 @@
 /* The WebSockets to the gateway: one persistent connection, plus overflow ones while
- * every window is full (README "Connections and flow control"); connect through
+ * every window is full (docs/operations.md "Connections and flow control"); connect through
  * dial.c, authenticate the way the gateway's era expects (reference §1.1, §3), keep
  * alive, reconnect, send envelopes and hand every reply frame to the mux. */
 #ifndef TGB_UPSTREAM_H

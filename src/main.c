@@ -1,5 +1,5 @@
 /* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
- * REST with streaming.  main() wires the modules together; see README "Design". */
+ * REST with streaming.  main() wires the modules together; see docs/design.md. */
 #include "access.h"
 #include "callrec.h"
 #include "activation.h"

@@ -108,7 +108,7 @@ static void refuse(struct admission *out, unsigned status, const char *type)
 }
 
 /* A browser page on any site can send requests to a loopback port, and with DNS
- * rebinding read the answers (README "Security"): requests from web origins not
+ * rebinding read the answers (docs/security.md): requests from web origins not
  * allowed, and Host names that are not this machine's, are refused. */
 static bool browser_refused(const struct config *cfg, const struct admission_ask *ask, struct admission *out)
 {

@@ -39,7 +39,7 @@ static const char *const opened_names[OPENED_FOR_N] = {"startup", "reconnect", "
 enum closed_for { CLOSED_IDLE, CLOSED_ROTATED, CLOSED_LOST, CLOSED_FAILED, CLOSED_SHUTDOWN, CLOSED_FOR_N };
 static const char *const closed_names[CLOSED_FOR_N] = {"idle", "rotated", "lost", "failed", "shutdown"};
 
-/* The connections to the gateway (README "Connections and flow control").  One is
+/* The connections to the gateway (docs/operations.md "Connections and flow control").  One is
  * the persistent connection, `primary`, opened at start and kept.  When requests wait
  * and every ready connection's window is full, one more -- an overflow connection --
  * is opened, up to --max-connections, one at a time; an overflow connection idle for
@@ -600,7 +600,7 @@ static void rotate_check(struct timer *t)
 
 /* Placement: a waiting request goes to the serving connection with the most room in
  * its window (the persistent one when they tie), which can start it soonest; when
- * every window is full, one more connection is opened (README "Connections"). */
+ * every window is full, one more connection is opened (docs/operations.md "Connections and flow control"). */
 void upstream_kick(void)
 {
     if (U.stopping)
