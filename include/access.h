@@ -16,8 +16,9 @@ struct refusal {
 };
 
 int access_init(const struct config *cfg, char *err, size_t errlen);
-/* SIGHUP: --client-token-file read again; the old token stays redacted. */
-void access_reload(void);
+/* SIGHUP or the file changing (why: which, for the log): --client-token-file read
+ * again; a missing or empty file keeps the old token (logged); it stays redacted. */
+void access_reload(const char *why);
 
 /* Origin and Host (either may be NULL: absent).  unix_peer: the request came over the
  * Unix socket, which no browser reaches.  True when refused (r filled, logged once). */
