@@ -11,6 +11,9 @@ typedef void (*watch_cb)(void *arg);
 
 int loop_init(const struct config *cfg);
 struct lws_context *loop_ctx(void);
+/* The OpenSSL SSL_CTX every client connection (the gateway's) is made from, or NULL
+ * before lws made it or without TLS support. */
+void *loop_client_tls_ctx(void);
 /* Calls cb(arg) whenever fd is readable.  The loop owns fd from now on. */
 struct watcher *loop_watch_fd(int fd, watch_cb cb, void *arg);
 /* Stops watching and closes the fd (asynchronously, from the loop): safe from the

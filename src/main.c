@@ -2,6 +2,7 @@
  * REST with streaming.  main() wires the modules together; see README "Design". */
 #include "access.h"
 #include "callrec.h"
+#include "castore.h"
 #include "activation.h"
 #include "config.h"
 #include "dial.h"
@@ -119,6 +120,7 @@ static void on_signal(void *arg)
         case SIGHUP:
             access_reload("SIGHUP");
             upstream_reload_token("SIGHUP");
+            castore_reload(&cfg, "SIGHUP");
             break;
         default:
             break;
@@ -137,7 +139,7 @@ static void secret_changed(const char *path, void *arg)
     if (cfg.token_file && !strcmp(path, cfg.token_file))
         upstream_reload_token(why);
     if (cfg.ca_file && !strcmp(path, cfg.ca_file))
-        log_warn("%s; the CA file is read at start only: restart tgbridge to use it", why);
+        castore_reload(&cfg, why);
 }
 
 static void watch_secrets(void)

@@ -256,3 +256,28 @@ def test_sighup_with_an_empty_token_file_keeps_the_old_token():
         check_status(b.post(FLOW_TC, tc("after")), 200, "a call after SIGHUP and a reconnect")
         eq(m.stats()["auth_failed"], 0, "auth failures")
         eq(open_tokens(m, "last_auth_token"), {t1}, "the token in use")
+
+
+@timeout(60)
+def test_ca_file_replaced_is_used_by_the_next_connection():
+    from harness import make_pki, start_tls_mock
+    pki = make_pki()
+    tok = "tg_watch_ca_token_81"
+    caf = os.path.join(secret_dir(), "ca.pem")
+    with open(pki["ca_a"]) as f:
+        write_in_place(caf, f.read())
+    # signed by CA B: untrusted until the CA file says otherwise
+    m = start_tls_mock(pki["other_cert"], pki["other_key"], tokens=[tok])
+    b = start_bridge(m.url, "--token", tok, *FAST, "--ca-file", caf, "--ca-only")
+    with m, b:
+        wait_until(lambda: b.readyz().status == 503 and "not connected yet" not in b.readyz().json()["reason"],
+                   timeout=5, what="a failed TLS handshake")
+        with open(pki["ca_b"]) as f:
+            replace_by_rename(caf, f.read())
+        b.wait_ready(timeout=2.5)
+        check_status(b.post(FLOW_TC, tc("trusted now")), 200, "a call once the CA file trusts the gateway")
+        write_in_place(caf, "")
+        b.wait_log(r"changed: --ca-file \S+ cannot be read or holds no certificate; keeping the CAs as they were",
+                   timeout=2)
+        reconnect(m, b, 2)
+        check_status(b.post(FLOW_TC, tc("kept")), 200, "a call on a new connection with the CA file empty")
