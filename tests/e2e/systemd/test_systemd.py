@@ -245,9 +245,13 @@ def test_ten_restarts_under_load_refuse_no_caller():
 
     procs, logs = [], []
 
+    sds = []
+
     def start():
+        # as systemd's Type=notify: the next restart waits for READY=1 (the load does not)
+        sds.append(FakeSystemd())
         p = _activated([tcp.fileno(), us.fileno()], "rest:unix", "--gateway", m.url, "--token", TOKEN,
-                       "--access-log", "off", "--drain-timeout", "10")
+                       "--access-log", "off", "--drain-timeout", "10", env=sds[-1].env())
         # its log, read as it comes, so a full pipe never stalls it
         out = []
         threading.Thread(target=lambda: out.extend(p.stderr), daemon=True).start()
@@ -262,6 +266,7 @@ def test_ten_restarts_under_load_refuse_no_caller():
             for t in threads:
                 t.start()
             for _ in range(10):
+                sds[-1].wait_for(lambda x: "READY=1" in x, T(10), "READY=1")
                 time.sleep(0.3)
                 before = calls[0]
                 p.send_signal(signal.SIGTERM)
@@ -280,8 +285,12 @@ def test_ten_restarts_under_load_refuse_no_caller():
                         q.wait(T(15))
                     except Exception:
                         q.kill()
+    for sd in sds:
+        sd.close()
     print("%d calls, %d failed, across %d processes" % (calls[0], len(failures), len(procs)))
     eq(len(procs), 11, "processes")
+    bad = [l for out in logs for l in out if "Sanitizer" in l or "runtime error" in l]
+    eq(bad[:5], [], "sanitizer reports")
     assert calls[0] >= 100, "only %d calls under load" % calls[0]
     eq(failures[:5], [], "failed calls (of %d; %d failed)\nlast log: %s"
        % (calls[0], len(failures), "".join(logs[-2][-20:]) if len(logs) > 1 else ""))
