@@ -3,8 +3,10 @@
 #ifndef TGB_LOOP_H
 #define TGB_LOOP_H
 #include "config.h"
-#include <libwebsockets.h>
+#include "timer.h"
 #include <stdbool.h>
+
+struct lws_context;
 
 struct watcher;
 typedef void (*watch_cb)(void *arg);
@@ -21,20 +23,6 @@ struct watcher *loop_watch_fd(int fd, watch_cb cb, void *arg);
 void loop_unwatch(struct watcher *w);
 /* The same, closing the fd before returning; never from w's own callback. */
 void loop_unwatch_now(struct watcher *w);
-/* A one-shot timer run by the loop.  Embed it in its owner (find the owner with
- * timer_owner) and cancel it before the owner is freed.  Arming one that is pending
- * just moves it; neither call allocates or fails. */
-struct timer;
-typedef void (*timer_cb)(struct timer *t);
-struct timer {
-    lws_sorted_usec_list_t sul;
-    timer_cb cb;
-};
-#define timer_owner(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
-/* Runs cb(t) once, `seconds` from now (0 or less: on the next loop turn). */
-void timer_after(struct timer *t, double seconds, timer_cb cb);
-void timer_cancel(struct timer *t);
-bool timer_pending(const struct timer *t);
 
 /* A caller's first part of a stream is waiting to be written: whoever is reading a
  * batch of frames (upstream.c) should let the loop write it before reading on, so

@@ -5,8 +5,8 @@
  * socket's).  Bodies stream both ways through two bounded buffers: a front end that
  * reads slowly slows this one upstream request (lws rx flow control), never the
  * shared socket, and memory stays flat for any size.  Transport-free: the front end
- * (rest.c) feeds the upload, takes the download, and hears of progress through
- * pass_ops. */
+ * (src/front/rest/relay.c) feeds the upload, takes the download, and hears of
+ * progress through pass_ops. */
 #ifndef TGB_PASSTHROUGH_H
 #define TGB_PASSTHROUGH_H
 #include <stdbool.h>

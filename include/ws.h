@@ -6,19 +6,17 @@
 #ifndef TGB_WS_H
 #define TGB_WS_H
 #include <stdbool.h>
-#include "access.h"
 #include "config.h"
-#include "httphead.h"
+#include "frontend.h"
 
 struct lws_context;
 struct lws_protocols;
 extern const struct lws_protocols ws_protocol;
 
 int ws_init(struct lws_context *ctx, const struct config *cfg);
-/* Serves fd, whose upgrade request h is still unread on it, as a local WebSocket --
- * unless the upgrade is refused (browser rules, a wrong token, --max-ws-clients):
- * then false with why in no, and fd is still the caller's. */
-bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no);
+/* Its take serves fd, whose upgrade request is still unread on it, as a local
+ * WebSocket -- unless the upgrade is refused (admission, --max-ws-clients). */
+extern const struct frontend ws_frontend;
 /* The server vhost local WebSockets are adopted on, the bulk sockets' (wspass.c)
  * too.  lws binds every upgrade without a subprotocol to the vhost's first protocol,
  * whatever the connection was adopted for, so ws.c's callback hands a connection

@@ -20,6 +20,7 @@
 #include "rest.h"
 #include "sdnotify.h"
 #include "unix_listener.h"
+#include "guard.h"
 #include "upstream.h"
 #include "util.h"
 #include "ws.h"
@@ -214,6 +215,7 @@ int main(int argc, char **argv)
     static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
                                                   upstream_default_workspace};
     mux_init(&cfg, &upstream_sink);
+    guard_init(&cfg);
     line_init(&cfg);
     listener_init(&cfg);
     health_init(&cfg);

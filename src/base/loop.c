@@ -4,7 +4,6 @@
 #include "passthrough.h"
 #include "wspass.h"
 #include "upstream.h"
-#include "util.h"
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,28 +158,6 @@ void loop_unwatch_now(struct watcher *w)
         return;
     w->cb = NULL;
     lws_set_timeout(w->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
-}
-
-static void timer_fired(lws_sorted_usec_list_t *sul)
-{
-    struct timer *t = timer_owner(sul, struct timer, sul);
-    t->cb(t);
-}
-
-void timer_after(struct timer *t, double seconds, timer_cb cb)
-{
-    t->cb = cb;
-    lws_sul_schedule(ctx, 0, &t->sul, timer_fired, seconds_to_us(seconds));
-}
-
-void timer_cancel(struct timer *t)
-{
-    lws_sul_cancel(&t->sul);
-}
-
-bool timer_pending(const struct timer *t)
-{
-    return t->sul.list.owner != NULL;
 }
 
 static bool flush_wanted;

@@ -1,6 +1,6 @@
 #include "mux.h"
 #include "log.h"
-#include "loop.h"
+#include "timer.h"
 #include "util.h"
 #include <fcntl.h>
 #include <stdio.h>

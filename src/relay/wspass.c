@@ -1,4 +1,5 @@
 #include "wspass.h"
+#include "access.h"
 #include "buf.h"
 #include "bulkpath.h"
 #include "callrec.h"
@@ -325,15 +326,6 @@ bool wspass_route(const struct http_head *h)
     return span_is(h->method, "GET") && bulk_route(h->path, what, sizeof what) != BULK_NONE;
 }
 
-static bool span_cstr(struct span s, char *out, size_t cap)
-{
-    if (!s.p || s.n >= cap)
-        return false;
-    memcpy(out, s.p, s.n);
-    out[s.n] = '\0';
-    return true;
-}
-
 /* The gateway's target: the caller's path and query, its ?token= replaced by
  * tgbridge's credential (ref §3.2: these sockets still authenticate by ?token=, and
  * refuse an empty one even without auth, so a placeholder stands in for none), and
@@ -344,26 +336,42 @@ static bool build_target(const struct http_head *h, char *out, size_t cap)
     return bulk_target(WP.cfg->gw.base_path, h->path, h->query, t, WP.cfg->workspace, out, cap);
 }
 
-bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no)
+/* The local side: lws reads the upgrade request itself. */
+static bool adopt_local(struct wspass *p, int fd, bool unix_peer)
 {
-    char origin[512], host[512], what[64];
-    enum bulk_dir dir = bulk_route(h->path, what, sizeof what);
-    bool has_origin = span_cstr(h->origin, origin, sizeof origin);
-    bool has_host = span_cstr(h->host, host, sizeof host);
-    if (access_browser_refused(has_origin ? origin : NULL, has_host ? host : NULL, unix_peer, no))
+    if (!unix_peer) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    lws_adopt_desc_t ad;
+    memset(&ad, 0, sizeof ad);
+    ad.vh = ws_local_vhost();
+    ad.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
+    ad.fd.sockfd = fd;
+    ad.vh_prot_name = wspass_local_protocol.name;
+    ad.opaque = p;
+    p->local.wsi = lws_adopt_descriptor_vhost_via_info(&ad);
+    if (!p->local.wsi) { /* lws closed fd */
+        log_warn("cannot serve a local bulk socket");
+        p->local_gone = p->up_gone = true;
+        explicit_bzero(p->dial.path, sizeof p->dial.path);
+        maybe_free(p);
         return false;
-    if (access_token_required()) {
-        struct span qt;
-        size_t blen = 0;
-        const char *bearer = access_bearer(h->authorization.p, h->authorization.n, &blen);
-        bool ok = bearer ? access_token_ok(bearer, blen)
-                         : http_query_param(h->query, "token", &qt) && access_token_ok_encoded(qt.p, qt.n);
-        if (!ok) {
-            no->status = 401;
-            no->type = "auth-required";
-            snprintf(no->message, sizeof no->message, "auth failure");
-            return false;
-        }
+    }
+    return true;
+}
+
+static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
+{
+    const struct http_head *h = in->head;
+    bool unix_peer = in->peer->unix_socket;
+    char what[64];
+    enum bulk_dir dir = bulk_route(h->path, what, sizeof what);
+    struct admission v;
+    access_admit_head(h, in->peer, ADMIT_UPGRADE, &v);
+    if (!v.admitted) {
+        *no = v.refusal;
+        return false;
     }
     struct wspass *p = calloc(1, sizeof *p);
     if (!p)
@@ -392,25 +400,8 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
     list_init(&p->local.queue);
     list_init(&p->up.queue);
     list_add_tail(&WP.all, &p->node);
-    if (!unix_peer) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
-    lws_adopt_desc_t ad;
-    memset(&ad, 0, sizeof ad);
-    ad.vh = ws_local_vhost();
-    ad.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
-    ad.fd.sockfd = fd;
-    ad.vh_prot_name = wspass_local_protocol.name;
-    ad.opaque = p;
-    p->local.wsi = lws_adopt_descriptor_vhost_via_info(&ad);
-    if (!p->local.wsi) { /* lws closed fd */
-        log_warn("cannot serve a local bulk socket");
-        p->local_gone = p->up_gone = true;
-        explicit_bzero(p->dial.path, sizeof p->dial.path);
-        maybe_free(p);
-        return true;
-    }
+    if (!adopt_local(p, fd, unix_peer))
+        return true; /* lws closed fd */
     p->dial.ops = &up_ops;
     p->dial.local_protocol = wspass_upstream_protocol.name;
     p->dial.retry = &WP.keepalive;
@@ -454,11 +445,11 @@ static void bulk_close_all(void)
     }
 }
 
-static const struct frontend bulk_frontend = {"bulk", bulk_stats, bulk_fail_all, bulk_close_all};
+const struct frontend wspass_frontend = {"bulk", wspass_take, bulk_stats, bulk_fail_all, bulk_close_all};
 
 int wspass_init(struct lws_context *ctx, const struct config *cfg)
 {
-    frontend_register(&bulk_frontend);
+    frontend_register(&wspass_frontend);
     (void)ctx;
     WP.cfg = cfg;
     list_init(&WP.all);

@@ -16,6 +16,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+_Static_assert(FRAME_HEADROOM >= LWS_PRE,
+               "a request's envelope goes to lws_write in place, after FRAME_HEADROOM bytes");
+
 /* Fragment size for large envelopes: big enough to be cheap, small enough that the
  * kernel nearly always takes it whole and pings can interleave (libraries.md b6). */
 #define WRITE_CHUNK (64 * 1024)

@@ -1,4 +1,4 @@
-/* The config file parser (config.c config_load_stream) on the input as a file, read
+/* The config file parser (src/config/file.c config_load_stream) on the input as a file, read
  * through fmemopen over what config_defaults set.
  *
  * Properties: no crash, no leak (config_free, then secrets_clear: redact.c keeps

@@ -1,5 +1,5 @@
-/* The gateway and proxy URL parsers (config.c config_parse_gateway,
- * config_parse_proxy) on the input as a string (up to its first NUL).
+/* The gateway and proxy URL parsers (src/config/url.c config_parse_gateway,
+ * src/config/proxy.c config_parse_proxy) on the input as a string (up to its first NUL).
  *
  * Properties: no crash or over-read; a refusal leaves a NUL-terminated, non-empty
  * message; an accepted URL satisfies fz_check_gateway / fz_check_proxy
