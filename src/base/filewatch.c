@@ -78,11 +78,17 @@ static void settled(struct timer *t)
     }
 }
 
-static void mark(int wd, bool all)
+/* True when the event concerns a watched file's directory. */
+static bool mark(int wd, bool all)
 {
-    for (size_t i = 0; i < W.n; i++)
-        if (all || W.e[i].wd == wd)
+    bool any = false;
+    for (size_t i = 0; i < W.n; i++) {
+        if (all || W.e[i].wd == wd) {
             W.e[i].dirty = true;
+            any = true;
+        }
+    }
+    return any;
 }
 
 static void on_events(void *arg)
@@ -90,11 +96,12 @@ static void on_events(void *arg)
     (void)arg;
     char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
     ssize_t got;
+    bool any = false;
     while ((got = read(W.fd, buf, sizeof buf)) > 0) {
         for (char *p = buf; p < buf + got;) {
             const struct inotify_event *ev = (const struct inotify_event *)p;
             p += sizeof *ev + ev->len;
-            mark(ev->wd, (ev->mask & IN_Q_OVERFLOW) != 0);
+            any |= mark(ev->wd, (ev->mask & IN_Q_OVERFLOW) != 0);
             if (!(ev->mask & IN_IGNORED))
                 continue;
             for (size_t i = 0; i < W.n; i++) {
@@ -106,7 +113,7 @@ static void on_events(void *arg)
             }
         }
     }
-    if (!timer_pending(&W.settle))
+    if (any && !timer_pending(&W.settle))
         timer_after(&W.settle, SETTLE_SECONDS, settled);
 }
 
