@@ -96,8 +96,9 @@ typedef bool (*access_policy_fn)(const struct admission_ask *ask, struct caller_
 void access_set_policy(access_policy_fn fn);
 
 int access_init(const struct config *cfg, char *err, size_t errlen);
-/* SIGHUP: --client-token-file read again; the old token stays redacted. */
-void access_reload(void);
+/* SIGHUP or the file changing (why: which, for the log): --client-token-file read
+ * again; a missing or empty file keeps the old token (logged); it stays redacted. */
+void access_reload(const char *why);
 
 /* The verdict for ask under rules: pure. */
 void access_decide(const struct access_rules *rules, const struct admission_ask *ask, struct admission *out);

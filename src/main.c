@@ -2,10 +2,12 @@
  * REST with streaming.  main() wires the modules together; see docs/design.md. */
 #include "access.h"
 #include "callrec.h"
+#include "castore.h"
 #include "activation.h"
 #include "config.h"
 #include "dial.h"
 #include "frontend.h"
+#include "filewatch.h"
 #include "health.h"
 #include "line_proto.h"
 #include "listener.h"
@@ -118,13 +120,37 @@ static void on_signal(void *arg)
             begin_shutdown((int)si.ssi_signo);
             break;
         case SIGHUP:
-            access_reload();
-            upstream_reload_token();
+            access_reload("SIGHUP");
+            upstream_reload_token("SIGHUP");
+            castore_reload(&cfg, "SIGHUP");
             break;
         default:
             break;
         }
     }
+}
+
+/* A watched secret changed: what SIGHUP does for that file (docs/operations.md). */
+static void secret_changed(const char *path, void *arg)
+{
+    (void)arg;
+    char why[600];
+    snprintf(why, sizeof why, "%s changed", path);
+    if (cfg.client_token_file && !strcmp(path, cfg.client_token_file))
+        access_reload(why);
+    if (cfg.token_file && !strcmp(path, cfg.token_file))
+        upstream_reload_token(why);
+    if (cfg.ca_file && !strcmp(path, cfg.ca_file))
+        castore_reload(&cfg, why);
+}
+
+static void watch_secrets(void)
+{
+    const char *paths[] = {cfg.token_file, cfg.client_token_file, cfg.ca_file};
+    char err[600];
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++)
+        if (paths[i] && filewatch_add(paths[i], secret_changed, NULL, err, sizeof err))
+            log_warn("%s; it is read again on SIGHUP only", err);
 }
 
 static void upstream_changed(bool ready, const char *what)
@@ -241,7 +267,9 @@ static void serve(int port)
      * gateway is there is /readyz's business, and STATUS= follows it. */
     sdnotify_ready(status);
     upstream_start();
+    watch_secrets();
     loop_run();
+    filewatch_stop();
     sdnotify_close();
     unix_listener_close(unix_listener);
     rest_shutdown();

@@ -55,11 +55,13 @@ int access_init(const struct config *cfg, char *err, size_t errlen)
     return read_token(err, errlen);
 }
 
-void access_reload(void)
+void access_reload(const char *why)
 {
     char err[300];
     if (A.cfg->client_token_file && read_token(err, sizeof err))
-        log_error("SIGHUP: %s; keeping the client token as it was", err);
+        log_error("%s: %s; keeping the client token as it was", why, err);
+    else if (A.cfg->client_token_file)
+        log_info("%s: the client token read again", why);
 }
 
 /* "[::1]:8089" -> "::1", "localhost:8089" -> "localhost". */
