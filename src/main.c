@@ -14,6 +14,7 @@
 #include "mux.h"
 #include "passthrough.h"
 #include "redact.h"
+#include "reload.h"
 #include "resolver.h"
 #include "rest.h"
 #include "sdnotify.h"
@@ -116,8 +117,7 @@ static void on_signal(void *arg)
             begin_shutdown((int)si.ssi_signo);
             break;
         case SIGHUP:
-            access_reload();
-            upstream_reload_token();
+            reload_all("SIGHUP");
             break;
         default:
             break;
@@ -161,6 +161,7 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg.log_level);
     log_set_json(cfg.log_json);
+    reload_init(&cfg, argc, argv);
     callrec_init(&cfg);
     if (access_init(&cfg, err, sizeof err)) {
         fprintf(stderr, "tgbridge: %s\n", err);
