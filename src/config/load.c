@@ -242,7 +242,8 @@ static int finish(struct config *cfg, char *err, size_t errlen)
         return errorf(err, errlen, "--ca-only needs --ca-file");
     if (!cfg->token_file && cfg->token) {
         char what[340];
-        snprintf(what, sizeof what, "the gateway token (from %s)", opt_source(O_TOKEN)[0] ? opt_source(O_TOKEN) : "--token");
+        const char *src = opt_source(O_TOKEN);
+        snprintf(what, sizeof what, "the gateway token (from %s)", src[0] ? src : "--token");
         if (config_check_token(cfg, cfg->token, what, err, errlen))
             return -1;
     }

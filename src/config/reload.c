@@ -64,6 +64,8 @@ static void swap_field(struct config *live, struct config *fresh, const struct o
     unsigned char tmp[sizeof live->allow_uid];
     _Static_assert(sizeof live->allow_uid >= sizeof(struct str_list), "swap room");
     char *a = (char *)live + o->field, *b = (char *)fresh + o->field;
+    if (o->size > sizeof tmp)
+        abort(); /* a reloadable field wider than any the table has */
     memcpy(tmp, a, o->size);
     memcpy(a, b, o->size);
     memcpy(b, tmp, o->size);
