@@ -19,12 +19,11 @@ PYTHON    := /usr/bin/python3
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 # src/<room>/*.c: the folders are the architecture (docs/design.md).
-SRCS      := $(wildcard src/*.c src/*/*.c)
+SRCS      := $(wildcard src/*.c src/*/*.c src/*/*/*.c)
 OBJS      := $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS))
 LIB_OBJS  := $(filter-out $(BUILD)/main.o,$(OBJS))
-UNIT_SRCS := $(wildcard tests/unit/*.c)
 
-.PHONY: all build-deps deps test unit asan soak valgrind demo bench clean install uninstall
+.PHONY: all build-deps deps test unit unit-bins asan soak valgrind demo bench clean install uninstall
 
 all: build-deps tgbridge
 
@@ -64,8 +63,58 @@ $(BUILD)/%.o: src/%.c | $(BUILD)
 $(BUILD):
 	mkdir -p $@
 
-$(BUILD)/unit_tests: $(UNIT_SRCS) $(LIB_OBJS)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# C unit tests (tests/unit/): one cmocka binary per module, $(BUILD)/unit/test_<m>, linked
+# from tests/unit/test_<m>.c, the objects it tests (UNIT_OBJS_<m>: $(BUILD)/<these>.o) and
+# link-time stubs for whatever lies beyond them (UNIT_STUBS_<m>: tests/unit/stubs_*.c,
+# stubs.h) -- never libwebsockets or libmicrohttpd.  Every binary runs all its tests with
+# no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
+# A new module: its name in UNIT_MODULES and its two lists.
+UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session
+UNIT_OBJS_buf       := base/buf
+UNIT_OBJS_util      := base/util
+UNIT_OBJS_json      := wire/json
+UNIT_OBJS_envelope  := wire/envelope wire/json base/buf
+UNIT_OBJS_wsframe   := wire/wsframe base/buf
+UNIT_OBJS_lineframe := wire/lineframe base/buf
+UNIT_OBJS_redact    := base/redact base/util base/buf
+UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log base/redact base/util \
+                       base/buf base/clock
+UNIT_STUBS_config   := tests/unit/unit_config.c
+UNIT_OBJS_access    := core/access $(UNIT_OBJS_config) wire/httphead
+UNIT_STUBS_access   := tests/unit/unit_config.c
+UNIT_OBJS_guard     := core/guard base/stats
+UNIT_STUBS_guard    := tests/unit/stubs_loop.c
+UNIT_OBJS_health    := obs/health base/status base/stats core/frontend base/buf base/redact base/util base/clock
+UNIT_OBJS_reqtable  := core/reqtable base/buf
+UNIT_OBJS_mux       := core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf
+UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
+UNIT_OBJS_session   := core/session core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf base/redact \
+                       base/util
+UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c
+UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
+UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
+                    $(shell pkg-config --cflags libcjson cmocka 2>/dev/null) $(CFLAGS)
+UNIT_LIBS         = $(shell pkg-config --libs libcjson cmocka 2>/dev/null) -lm
+UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h tests/unit/unit_config.h
+# The core compiles without libwebsockets and libmicrohttpd: headers of their names that
+# stop the compiler come first on the include path (tests/unit/poison/).
+UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c
+
+define UNIT_RULES
+$$(BUILD)/unit/test_$(1): tests/unit/test_$(1).c tests/unit/unit_main.c $$(UNIT_STUBS_$(1)) \
+    $$(patsubst %,$$(BUILD)/%.o,$$(UNIT_OBJS_$(1))) $$(UNIT_HDRS) $$(BUILD)/unit/lws-free.stamp
+	@mkdir -p $$(@D)
+	$$(CC) $$(UNIT_CFLAGS) $$(LDFLAGS) -o $$@ $$(filter %.c %.o,$$^) $$(UNIT_LIBS)
+endef
+$(foreach m,$(UNIT_MODULES),$(eval $(call UNIT_RULES,$(m))))
+
+$(BUILD)/unit/lws-free.stamp: $(UNIT_LWS_FREE) $(wildcard include/*.h tests/unit/poison/*.h)
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Itests/unit/poison -Iinclude \
+	  $(shell pkg-config --cflags libcjson 2>/dev/null) -fsyntax-only $(UNIT_LWS_FREE)
+	touch $@
+
+unit-bins: $(UNIT_BINS)
 
 # Test fixture: an LD_PRELOAD resolver that takes its time (tests/e2e/dns/).  Never
 # sanitized: it is loaded into the daemon under test, whatever that was built with.
@@ -74,7 +123,7 @@ build/slowdns.so: tests/lib/slowdns.c
 	@mkdir -p build
 	$(CC) -O2 -g -std=c11 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
-unit: deps $(BUILD)/unit_tests
+unit: deps $(UNIT_BINS)
 	$(TEST_ENV) $(PYTEST) tests/unit
 
 # pytest (Debian's python3-pytest, -xdist, -timeout) runs everything under tests/: the
@@ -85,18 +134,18 @@ unit: deps $(BUILD)/unit_tests
 # Only the plugins named here (none a developer happens to have installed).
 PYTEST    = PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PYTHON) -m pytest -p xdist.plugin -p pytest_timeout -n 2
 TESTFLAGS ?=
-TEST_ENV  = BUILD_DIR=$(BUILD) UNIT_DIR=$(BUILD)/unit UNIT_TESTS=$(BUILD)/unit_tests
+TEST_ENV  = BUILD_DIR=$(BUILD) UNIT_DIR=$(BUILD)/unit
 
-test: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES) fuzz-replay-bins
+test: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES) fuzz-replay-bins
 	$(TEST_ENV) $(PYTEST) $(TESTFLAGS)
 
 # Same tests against an AddressSanitizer+UBSan build.
 asan:
 	$(MAKE) deps $(TEST_FIXTURES)
-	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge build-asan/unit_tests
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build-asan/tgbridge unit-bins
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TGBRIDGE_BIN=build-asan/tgbridge BUILD_DIR=build-asan UNIT_DIR=build-asan/unit \
-	  UNIT_TESTS=build-asan/unit_tests $(PYTEST) $(TESTFLAGS)
+	  $(PYTEST) $(TESTFLAGS)
 
 # The soak test for SOAK_SECONDS (default 300) against the ASan+UBSan build.
 SOAK_SECONDS ?= 300
@@ -110,7 +159,7 @@ soak:
 # Every test under valgrind: the daemon (TGBRIDGE_WRAPPER; waits scaled by 10) and the
 # C unit tests (UNIT_WRAPPER).
 VALGRIND = valgrind -q --error-exitcode=99 --leak-check=full
-valgrind: deps tgbridge $(BUILD)/unit_tests $(TEST_FIXTURES)
+valgrind: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES)
 	TGBRIDGE_WRAPPER="$(VALGRIND) --suppressions=$(CURDIR)/tests/valgrind.supp" \
 	  UNIT_WRAPPER="$(VALGRIND)" $(TEST_ENV) $(PYTEST) $(TESTFLAGS)
 
@@ -178,13 +227,13 @@ FUZZ_SRCS_body      := src/wire/json.c src/wire/envelope.c src/base/buf.c
 FUZZ_SRCS_line      := src/wire/json.c src/wire/envelope.c src/base/buf.c
 FUZZ_SRCS_frame     := src/wire/json.c src/wire/envelope.c src/base/buf.c
 FUZZ_SRCS_json      := src/wire/json.c
-FUZZ_SRCS_config    := $(wildcard src/config/*.c) src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c
-FUZZ_SRCS_url       := src/config/url.c src/config/proxy.c src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c
+FUZZ_SRCS_config    := $(wildcard src/config/*.c) src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c src/base/clock.c
+FUZZ_SRCS_url       := src/config/url.c src/config/proxy.c src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c src/base/clock.c
 FUZZ_SRCS_lineframe := src/wire/lineframe.c src/base/buf.c
 FUZZ_SRCS_redact    := src/base/redact.c src/base/util.c src/base/buf.c
 FUZZ_SRCS_httphead  := src/wire/httphead.c
 FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
-FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c
+FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c src/base/clock.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h tests/lib/utf8_valid.h \
                      $(wildcard include/*.h)
 FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))
@@ -253,4 +302,4 @@ fuzz-replay-asan: deps
 fuzz-clean:
 	rm -rf build-fuzz
 
--include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d $(BUILD)/*/*/*.d)

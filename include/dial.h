@@ -12,6 +12,7 @@
 #include "config.h"
 #include "loop.h"
 #include "resolver.h"
+#include <libwebsockets.h>
 
 enum dial_phase {
     DIAL_IDLE,

@@ -5,13 +5,14 @@
 #define TGB_LINE_PROTO_H
 #include <stddef.h>
 #include "config.h"
+#include "frontend.h"
 
-struct lws_protocols;
-extern const struct lws_protocols line_protocol;
-
+/* Its lws protocol (raw sockets on the loop's vhost), with the loop: before
+ * loop_init. */
+void line_register_protocol(void);
 void line_init(const struct config *cfg);
-/* Serves fd (an accepted Unix connection) with the line protocol; takes ownership. */
-int line_client_adopt(int fd, unsigned uid);
+/* Its take serves fd (an accepted Unix connection) with the line protocol. */
+extern const struct frontend line_frontend;
 /* Writes one error line to a socket we are about to refuse, best effort. */
 void line_refuse(int fd, const char *type, const char *message);
 #endif

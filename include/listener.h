@@ -4,6 +4,7 @@
 #define TGB_LISTENER_H
 #include <stddef.h>
 #include <sys/socket.h>
+#include "access.h"
 #include "config.h"
 
 struct listener;
@@ -22,8 +23,8 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
  * host (numeric) and bound_port.  It is never re-bound. */
 struct listener *listener_tcp_adopt(int fd, char *host, size_t hostlen, int *bound_port, char *err, size_t errlen);
 void listener_close(struct listener *l);
-/* Serves fd with what its first bytes ask for, among protos, within --client-timeout:
- * the line protocol, or by the request head's route, libmicrohttpd or the local
- * WebSocket. */
-void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsigned protos, unsigned uid);
+/* Serves fd with the front end its first bytes ask for, among protos, within
+ * --client-timeout of peer->accepted_at: the line protocol, or by the request head's
+ * route row (listener.c), each a struct frontend. */
+void listener_dispatch(int fd, const struct peer *peer, unsigned protos);
 #endif

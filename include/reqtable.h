@@ -6,12 +6,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <libwebsockets.h>
 #include "buf.h"
 #include "list.h"
 
 struct request;
 struct frame;
+
+/* Bytes reserved before a request's envelope (its `frame` buffer) for the WebSocket
+ * frame header the upstream writes there in place: lws's LWS_PRE, which the files
+ * that hand the buffer to lws check with a static assertion. */
+#define FRAME_HEADROOM 16
 
 /* One local caller (a REST connection, a line or WebSocket client) as the queue sees
  * it: its waiting requests, and its turn.  Callers with waiting requests take turns,
@@ -52,7 +56,7 @@ struct request {
     bool got_frame;       /* at least one frame arrived for it */
     bool suspect;         /* may own an id-less error (mux.c on_orphan) */
     bool busy;            /* inside an owner callback: must not be freed yet */
-    struct buf frame;     /* envelope, LWS_PRE headroom; released once written */
+    struct buf frame;     /* envelope, FRAME_HEADROOM headroom; released once written */
     size_t sent_off;      /* bytes of frame already written */
     char service[96];
     bool has_flow;

@@ -7,16 +7,15 @@
 #include <stddef.h>
 #include <sys/socket.h>
 #include "config.h"
+#include "frontend.h"
 
 int rest_init(const struct config *cfg);
-/* Serves an accepted connection; takes ownership of fd (closed on failure).  Its
- * first request head is due within --client-timeout of accepted_at (now_mono()).
- * first: the answer to its first request when that is a WebSocket upgrade the
- * listener turned down (NULL: none).  bulk: its first request is for a pass-through
- * route (served with larger buffers). */
-struct refusal;
-int rest_add_connection(int fd, const struct sockaddr *addr, socklen_t addrlen, double accepted_at,
-                        const struct refusal *first, bool bulk);
+/* Their take serves an accepted connection (fd closed on failure); its first request
+ * head is due within --client-timeout of the peer's accept.  in->first: the answer to
+ * its first request, an upgrade another front end turned down.  rest_pass_frontend:
+ * the first request is for the pass-through route in->route (enum pass_route),
+ * served with larger buffers. */
+extern const struct frontend rest_frontend, rest_pass_frontend;
 /* Fails every call still waiting or streaming with a final error (shutdown). */
 void rest_fail_all(int status, const char *type, const char *message);
 void rest_shutdown(void);

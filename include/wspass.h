@@ -7,20 +7,17 @@
 #ifndef TGB_WSPASS_H
 #define TGB_WSPASS_H
 #include <stdbool.h>
-#include "access.h"
 #include "config.h"
-#include "httphead.h"
+#include "frontend.h"
 
 struct lws_context;
-struct lws_protocols;
-/* The local side (on ws.c's server vhost) and the gateway side (on the client one). */
-extern const struct lws_protocols wspass_local_protocol, wspass_upstream_protocol;
-
+/* Its lws protocol for the gateway sides (on the loop's client vhost), with the loop:
+ * before loop_init. */
+void wspass_register_protocol(void);
 int wspass_init(struct lws_context *ctx, const struct config *cfg);
 /* A request head for one of the bulk sockets (path and upgrade checked). */
 bool wspass_route(const struct http_head *h);
-/* Serves fd, whose upgrade request h is still unread on it, unless refused (browser
- * rules, the local token, --max-passthrough): then false with why in no, and fd is
- * still the caller's. */
-bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no);
+/* Its take serves fd, whose upgrade request is still unread on it, unless refused
+ * (admission, a target too long, --max-passthrough). */
+extern const struct frontend wspass_frontend;
 #endif

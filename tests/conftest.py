@@ -2,7 +2,7 @@
 
 - tests/lib on sys.path: `from harness import ...`, `from lineclient import ...`.
 - The working directory is the repository root, and the path-valued variables
-  (TGBRIDGE_BIN, MOCK_GATEWAY, BUILD_DIR, UNIT_DIR, UNIT_TESTS) are made
+  (TGBRIDGE_BIN, MOCK_GATEWAY, BUILD_DIR, UNIT_DIR) are made
   absolute against the directory pytest was started from.
 - A wall-clock limit per test (pytest-timeout): the function's `timeout`
   attribute (harness.timeout(seconds)) or 60 s, times harness.SCALE (10 under
@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_TIMEOUT = 60
 
-for _var in ("TGBRIDGE_BIN", "MOCK_GATEWAY", "BUILD_DIR", "UNIT_DIR", "UNIT_TESTS"):
+for _var in ("TGBRIDGE_BIN", "MOCK_GATEWAY", "BUILD_DIR", "UNIT_DIR"):
     if os.environ.get(_var) and not os.path.isabs(os.environ[_var]):
         os.environ[_var] = os.path.abspath(os.environ[_var])
 sys.path.insert(0, os.path.join(HERE, "lib"))

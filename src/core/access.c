@@ -1,4 +1,5 @@
 #include "access.h"
+#include "httphead.h"
 #include "log.h"
 #include "redact.h"
 #include "util.h"
@@ -13,6 +14,7 @@
 static struct {
     const struct config *cfg;
     char *token; /* the local client token, or NULL */
+    access_policy_fn policy;
 } A;
 
 static int read_token(char *err, size_t errlen)
@@ -104,49 +106,196 @@ static void log_refusal(const struct refusal *r)
         log_warn("refused (%s): %s (%lu more since the last report)", r->type, r->message, held);
 }
 
+static void refuse(struct admission *out, unsigned status, const char *type)
+{
+    out->admitted = false;
+    out->refusal.status = status;
+    out->refusal.type = type;
+}
+
 /* A browser page on any site can send requests to a loopback port, and with DNS
  * rebinding read the answers (README "Security"): requests from web origins not
  * allowed, and Host names that are not this machine's, are refused. */
-bool access_browser_refused(const char *origin, const char *host, bool unix_peer, struct refusal *r)
+static bool browser_refused(const struct config *cfg, const struct admission_ask *ask, struct admission *out)
 {
-    if (origin && !config_list_has(&A.cfg->allow_origin, origin)) {
-        r->status = 403;
-        r->type = "forbidden-origin";
-        snprintf(r->message, sizeof r->message,
-                 "requests from the web origin %.200s are refused (not in --allow-origin)", origin);
-        log_refusal(r);
+    if (ask->origin && !config_list_has(&cfg->allow_origin, ask->origin)) {
+        refuse(out, 403, "forbidden-origin");
+        snprintf(out->refusal.message, sizeof out->refusal.message,
+                 "requests from the web origin %.200s are refused (not in --allow-origin)", ask->origin);
         return true;
     }
-    if (unix_peer || !host) /* no browser reaches a Unix socket; HTTP/1.0 may omit Host */
+    if (ask->unix_socket || !ask->host) /* no browser reaches a Unix socket; HTTP/1.0 may omit Host */
         return false;
     char name[256];
-    host_of(host, name, sizeof name);
-    if (host_is_loopback(name) || (!is_wildcard(A.cfg->listen_host) && !strcasecmp(name, A.cfg->listen_host)) ||
-        config_list_has(&A.cfg->allow_host, name))
+    host_of(ask->host, name, sizeof name);
+    if (host_is_loopback(name) || (!is_wildcard(cfg->listen_host) && !strcasecmp(name, cfg->listen_host)) ||
+        config_list_has(&cfg->allow_host, name))
         return false;
-    r->status = 403;
-    r->type = "forbidden-host";
-    snprintf(r->message, sizeof r->message, "the Host %.200s is not this machine's name (see --allow-host)", host);
-    log_refusal(r);
+    refuse(out, 403, "forbidden-host");
+    snprintf(out->refusal.message, sizeof out->refusal.message,
+             "the Host %.200s is not this machine's name (see --allow-host)", ask->host);
     return true;
 }
 
-bool access_token_required(void)
+/* The Unix socket's --unix-allow-uid / --unix-allow-gid (either list admits). */
+static bool peer_refused(const struct config *cfg, const struct peer *p, struct admission *out)
 {
-    return A.token != NULL;
+    if (!cfg->n_allow_uid && !cfg->n_allow_gid)
+        return false;
+    for (int i = 0; i < cfg->n_allow_uid; i++)
+        if (cfg->allow_uid[i] == p->uid)
+            return false;
+    for (int i = 0; i < cfg->n_allow_gid; i++)
+        if (cfg->allow_gid[i] == p->gid)
+            return false;
+    refuse(out, 403, "forbidden");
+    snprintf(out->refusal.message, sizeof out->refusal.message, "uid %u / gid %u is not allowed to use this socket",
+             p->uid, p->gid);
+    return true;
 }
 
-bool access_token_ok(const char *token, size_t len)
+/* The local token, as the rule wants it shown; TOKEN_ABSENT when it was not shown and
+ * the rule admits that (locked). */
+static bool token_refused(const char *want, const struct admission_ask *ask, struct admission *out)
 {
-    if (!A.token)
+    struct caller_id *who = &out->caller;
+    size_t blen = 0;
+    const char *bearer = access_bearer(ask->authorization, ask->authorization_len, &blen);
+    who->bearer_is_local = want && bearer && access_token_matches(want, bearer, blen);
+    if (!want) {
+        who->token = TOKEN_NOT_NEEDED;
+        return false;
+    }
+    bool ok = false;
+    switch (ask->rule) {
+    case ADMIT_BEARER:
+        ok = who->bearer_is_local;
+        who->token = TOKEN_BEARER;
+        break;
+    case ADMIT_OWN_CREDENTIAL:
+        ok = who->bearer_is_local ||
+             (ask->alt_token && access_token_matches(want, ask->alt_token, strlen(ask->alt_token)));
+        who->token = TOKEN_BEARER;
+        break;
+    case ADMIT_UPGRADE:
+    case ADMIT_UPGRADE_LOCKED:
+        if (!bearer && !ask->query_token && ask->rule == ADMIT_UPGRADE_LOCKED) {
+            who->token = TOKEN_ABSENT; /* locked until a good auth frame */
+            return false;
+        }
+        ok = bearer ? who->bearer_is_local
+                    : ask->query_token && access_token_matches_encoded(want, ask->query_token, ask->query_token_len);
+        who->token = bearer ? TOKEN_BEARER : TOKEN_QUERY;
+        break;
+    default:
+        who->token = TOKEN_UNCHECKED;
+        return false;
+    }
+    if (ok)
+        return false;
+    refuse(out, 401, "auth-required");
+    snprintf(out->refusal.message, sizeof out->refusal.message, "auth failure");
+    return true;
+}
+
+void access_decide(const struct access_rules *rules, const struct admission_ask *ask, struct admission *out)
+{
+    memset(out, 0, sizeof *out);
+    out->admitted = true;
+    struct caller_id *who = &out->caller;
+    who->unix_socket = ask->peer ? ask->peer->unix_socket : ask->unix_socket;
+    if (ask->peer && ask->peer->has_cred) {
+        who->has_cred = true;
+        who->uid = ask->peer->uid;
+        who->gid = ask->peer->gid;
+        who->pid = ask->peer->pid;
+    }
+    who->token = TOKEN_UNCHECKED;
+    if (ask->rule == ADMIT_OPEN)
+        return;
+    if (ask->rule == ADMIT_PEER) {
+        if (ask->peer && ask->peer->has_cred)
+            peer_refused(rules->cfg, ask->peer, out);
+        return;
+    }
+    struct admission_ask a = *ask;
+    a.unix_socket = who->unix_socket;
+    if (browser_refused(rules->cfg, &a, out))
+        return;
+    token_refused(rules->token, &a, out);
+}
+
+struct access_rules access_rules_now(void)
+{
+    return (struct access_rules){A.cfg, A.token};
+}
+
+void access_set_policy(access_policy_fn fn)
+{
+    A.policy = fn;
+}
+
+void access_admit(const struct admission_ask *ask, struct admission *out)
+{
+    struct access_rules rules = access_rules_now();
+    access_decide(&rules, ask, out);
+    if (!out->admitted) {
+        if (!strncmp(out->refusal.type, "forbidden-", 10))
+            log_refusal(&out->refusal);
+        return;
+    }
+    if (A.policy && ask->rule != ADMIT_OPEN && !A.policy(ask, &out->caller, &out->refusal))
+        out->admitted = false;
+}
+
+static bool span_cstr(struct span s, char *out, size_t cap)
+{
+    if (!s.p || s.n >= cap)
+        return false;
+    memcpy(out, s.p, s.n);
+    out[s.n] = '\0';
+    return true;
+}
+
+void access_admit_head(const struct http_head *h, const struct peer *peer, enum admit_rule rule,
+                       struct admission *out)
+{
+    char origin[512], host[512];
+    struct span qt;
+    struct admission_ask ask = {
+        .rule = rule,
+        .peer = peer,
+        .origin = span_cstr(h->origin, origin, sizeof origin) ? origin : NULL,
+        .host = span_cstr(h->host, host, sizeof host) ? host : NULL,
+        .authorization = h->authorization.p,
+        .authorization_len = h->authorization.n,
+    };
+    if (http_query_param(h->query, "token", &qt)) {
+        ask.query_token = qt.p ? qt.p : "";
+        ask.query_token_len = qt.n;
+    }
+    access_admit(&ask, out);
+}
+
+bool access_admit_frame(const char *token, size_t len, struct caller_id *who)
+{
+    if (A.token && !(token && access_token_matches(A.token, token, len)))
+        return false;
+    who->token = A.token ? TOKEN_FRAME : TOKEN_NOT_NEEDED;
+    return true;
+}
+
+bool access_token_matches(const char *want, const char *token, size_t len)
+{
+    if (!want)
         return true;
     if (!token)
         return false;
     /* Constant time in the token's content: every byte of the longer one is looked at. */
-    size_t want = strlen(A.token), n = len > want ? len : want;
-    unsigned char diff = (unsigned char)(len != want);
+    size_t wlen = strlen(want), n = len > wlen ? len : wlen;
+    unsigned char diff = (unsigned char)(len != wlen);
     for (size_t i = 0; i < n; i++)
-        diff |= (unsigned char)((i < len ? token[i] : 0) ^ (i < want ? A.token[i] : 0));
+        diff |= (unsigned char)((i < len ? token[i] : 0) ^ (i < wlen ? want[i] : 0));
     return diff == 0;
 }
 
@@ -160,9 +309,9 @@ const char *access_bearer(const char *authorization, size_t len, size_t *tlen)
 
 /* ?token= as the gateway reads it (decoded, '+' as a space: ref Q20), or as sent (the
  * clients that put it there do not encode it). */
-bool access_token_ok_encoded(const char *p, size_t n)
+bool access_token_matches_encoded(const char *want, const char *p, size_t n)
 {
-    if (access_token_ok(p, n))
+    if (access_token_matches(want, p, n))
         return true;
     char dec[4096];
     size_t o = 0;
@@ -175,7 +324,7 @@ bool access_token_ok_encoded(const char *p, size_t n)
             dec[o++] = p[i] == '+' ? ' ' : p[i];
         }
     }
-    bool ok = access_token_ok(dec, o);
+    bool ok = access_token_matches(want, dec, o);
     explicit_bzero(dec, sizeof dec);
     return ok;
 }

@@ -1,6 +1,6 @@
 #include "mux.h"
 #include "log.h"
-#include "loop.h"
+#include "timer.h"
 #include "util.h"
 #include <fcntl.h>
 #include <stdio.h>
@@ -46,6 +46,7 @@ void mux_init(const struct config *cfg, const struct mux_sink *sink)
 {
     M.cfg = cfg;
     M.sink = sink;
+    mux_status_register(cfg, sink);
     /* A per-boot nonce keeps ids distinct across restarts in the gateway's logs;
      * the counter keeps them distinct for the life of this process. */
     unsigned nonce = 0;

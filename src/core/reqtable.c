@@ -85,7 +85,7 @@ struct request *reqtable_new(struct reqtable *rt)
     list_init(&req->cnode);
     list_init(&req->wnode);
     list_init(&req->dnode);
-    buf_init(&req->frame, LWS_PRE);
+    buf_init(&req->frame, FRAME_HEADROOM);
     rt->nlive++;
     return req;
 }

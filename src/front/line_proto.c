@@ -1,12 +1,14 @@
 #include "line_proto.h"
 #include "buf.h"
+#include "firstpart.h"
 #include "frontend.h"
-#include "health.h"
+#include "guard.h"
 #include "lineframe.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
 #include "session.h"
+#include "stats.h"
 #include "util.h"
 #include <errno.h>
 #include <libwebsockets.h>
@@ -29,8 +31,7 @@ struct lclient {
     unsigned long long serial;
     unsigned uid;
     struct lineframe frame;
-    double partial_since;
-    struct timer partial_timer; /* a line under way must finish within --client-timeout */
+    struct guard partial;    /* a line under way must finish within --client-timeout */
     struct buf out;
     bool closing;
     bool paused;             /* --max-pending unanswered: not read until half are answered */
@@ -50,7 +51,8 @@ static const struct session_rules line_rules = {"line", false, false, 0, "line"}
 
 static void line_fail_all(const char *type, const char *message);
 static void line_stats(struct frontend_stats *out);
-static const struct frontend line_frontend = {"line", line_stats, line_fail_all, NULL};
+static bool line_take(int fd, const struct handover *in, struct refusal *no);
+const struct frontend line_frontend = {"line", line_take, line_stats, line_fail_all, NULL};
 
 void line_init(const struct config *cfg)
 {
@@ -90,11 +92,10 @@ static void send_bytes(struct lclient *c, const char *p, size_t n)
 {
     if (c->closing)
         return;
-    if (c->out.len + n > L.cfg->max_client_buffer) {
+    if (guard_reply_queued(c->out.len, n, true)) {
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, limit %zu)",
                  c->out.len + n, L.cfg->max_client_buffer);
-        health_caller_dropped(DROP_SLOW_READER);
         kill_client(c, why);
         return;
     }
@@ -175,21 +176,15 @@ static void too_long(struct lclient *c)
 
 /* A line must arrive whole within --client-timeout of its first byte, plus as much
  * again per MiB of it; a client idle between lines is not limited. */
-static void partial_overdue(struct timer *t)
+static void partial_overdue(struct guard *g)
 {
-    struct lclient *c = timer_owner(t, struct lclient, partial_timer);
-    double due = c->partial_since + L.cfg->client_timeout * (1.0 + (double)c->frame.partial / (1024.0 * 1024.0));
-    if (now_mono() < due) {
-        timer_after(&c->partial_timer, due - now_mono(), partial_overdue);
-        return;
-    }
+    struct lclient *c = guard_owner(g, struct lclient, partial);
     static struct log_limit limit;
     unsigned long held;
     if (log_limit_ok(&limit, 10, &held))
         log_warn("closing Unix client #%llu (uid %u): it sent %zu bytes of a line and not the rest within "
                  "--client-timeout (%g s)%s", c->serial, c->uid, c->frame.partial, L.cfg->client_timeout,
                  held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
-    health_caller_dropped(DROP_CLIENT_TIMEOUT);
     kill_client(c, NULL);
 }
 
@@ -209,12 +204,11 @@ static void on_rx(struct lclient *c, const char *data, size_t len)
         return;
     if (c->closing)
         return;
-    if (!c->frame.partial) {
-        timer_cancel(&c->partial_timer);
-    } else if (!timer_pending(&c->partial_timer)) {
-        c->partial_since = now_mono();
-        timer_after(&c->partial_timer, L.cfg->client_timeout, partial_overdue);
-    }
+    if (!c->frame.partial)
+        guard_stop(&c->partial);
+    else if (!guard_running(&c->partial))
+        guard_start(&c->partial, GUARD_BODY, now_mono(), partial_overdue);
+    guard_received(&c->partial, c->frame.partial);
 }
 
 static int on_writeable(struct lclient *c)
@@ -230,7 +224,7 @@ static int on_writeable(struct lclient *c)
             return -1;
         }
         buf_consume(&c->out, (size_t)n);
-        loop_flush_done();
+        firstpart_wrote();
     }
     if (c->out.len) {
         lws_callback_on_writable(c->wsi);
@@ -258,7 +252,7 @@ static int on_readable(struct lclient *c)
         }
         if (n == 0) {
             c->eof = true;
-            timer_cancel(&c->partial_timer);
+            guard_stop(&c->partial);
             lineframe_eof(&c->frame, on_line, c); /* a last line without its newline */
             update_flow_control(c);
             break;
@@ -278,7 +272,7 @@ static void kill_client(struct lclient *c, const char *why)
     if (why)
         log_warn("closing Unix client #%llu (uid %u): %s", c->serial, c->uid, why);
     c->closing = true;
-    timer_cancel(&c->partial_timer);
+    guard_stop(&c->partial);
     session_close(&c->session);
     buf_free(&c->out);
     lws_callback_on_writable(c->wsi); /* returns -1 there, which closes it */
@@ -287,7 +281,7 @@ static void kill_client(struct lclient *c, const char *why)
 static void client_free(struct lclient *c)
 {
     c->closing = true;
-    timer_cancel(&c->partial_timer);
+    guard_stop(&c->partial);
     session_close(&c->session);
     list_del(&c->node);
     lineframe_free(&c->frame);
@@ -323,14 +317,21 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return 0;
 }
 
-const struct lws_protocols line_protocol = {"tgb-line", callback, 0, 64 * 1024, 0, NULL, 0};
+static const struct lws_protocols line_protocol = {"tgb-line", callback, 0, 64 * 1024, 0, NULL, 0};
 
-int line_client_adopt(int fd, unsigned uid)
+void line_register_protocol(void)
 {
+    loop_add_protocol(&line_protocol);
+}
+
+static bool line_take(int fd, const struct handover *in, struct refusal *no)
+{
+    (void)no;
+    unsigned uid = in->peer->uid;
     struct lclient *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
-        return -1;
+        return true;
     }
     c->serial = ++L.serial;
     c->uid = uid;
@@ -352,10 +353,10 @@ int line_client_adopt(int fd, unsigned uid)
         list_del(&c->node);
         free(c); /* lws closed fd */
         log_warn("cannot serve a Unix client");
-        return -1;
+        return true;
     }
     log_debug("Unix client #%llu (uid %u) speaks the line protocol", c->serial, uid);
-    return 0;
+    return true;
 }
 
 static void line_fail_all(const char *type, const char *message)

@@ -4,9 +4,9 @@
 #include "util.h"
 #include "httphead.h"
 #include "loop.h"
-#include "health.h"
+#include "frontend.h"
+#include "guard.h"
 #include "rest.h"
-#include "access.h"
 #include "ws.h"
 #include "wspass.h"
 #include "passthrough.h"
@@ -39,27 +39,30 @@ struct listener {
 struct pending {
     int fd;
     unsigned protos;
-    unsigned uid;
-    struct sockaddr_storage addr;
-    socklen_t len;
-    double accepted_at;
-    struct timer deadline; /* no head within --client-timeout: closed */
+    struct peer peer;
+    struct guard deadline; /* no head within --client-timeout: closed */
 };
 
-/* Where requests go, by their head: a small table that the pass-through routes and
- * sockets handed over by systemd extend.  Anything not listed is libmicrohttpd's. */
-enum frontend_kind { FE_HTTP, FE_HTTP_BULK, FE_LINE, FE_WS, FE_WSPASS };
-static bool pass_head(const struct http_head *h);
+/* Where connections go, by their first request's head: a row per front end (the
+ * bulk sockets, REST's pass-through flavour, ...); the last row takes the rest, and
+ * answers over HTTP the upgrades the others turn down.  match returns the route the
+ * front end is handed (>= 0), or -1. */
+static int ws_head(const struct http_head *h);
+static int bulk_head(const struct http_head *h);
+static int pass_head(const struct http_head *h);
+static int any_head(const struct http_head *h);
 static const struct route {
-    const char *method, *path;   /* path NULL: match() decides */
-    bool (*match)(const struct http_head *h);
+    const char *method;    /* NULL: any */
+    int (*match)(const struct http_head *h);
     bool upgrade;          /* only as a WebSocket upgrade */
-    enum frontend_kind fe;
+    const struct frontend *fe;
 } routes[] = {
-    {"GET", "/api/v1/socket", NULL, true, FE_WS},
-    {"GET", NULL, wspass_route, true, FE_WSPASS}, /* /api/v1/flow/{flow}/import|export/{kind} */
-    {NULL, NULL, pass_head, false, FE_HTTP_BULK}, /* the HTTP pass-through routes, any method */
+    {"GET", ws_head, true, &ws_frontend},              /* /api/v1/socket */
+    {"GET", bulk_head, true, &wspass_frontend},        /* /api/v1/flow/{flow}/import|export/{kind} */
+    {NULL, pass_head, false, &rest_pass_frontend},     /* the HTTP pass-through routes */
+    {NULL, any_head, false, &rest_frontend},           /* everything else: libmicrohttpd */
 };
+#define HTTP_ROUTE (&routes[sizeof routes / sizeof *routes - 1])
 
 /* Longest head we wait for; longer ones go to libmicrohttpd to be refused (it has the
  * same room: its connection pool). */
@@ -67,74 +70,83 @@ static const struct route {
 
 static struct {
     const struct config *cfg;
-    int epfd;
+    struct loop_epoll *pending;
     size_t npending;
-} LS = {NULL, -1, 0};
+} LS = {NULL, NULL, 0};
 
-static void on_pending_events(void *arg);
+static void on_pending_event(void *ptr, uint32_t events);
 
 void listener_init(const struct config *cfg)
 {
     LS.cfg = cfg;
-    LS.epfd = epoll_create1(EPOLL_CLOEXEC);
-    int dupfd = LS.epfd >= 0 ? fcntl(LS.epfd, F_DUPFD_CLOEXEC, 0) : -1;
-    if (dupfd < 0 || !loop_watch_fd(dupfd, on_pending_events, NULL))
+    LS.pending = loop_epoll_new(on_pending_event);
+    if (!LS.pending)
         log_error("cannot watch new connections: %s", strerror(errno));
 }
 
 static void pending_free(struct pending *p, bool close_fd)
 {
-    timer_cancel(&p->deadline);
-    epoll_ctl(LS.epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    guard_stop(&p->deadline);
+    loop_epoll_del(LS.pending, p->fd);
     if (close_fd)
         close(p->fd);
     LS.npending--;
     free(p);
 }
 
-static bool span_eq(struct span s, const char *lit)
+static int ws_head(const struct http_head *h)
 {
-    return s.n == strlen(lit) && !memcmp(s.p, lit, s.n);
+    return span_is(h->path, "/api/v1/socket") ? 0 : -1;
 }
 
-/* A pass-through HTTP route's path (passthrough.c), as sent. */
-static bool pass_head(const struct http_head *h)
+static int bulk_head(const struct http_head *h)
+{
+    return wspass_route(h) ? 0 : -1;
+}
+
+/* A pass-through HTTP route's path (passthrough.c), as sent: its enum pass_route. */
+static int pass_head(const struct http_head *h)
 {
     char path[256];
-    size_t n = h->path.n < sizeof path - 1 ? h->path.n : sizeof path - 1;
-    memcpy(path, h->path.p, n);
-    path[n] = '\0';
-    return h->path.n < sizeof path && pass_http_route(path) >= 0;
+    if (h->path.n >= sizeof path)
+        return -1;
+    memcpy(path, h->path.p, h->path.n);
+    path[h->path.n] = '\0';
+    return pass_http_route(path);
 }
 
-static const struct route *route_of(const struct http_head *h)
+static int any_head(const struct http_head *h)
+{
+    (void)h;
+    return -1;
+}
+
+static const struct route *route_of(const struct http_head *h, int *arg)
 {
     bool upgrade = http_list_has(h->upgrade, "websocket") && http_list_has(h->connection, "upgrade");
-    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
-        if ((!routes[i].method || span_eq(h->method, routes[i].method)) &&
-            (routes[i].path ? span_eq(h->path, routes[i].path) : routes[i].match(h)) &&
-            (!routes[i].upgrade || upgrade) && !h->malformed)
-            return &routes[i];
-    return NULL;
+    *arg = -1;
+    if (h->malformed)
+        return HTTP_ROUTE;
+    for (const struct route *r = routes; r < HTTP_ROUTE; r++)
+        if ((!r->method || span_is(h->method, r->method)) && (!r->upgrade || upgrade) && (*arg = r->match(h)) >= 0)
+            return r;
+    *arg = -1;
+    return HTTP_ROUTE;
 }
 
-/* Hands p's connection to the front end its head asks for. */
-static void hand_over(struct pending *p, enum frontend_kind fe, const struct http_head *h)
+/* Hands p's connection to fe.  An upgrade fe turns down is answered over HTTP. */
+static void hand_over(struct pending *p, const struct frontend *fe, const struct http_head *h, int arg)
 {
     int fd = p->fd;
-    struct sockaddr_storage addr = p->addr;
-    socklen_t len = p->len;
-    double at = p->accepted_at;
-    unsigned uid = p->uid;
-    bool unix_peer = p->protos & PROTO_LINE;
+    struct peer peer = p->peer;
     pending_free(p, false);
     struct refusal no;
-    if (fe == FE_LINE)
-        line_client_adopt(fd, uid);
-    else if ((fe != FE_WS || !ws_take(fd, h, unix_peer, &no)) && (fe != FE_WSPASS || !wspass_take(fd, h, unix_peer, &no)))
-        /* libmicrohttpd answers, a turned-down upgrade included (with `no`). */
-        rest_add_connection(fd, (struct sockaddr *)&addr, len, at, fe == FE_WS || fe == FE_WSPASS ? &no : NULL,
-                            fe == FE_HTTP_BULK);
+    struct handover in = {h, &peer, arg, NULL};
+    if (fe->take(fd, &in, &no))
+        return;
+    struct handover again = {h, &peer, -1, &no};
+    struct refusal unused;
+    HTTP_ROUTE->fe->take(fd, &again, &unused); /* libmicrohttpd answers it */
 }
 
 /* What the first bytes say.  Line protocol clients start with '{' or blanks (or junk,
@@ -152,48 +164,44 @@ static void classify(struct pending *p, bool peer_done)
     }
     bool line_ok = p->protos & PROTO_LINE;
     if (line_ok && !(head[0] >= 'A' && head[0] <= 'Z')) {
-        hand_over(p, FE_LINE, NULL);
+        hand_over(p, &line_frontend, NULL, -1);
         return;
     }
     struct http_head h;
     enum head_verdict v = http_head_parse(head, (size_t)n, &h);
     if (v == HEAD_INCOMPLETE && peer_done) {
         /* No more is coming: a half-closed line client, or a cut-off request. */
-        hand_over(p, line_ok ? FE_LINE : FE_HTTP, NULL);
+        hand_over(p, line_ok ? &line_frontend : HTTP_ROUTE->fe, NULL, -1);
         return;
     }
     if (v == HEAD_INCOMPLETE && (size_t)n < sizeof head)
         return;
     if (v == HEAD_NOT_HTTP && line_ok) {
-        hand_over(p, FE_LINE, NULL);
+        hand_over(p, &line_frontend, NULL, -1);
         return;
     }
-    const struct route *r = v == HEAD_REQUEST ? route_of(&h) : NULL;
-    hand_over(p, r ? r->fe : FE_HTTP, &h);
+    int arg = -1;
+    const struct route *r = v == HEAD_REQUEST ? route_of(&h, &arg) : HTTP_ROUTE;
+    hand_over(p, r->fe, v == HEAD_REQUEST ? &h : NULL, arg);
 }
 
-static void on_pending_events(void *arg)
+static void on_pending_event(void *ptr, uint32_t events)
 {
-    (void)arg;
-    struct epoll_event evs[64];
-    int n = epoll_wait(LS.epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++)
-        classify(evs[i].data.ptr, evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+    classify(ptr, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
 }
 
-static void pending_overdue(struct timer *t)
+static void pending_overdue(struct guard *g)
 {
-    struct pending *p = timer_owner(t, struct pending, deadline);
+    struct pending *p = guard_owner(g, struct pending, deadline);
     static struct log_limit limit;
     unsigned long held;
     if (log_limit_ok(&limit, 10, &held))
         log_warn("closing a connection that sent no complete request head within --client-timeout (%g s)%s",
                  LS.cfg->client_timeout, held ? "; more since the last report, see tgbridge_callers_dropped_total" : "");
-    health_caller_dropped(DROP_CLIENT_TIMEOUT);
     pending_free(p, true);
 }
 
-void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsigned protos, unsigned uid)
+void listener_dispatch(int fd, const struct peer *peer, unsigned protos)
 {
     struct pending *p = calloc(1, sizeof *p);
     if (!p) {
@@ -202,20 +210,16 @@ void listener_dispatch(int fd, const struct sockaddr *addr, socklen_t len, unsig
     }
     p->fd = fd;
     p->protos = protos;
-    p->uid = uid;
-    p->accepted_at = now_mono();
-    p->len = len < sizeof p->addr ? len : sizeof p->addr;
-    memcpy(&p->addr, addr, p->len);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = p};
+    p->peer = *peer;
     LS.npending++;
-    if (epoll_ctl(LS.epfd, EPOLL_CTL_ADD, fd, &ev)) {
+    if (!LS.pending || loop_epoll_add(LS.pending, fd, EPOLLIN | EPOLLRDHUP | EPOLLET, p)) {
         log_warn("cannot serve a new connection: %s", strerror(errno));
         LS.npending--;
         close(fd);
         free(p);
         return;
     }
-    timer_after(&p->deadline, LS.cfg->client_timeout, pending_overdue);
+    guard_start(&p->deadline, GUARD_HEAD, p->peer.accepted_at, pending_overdue);
     /* Bytes that came with the connection were reported by the ADD (it checks
      * readiness), so the first classify runs from the loop like any other. */
 }
@@ -274,7 +278,12 @@ struct listener *listener_start(int fd, accept_cb cb, void *arg)
 static void serve_tcp(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
 {
     (void)arg;
-    listener_dispatch(fd, addr, len, PROTO_HTTP, 0);
+    struct peer peer;
+    memset(&peer, 0, sizeof peer);
+    peer.addrlen = len < sizeof peer.addr ? len : sizeof peer.addr;
+    memcpy(&peer.addr, addr, peer.addrlen);
+    peer.accepted_at = now_mono();
+    listener_dispatch(fd, &peer, PROTO_HTTP);
 }
 
 struct listener *listener_tcp(const char *host, int port, int *bound_port, char *err, size_t errlen)

@@ -1,4 +1,5 @@
 #include "unix_listener.h"
+#include "access.h"
 #include "line_proto.h"
 #include "listener.h"
 #include "log.h"
@@ -23,22 +24,9 @@ struct unix_listener {
     bool adopted;        /* systemd's: never unlinked */
 };
 
-static bool peer_allowed(const struct config *cfg, const struct ucred *cr)
-{
-    if (!cfg->n_allow_uid && !cfg->n_allow_gid)
-        return true;
-    for (int i = 0; i < cfg->n_allow_uid; i++)
-        if (cfg->allow_uid[i] == cr->uid)
-            return true;
-    for (int i = 0; i < cfg->n_allow_gid; i++)
-        if (cfg->allow_gid[i] == cr->gid)
-            return true;
-    return false;
-}
-
 static void on_accept(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
 {
-    struct unix_listener *u = arg;
+    (void)arg;
     struct ucred cr;
     socklen_t crlen = sizeof cr;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen)) {
@@ -46,16 +34,25 @@ static void on_accept(int fd, const struct sockaddr *addr, socklen_t len, void *
         close(fd);
         return;
     }
-    if (!peer_allowed(u->cfg, &cr)) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "uid %u / gid %u is not allowed to use this socket", (unsigned)cr.uid,
-                 (unsigned)cr.gid);
-        log_warn("Unix socket: refused pid %d: %s", (int)cr.pid, msg);
-        line_refuse(fd, "forbidden", msg);
+    struct peer peer;
+    memset(&peer, 0, sizeof peer);
+    peer.addrlen = len < sizeof peer.addr ? len : sizeof peer.addr;
+    memcpy(&peer.addr, addr, peer.addrlen);
+    peer.accepted_at = now_mono();
+    peer.unix_socket = true;
+    peer.has_cred = true;
+    peer.uid = (unsigned)cr.uid;
+    peer.gid = (unsigned)cr.gid;
+    peer.pid = (int)cr.pid;
+    struct admission v;
+    access_admit(&(struct admission_ask){.rule = ADMIT_PEER, .peer = &peer}, &v);
+    if (!v.admitted) {
+        log_warn("Unix socket: refused pid %d: %s", peer.pid, v.refusal.message);
+        line_refuse(fd, v.refusal.type, v.refusal.message);
         close(fd);
         return;
     }
-    listener_dispatch(fd, addr, len, PROTO_HTTP | PROTO_LINE, (unsigned)cr.uid);
+    listener_dispatch(fd, &peer, PROTO_HTTP | PROTO_LINE);
 }
 
 /* A socket file left by a crashed run is replaced; one a live daemon answers on is

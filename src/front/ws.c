@@ -1,16 +1,18 @@
 #include "ws.h"
 #include "buf.h"
+#include "firstpart.h"
 #include "frontend.h"
-#include "health.h"
+#include "guard.h"
 #include "json.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
 #include "session.h"
+#include "stats.h"
 #include "util.h"
 #include "wsframe.h"
-#include "wspass.h"
+#include "wsserver.h"
 #include <cjson/cJSON.h>
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -29,8 +31,9 @@
 
 /* One local WebSocket client: its socket (lws's), its framing, and its session. */
 struct wsconn {
-    unsigned kind;           /* LOCAL_SESSION (ws.h) */
+    struct wsserver_conn ws; /* first: the callback that serves it (wsserver.h) */
     struct session session;
+    struct caller_id caller; /* as admitted at the upgrade; an auth frame may unlock it */
     struct lws *wsi;
     unsigned long long serial;
     struct buf out;          /* frames (ours, unmasked) not yet handed to lws */
@@ -42,11 +45,9 @@ struct wsconn {
 
 static struct {
     const struct config *cfg;
-    struct lws_vhost *vh;
     struct list conns;
     size_t nconns;
     unsigned long long serial;
-    lws_retry_bo_t idle;     /* pings for clients that go silent (validity) */
 } W;
 
 /* Ids allowed again while in flight (the TypeScript client re-sends a timed-out
@@ -81,11 +82,10 @@ static void session_send(struct session *s, const char *msg, size_t len)
     struct wsconn *c = s->owner;
     if (c->close_code)
         return;
-    if (c->out.len && c->out.len + len > W.cfg->max_client_buffer) {
+    if (guard_reply_queued(c->out.len, len, false)) {
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, --max-client-buffer %zu)",
                  c->out.len + len, W.cfg->max_client_buffer);
-        health_caller_dropped(DROP_SLOW_READER);
         conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why);
         return;
     }
@@ -100,7 +100,7 @@ static int on_writeable(struct wsconn *c)
         if (lws_write(c->wsi, (unsigned char *)buf_ptr(&c->out), n, LWS_WRITE_RAW) < 0)
             return -1;
         buf_consume(&c->out, n);
-        loop_flush_done();
+        firstpart_wrote();
         if (!c->out.len && c->out.cap > 1024 * 1024)
             buf_free(&c->out);
     }
@@ -128,12 +128,10 @@ static void session_control(struct session *s, const struct client_msg_info *m)
         free(cid);
         return;
     }
-    bool ok = !access_token_required();
-    if (!ok && m->token.p) {
-        cJSON *t = cJSON_ParseWithLength(m->token.p, m->token.n);
-        ok = cJSON_IsString(t) && access_token_ok(t->valuestring, strlen(t->valuestring));
-        cJSON_Delete(t);
-    }
+    cJSON *t = m->token.p ? cJSON_ParseWithLength(m->token.p, m->token.n) : NULL;
+    const char *tok = cJSON_IsString(t) ? t->valuestring : NULL;
+    bool ok = access_admit_frame(tok, tok ? strlen(tok) : 0, &c->caller);
+    cJSON_Delete(t);
     if (!ok) {
         /* The gateway's own refusal; the socket stays open and keeps what it had. */
         static const char failed[] = "{\"type\":\"auth-failed\",\"error\":\"auth failure\"}";
@@ -220,8 +218,6 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct wsconn *c = lws_get_opaque_user_data(wsi);
     if (!c)
         return 0;
-    if (c->kind == LOCAL_BULK)
-        return wspass_local_protocol.callback(wsi, reason, user, in, len);
     switch (reason) {
     case LWS_CALLBACK_ESTABLISHED:
         log_debug("local WebSocket client #%llu connected", c->serial);
@@ -246,46 +242,24 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
-const struct lws_protocols ws_protocol = {"tgb-ws", callback, 0, 64 * 1024, 0, NULL, 0};
-
-static bool span_cstr(struct span s, char *out, size_t cap)
+static bool ws_take(int fd, const struct handover *in, struct refusal *no)
 {
-    if (!s.p || s.n >= cap)
+    bool unix_peer = in->peer->unix_socket;
+    /* A token in the URL (v1 clients, the TypeScript client) or a Bearer header is
+     * checked now, as a v1 gateway checks ?token=: a wrong one is refused at the
+     * handshake.  Without either, the socket opens locked until a good auth frame. */
+    struct admission v;
+    access_admit_head(in->head, in->peer, ADMIT_UPGRADE_LOCKED, &v);
+    if (!v.admitted) {
+        *no = v.refusal;
         return false;
-    memcpy(out, s.p, s.n);
-    out[s.n] = '\0';
-    return true;
-}
-
-bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no)
-{
-    char origin[512], host[512];
-    bool has_origin = span_cstr(h->origin, origin, sizeof origin);
-    bool has_host = span_cstr(h->host, host, sizeof host);
-    if (access_browser_refused(has_origin ? origin : NULL, has_host ? host : NULL, unix_peer, no))
-        return false;
+    }
     if (W.nconns >= W.cfg->max_ws_clients) {
         no->status = 503;
         no->type = "too-many-clients";
         snprintf(no->message, sizeof no->message, "%zu local WebSocket clients already (--max-ws-clients)",
                  W.cfg->max_ws_clients);
         return false;
-    }
-    /* A token in the URL (v1 clients, the TypeScript client) or a Bearer header is
-     * checked now, as a v1 gateway checks ?token=: a wrong one is refused at the
-     * handshake.  Without either, the socket opens locked until a good auth frame. */
-    bool authenticated = !access_token_required();
-    struct span qt;
-    size_t blen = 0;
-    const char *bearer = access_bearer(h->authorization.p, h->authorization.n, &blen);
-    if (!authenticated && (http_query_param(h->query, "token", &qt) || bearer)) {
-        authenticated = bearer ? access_token_ok(bearer, blen) : access_token_ok_encoded(qt.p, qt.n);
-        if (!authenticated) {
-            no->status = 401;
-            no->type = "auth-required";
-            snprintf(no->message, sizeof no->message, "auth failure");
-            return false;
-        }
     }
     if (!unix_peer) {
         /* Replies go out in bursts of whole frames: a tail segment must not wait for
@@ -297,22 +271,16 @@ bool ws_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *
     struct wsconn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
-    c->kind = LOCAL_SESSION;
+    c->ws.callback = callback;
     c->serial = ++W.serial;
     buf_init(&c->out, 0);
     buf_init(&c->in, 0);
     session_init(&c->session, &ws_rules, &ws_session_ops, W.cfg, c);
-    c->session.locked = !authenticated;
+    c->caller = v.caller;
+    c->session.locked = v.caller.token == TOKEN_ABSENT;
     list_add_tail(&W.conns, &c->node);
     W.nconns++;
-    lws_adopt_desc_t d;
-    memset(&d, 0, sizeof d);
-    d.vh = W.vh;
-    d.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP; /* lws reads the upgrade request itself */
-    d.fd.sockfd = fd;
-    d.vh_prot_name = ws_protocol.name;
-    d.opaque = c;
-    c->wsi = lws_adopt_descriptor_vhost_via_info(&d);
+    c->wsi = wsserver_adopt(fd, &c->ws);
     if (!c->wsi) { /* lws closed fd */
         log_warn("cannot serve a local WebSocket client");
         conn_free(c);
@@ -356,39 +324,14 @@ static void ws_close_all(void)
     }
 }
 
-struct lws_vhost *ws_local_vhost(void)
-{
-    return W.vh;
-}
-
-static const struct frontend ws_frontend = {"ws", ws_stats, ws_fail_all, ws_close_all};
+const struct frontend ws_frontend = {"ws", ws_take, ws_stats, ws_fail_all, ws_close_all};
 
 int ws_init(struct lws_context *ctx, const struct config *cfg)
 {
+    (void)ctx; /* served on wsserver.c's vhost */
     W.cfg = cfg;
     list_init(&W.conns);
     ws_rules.max_pending = cfg->max_pending;
-    /* An idle client is pinged after --ping-interval, and dropped when it has not
-     * answered within --ping-timeout more (the official clients answer at once). */
-    W.idle.secs_since_valid_ping = (uint16_t)(cfg->ping_interval < 1 ? 1 : cfg->ping_interval > 65000 ? 65000
-                                              : cfg->ping_interval + 0.999);
-    W.idle.secs_since_valid_hangup = (uint16_t)(W.idle.secs_since_valid_ping +
-                                                (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000
-                                                 : cfg->ping_timeout + 0.999));
-    static struct lws_protocols protocols[3];
-    protocols[0] = ws_protocol;
-    protocols[1] = wspass_local_protocol; /* adopted under it, then served through ours */
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    info.vhost_name = "tgb-local";
-    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    info.protocols = protocols;
-    info.retry_and_idle_policy = &W.idle;
-    W.vh = lws_create_vhost(ctx, &info);
-    if (!W.vh) {
-        log_error("cannot create the local WebSocket server");
-        return -1;
-    }
     frontend_register(&ws_frontend);
     return 0;
 }

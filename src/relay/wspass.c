@@ -1,4 +1,5 @@
 #include "wspass.h"
+#include "access.h"
 #include "buf.h"
 #include "bulkpath.h"
 #include "callrec.h"
@@ -10,7 +11,7 @@
 #include "passthrough.h"
 #include "redact.h"
 #include "util.h"
-#include "ws.h"
+#include "wsserver.h"
 #include <libwebsockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -47,7 +48,7 @@ struct side {
 };
 
 struct wspass {
-    unsigned kind;       /* LOCAL_BULK (ws.h) */
+    struct wsserver_conn ws; /* first: the callback that serves the local side */
     struct dial dial;    /* the gateway side's connection */
     struct side local, up;
     enum pass_route route;
@@ -252,7 +253,6 @@ static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     }
 }
 
-const struct lws_protocols wspass_local_protocol = {"tgb-wspass", local_callback, 0, RX_CHUNK, 0, NULL, 0};
 
 /* ---- the gateway side --------------------------------------------------------------- */
 
@@ -315,7 +315,13 @@ static int up_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     }
 }
 
-const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callback, 0, RX_CHUNK, 0, NULL, 0};
+static const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callback, 0, RX_CHUNK, 0, NULL,
+                                                              0};
+
+void wspass_register_protocol(void)
+{
+    loop_add_protocol(&wspass_upstream_protocol);
+}
 
 /* ---- taking a connection ------------------------------------------------------------- */
 
@@ -323,15 +329,6 @@ bool wspass_route(const struct http_head *h)
 {
     char what[64];
     return span_is(h->method, "GET") && bulk_route(h->path, what, sizeof what) != BULK_NONE;
-}
-
-static bool span_cstr(struct span s, char *out, size_t cap)
-{
-    if (!s.p || s.n >= cap)
-        return false;
-    memcpy(out, s.p, s.n);
-    out[s.n] = '\0';
-    return true;
 }
 
 /* The gateway's target: the caller's path and query, its ?token= replaced by
@@ -344,26 +341,36 @@ static bool build_target(const struct http_head *h, char *out, size_t cap)
     return bulk_target(WP.cfg->gw.base_path, h->path, h->query, t, WP.cfg->workspace, out, cap);
 }
 
-bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refusal *no)
+/* The local side: lws reads the upgrade request itself. */
+static bool adopt_local(struct wspass *p, int fd, bool unix_peer)
 {
-    char origin[512], host[512], what[64];
-    enum bulk_dir dir = bulk_route(h->path, what, sizeof what);
-    bool has_origin = span_cstr(h->origin, origin, sizeof origin);
-    bool has_host = span_cstr(h->host, host, sizeof host);
-    if (access_browser_refused(has_origin ? origin : NULL, has_host ? host : NULL, unix_peer, no))
+    if (!unix_peer) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    p->ws.callback = local_callback;
+    p->local.wsi = wsserver_adopt(fd, &p->ws);
+    if (!p->local.wsi) { /* lws closed fd */
+        log_warn("cannot serve a local bulk socket");
+        p->local_gone = p->up_gone = true;
+        explicit_bzero(p->dial.path, sizeof p->dial.path);
+        maybe_free(p);
         return false;
-    if (access_token_required()) {
-        struct span qt;
-        size_t blen = 0;
-        const char *bearer = access_bearer(h->authorization.p, h->authorization.n, &blen);
-        bool ok = bearer ? access_token_ok(bearer, blen)
-                         : http_query_param(h->query, "token", &qt) && access_token_ok_encoded(qt.p, qt.n);
-        if (!ok) {
-            no->status = 401;
-            no->type = "auth-required";
-            snprintf(no->message, sizeof no->message, "auth failure");
-            return false;
-        }
+    }
+    return true;
+}
+
+static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
+{
+    const struct http_head *h = in->head;
+    bool unix_peer = in->peer->unix_socket;
+    char what[64];
+    enum bulk_dir dir = bulk_route(h->path, what, sizeof what);
+    struct admission v;
+    access_admit_head(h, in->peer, ADMIT_UPGRADE, &v);
+    if (!v.admitted) {
+        *no = v.refusal;
+        return false;
     }
     struct wspass *p = calloc(1, sizeof *p);
     if (!p)
@@ -384,7 +391,6 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
                  WP.cfg->max_passthrough);
         return false;
     }
-    p->kind = LOCAL_BULK;
     p->route = dir == BULK_IMPORT ? PASS_IMPORT_SOCKET : PASS_EXPORT_SOCKET;
     snprintf(p->what, sizeof p->what, "%s", what);
     p->serial = ++WP.serial;
@@ -392,25 +398,8 @@ bool wspass_take(int fd, const struct http_head *h, bool unix_peer, struct refus
     list_init(&p->local.queue);
     list_init(&p->up.queue);
     list_add_tail(&WP.all, &p->node);
-    if (!unix_peer) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
-    lws_adopt_desc_t ad;
-    memset(&ad, 0, sizeof ad);
-    ad.vh = ws_local_vhost();
-    ad.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
-    ad.fd.sockfd = fd;
-    ad.vh_prot_name = wspass_local_protocol.name;
-    ad.opaque = p;
-    p->local.wsi = lws_adopt_descriptor_vhost_via_info(&ad);
-    if (!p->local.wsi) { /* lws closed fd */
-        log_warn("cannot serve a local bulk socket");
-        p->local_gone = p->up_gone = true;
-        explicit_bzero(p->dial.path, sizeof p->dial.path);
-        maybe_free(p);
-        return true;
-    }
+    if (!adopt_local(p, fd, unix_peer))
+        return true; /* lws closed fd */
     p->dial.ops = &up_ops;
     p->dial.local_protocol = wspass_upstream_protocol.name;
     p->dial.retry = &WP.keepalive;
@@ -454,12 +443,12 @@ static void bulk_close_all(void)
     }
 }
 
-static const struct frontend bulk_frontend = {"bulk", bulk_stats, bulk_fail_all, bulk_close_all};
+const struct frontend wspass_frontend = {"bulk", wspass_take, bulk_stats, bulk_fail_all, bulk_close_all};
 
 int wspass_init(struct lws_context *ctx, const struct config *cfg)
 {
-    frontend_register(&bulk_frontend);
-    (void)ctx;
+    frontend_register(&wspass_frontend);
+    (void)ctx; /* the local sides are served on wsserver.c's vhost */
     WP.cfg = cfg;
     list_init(&WP.all);
     /* Pinged after --ping-interval of silence, dropped after --ping-timeout more, as

@@ -1,5 +1,5 @@
 /* The reply-frame classifier (envelope.c frame_parse) against the reference's §5.3
- * rules written plainly with cJSON -- the oracle of tests/unit/unit_tests.c
+ * rules written plainly with cJSON -- the oracle of tests/unit/test_envelope.c
  * (test_frame_scanner_agrees_with_cjson, oracle_kind), copied here, widened to every
  * byte a fuzzer writes.
  *

@@ -4,7 +4,7 @@ still holds every property its target checks (tests/fuzz/fuzz_<target>.c).
 
 `make test` builds the replay binaries into $(BUILD), so they are looked up in
 FUZZ_REPLAY_DIR if set, else in $BUILD_DIR (build-asan under `make asan`: sanitized),
-else next to $UNIT_TESTS (the old single unit binary), else in build/.  Under TGBRIDGE_WRAPPER (`make valgrind`)
+else in build/.  Under TGBRIDGE_WRAPPER (`make valgrind`)
 they run under the wrapper too.  `make fuzz` runs the same targets with libFuzzer."""
 
 import os
@@ -22,8 +22,6 @@ def _replay_dirs():
         dirs.append(os.environ["FUZZ_REPLAY_DIR"])
     if os.environ.get("BUILD_DIR"):
         dirs.append(os.environ["BUILD_DIR"])
-    if os.environ.get("UNIT_TESTS"):
-        dirs.append(os.path.dirname(os.environ["UNIT_TESTS"]))
     dirs.append("build")
     return [d if os.path.isabs(d) else os.path.join(ROOT, d) for d in dirs]
 

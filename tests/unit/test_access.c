@@ -1,0 +1,137 @@
+/* access.c: the one admission decision (browser rules, the local token in each of
+ * its places, the caller's own credential on the auth routes, the Unix socket's
+ * allow lists), as the pure function access_decide. */
+#include "unit_main.h"
+#include "access.h"
+#include "config.h"
+#include "unit_config.h"
+#include <string.h>
+
+static void decide(const struct config *cfg, const char *token, const struct admission_ask *ask,
+                   struct admission *out)
+{
+    struct access_rules rules = {cfg, token};
+    access_decide(&rules, ask, out);
+}
+
+static void test_admission_browser_rules(void **state)
+{
+    (void)state;
+    struct config cfg;
+    char err[256];
+    assert_int_equal(config_line("allow-origin = https://ok.example\n", &cfg, err, sizeof err), 0);
+    struct admission v;
+    struct admission_ask ask = {.rule = ADMIT_BEARER, .origin = "https://evil.example", .host = "127.0.0.1:8089"};
+    decide(&cfg, NULL, &ask, &v);
+    assert_true(!v.admitted);
+    assert_int_equal(v.refusal.status, 403);
+    assert_str_eq(v.refusal.type, "forbidden-origin");
+    assert_true(strstr(v.refusal.message, "https://evil.example") != NULL);
+    ask.origin = "https://ok.example";
+    decide(&cfg, NULL, &ask, &v);
+    assert_true(v.admitted);
+    assert_int_equal(v.caller.token, TOKEN_NOT_NEEDED);
+    /* DNS rebinding: a name that is not this machine's, over TCP */
+    ask.origin = NULL;
+    ask.host = "rebind.example:8089";
+    decide(&cfg, NULL, &ask, &v);
+    assert_true(!v.admitted);
+    assert_str_eq(v.refusal.type, "forbidden-host");
+    /* no browser reaches the Unix socket: Host is not looked at */
+    ask.unix_socket = true;
+    decide(&cfg, NULL, &ask, &v);
+    assert_true(v.admitted);
+    assert_true(v.caller.unix_socket);
+    /* the probes ask nothing */
+    ask = (struct admission_ask){.rule = ADMIT_OPEN, .origin = "https://evil.example", .host = "x.example"};
+    decide(&cfg, "secret", &ask, &v);
+    assert_true(v.admitted);
+    assert_int_equal(v.caller.token, TOKEN_UNCHECKED);
+    config_free(&cfg);
+}
+
+static void test_admission_local_token(void **state)
+{
+    (void)state;
+    struct config cfg;
+    config_defaults(&cfg);
+    struct admission v;
+    static const char good[] = "Bearer s3cret", bad[] = "Bearer nope";
+    struct admission_ask ask = {.rule = ADMIT_BEARER, .host = "localhost"};
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    assert_int_equal(v.refusal.status, 401);
+    assert_str_eq(v.refusal.type, "auth-required");
+    assert_str_eq(v.refusal.message, "auth failure");
+    ask.authorization = good;
+    ask.authorization_len = strlen(good);
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(v.admitted);
+    assert_int_equal(v.caller.token, TOKEN_BEARER);
+    assert_true(v.caller.bearer_is_local);
+    /* REST takes no ?token= */
+    ask = (struct admission_ask){.rule = ADMIT_BEARER, .query_token = "s3cret", .query_token_len = 6};
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    /* the upgrades do, decoded as the gateway decodes it or as sent */
+    ask.rule = ADMIT_UPGRADE;
+    ask.query_token = "s3%63ret";
+    ask.query_token_len = strlen(ask.query_token);
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(v.admitted);
+    assert_int_equal(v.caller.token, TOKEN_QUERY);
+    /* a Bearer, when there is one, is what counts */
+    ask.authorization = bad;
+    ask.authorization_len = strlen(bad);
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    /* the bulk sockets refuse a caller with neither; the local WebSocket locks it */
+    ask = (struct admission_ask){.rule = ADMIT_UPGRADE};
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    ask.rule = ADMIT_UPGRADE_LOCKED;
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(v.admitted);
+    assert_int_equal(v.caller.token, TOKEN_ABSENT);
+    config_free(&cfg);
+}
+
+static void test_admission_own_credential_and_peer(void **state)
+{
+    (void)state;
+    struct config cfg;
+    char err[256];
+    assert_int_equal(config_line("unix-allow-uid = 1000\n", &cfg, err, sizeof err), 0);
+    struct admission v;
+    /* the auth routes: the caller's own key goes on, the local token comes apart */
+    static const char own[] = "Bearer users-own-key";
+    struct admission_ask ask = {.rule = ADMIT_OWN_CREDENTIAL, .authorization = own, .authorization_len = strlen(own)};
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    assert_int_equal(v.refusal.status, 401);
+    ask.alt_token = "s3cret";
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(v.admitted);
+    assert_true(!v.caller.bearer_is_local);
+    /* the Unix socket's allow lists */
+    struct peer p = {.unix_socket = true, .has_cred = true, .uid = 1000, .gid = 1000, .pid = 42};
+    ask = (struct admission_ask){.rule = ADMIT_PEER, .peer = &p};
+    decide(&cfg, NULL, &ask, &v);
+    assert_true(v.admitted);
+    assert_int_equal(v.caller.uid, 1000);
+    assert_int_equal(v.caller.pid, 42);
+    p.uid = 1001;
+    p.gid = 7;
+    decide(&cfg, NULL, &ask, &v);
+    assert_true(!v.admitted);
+    assert_str_eq(v.refusal.type, "forbidden");
+    assert_str_eq(v.refusal.message, "uid 1001 / gid 7 is not allowed to use this socket");
+    config_free(&cfg);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_admission_browser_rules),
+    cmocka_unit_test(test_admission_local_token),
+    cmocka_unit_test(test_admission_own_credential_and_peer),
+};
+UNIT_MAIN(tests)
