@@ -5,6 +5,7 @@ shorter than 8 characters is refused and the old one kept (item 8)."""
 
 import os
 import signal
+import socket
 import time
 
 from harness import (FLOW_TC, bridge_status, check_status, eq, own_error,
@@ -174,3 +175,27 @@ def test_sighup_refuses_a_short_new_client_token_and_keeps_the_old_one():
         check_status(r, 200, "the old client token still works")
         check_status(b.post(FLOW_TC, tc("new"), headers={"Authorization": "Bearer pw"}),
                      401, "the short one refused")
+
+
+@timeout(30)
+def test_sighup_applies_the_client_timeout_to_new_connections():
+    m = start_mock(tokens=[TOKEN])
+    conf = conf_file("token = %s\nclient-timeout = 30\n" % TOKEN)
+    b = start_bridge(m.url, "--config", conf)
+    with m, b:
+        b.wait_ready()
+        write_file(conf, "token = %s\nclient-timeout = 0.5\n" % TOKEN)
+        os.kill(b.pid, signal.SIGHUP)
+        b.wait_log(r"reload: client-timeout = 0.5 \(was 30\)")
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=10)
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
+        start = time.monotonic()
+        try:
+            got = s.recv(4096)
+        except ConnectionResetError:
+            got = b""
+        elapsed = time.monotonic() - start
+        s.close()
+        assert elapsed < 5, "the connection lasted %.1f s: the old 30 s still applied" % elapsed
+        assert b"200" not in got, got
+        check_status(b.post(FLOW_TC, tc("after")), 200, "a call after the reload")
