@@ -2,12 +2,11 @@
  * REST with streaming.  main() wires the modules together; see docs/design.md. */
 #include "access.h"
 #include "callrec.h"
-#include "castore.h"
 #include "activation.h"
 #include "config.h"
 #include "dial.h"
-#include "frontend.h"
 #include "filewatch.h"
+#include "frontend.h"
 #include "health.h"
 #include "line_proto.h"
 #include "listener.h"
@@ -16,6 +15,7 @@
 #include "mux.h"
 #include "passthrough.h"
 #include "redact.h"
+#include "reload.h"
 #include "resolver.h"
 #include "rest.h"
 #include "sdnotify.h"
@@ -120,9 +120,7 @@ static void on_signal(void *arg)
             begin_shutdown((int)si.ssi_signo);
             break;
         case SIGHUP:
-            access_reload("SIGHUP");
-            upstream_reload_token("SIGHUP");
-            castore_reload(&cfg, "SIGHUP");
+            reload_all("SIGHUP");
             break;
         default:
             break;
@@ -131,28 +129,6 @@ static void on_signal(void *arg)
 }
 
 /* A watched secret changed: what SIGHUP does for that file (docs/operations.md). */
-static void secret_changed(const char *path, void *arg)
-{
-    (void)arg;
-    char why[600];
-    snprintf(why, sizeof why, "%s changed", path);
-    if (cfg.client_token_file && !strcmp(path, cfg.client_token_file))
-        access_reload(why);
-    if (cfg.token_file && !strcmp(path, cfg.token_file))
-        upstream_reload_token(why);
-    if (cfg.ca_file && !strcmp(path, cfg.ca_file))
-        castore_reload(&cfg, why);
-}
-
-static void watch_secrets(void)
-{
-    const char *paths[] = {cfg.token_file, cfg.client_token_file, cfg.ca_file};
-    char err[600];
-    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++)
-        if (paths[i] && filewatch_add(paths[i], secret_changed, NULL, err, sizeof err))
-            log_warn("%s; it is read again on SIGHUP only", err);
-}
-
 static void upstream_changed(bool ready, const char *what)
 {
     char status[700];
@@ -267,7 +243,7 @@ static void serve(int port)
      * gateway is there is /readyz's business, and STATUS= follows it. */
     sdnotify_ready(status);
     upstream_start();
-    watch_secrets();
+    reload_watch_secrets();
     loop_run();
     filewatch_stop();
     sdnotify_close();
@@ -291,6 +267,7 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg.log_level);
     log_set_json(cfg.log_json);
+    reload_init(&cfg, argc, argv);
     if (access_init(&cfg, err, sizeof err)) {
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;

@@ -40,6 +40,12 @@ static int read_token(char *err, size_t errlen)
         snprintf(err, errlen, "--client-token-file %s is empty", A.cfg->client_token_file);
         return -1;
     }
+    char what[4200];
+    snprintf(what, sizeof what, "the client token in --client-token-file %s", A.cfg->client_token_file);
+    if (config_check_token(A.cfg, tok, what, err, errlen)) {
+        explicit_bzero(tok, sizeof tok);
+        return -1;
+    }
     secret_add(tok);
     if (A.token)
         explicit_bzero(A.token, strlen(A.token));
