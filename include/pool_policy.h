@@ -1,9 +1,9 @@
-/* The pool's decisions (README "Connections and flow control") as pure functions:
- * which connection takes the next request, when one more is opened, when an overflow
- * one is idle, which one takes over from a lost persistent one, and the reconnect
- * backoff.  No I/O, no clock, no globals: the upstream describes its connections in a
- * pool_view and acts on the verdict (src/upstream/pool.c); tests/unit/test_pool_policy.c
- * checks each rule. */
+/* The pool's decisions (docs/operations.md "Connections and flow control") as pure
+ * functions: which connection takes the next request, when one more is opened, when an
+ * overflow one is idle, which one takes over from a lost persistent one, and the
+ * reconnect backoff.  No I/O, no clock, no globals: the upstream describes its
+ * connections in a pool_view and acts on the verdict (src/upstream/pool.c);
+ * tests/unit/test_pool_policy.c checks each rule. */
 #ifndef TGB_POOL_POLICY_H
 #define TGB_POOL_POLICY_H
 #include <stdbool.h>

@@ -13,6 +13,31 @@ const char *auth_token(void)
     return U.cfg->token ? U.cfg->token : "";
 }
 
+/* --token-file read again; a new token bumps U.token_gen, so connections that
+ * presented the old one are known to be stale whoever read the file first (a new
+ * connection, SIGHUP or the watcher).  A file that is missing, unreadable or empty
+ * (mid-rotation, or a Secret briefly without its key) keeps the token we had: -1 with why. */
+int auth_reread_token(char *err, size_t errlen)
+{
+    char *before = U.cfg->token ? strdup(U.cfg->token) : NULL;
+    int rc = config_read_token_file(U.cfg, err, errlen);
+    if (!rc && before && before[0] && !auth_token()[0]) {
+        snprintf(err, errlen, "token file %s is empty", U.cfg->token_file);
+        rc = -1;
+    }
+    if (rc && before) {
+        free(U.cfg->token);
+        U.cfg->token = before; /* still in the redaction list */
+        return rc;
+    }
+    if (!rc && before && strcmp(before, auth_token()))
+        U.token_gen++;
+    if (before)
+        explicit_bzero(before, strlen(before));
+    free(before);
+    return rc;
+}
+
 bool auth_sends_frame(void)
 {
     return U.cfg->auth == AUTH_AUTO || U.cfg->auth == AUTH_FIRST_FRAME;

@@ -137,7 +137,7 @@ static const struct dial_ops conn_ops = {on_opened, conn_gone, auth_append_heade
 struct upconn *conn_start(enum opened_for why, char *whynot, size_t whylen)
 {
     char err[256];
-    if (config_read_token_file(U.cfg, err, sizeof err)) {
+    if (auth_reread_token(err, sizeof err)) {
         /* Keep the last token we had; a file mid-rotation must not take us down. */
         log_warn("%s", err);
     }

@@ -1,8 +1,8 @@
-/* The set of connections (README "Connections and flow control"): the persistent one
- * and its reconnect backoff, placement, overflow connections opened one at a time and
- * closed when idle, promotion when the persistent one is lost, retiring ones.  The
- * decisions themselves are pool_policy.c's pure functions; this file feeds them the
- * connections and acts on the verdicts. */
+/* The set of connections (docs/operations.md "Connections and flow control"): the
+ * persistent one and its reconnect backoff, placement, overflow connections opened one
+ * at a time and closed when idle, promotion when the persistent one is lost, retiring
+ * ones.  The decisions themselves are pool_policy.c's pure functions; this file feeds
+ * them the connections and acts on the verdicts. */
 #include "upstream_int.h"
 #include "log.h"
 #include "mux.h"

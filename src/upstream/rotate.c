@@ -136,45 +136,52 @@ void rotate_reauth_timed_out(struct timer *t)
     }
 }
 
-/* Re-reads --token-file: true when the token changed (U.token_gen bumped). */
-static bool token_changed(void)
+/* A connection open, or opening, with a token older than the one read last. */
+static bool stale_connections(void)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &U.conns) {
+        struct upconn *c = list_entry(pos, struct upconn, node);
+        if (!c->retiring && c->token_gen != U.token_gen)
+            return true;
+    }
+    return false;
+}
+
+/* Re-reads --token-file: true when some connection presents an older token than the
+ * one read last (this read, or a new connection's, changed it). */
+static bool token_changed(const char *why)
 {
     if (!U.cfg->token_file) {
-        log_info("SIGHUP: no --token-file to re-read");
+        log_info("%s: no --token-file to re-read", why);
         return false;
     }
-    char *before = U.cfg->token ? strdup(U.cfg->token) : NULL;
+    unsigned gen = U.token_gen;
     char err[256];
-    if (config_read_token_file(U.cfg, err, sizeof err)) {
-        log_error("SIGHUP: %s; keeping the current token", err);
-        free(before);
+    if (auth_reread_token(err, sizeof err)) {
+        log_error("%s: %s; keeping the current token", why, err);
         return false;
     }
-    bool changed = !before || strcmp(before, auth_token());
-    if (before)
-        explicit_bzero(before, strlen(before));
-    free(before);
-    if (!changed) {
-        log_info("SIGHUP: token unchanged");
+    if (gen == U.token_gen && !stale_connections()) {
+        log_info("%s: token unchanged", why);
         return false;
     }
-    U.token_gen++;
     return true;
 }
 
-void upstream_reload_token(void)
+void upstream_reload_token(const char *why)
 {
-    if (!token_changed())
+    if (!token_changed(why))
         return;
     if (!U.primary) {
-        log_info("SIGHUP: new token read; the next connection uses it");
+        log_info("%s: new token read; the next connection uses it", why);
         return;
     }
     struct list *pos, *tmp;
     if (auth_refreshes_in_band()) {
         /* Our windows never exceed the gateway's, so its readers are not stalled and
          * read the refresh at once (ref §3.2, §6.2). */
-        log_info("SIGHUP: new token read; re-authenticating in-band on every connection");
+        log_info("%s: new token read; re-authenticating in-band on every connection", why);
         list_for_each_safe(pos, tmp, &U.conns) {
             struct upconn *c = list_entry(pos, struct upconn, node);
             if (c->state == UP_READY && !c->retiring && c->dial.wsi)

@@ -43,8 +43,8 @@ bool upstream_draining(void)
 }
 
 /* Placement (pool.c); when every window is full and requests wait, a window held by
- * abandoned requests is rotated away and one more connection may open (README
- * "Connections"). */
+ * abandoned requests is rotated away and one more connection may open
+ * (docs/operations.md "Connections and flow control"). */
 void upstream_kick(void)
 {
     if (U.stopping || pool_place_waiting())

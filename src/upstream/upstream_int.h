@@ -25,12 +25,12 @@ enum closed_for { CLOSED_IDLE, CLOSED_ROTATED, CLOSED_LOST, CLOSED_FAILED, CLOSE
 extern const char *const opened_names[OPENED_FOR_N];
 extern const char *const closed_names[CLOSED_FOR_N];
 
-/* The connections to the gateway (README "Connections and flow control").  One is
- * the persistent connection, `primary`, opened at start and kept.  When requests wait
- * and every ready connection's window is full, one more -- an overflow connection --
- * is opened, up to --max-connections, one at a time; an overflow connection idle for
- * --connection-idle is closed.  A rotation is make-before-break: the replacement
- * opens and authenticates while the replaced one keeps serving; then the replaced one
+/* The connections to the gateway (docs/operations.md "Connections and flow control").
+ * One is the persistent connection, `primary`, opened at start and kept.  When requests
+ * wait and every ready connection's window is full, one more -- an overflow connection
+ * -- is opened, up to --max-connections, one at a time; an overflow connection idle for
+ * --connection-idle is closed.  A rotation is make-before-break: the replacement opens
+ * and authenticates while the replaced one keeps serving; then the replaced one
  * retires, receiving replies for its live requests but taking nothing new. */
 struct upconn {
     struct dial dial;        /* the connection itself: wsi, phase, deadline, reason */
@@ -114,6 +114,7 @@ void conn_resume_after_writes(void *arg);
 
 /* auth.c: the era, the credentials, the auth frame; nothing here opens or closes. */
 const char *auth_token(void);
+int auth_reread_token(char *err, size_t errlen); /* -1: kept the token we had, err says why */
 bool auth_sends_frame(void);
 bool auth_refreshes_in_band(void);   /* a token change is presented on open connections */
 int auth_path(char *path, size_t cap); /* the socket path, ?token= when wanted; -1: too long */
