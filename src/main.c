@@ -13,6 +13,7 @@
 #include "loop.h"
 #include "mux.h"
 #include "passthrough.h"
+#include "probe.h"
 #include "redact.h"
 #include "resolver.h"
 #include "rest.h"
@@ -33,6 +34,7 @@
 
 static struct config cfg;
 static struct listener *rest_listener;
+static struct listener *admin_listener;
 static struct unix_listener *unix_listener;
 static bool draining;
 static double drain_deadline;
@@ -85,7 +87,7 @@ static void drain_check(struct timer *t)
     timer_after(&drain_timer, 0.05, drain_check);
 }
 
-static void begin_shutdown(int sig)
+static void begin_shutdown(const char *why)
 {
     if (draining) {
         log_info("second signal: stopping now");
@@ -94,15 +96,16 @@ static void begin_shutdown(int sig)
     }
     draining = true;
     char status[160];
-    snprintf(status, sizeof status, "%s: draining %zu call(s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
-             active_calls());
+    snprintf(status, sizeof status, "%s: draining %zu call(s)", why, active_calls());
     sdnotify_stopping(status);
     listener_close(rest_listener);
     rest_listener = NULL;
+    listener_close(admin_listener);
+    admin_listener = NULL;
     unix_listener_close(unix_listener);
     unix_listener = NULL;
-    log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish",
-             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout, active_calls());
+    log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish", why, cfg.drain_timeout,
+             active_calls());
     drain_deadline = now_mono() + cfg.drain_timeout;
     drain_check(NULL);
 }
@@ -114,7 +117,7 @@ static void on_signal(void *arg)
     while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
         switch (si.ssi_signo) {
         case SIGTERM: case SIGINT:
-            begin_shutdown((int)si.ssi_signo);
+            begin_shutdown(si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
             break;
         case SIGHUP:
             access_reload();
@@ -124,6 +127,20 @@ static void on_signal(void *arg)
             break;
         }
     }
+}
+
+/* POST /shutdown on the admin listener: after its answer has left, as SIGTERM. */
+static struct timer shutdown_timer;
+static void shutdown_now(struct timer *t)
+{
+    (void)t;
+    begin_shutdown("POST /shutdown");
+}
+
+static void shutdown_requested(void)
+{
+    if (!draining)
+        timer_after(&shutdown_timer, 0, shutdown_now);
 }
 
 static void upstream_changed(bool ready, const char *what)
@@ -152,6 +169,8 @@ static int setup_signals(void)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && (!strcmp(argv[1], "probe") || !strcmp(argv[1], "shutdown")))
+        return probe_main(argc, argv);
     char err[512];
     int rc = config_load(&cfg, argc, argv, err, sizeof err);
     if (rc > 0)
@@ -230,6 +249,15 @@ int main(int argc, char **argv)
         log_error("%s", err);
         return 1;
     }
+    admin_listener = listener_admin(&cfg, act.admin_fd, err, sizeof err);
+    if (!admin_listener && err[0]) {
+        log_error("%s", err);
+        return 1;
+    }
+    rest_on_shutdown(shutdown_requested);
+    if (admin_listener)
+        log_info("admin listener on %s%s%s:%d%s", strchr(cfg.admin_host, ':') ? "[" : "", cfg.admin_host,
+                 strchr(cfg.admin_host, ':') ? "]" : "", cfg.admin_port, act.admin_fd >= 0 ? " (from systemd)" : "");
     if (act.rest_fd >= 0 || act.unix_fd >= 0)
         log_info("socket activation: took over %s%s%s from systemd", act.rest_fd >= 0 ? "the REST listener" : "",
                  act.rest_fd >= 0 && act.unix_fd >= 0 ? " and " : "", act.unix_fd >= 0 ? "the Unix socket" : "");
