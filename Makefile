@@ -69,7 +69,7 @@ $(BUILD):
 # stubs.h) -- never libwebsockets or libmicrohttpd.  Every binary runs all its tests with
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
-UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard reqtable mux session
+UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
@@ -82,12 +82,13 @@ UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log
 UNIT_STUBS_config   := tests/unit/unit_config.c
 UNIT_OBJS_access    := core/access $(UNIT_OBJS_config) wire/httphead
 UNIT_STUBS_access   := tests/unit/unit_config.c
-UNIT_OBJS_guard     := core/guard
-UNIT_STUBS_guard    := tests/unit/stubs_loop.c tests/unit/stubs_drops.c
+UNIT_OBJS_guard     := core/guard base/stats
+UNIT_STUBS_guard    := tests/unit/stubs_loop.c
+UNIT_OBJS_health    := obs/health base/status base/stats core/frontend base/buf base/redact base/util base/clock
 UNIT_OBJS_reqtable  := core/reqtable base/buf
-UNIT_OBJS_mux       := core/mux core/reqtable wire/envelope wire/json base/buf
+UNIT_OBJS_mux       := core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf
 UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
-UNIT_OBJS_session   := core/session core/mux core/reqtable wire/envelope wire/json base/buf base/redact \
+UNIT_OBJS_session   := core/session core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf base/redact \
                        base/util
 UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c
 UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))

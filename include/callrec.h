@@ -30,6 +30,7 @@ struct call_record {
     const char *upstream_id; /* the envelope id the gateway logs, or NULL */
 };
 
+/* Also registers the "calls" status source (its histograms on /metrics). */
 void callrec_init(const struct config *cfg);
 void callrec_finish(const struct call_record *r);
 const char *callrec_outcome_name(enum call_outcome o);

@@ -16,8 +16,8 @@
 #include "config.h"
 
 struct lws_context;
-struct lws_protocols;
-extern const struct lws_protocols passthrough_protocol;
+/* Its lws protocol (the gateway side of each call), with the loop: before loop_init. */
+void passthrough_register_protocol(void);
 
 /* Which route a pass-through call is, for logs and metric labels. */
 enum pass_route {
@@ -60,6 +60,8 @@ struct pass_ops {
 };
 
 int passthrough_init(struct lws_context *ctx, const struct config *cfg);
+/* The "passthrough" status source (passthrough_status.c), registered by passthrough_init. */
+void passthrough_status_register(const struct config *cfg);
 /* Starts the call; NULL with a status and message when it cannot (too many, bad). */
 struct pass *pass_start(const struct pass_request *rq, const struct pass_ops *ops, void *owner, int *status,
                         const char **type, char *msg, size_t msglen);

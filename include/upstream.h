@@ -9,13 +9,15 @@
 #include "config.h"
 
 struct lws_context;
-struct lws_protocols;
 
 enum upstream_state { UP_DOWN, UP_RESOLVING, UP_CONNECTING, UP_AUTHENTICATING, UP_READY };
 
-extern const struct lws_protocols upstream_protocol;
-
+/* Its lws protocol, with the loop: before loop_init. */
+void upstream_register_protocol(void);
+/* Also registers the "upstream" status source (upstream_status.c) and the before-poll
+ * hook that resumes reading paused for a first part. */
 int upstream_init(struct lws_context *ctx, struct config *cfg);
+void upstream_status_register(const struct config *cfg);
 void upstream_start(void);
 /* Something became sendable (a queued request, window room). */
 void upstream_kick(void);

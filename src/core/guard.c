@@ -1,5 +1,5 @@
 #include "guard.h"
-#include "health.h"
+#include "stats.h"
 #include "util.h"
 
 static struct {
@@ -28,7 +28,7 @@ static void expired(struct timer *t)
         timer_after(&g->timer, due - now_mono(), expired);
         return;
     }
-    health_caller_dropped(DROP_CLIENT_TIMEOUT);
+    stats_caller_dropped(DROP_CLIENT_TIMEOUT);
     g->overdue(g);
 }
 
@@ -71,6 +71,6 @@ bool guard_reply_queued(size_t waiting, size_t more, bool strict)
 {
     if (!guard_over_budget(G.budget, waiting, more, strict))
         return false;
-    health_caller_dropped(DROP_SLOW_READER);
+    stats_caller_dropped(DROP_SLOW_READER);
     return true;
 }

@@ -1,5 +1,6 @@
 #include "callrec.h"
 #include "log.h"
+#include "status.h"
 #include "util.h"
 #include <stdbool.h>
 #include <stdio.h>
@@ -38,9 +39,12 @@ static struct {
     unsigned long long bytes[NFRONTENDS][2];
 } C;
 
+static const struct status_source source = {"calls", NULL, callrec_metrics, NULL};
+
 void callrec_init(const struct config *cfg)
 {
     C.cfg = cfg;
+    status_register(&source);
 }
 
 const char *callrec_outcome_name(enum call_outcome o)

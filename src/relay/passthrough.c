@@ -398,7 +398,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
-const struct lws_protocols passthrough_protocol = {"tgb-pass", callback, 0, READ_CHUNK, 0, NULL, 0};
+static const struct lws_protocols passthrough_protocol = {"tgb-pass", callback, 0, READ_CHUNK, 0, NULL, 0};
+
+void passthrough_register_protocol(void)
+{
+    loop_add_protocol(&passthrough_protocol);
+}
 
 /* ---- the owner's side ----------------------------------------------------------- */
 
@@ -515,6 +520,7 @@ int passthrough_init(struct lws_context *ctx, const struct config *cfg)
 {
     (void)ctx;
     P.cfg = cfg;
+    passthrough_status_register(cfg);
     list_init(&P.calls);
     return 0;
 }

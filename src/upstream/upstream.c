@@ -2,6 +2,7 @@
 #include "buf.h"
 #include "dial.h"
 #include "envelope.h"
+#include "firstpart.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
@@ -67,6 +68,7 @@ struct upconn {
     unsigned long long carried; /* requests sent on it */
     struct timer reauth_timer; /* an in-band refresh unanswered */
     struct timer resume_rx;    /* reading paused so that a first part goes out first */
+    uint64_t resume_after;     /* ... until writes to callers pass this (firstpart.h) */
     struct timer idle_timer;   /* an overflow connection with nothing in flight */
     struct timer drain_timer;  /* a retiring one's live requests have --drain-timeout */
     struct list node;
@@ -779,12 +781,15 @@ static void resume_reading(struct timer *t)
         lws_rx_flow_control(c->dial.wsi, 1);
 }
 
-/* A front end wrote: every connection paused for a first part reads on. */
-static void resume_all_paused(void)
+/* Before the loop waits: a connection paused for a first part reads on as soon as a
+ * front end has written since. */
+static void resume_after_writes(void *arg)
 {
+    (void)arg;
+    uint64_t writes = firstpart_writes_total();
     for (struct list *p = U.conns.next; p != &U.conns; p = p->next) {
         struct upconn *c = list_entry(p, struct upconn, node);
-        if (timer_pending(&c->resume_rx)) {
+        if (timer_pending(&c->resume_rx) && writes != c->resume_after) {
             timer_cancel(&c->resume_rx);
             if (c->dial.wsi)
                 lws_rx_flow_control(c->dial.wsi, 1);
@@ -807,17 +812,18 @@ static int on_receive(struct upconn *c, const char *in, size_t len)
     if (!lws_is_final_fragment(c->dial.wsi) || lws_remaining_packet_payload(c->dial.wsi))
         return 0;
     int rc = 0;
+    uint64_t first_parts = firstpart_queued_total();
     if (c->rx_overflow) {
         /* Its id is unknowable without parsing it; its caller's deadline answers it. */
         log_error("dropped a gateway frame larger than %u bytes", MAX_REPLY_FRAME);
     } else if (c->rx.len) {
         rc = on_message(c, buf_ptr(&c->rx), c->rx.len);
     }
-    if (!rc && loop_flush_wanted()) {
+    if (!rc && firstpart_queued_total() != first_parts) {
         /* The rest of this read waits (lws keeps it) until the loop has written the
-         * first part a caller was waiting for. */
+         * first part a caller was waiting for (resume_after_writes). */
         lws_rx_flow_control(c->dial.wsi, 0);
-        loop_flush_paused(resume_all_paused);
+        c->resume_after = firstpart_await();
         /* ... and at the latest after 2 ms, whatever the caller does. */
         timer_after(&c->resume_rx, 0.002, resume_reading);
     }
@@ -986,7 +992,12 @@ static int append_headers(struct dial *d, unsigned char **p, unsigned char *end)
     return bad;
 }
 
-const struct lws_protocols upstream_protocol = {"tgb-upstream", callback, 0, 64 * 1024, 0, NULL, 0};
+static const struct lws_protocols upstream_protocol = {"tgb-upstream", callback, 0, 64 * 1024, 0, NULL, 0};
+
+void upstream_register_protocol(void)
+{
+    loop_add_protocol(&upstream_protocol);
+}
 
 int upstream_init(struct lws_context *ctx, struct config *cfg)
 {
@@ -997,7 +1008,8 @@ int upstream_init(struct lws_context *ctx, struct config *cfg)
     snprintf(U.reason, sizeof U.reason, "not connected yet");
     snprintf(U.era, sizeof U.era, "unknown");
     build_retry_policy();
-    return 0;
+    upstream_status_register(cfg);
+    return loop_before_poll(resume_after_writes, NULL);
 }
 
 void upstream_start(void)

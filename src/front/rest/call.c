@@ -1,5 +1,6 @@
 #include "rest_int.h"
 #include "callrec.h"
+#include "firstpart.h"
 #include "log.h"
 #include "passthrough.h"
 #include "util.h"
@@ -130,7 +131,7 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
         if (call->client_gone)
             return; /* dropped for reading too slowly: req is no longer ours */
         if (!call->stream_ready)
-            loop_flush_soon(); /* its first part: out before the rest of the batch */
+            firstpart_queued(); /* its first part: out before the rest of the batch */
         call->stream_ready = true;
         call->done = final;
     }
@@ -177,7 +178,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
         if (!call->first_part)
             call->first_part = call->last_write;
         call->bytes_out += n;
-        loop_flush_done();
+        firstpart_wrote();
         return (ssize_t)n;
     }
     if (call->client_gone)

@@ -117,7 +117,7 @@ struct rest_state {
      * bodies stream in pieces as large as the pool allows (BENCHMARKS.md). */
     struct MHD_Daemon *daemons[2];
     struct timer pump_timer;
-    int hup_epfd;
+    struct loop_epoll *hup;
     const struct handover *handing; /* the connection being added (on_connection reads it) */
     bool handing_admin;             /* ... to the admin listener */
     void (*on_shutdown)(void);      /* POST /shutdown (rest_on_shutdown) */

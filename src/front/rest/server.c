@@ -28,26 +28,20 @@ void rest_watch_hangup(struct call *call)
     }
     if (cw->added)
         return;
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = cw};
-    if (!epoll_ctl(REST.hup_epfd, EPOLL_CTL_ADD, cw->fd, &ev))
+    if (!loop_epoll_add(REST.hup, cw->fd, EPOLLRDHUP | EPOLLET, cw))
         cw->added = true;
 }
 
-static void on_hangups(void *arg)
+static void on_hangup(void *ptr, uint32_t events)
 {
-    (void)arg;
-    struct epoll_event evs[64];
-    int n = epoll_wait(REST.hup_epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++) {
-        struct conn_watch *cw = evs[i].data.ptr;
-        if (!(evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
-            continue;
-        /* Edge-triggered: remember it for a call that suspends later. */
-        cw->hung_up = true;
-        /* A pass-through call is watched all along: its upload may be under way. */
-        if (cw->call && (cw->call->suspended || cw->call->route == R_PASS))
-            rest_caller_gone(cw->call);
-    }
+    struct conn_watch *cw = ptr;
+    if (!(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        return;
+    /* Edge-triggered: remember it for a call that suspends later. */
+    cw->hung_up = true;
+    /* A pass-through call is watched all along: its upload may be under way. */
+    if (cw->call && (cw->call->suspended || cw->call->route == R_PASS))
+        rest_caller_gone(cw->call);
 }
 
 static void request_overdue(struct guard *g)
@@ -118,7 +112,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         return;
     guard_stop(&cw->deadline);
     if (cw->added)
-        epoll_ctl(REST.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
+        loop_epoll_del(REST.hup, cw->fd);
     if (cw->call)
         cw->call->watch = NULL;
     free(cw);
@@ -281,14 +275,13 @@ int rest_init(const struct config *cfg)
             return -1;
         }
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(REST.daemons[i], MHD_DAEMON_INFO_EPOLL_FD);
-        int fd = di ? dup(di->epoll_fd) : -1;
-        if (fd < 0 || !loop_watch_fd(fd, on_epoll_readable, NULL)) {
+        if (!di || !loop_watch_epoll(di->epoll_fd, on_epoll_readable, NULL)) {
             log_error("cannot watch the HTTP server's epoll fd");
             return -1;
         }
     }
-    REST.hup_epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (REST.hup_epfd < 0 || !loop_watch_fd(REST.hup_epfd, on_hangups, NULL)) {
+    REST.hup = loop_epoll_new(on_hangup);
+    if (!REST.hup) {
         log_error("cannot create the hang-up watcher");
         return -1;
     }
