@@ -190,6 +190,7 @@ static int start_modules(void)
     mux_init(&cfg, &upstream_sink);
     guard_init(&cfg);
     health_init();
+    frontend_status_register();
     passthrough_init(loop_ctx(), &cfg);
     callrec_init(&cfg);
     line_init(&cfg);
