@@ -45,6 +45,13 @@ static int read_token(const char *path, const char *option, char **dst, char *er
         snprintf(err, errlen, "--%s %s is empty", option, path);
         return -1;
     }
+    char what[4200];
+    snprintf(what, sizeof what, "the %s token in --%s %s", strncmp(option, "admin", 5) ? "client" : "admin", option,
+             path);
+    if (config_check_token(A.cfg, tok, what, err, errlen)) {
+        explicit_bzero(tok, sizeof tok);
+        return -1;
+    }
     secret_add(tok);
     if (*dst)
         explicit_bzero(*dst, strlen(*dst));
@@ -62,13 +69,17 @@ int access_init(const struct config *cfg, char *err, size_t errlen)
     return read_token(cfg->admin_token_file, "admin-token-file", &A.admin_token, err, errlen);
 }
 
-void access_reload(void)
+void access_reload(const char *why)
 {
     char err[300];
     if (read_token(A.cfg->client_token_file, "client-token-file", &A.token, err, sizeof err))
-        log_error("SIGHUP: %s; keeping the client token as it was", err);
+        log_error("%s: %s; keeping the client token as it was", why, err);
+    else if (A.cfg->client_token_file)
+        log_info("%s: the client token read again", why);
     if (read_token(A.cfg->admin_token_file, "admin-token-file", &A.admin_token, err, sizeof err))
-        log_error("SIGHUP: %s; keeping the admin token as it was", err);
+        log_error("%s: %s; keeping the admin token as it was", why, err);
+    else if (A.cfg->admin_token_file)
+        log_info("%s: the admin token read again", why);
 }
 
 /* "[::1]:8089" -> "::1", "localhost:8089" -> "localhost". */
@@ -117,7 +128,7 @@ static void refuse(struct admission *out, unsigned status, const char *type)
 }
 
 /* A browser page on any site can send requests to a loopback port, and with DNS
- * rebinding read the answers (README "Security"): requests from web origins not
+ * rebinding read the answers (docs/security.md): requests from web origins not
  * allowed, and Host names that are not this machine's, are refused. */
 static bool browser_refused(const struct config *cfg, const struct admission_ask *ask, struct admission *out)
 {

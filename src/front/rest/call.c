@@ -72,7 +72,7 @@ void rest_caller_gone(struct call *call)
 }
 
 /* A caller that lets too much pile up is dropped rather than allowed to grow our
- * memory or to slow the shared socket (README "Failure semantics").  What counts is
+ * memory or to slow the shared socket (docs/operations.md "Failure semantics").  What counts is
  * what waits: a single part larger than the bound still goes to a caller that reads. */
 static bool over_budget(struct call *call, size_t more)
 {

@@ -261,3 +261,15 @@ def test_post_shutdown_refused_from_non_loopback_without_the_token():
         eq(areq(addr, b.admin_port, "POST", "/shutdown", {"Authorization": "Bearer " + ADMIN_TOKEN})[0], 202,
            "POST /shutdown with the admin token")
         eq(_wait_exit(b, 5), 0, "exit status")
+
+
+def test_admin_token_file_is_checked_at_start():
+    short = tmpfile("adm1\n")
+    r = run_bridge("--admin-token-file", short, "--unix", "none", "--check-config")
+    eq(r.returncode, 2, "a 4-character admin token: " + r.stderr)
+    assert "admin token" in r.stderr and "adm1" not in r.stderr, r.stderr
+    r = run_bridge("--admin-token-file", short, "--allow-short-token", "--unix", "none", "--check-config")
+    eq(r.returncode, 0, "--allow-short-token: " + r.stderr)
+    r = run_bridge("--admin-token-file", "/nonexistent/admin-token", "--unix", "none", "--check-config")
+    eq(r.returncode, 2, "a missing --admin-token-file")
+    assert "--admin-token-file" in r.stderr, r.stderr
