@@ -11,7 +11,6 @@
 #include "util.h"
 #include "wsframe.h"
 #include "wspass.h"
-#include <cjson/cJSON.h>
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,10 +127,11 @@ static void session_control(struct session *s, const struct client_msg_info *m)
         free(cid);
         return;
     }
-    cJSON *t = m->token.p ? cJSON_ParseWithLength(m->token.p, m->token.n) : NULL;
-    const char *tok = cJSON_IsString(t) ? t->valuestring : NULL;
-    bool ok = access_admit_frame(tok, tok ? strlen(tok) : 0, &c->caller);
-    cJSON_Delete(t);
+    /* Decoded with its length: a \u0000 inside must not end the token early. */
+    char tok[4096];
+    long tlen = m->token.p ? json_string_decode(m->token, tok, sizeof tok) : -1;
+    bool ok = access_admit_frame(tlen >= 0 ? tok : NULL, tlen >= 0 ? (size_t)tlen : 0, &c->caller);
+    explicit_bzero(tok, sizeof tok);
     if (!ok) {
         /* The gateway's own refusal; the socket stays open and keeps what it had. */
         static const char failed[] = "{\"type\":\"auth-failed\",\"error\":\"auth failure\"}";

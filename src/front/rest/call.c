@@ -326,10 +326,14 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
 static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, const char *method, void **con_cls)
 {
     struct conn_watch *cw = rest_conn_watch_of(c);
+    struct refusal first = {0, NULL, ""};
+    if (cw) { /* for the first request alone */
+        first = cw->first_refusal;
+        cw->first_refusal.status = 0;
+    }
     struct call probe;
     memset(&probe, 0, sizeof probe);
     enum route route = route_of_request(cw, url, &probe);
-    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     struct framing fr;
     const struct reject *bad = rest_framing_reject(c, &fr);
     if (bad) { /* where the body ends is unknowable: answer, and MHD closes */
@@ -342,11 +346,11 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
         rest_request_in(cw);
         return rest_queue_refusal(c, &v.refusal);
     }
-    if ((route == R_SOCKET || route == R_UNSUPPORTED) && get && cw && cw->first_refusal.status) {
-        /* A WebSocket upgrade the listener turned down (listener.c, ws.c) */
+    if (first.status) {
+        /* The door's answer to this connection's first request (listener.c): a WebSocket
+         * upgrade turned down (ws.c), a head refused (access_head_refused) */
         rest_request_in(cw);
-        return rest_queue_error(c, cw->first_refusal.status, cw->first_refusal.type, cw->first_refusal.message,
-                                NULL);
+        return rest_queue_error(c, first.status, first.type, first.message, NULL);
     }
     struct reject rj;
     switch (rest_route_plan(&route, method, &probe, &rj)) {

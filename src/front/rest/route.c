@@ -143,15 +143,23 @@ enum admit_rule rest_route_rule(enum route route, int pass_route)
 
 void rest_admit(struct MHD_Connection *c, const struct conn_watch *cw, enum admit_rule rule, struct admission *v)
 {
-    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    /* With their lengths: a NUL inside a header must not end a token early. */
+    const char *auth = NULL, *alt = NULL;
+    size_t auth_len = 0, alt_len = 0;
+    if (MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+                                      strlen(MHD_HTTP_HEADER_AUTHORIZATION), &auth, &auth_len) != MHD_YES)
+        auth = NULL;
+    if (MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, "X-Tgbridge-Token", 16, &alt, &alt_len) != MHD_YES)
+        alt = NULL;
     struct admission_ask ask = {
         .rule = rule,
         .peer = cw ? &cw->peer : NULL,
         .origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin"),
         .host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST),
         .authorization = auth,
-        .authorization_len = auth ? strlen(auth) : 0,
-        .alt_token = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Tgbridge-Token"),
+        .authorization_len = auth_len,
+        .alt_token = alt,
+        .alt_token_len = alt_len,
     };
     if (!cw) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
