@@ -34,6 +34,9 @@ long json_string_decode(struct span v, char *out, size_t cap);
  * -Infinity.  Nesting deeper than JSON_MAX_DEPTH is refused.  No allocation. */
 #define JSON_MAX_DEPTH 4096
 bool json_valid(const char *text, size_t len);
+/* True when brackets outside strings open deeper than JSON_MAX_DEPTH somewhere in text
+ * (which json_valid then refuses): a plain scan, nothing else judged. */
+bool json_too_deep(const char *text, size_t len);
 
 /* NULL if body is one JSON value the gateway will accept as it is; else why not, as
  * a phrase to put after a subject ("is not valid UTF-8").

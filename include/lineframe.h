@@ -16,7 +16,8 @@ struct lineframe {
 
 enum lineframe_event { LINEFRAME_LINE, LINEFRAME_TOO_LONG };
 /* A line (without its newline; a \r before it is the caller's to ignore), or the
- * news that one was too long.  Return false to stop feeding (the client is closing). */
+ * news that one was too long, with its first max bytes (enough to find its id).
+ * Return false to stop feeding (the client is closing). */
 typedef bool (*lineframe_cb)(void *arg, enum lineframe_event ev, const char *line, size_t len);
 
 void lineframe_init(struct lineframe *f, size_t max);

@@ -165,11 +165,15 @@ static void session_pending_changed(struct session *s)
 
 static const struct session_ops line_session_ops = {session_send, session_control, session_pending_changed};
 
-static void too_long(struct lclient *c)
+/* Its id, if its first bytes show one, so that the client can tell which. */
+static void too_long(struct lclient *c, const char *prefix, size_t len)
 {
     char msg[128];
     snprintf(msg, sizeof msg, "line longer than --max-line (%zu bytes); the rest of it is discarded", L.cfg->max_line);
-    session_error(&c->session, NULL, "line-too-long", msg);
+    struct span id;
+    char *cid = client_msg_id(prefix, len, &id) ? strndup(id.p, id.n) : NULL;
+    session_error(&c->session, cid, "line-too-long", msg);
+    free(cid);
 }
 
 /* A line must arrive whole within --client-timeout of its first byte, plus as much
@@ -190,7 +194,7 @@ static bool on_line(void *arg, enum lineframe_event ev, const char *line, size_t
 {
     struct lclient *c = arg;
     if (ev == LINEFRAME_TOO_LONG)
-        too_long(c);
+        too_long(c, line, len);
     else
         session_message(&c->session, line, len);
     return !c->closing;

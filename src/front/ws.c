@@ -159,20 +159,12 @@ static const struct session_ops ws_session_ops = {session_send, session_control,
 
 /* ---- reading ----------------------------------------------------------------------- */
 
-static void id_of_prefix(struct span key, struct span value, void *arg)
-{
-    struct span *id = arg;
-    if (!id->p && span_is(key, "id"))
-        *id = value;
-}
-
 static void message_done(struct wsconn *c)
 {
     if (c->oversize) {
         /* Its id, if the part kept shows one, so that the client can tell which. */
-        struct span id = {NULL, 0};
-        json_members(buf_ptr(&c->in), c->in.len, id_of_prefix, &id);
-        char *cid = id.p && !span_is(id, "null") ? strndup(id.p, id.n) : NULL;
+        struct span id;
+        char *cid = client_msg_id(buf_ptr(&c->in), c->in.len, &id) ? strndup(id.p, id.n) : NULL;
         char msg[128];
         snprintf(msg, sizeof msg, "message larger than --max-body (%zu bytes)", W.cfg->max_body);
         session_error(&c->session, cid, "payload-too-large", msg);

@@ -87,6 +87,31 @@ static void bad(struct client_msg_info *out, const char *fmt, ...)
     va_end(ap);
 }
 
+struct id_scan {
+    const char *end;
+    struct span id;
+    bool seen;
+};
+
+static void id_member(struct span key, struct span value, void *arg)
+{
+    struct id_scan *t = arg;
+    if (t->seen || !span_is(key, "id"))
+        return;
+    t->seen = true;
+    /* Something must follow it: a number cut by the end of a prefix is not its value. */
+    if (value.p + value.n < t->end && !span_is(value, "null") && json_valid(value.p, value.n))
+        t->id = value;
+}
+
+bool client_msg_id(const char *text, size_t len, struct span *id)
+{
+    struct id_scan t = {text + len, {NULL, 0}, false};
+    json_members(text, len, id_member, &t);
+    *id = t.id;
+    return t.id.p != NULL;
+}
+
 void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
 {
     memset(out, 0, sizeof *out);
@@ -101,6 +126,12 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
     const char *why = json_body_check(text, len, &root);
     if (why) {
         bad(out, "%s %s", what, why);
+        /* Too deep to read whole (cJSON and the gateway's parser would refuse it too),
+         * but its id may come before the depth: the reply carries it. */
+        if (json_too_deep(text, len) && client_msg_id(text, len, &out->id)) {
+            out->id_present = true;
+            out->id_span = out->id;
+        }
         return;
     }
     if (!cJSON_IsObject(root)) {
