@@ -16,6 +16,7 @@ unsigned health_render(enum health_page page, struct buf *out, const char **cont
 enum drop_reason {
     DROP_SLOW_READER,     /* more than --max-client-buffer waiting for it */
     DROP_CLIENT_TIMEOUT,  /* no complete request within --client-timeout */
+    DROP_MEMORY_BUDGET,   /* its request would take the bytes being received past --max-assembling */
     DROP_REASONS
 };
 void health_caller_dropped(enum drop_reason why);

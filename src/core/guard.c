@@ -5,12 +5,15 @@
 static struct {
     double timeout;
     size_t budget;
+    size_t max_assembling;
+    size_t assembling;  /* bytes held by every struct hold */
 } G;
 
 void guard_init(const struct config *cfg)
 {
     G.timeout = cfg->client_timeout;
     G.budget = cfg->max_client_buffer;
+    G.max_assembling = cfg->max_assembling;
 }
 
 double guard_due(enum guard_kind kind, double since, size_t received, double timeout)
@@ -73,4 +76,31 @@ bool guard_reply_queued(size_t waiting, size_t more, bool strict)
         return false;
     health_caller_dropped(DROP_SLOW_READER);
     return true;
+}
+
+bool guard_hold_fits(size_t budget, size_t held, size_t mine, size_t total)
+{
+    return total <= mine || held - mine + total <= budget;
+}
+
+bool guard_hold(struct hold *h, size_t total)
+{
+    if (!guard_hold_fits(G.max_assembling, G.assembling, h->bytes, total)) {
+        health_caller_dropped(DROP_MEMORY_BUDGET);
+        return false;
+    }
+    G.assembling = G.assembling - h->bytes + total;
+    h->bytes = total;
+    return true;
+}
+
+void guard_release(struct hold *h)
+{
+    G.assembling -= h->bytes;
+    h->bytes = 0;
+}
+
+size_t guard_assembling(void)
+{
+    return G.assembling;
 }

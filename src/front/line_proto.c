@@ -30,6 +30,7 @@ struct lclient {
     unsigned uid;
     struct lineframe frame;
     struct guard partial;    /* a line under way must finish within --client-timeout */
+    struct hold hold;        /* its bytes held, against --max-assembling */
     struct buf out;
     bool closing;
     bool paused;             /* --max-pending unanswered: not read until half are answered */
@@ -200,12 +201,31 @@ static bool on_line(void *arg, enum lineframe_event ev, const char *line, size_t
     return !c->closing;
 }
 
+/* The line under way would take the bytes being received past --max-assembling: it
+ * is refused (with its id, if its first bytes show it) and the rest of it skipped;
+ * the connection stays. */
+static void too_busy(struct lclient *c)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "the requests being received already hold --max-assembling (%zu bytes); "
+             "the rest of this line is discarded, try again", L.cfg->max_assembling);
+    struct span id;
+    char *cid = client_msg_id(buf_ptr(&c->frame.in), c->frame.in.len, &id) ? strndup(id.p, id.n) : NULL;
+    lineframe_skip(&c->frame);
+    guard_release(&c->hold);
+    session_error(&c->session, cid, "too-busy", msg);
+    free(cid);
+}
+
 static void on_rx(struct lclient *c, const char *data, size_t len)
 {
     if (!lineframe_feed(&c->frame, data, len, on_line, c))
         return;
     if (c->closing)
         return;
+    /* Checked per read: a line under way holds at most one read more than allowed. */
+    if (!guard_hold(&c->hold, c->frame.in.len))
+        too_busy(c);
     if (!c->frame.partial)
         guard_stop(&c->partial);
     else if (!guard_running(&c->partial))
@@ -256,6 +276,7 @@ static int on_readable(struct lclient *c)
             c->eof = true;
             guard_stop(&c->partial);
             lineframe_eof(&c->frame, on_line, c); /* a last line without its newline */
+            guard_release(&c->hold);
             update_flow_control(c);
             break;
         }
@@ -275,6 +296,7 @@ static void kill_client(struct lclient *c, const char *why)
         log_warn("closing Unix client #%llu (uid %u): %s", c->serial, c->uid, why);
     c->closing = true;
     guard_stop(&c->partial);
+    guard_release(&c->hold);
     session_close(&c->session);
     buf_free(&c->out);
     lws_callback_on_writable(c->wsi); /* returns -1 there, which closes it */
@@ -284,6 +306,7 @@ static void client_free(struct lclient *c)
 {
     c->closing = true;
     guard_stop(&c->partial);
+    guard_release(&c->hold);
     session_close(&c->session);
     list_del(&c->node);
     lineframe_free(&c->frame);

@@ -20,7 +20,7 @@ void health_init(const struct config *cfg)
 }
 
 static unsigned long long dropped[DROP_REASONS];
-static const char *const drop_names[DROP_REASONS] = {"slow-reader", "client-timeout"};
+static const char *const drop_names[DROP_REASONS] = {"slow-reader", "client-timeout", "memory-budget"};
 
 void health_caller_dropped(enum drop_reason why)
 {

@@ -51,6 +51,14 @@ bool lineframe_feed(struct lineframe *f, const char *data, size_t len, lineframe
     return true;
 }
 
+void lineframe_skip(struct lineframe *f)
+{
+    if (!f->partial)
+        return;
+    buf_free(&f->in);
+    f->discarding = true;
+}
+
 void lineframe_eof(struct lineframe *f, lineframe_cb cb, void *arg)
 {
     f->partial = 0;

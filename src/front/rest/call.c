@@ -223,6 +223,11 @@ static enum MHD_Result respond(struct call *call)
 static enum MHD_Result start_call(struct call *call)
 {
     struct MHD_Connection *c = call->conn;
+    guard_release(&call->hold); /* the body is in: no longer being received */
+    if (call->too_busy) {
+        rest_note_error(call, true, "too-busy");
+        return rest_queue_too_busy(c);
+    }
     if (call->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "request body is larger than --max-body (%zu bytes)", REST.cfg->max_body);
@@ -372,11 +377,16 @@ static void body_part(struct call *call, const char *data, size_t size)
     call->bytes_in += size;
     if (call->watch)
         guard_progress(&call->watch->deadline, size);
-    if (call->too_large || call->reject.status)
+    if (call->too_large || call->too_busy || call->reject.status)
         return;
     if (call->body.len + size > REST.cfg->max_body) {
         call->too_large = true; /* keep reading, answer 413 at the end */
         buf_free(&call->body);
+        guard_release(&call->hold);
+    } else if (!guard_hold(&call->hold, call->body.len + size)) {
+        call->too_busy = true; /* the same, 503 */
+        buf_free(&call->body);
+        guard_release(&call->hold);
     } else {
         buf_append(&call->body, data, size);
     }
@@ -465,6 +475,7 @@ void rest_on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum
         REST.peak_calls = 0;
         malloc_trim(0);
     }
+    guard_release(&call->hold);
     buf_free(&call->body);
     buf_free(&call->reply);
     buf_free(&call->out);

@@ -47,7 +47,9 @@ struct call {
     char kind[256];
     char flow[256];
     struct buf body;
+    struct hold hold;          /* body's bytes, against --max-assembling */
     bool too_large;
+    bool too_busy;             /* --max-assembling reached: read and discard the body, then 503 */
     enum phase phase;
     enum fmt fmt;
     struct request *req;
@@ -150,6 +152,8 @@ void rest_error_body(struct buf *b, const char *type, const char *message);
 enum MHD_Result rest_queue_json(struct MHD_Connection *c, unsigned status, const char *body, size_t len,
                                 const char *allow);
 enum MHD_Result rest_queue_503(struct MHD_Connection *c, const char *body, size_t len);
+/* 503 too-busy: --max-assembling reached; memory frees as other uploads complete. */
+enum MHD_Result rest_queue_too_busy(struct MHD_Connection *c);
 enum MHD_Result rest_queue_error(struct MHD_Connection *c, unsigned status, const char *type, const char *message,
                                  const char *allow);
 /* The answer to a request admission refused. */
