@@ -96,3 +96,7 @@ def test_fuzz_corpus_wsframe():
 
 def test_fuzz_corpus_bulkpath():
     _replay("bulkpath")
+
+
+def test_fuzz_corpus_restname():
+    _replay("restname")

@@ -220,6 +220,19 @@ static enum MHD_Result respond(struct call *call)
     return MHD_YES;
 }
 
+/* The object body with "workspace":ws as its first member. */
+static void with_workspace(struct buf *out, const char *body, size_t len, const char *ws)
+{
+    size_t open = json_skip_ws(body, 0, len) + 1; /* past '{': the body is an object */
+    bool empty = json_skip_ws(body, open, len) < len && body[json_skip_ws(body, open, len)] == '}';
+    buf_append(out, body, open);
+    buf_puts(out, "\"workspace\":");
+    buf_json_string(out, ws, strlen(ws));
+    if (!empty)
+        buf_puts(out, ",");
+    buf_append(out, body + open, len - open);
+}
+
 static enum MHD_Result start_call(struct call *call)
 {
     struct MHD_Connection *c = call->conn;
@@ -253,8 +266,17 @@ static enum MHD_Result start_call(struct call *call)
     const char *workspace = cJSON_IsString(ws) ? ws->valuestring : REST.cfg->workspace ? REST.cfg->workspace : "";
 
     call->phase = PH_WAITING;
+    /* /api/v1/{kind} (iam aside): the HEAD gateway writes the resolved workspace into
+     * the body it forwards (registry_endpoint.py); the backend sees the same here. */
+    struct buf filled;
+    buf_init(&filled, 0);
+    if (call->route == R_KIND && strcmp(call->kind, "iam") && workspace[0] && !rest_last_member(root, "workspace")) {
+        with_workspace(&filled, body, call->body.len, workspace);
+        body = buf_ptr(&filled);
+    }
     call->req = mux_new(call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL, workspace, body,
-                        call->body.len, &call_ops, call);
+                        filled.len ? filled.len : call->body.len, &call_ops, call);
+    buf_free(&filled);
     call->req->caller = call->watch ? &call->watch->caller : NULL;
     snprintf(call->upstream_id, sizeof call->upstream_id, "%s", call->req->id);
     cJSON_Delete(root);
@@ -272,7 +294,7 @@ static enum route route_of_request(struct conn_watch *cw, const char *url, struc
         cw->first_route = -1;
         return R_PASS;
     }
-    return rest_route_of(url, probe);
+    return rest_route_of(url, cw ? cw->raw_path : NULL, probe);
 }
 
 void rest_call_init(struct call *call, struct MHD_Connection *c, struct conn_watch *cw, const char *url,
@@ -323,6 +345,10 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
     memcpy(call->kind, probe->kind, sizeof call->kind);
     memcpy(call->flow, probe->flow, sizeof call->flow);
     call->reject = *rj;
+    if (rj->message == probe->why) { /* probe is the caller's: keep the message with the call */
+        memcpy(call->why, probe->why, sizeof call->why);
+        call->reject.message = call->why;
+    }
     *con_cls = call;
     return MHD_YES;
 }

@@ -46,6 +46,7 @@ struct call {
     enum route route;
     char kind[256];
     char flow[256];
+    char why[160];             /* a 404's message naming what is wrong with a name */
     struct buf body;
     struct hold hold;          /* body's bytes, against --max-assembling */
     bool too_large;
@@ -100,6 +101,7 @@ struct conn_watch {
     int first_route;              /* the listener's pass-through route for the first request, or -1 */
     struct refusal first_refusal; /* the listener's answer to its first request, if any */
     struct caller caller;         /* this connection, as the fair queue sees it */
+    char *raw_path;               /* the current request's path as sent, before libmicrohttpd decodes it */
 };
 
 /* RFC 9112 §6: the body's length must be unambiguous, or a proxy in front and we
@@ -167,7 +169,8 @@ const char *rest_error_type_of(const struct frame *f);
 
 /* route.c */
 /* Which route a (decoded) URL is; fills out's kind, flow, pass_route. */
-enum route rest_route_of(const char *url, struct call *out);
+/* raw: the path as sent (no query), or NULL. */
+enum route rest_route_of(const char *url, const char *raw, struct call *out);
 /* What admission a route asks for (health routes: none). */
 enum admit_rule rest_route_rule(enum route route, int pass_route);
 /* How the request on this route is served. */

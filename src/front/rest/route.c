@@ -1,33 +1,49 @@
 #include "rest_int.h"
 #include "passthrough.h"
+#include "restname.h"
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 
-static bool valid_name(const char *s, size_t n, bool allow_slash)
+/* A name of the path, decoded as the gateway routes it (restname.h) into dst; false
+ * with out->why naming what is wrong. */
+static bool take_name(struct call *out, const char *what, char *dst, size_t cap, const char *raw, size_t n,
+                      bool slashes)
 {
-    if (!n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-              ch == '_' || ch == '.' || (allow_slash && ch == '/')))
-            return false;
+    char why[96];
+    if (rest_name_decode(raw, n, slashes, dst, cap, why, sizeof why) >= 0)
+        return true;
+    snprintf(out->why, sizeof out->why, "no such route: the %s holds %s", what, why);
+    return false;
+}
+
+/* /api/v1/flow/{flow}/service/{kind}, raw: the path as sent (no query). */
+static enum route flow_route(const char *raw, struct call *out)
+{
+    const char *f = raw + sizeof "/api/v1/flow/" - 1;
+    const char *slash = strchr(f, '/');
+    if (!slash)
+        return R_NOT_FOUND;
+    const char *rest = slash + 1;
+    if (!strncmp(rest, "service/", 8)) {
+        const char *k = rest + 8;
+        /* thru/<name> is the only kind with slashes (v2.8.7+): .+ at the gateway. */
+        bool thru = !strncmp(k, "thru/", 5);
+        if (!strchr(k, '/') || thru) {
+            if (!take_name(out, "flow id", out->flow, sizeof out->flow, f, (size_t)(slash - f), false) ||
+                !take_name(out, "service name", out->kind, sizeof out->kind, k, strlen(k), thru))
+                return R_NOT_FOUND;
+            return thru && strlen(out->kind) <= 5 ? R_NOT_FOUND : R_FLOW_SERVICE;
+        }
+        return R_NOT_FOUND;
     }
-    return !allow_slash || (s[n - 1] != '/' && !strstr(s, "//"));
+    if (!strncmp(rest, "import/", 7) || !strncmp(rest, "export/", 7))
+        return R_UNSUPPORTED;
+    return R_NOT_FOUND;
 }
 
-static bool copy_name(char *dst, size_t cap, const char *s, size_t n)
-{
-    if (n >= cap)
-        return false;
-    memcpy(dst, s, n);
-    dst[n] = '\0';
-    return true;
-}
-
-enum route rest_route_of(const char *url, struct call *out)
+enum route rest_route_of(const char *url, const char *raw, struct call *out)
 {
     if (!strcmp(url, "/healthz"))
         return R_HEALTHZ;
@@ -40,35 +56,20 @@ enum route rest_route_of(const char *url, struct call *out)
     /* The gateway's routes that carry no envelope (reference §2.2, §8.4): relayed. */
     if ((out->pass_route = pass_http_route(url)) >= 0)
         return R_PASS;
+    /* Names are read from the path as sent: libmicrohttpd's url has %2F and %00
+     * decoded already, where they cannot be told from '/' and the end. */
+    if (!raw)
+        raw = url;
     static const char flowp[] = "/api/v1/flow/";
-    if (!strncmp(url, flowp, sizeof flowp - 1)) {
-        const char *f = url + sizeof flowp - 1;
-        const char *slash = strchr(f, '/');
-        if (slash) {
-            const char *rest = slash + 1;
-            if (!strncmp(rest, "service/", 8)) {
-                const char *k = rest + 8;
-                size_t kn = strlen(k);
-                /* thru/<name> is the only kind with a slash (v2.8.7+). */
-                bool thru = !strncmp(k, "thru/", 5);
-                if (valid_name(f, (size_t)(slash - f), false) && valid_name(k, kn, thru) &&
-                    copy_name(out->flow, sizeof out->flow, f, (size_t)(slash - f)) &&
-                    copy_name(out->kind, sizeof out->kind, k, kn))
-                    return R_FLOW_SERVICE;
-                return R_NOT_FOUND;
-            }
-            if (!strncmp(rest, "import/", 7) || !strncmp(rest, "export/", 7))
-                return R_UNSUPPORTED;
-        }
-        /* "/api/v1/flow" alone is the flow-management kind, handled below. */
-    }
+    /* "/api/v1/flow" alone is the flow-management kind, handled below. */
+    if (!strncmp(raw, flowp, sizeof flowp - 1))
+        return flow_route(raw, out);
     static const char kindp[] = "/api/v1/";
-    if (!strncmp(url, kindp, sizeof kindp - 1)) {
-        const char *k = url + sizeof kindp - 1;
-        size_t kn = strlen(k);
+    if (!strncmp(raw, kindp, sizeof kindp - 1)) {
+        const char *k = raw + sizeof kindp - 1;
         if (!strcmp(k, "socket"))
             return R_SOCKET;
-        if (valid_name(k, kn, false) && copy_name(out->kind, sizeof out->kind, k, kn))
+        if (!strchr(k, '/') && take_name(out, "service name", out->kind, sizeof out->kind, k, strlen(k), false))
             return R_KIND;
     }
     return R_NOT_FOUND;
@@ -174,7 +175,7 @@ enum route_plan rest_route_plan(enum route *route, const char *method, struct ca
     memset(rj, 0, sizeof *rj);
     switch (*route) {
     case R_NOT_FOUND:
-        *rj = (struct reject){404, "not-found", "no such route", NULL};
+        *rj = (struct reject){404, "not-found", probe->why[0] ? probe->why : "no such route", NULL};
         return PLAN_CALL;
     case R_UNSUPPORTED:
         *rj = (struct reject){400, "bad-request",

@@ -75,6 +75,20 @@ struct conn_watch *rest_conn_watch_of(struct MHD_Connection *c)
     return sc ? sc->socket_context : NULL;
 }
 
+/* The request line's target as sent: libmicrohttpd decodes the url it hands
+ * rest_on_request, and %2F or %00 in a name must be told from '/' and the end
+ * (route.c). */
+static void *uri_logged(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)cls;
+    struct conn_watch *cw = rest_conn_watch_of(c);
+    if (cw) {
+        free(cw->raw_path);
+        cw->raw_path = strndup(uri, strcspn(uri, "?"));
+    }
+    return NULL;
+}
+
 /* The head is in; a body may follow. */
 void rest_await_body(struct conn_watch *cw)
 {
@@ -120,6 +134,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         epoll_ctl(REST.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
     if (cw->call)
         cw->call->watch = NULL;
+    free(cw->raw_path);
     free(cw);
     *socket_context = NULL;
 }
@@ -252,7 +267,8 @@ int rest_init(const struct config *cfg)
         REST.daemons[i] = MHD_start_daemon(
             MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
             rest_on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, rest_on_completed,
-            NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+            NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_URI_LOG_CALLBACK, uri_logged, NULL,
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
             MHD_OPTION_CONNECTION_MEMORY_LIMIT, pools[i], MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000,
             MHD_OPTION_END);
         if (!REST.daemons[i]) {
