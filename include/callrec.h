@@ -12,6 +12,7 @@ enum call_outcome {
     CALL_GATEWAY_ERROR, /* the gateway's own error (a 4xx/5xx it chose, an error frame) */
     CALL_FAILED,        /* tgbridge answered with an error of its own (timeout, down, bad input) */
     CALL_ABORTED,       /* the caller went away first */
+    CALL_TRUNCATED,     /* the gateway's body ended before its end: so did the caller's */
     CALL_OUTCOMES
 };
 
@@ -30,6 +31,7 @@ struct call_record {
     const char *upstream_id; /* the envelope id the gateway logs, or NULL */
 };
 
+/* Also registers the "calls" status source (its histograms on /metrics). */
 void callrec_init(const struct config *cfg);
 void callrec_finish(const struct call_record *r);
 const char *callrec_outcome_name(enum call_outcome o);

@@ -1,5 +1,5 @@
 /* The Unix socket's line protocol: one JSON envelope per line in, one reply per line
- * out (README "Unix socket").  Each client's ids are its own; tgbridge maps them to
+ * out (docs/protocols.md "Unix socket").  Each client's ids are its own; tgbridge maps them to
  * upstream ids and back. */
 #ifndef TGB_LINE_PROTO_H
 #define TGB_LINE_PROTO_H
@@ -7,9 +7,9 @@
 #include "config.h"
 #include "frontend.h"
 
-struct lws_protocols;
-extern const struct lws_protocols line_protocol;
-
+/* Its lws protocol (raw sockets on the loop's vhost), with the loop: before
+ * loop_init. */
+void line_register_protocol(void);
 void line_init(const struct config *cfg);
 /* Its take serves fd (an accepted Unix connection) with the line protocol. */
 extern const struct frontend line_frontend;

@@ -1,36 +1,59 @@
 /* The one event loop: libwebsockets owns it; everything else (MHD's epoll fd, our
- * listening sockets, signals) joins it as an adopted raw descriptor. */
+ * listening sockets, signals) joins it as an adopted raw descriptor.  The loop knows
+ * no module above it: each brings its own lws protocols (loop_add_protocol) or vhost,
+ * and its own work before the loop waits (loop_before_poll). */
 #ifndef TGB_LOOP_H
 #define TGB_LOOP_H
 #include "config.h"
 #include "timer.h"
 #include <stdbool.h>
+#include <stdint.h>
 
 struct lws_context;
+struct lws_protocols;
 
 struct watcher;
 typedef void (*watch_cb)(void *arg);
 
+/* Adds p to the protocols of the loop's default vhost (dial.c's client connections
+ * and raw sockets are bound there by name); before loop_init.  p must outlive the
+ * loop. */
+void loop_add_protocol(const struct lws_protocols *p);
 int loop_init(const struct config *cfg);
 struct lws_context *loop_ctx(void);
+/* The OpenSSL SSL_CTX every client connection (the gateway's) is made from, or NULL
+ * before lws made it or without TLS support. */
+void *loop_client_tls_ctx(void);
 /* Calls cb(arg) whenever fd is readable.  The loop owns fd from now on. */
 struct watcher *loop_watch_fd(int fd, watch_cb cb, void *arg);
+/* The same for an epoll set someone else owns and closes (libmicrohttpd's): the loop
+ * watches a duplicate of epfd. */
+struct watcher *loop_watch_epoll(int epfd, watch_cb cb, void *arg);
+
+/* An epoll set of our own nested in the loop, for descriptors we want to hear about
+ * without reading them (connections whose front end is not known yet, REST's
+ * hang-up watch): cb(ptr, events) for each one ready, at most 64 a loop turn (the
+ * rest on the next).  It lives as long as the loop; NULL if it cannot be made. */
+struct loop_epoll;
+typedef void (*loop_epoll_cb)(void *ptr, uint32_t events);
+struct loop_epoll *loop_epoll_new(loop_epoll_cb cb);
+/* EPOLL_CTL_ADD of fd with events (EPOLLIN, EPOLLRDHUP, EPOLLET, ...): 0, or -1 with
+ * errno. */
+int loop_epoll_add(struct loop_epoll *e, int fd, uint32_t events, void *ptr);
+void loop_epoll_del(struct loop_epoll *e, int fd);
 /* Stops watching and closes the fd (asynchronously, from the loop): safe from the
  * watcher's own callback. */
 void loop_unwatch(struct watcher *w);
 /* The same, closing the fd before returning; never from w's own callback. */
 void loop_unwatch_now(struct watcher *w);
 
-/* A caller's first part of a stream is waiting to be written: whoever is reading a
- * batch of frames (upstream.c) should let the loop write it before reading on, so
- * that its time to first part is not the time the rest of the batch takes. */
-void loop_flush_soon(void);
-/* True once after loop_flush_soon. */
-bool loop_flush_wanted(void);
-/* The reader paused for it: fn runs at the next loop_flush_done (a front end wrote to
- * a caller), so reading goes on as soon as the part is out, not a loop turn later. */
-void loop_flush_paused(void (*fn)(void));
-void loop_flush_done(void);
+/* The before-poll phase (redis's beforeSleep, libuv's prepare): fn(arg) runs once
+ * every loop turn, after the turn's events, before the loop waits for the next.
+ * Hooks run in the order they were added; at most 8. */
+int loop_before_poll(void (*fn)(void *arg), void *arg);
+/* Something a hook looks at changed inside lws's timers, which run after the hooks:
+ * the loop does not wait before it has run them again. */
+void loop_wake(void);
 
 void loop_run(void);
 void loop_stop(void);

@@ -15,8 +15,11 @@ struct mux_sink {
     bool (*ready)(void);           /* connected and authenticated */
     const char *(*reason)(void);   /* why not, for error messages */
     const char *(*default_workspace)(void); /* the identity's, from auth-ok ("" if unknown) */
+    size_t (*window_used)(void);   /* entries of the gateway's window held, for /status */
 };
 void mux_init(const struct config *cfg, const struct mux_sink *sink);
+/* The "requests" status source (mux_status.c), registered by mux_init. */
+void mux_status_register(const struct config *cfg, const struct mux_sink *sink);
 bool mux_queue_empty(void);
 size_t mux_queued(void);
 /* The upstream identity's default workspace ("" when the gateway did not say). */

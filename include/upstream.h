@@ -1,5 +1,5 @@
 /* The WebSockets to the gateway: one persistent connection, plus overflow ones while
- * every window is full (README "Connections and flow control"); connect through
+ * every window is full (docs/operations.md "Connections and flow control"); connect through
  * dial.c, authenticate the way the gateway's era expects (reference §1.1, §3), keep
  * alive, reconnect, send envelopes and hand every reply frame to the mux. */
 #ifndef TGB_UPSTREAM_H
@@ -9,13 +9,15 @@
 #include "config.h"
 
 struct lws_context;
-struct lws_protocols;
 
 enum upstream_state { UP_DOWN, UP_RESOLVING, UP_CONNECTING, UP_AUTHENTICATING, UP_READY };
 
-extern const struct lws_protocols upstream_protocol;
-
+/* Its lws protocol, with the loop: before loop_init. */
+void upstream_register_protocol(void);
+/* Also registers the "upstream" status source (upstream_status.c) and the before-poll
+ * hook that resumes reading paused for a first part. */
 int upstream_init(struct lws_context *ctx, struct config *cfg);
+void upstream_status_register(const struct config *cfg);
 void upstream_start(void);
 /* Something became sendable (a queued request, window room). */
 void upstream_kick(void);
@@ -34,8 +36,10 @@ const char *upstream_reauth_status(void);
 /* Replaces the connection make-before-break (issue 5): a new one is opened and
  * authenticated; the old one keeps receiving for its live requests, then closes. */
 void upstream_rotate(const char *why);
-/* SIGHUP: re-read --token-file; V2: re-authenticate in-band; otherwise rotate. */
-void upstream_reload_token(void);
+/* SIGHUP or the file changing (why: which, for the log): re-read --token-file; V2:
+ * re-authenticate in-band; otherwise rotate.  A missing or empty file keeps the
+ * current token (logged). */
+void upstream_reload_token(const char *why);
 /* Called when the upstream becomes ready (what: the era) or, once per distinct
  * reason, not ready (what: the reason). */
 typedef void (*upstream_change_fn)(bool ready, const char *what);

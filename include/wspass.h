@@ -11,10 +11,9 @@
 #include "frontend.h"
 
 struct lws_context;
-struct lws_protocols;
-/* The local side (on ws.c's server vhost) and the gateway side (on the client one). */
-extern const struct lws_protocols wspass_local_protocol, wspass_upstream_protocol;
-
+/* Its lws protocol for the gateway sides (on the loop's client vhost), with the loop:
+ * before loop_init. */
+void wspass_register_protocol(void);
 int wspass_init(struct lws_context *ctx, const struct config *cfg);
 /* A request head for one of the bulk sockets (path and upgrade checked). */
 bool wspass_route(const struct http_head *h);

@@ -1,10 +1,11 @@
 /* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
- * REST with streaming.  main() wires the modules together; see README "Design". */
+ * REST with streaming.  main() wires the modules together; see docs/design.md. */
 #include "access.h"
 #include "callrec.h"
 #include "activation.h"
 #include "config.h"
 #include "dial.h"
+#include "filewatch.h"
 #include "frontend.h"
 #include "health.h"
 #include "line_proto.h"
@@ -14,6 +15,7 @@
 #include "mux.h"
 #include "passthrough.h"
 #include "redact.h"
+#include "reload.h"
 #include "resolver.h"
 #include "rest.h"
 #include "sdnotify.h"
@@ -23,6 +25,7 @@
 #include "util.h"
 #include "ws.h"
 #include "wspass.h"
+#include "wsserver.h"
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -117,8 +120,7 @@ static void on_signal(void *arg)
             begin_shutdown((int)si.ssi_signo);
             break;
         case SIGHUP:
-            access_reload();
-            upstream_reload_token();
+            reload_all("SIGHUP");
             break;
         default:
             break;
@@ -126,6 +128,7 @@ static void on_signal(void *arg)
     }
 }
 
+/* A watched secret changed: what SIGHUP does for that file (docs/operations.md). */
 static void upstream_changed(bool ready, const char *what)
 {
     char status[700];
@@ -150,55 +153,45 @@ static int setup_signals(void)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* Every module, in the order that matters: the lws protocols before the loop's
+ * context is made with them; the status sources in the order /status and /metrics
+ * show them (the upstream, the requests, the front ends, the pass-through, the
+ * calls).  0, or the exit code. */
+static int start_modules(void)
 {
-    char err[512];
-    int rc = config_load(&cfg, argc, argv, err, sizeof err);
-    if (rc > 0)
-        return 0;
-    if (rc < 0) {
-        fprintf(stderr, "tgbridge: %s\n", err);
-        return 2;
-    }
-    log_set_level(cfg.log_level);
-    log_set_json(cfg.log_json);
-    callrec_init(&cfg);
-    if (access_init(&cfg, err, sizeof err)) {
-        fprintf(stderr, "tgbridge: %s\n", err);
-        return 2;
-    }
-    if (cfg.print_config) {
-        config_print(&cfg, stdout);
-        return 0;
-    }
-    if (cfg.check_config) {
-        printf("tgbridge: the configuration is valid\n");
-        return 0;
-    }
-    if (cfg.insecure)
-        log_warn("--insecure: the gateway's TLS certificate is NOT verified; anyone on the path can "
-                 "read the token and every request");
-    if (cfg.via_proxy)
-        log_info("connecting to the gateway through the HTTP proxy %s:%d%s", cfg.via_proxy->host,
-                 cfg.via_proxy->port, cfg.via_proxy->userinfo[0] ? " (with credentials)" : "");
+    upstream_register_protocol();
+    line_register_protocol();
+    passthrough_register_protocol();
+    wspass_register_protocol();
     if (loop_init(&cfg) || setup_signals() || resolver_init()) {
         log_error("cannot set up the event loop");
         return 1;
     }
     sdnotify_init();
+    if (upstream_init(loop_ctx(), &cfg))
+        return 1;
     static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
-                                                  upstream_default_workspace};
+                                                  upstream_default_workspace, upstream_window_used};
     mux_init(&cfg, &upstream_sink);
     guard_init(&cfg);
+    health_init();
+    frontend_status_register();
+    passthrough_init(loop_ctx(), &cfg);
+    callrec_init(&cfg);
     line_init(&cfg);
     listener_init(&cfg);
-    health_init(&cfg);
     dial_init(loop_ctx(), &cfg);
-    passthrough_init(loop_ctx(), &cfg);
-    upstream_init(loop_ctx(), &cfg);
-    if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg) || wspass_init(loop_ctx(), &cfg))
+    if (rest_init(&cfg) || wsserver_init(loop_ctx(), &cfg) || ws_init(loop_ctx(), &cfg) ||
+        wspass_init(loop_ctx(), &cfg))
         return 1;
-    int port = 0;
+    return 0;
+}
+
+/* The REST listener and the Unix socket, systemd's if it handed them over.  0, or
+ * the exit code. */
+static int open_listeners(int *port)
+{
+    char err[512];
     struct activation act;
     if (activation_take(&act, err, sizeof err)) {
         log_error("%s", err);
@@ -206,11 +199,11 @@ int main(int argc, char **argv)
     }
     if (act.rest_fd >= 0) {
         /* systemd's socket: its address is the listen address (the Host rules use it). */
-        rest_listener = listener_tcp_adopt(act.rest_fd, cfg.listen_host, sizeof cfg.listen_host, &port, err,
+        rest_listener = listener_tcp_adopt(act.rest_fd, cfg.listen_host, sizeof cfg.listen_host, port, err,
                                            sizeof err);
-        cfg.listen_port = port;
+        cfg.listen_port = *port;
     } else {
-        rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, &port, err, sizeof err);
+        rest_listener = listener_tcp(cfg.listen_host, cfg.listen_port, port, err, sizeof err);
     }
     if (!rest_listener) {
         log_error("%s", err);
@@ -233,6 +226,12 @@ int main(int argc, char **argv)
     if (act.rest_fd >= 0 || act.unix_fd >= 0)
         log_info("socket activation: took over %s%s%s from systemd", act.rest_fd >= 0 ? "the REST listener" : "",
                  act.rest_fd >= 0 && act.unix_fd >= 0 ? " and " : "", act.unix_fd >= 0 ? "the Unix socket" : "");
+    return 0;
+}
+
+/* Serves until a signal stops the loop, then takes everything down. */
+static void serve(int port)
+{
     bool v6 = strchr(cfg.listen_host, ':') != NULL;
     log_info("listening rest=%s%s%s:%d unix=%s gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
              port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway, auth_mode_name(cfg.auth));
@@ -244,7 +243,9 @@ int main(int argc, char **argv)
      * gateway is there is /readyz's business, and STATUS= follows it. */
     sdnotify_ready(status);
     upstream_start();
+    reload_watch_secrets();
     loop_run();
+    filewatch_stop();
     sdnotify_close();
     unix_listener_close(unix_listener);
     rest_shutdown();
@@ -252,6 +253,46 @@ int main(int argc, char **argv)
     loop_destroy();
     mux_shutdown();
     log_info("stopped");
+}
+
+int main(int argc, char **argv)
+{
+    char err[512];
+    int rc = config_load(&cfg, argc, argv, err, sizeof err);
+    if (rc > 0)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "tgbridge: %s\n", err);
+        return 2;
+    }
+    log_set_level(cfg.log_level);
+    log_set_json(cfg.log_json);
+    reload_init(&cfg, argc, argv);
+    if (access_init(&cfg, err, sizeof err)) {
+        fprintf(stderr, "tgbridge: %s\n", err);
+        return 2;
+    }
+    if (cfg.print_config) {
+        config_print(&cfg, stdout);
+        return 0;
+    }
+    if (cfg.check_config) {
+        printf("tgbridge: the configuration is valid\n");
+        return 0;
+    }
+    if (cfg.insecure)
+        log_warn("--insecure: the gateway's TLS certificate is NOT verified; anyone on the path can "
+                 "read the token and every request");
+    if (cfg.via_proxy)
+        log_info("connecting to the gateway through the HTTP proxy %s:%d%s", cfg.via_proxy->host,
+                 cfg.via_proxy->port, cfg.via_proxy->userinfo[0] ? " (with credentials)" : "");
+    int port = 0;
+    rc = start_modules();
+    if (!rc)
+        rc = open_listeners(&port);
+    if (rc)
+        return rc;
+    serve(port);
     secrets_clear();
     config_free(&cfg);
     return 0;

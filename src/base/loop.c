@@ -1,13 +1,13 @@
 #include "loop.h"
 #include "log.h"
-#include "line_proto.h"
-#include "passthrough.h"
-#include "wspass.h"
-#include "upstream.h"
+#include "util.h"
+#include <errno.h>
+#include <fcntl.h>
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 
 struct watcher {
     struct lws *wsi;
@@ -44,8 +44,12 @@ static int raw_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
 /* lws tells some things about a wsi only to the first protocol: its destruction
  * (LWS_CALLBACK_WSI_DESTROY, the last word on any connection) and the verdict on a
  * server certificate.  This one passes them on to the wsi's own protocol. */
+static void *client_tls_ctx;
+
 static int root_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
+    if (reason == LWS_CALLBACK_OPENSSL_LOAD_EXTRA_CLIENT_VERIFY_CERTS)
+        client_tls_ctx = user; /* the gateway connections' SSL_CTX, made once (castore.c) */
     bool forward = reason == LWS_CALLBACK_WSI_DESTROY || reason == LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION;
     const struct lws_protocols *p = forward ? lws_get_protocol(wsi) : NULL;
     if (p && p->callback && p->callback != root_callback)
@@ -53,7 +57,19 @@ static int root_callback(struct lws *wsi, enum lws_callback_reasons reason, void
     return 0;
 }
 
-static struct lws_protocols protocols[7];
+/* The loop's two, every module's (loop_add_protocol), and the terminator. */
+#define MAX_PROTOCOLS 16
+static struct lws_protocols protocols[MAX_PROTOCOLS];
+static size_t nprotocols = 2;
+
+void loop_add_protocol(const struct lws_protocols *p)
+{
+    if (ctx || nprotocols + 1 >= MAX_PROTOCOLS) {
+        log_error("lws protocol %s not added (%s)", p->name, ctx ? "after loop_init" : "too many");
+        return;
+    }
+    protocols[nprotocols++] = *p;
+}
 
 static bool running;
 
@@ -71,11 +87,7 @@ static void lws_log_emit(int level, const char *line)
 int loop_init(const struct config *cfg)
 {
     protocols[0] = (struct lws_protocols){"tgb-root", root_callback, 0, 0, 0, NULL, 0};
-    protocols[1] = upstream_protocol;
-    protocols[2] = (struct lws_protocols){"tgb-raw", raw_callback, 0, 0, 0, NULL, 0};
-    protocols[3] = line_protocol;
-    protocols[4] = passthrough_protocol;
-    protocols[5] = wspass_upstream_protocol;
+    protocols[1] = (struct lws_protocols){"tgb-raw", raw_callback, 0, 0, 0, NULL, 0};
     int lws_levels = LLL_ERR;
     if (log_get_level() >= LOG_DEBUG)
         lws_levels |= LLL_WARN | LLL_NOTICE;
@@ -116,6 +128,8 @@ int loop_init(const struct config *cfg)
 
 struct lws_context *loop_ctx(void) { return ctx; }
 
+void *loop_client_tls_ctx(void) { return client_tls_ctx; }
+
 struct watcher *loop_watch_fd(int fd, watch_cb cb, void *arg)
 {
     struct watcher *w = calloc(1, sizeof *w);
@@ -154,41 +168,102 @@ void loop_unwatch_now(struct watcher *w)
     lws_set_timeout(w->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
 }
 
-static bool flush_wanted;
-
-void loop_flush_soon(void)
+struct watcher *loop_watch_epoll(int epfd, watch_cb cb, void *arg)
 {
-    flush_wanted = true;
+    int fd = fcntl(epfd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    return loop_watch_fd(fd, cb, arg); /* the loop's, even if this failed */
 }
 
-bool loop_flush_wanted(void)
+struct loop_epoll {
+    int fd;                /* owned by its watcher: closed with the loop */
+    loop_epoll_cb cb;
+    struct loop_epoll *next;
+};
+
+static struct loop_epoll *epolls; /* freed with the loop */
+
+static void epoll_ready(void *arg)
 {
-    bool was = flush_wanted;
-    flush_wanted = false;
-    return was;
+    struct loop_epoll *e = arg;
+    struct epoll_event evs[64];
+    int n = epoll_wait(e->fd, evs, 64, 0);
+    for (int i = 0; i < n; i++)
+        e->cb(evs[i].data.ptr, evs[i].events);
 }
 
-static void (*flush_resume)(void);
-
-void loop_flush_paused(void (*fn)(void))
+struct loop_epoll *loop_epoll_new(loop_epoll_cb cb)
 {
-    flush_resume = fn;
+    struct loop_epoll *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->cb = cb;
+    e->fd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->fd < 0 || !loop_watch_fd(e->fd, epoll_ready, e)) {
+        free(e); /* the fd is the loop's, even if watching it failed */
+        return NULL;
+    }
+    e->next = epolls;
+    epolls = e;
+    return e;
 }
 
-void loop_flush_done(void)
+int loop_epoll_add(struct loop_epoll *e, int fd, uint32_t events, void *ptr)
 {
-    void (*fn)(void) = flush_resume;
-    flush_resume = NULL;
-    if (fn)
-        fn();
+    struct epoll_event ev = {.events = events, .data.ptr = ptr};
+    return epoll_ctl(e->fd, EPOLL_CTL_ADD, fd, &ev);
 }
 
+void loop_epoll_del(struct loop_epoll *e, int fd)
+{
+    epoll_ctl(e->fd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+#define MAX_HOOKS 8
+static struct {
+    void (*fn)(void *arg);
+    void *arg;
+} hooks[MAX_HOOKS];
+static size_t nhooks;
+
+int loop_before_poll(void (*fn)(void *arg), void *arg)
+{
+    if (nhooks == MAX_HOOKS)
+        return -1;
+    hooks[nhooks].fn = fn;
+    hooks[nhooks].arg = arg;
+    nhooks++;
+    return 0;
+}
+
+/* lws_service runs its timers, then waits: a timer armed a microsecond ahead keeps
+ * the wait to none (a timer already due would run among the others and be gone), so
+ * lws_service returns and loop_run gets to the hooks.  Cancelled before them. */
+static lws_sorted_usec_list_t wake_sul;
+
+static void woken(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+}
+
+void loop_wake(void)
+{
+    if (ctx)
+        lws_sul_schedule(ctx, 0, &wake_sul, woken, 1);
+}
+
+/* One lws_service call is one turn: due timers, one poll, its events. */
 void loop_run(void)
 {
     running = true;
-    while (!stop_requested)
+    while (!stop_requested) {
+        lws_sul_cancel(&wake_sul);
+        for (size_t i = 0; i < nhooks; i++)
+            hooks[i].fn(hooks[i].arg);
         if (lws_service(ctx, 0) < 0)
             break;
+    }
 }
 
 void loop_stop(void)
@@ -202,4 +277,9 @@ void loop_destroy(void)
     if (ctx)
         lws_context_destroy(ctx);
     ctx = NULL;
+    while (epolls) {
+        struct loop_epoll *e = epolls;
+        epolls = e->next;
+        free(e);
+    }
 }

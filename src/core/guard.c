@@ -1,19 +1,17 @@
 #include "guard.h"
-#include "health.h"
+#include "stats.h"
 #include "util.h"
 
+/* The live configuration, read at each use: SIGHUP may change --client-timeout,
+ * --max-client-buffer and --max-assembling (src/config/reload.c). */
 static struct {
-    double timeout;
-    size_t budget;
-    size_t max_assembling;
+    const struct config *cfg;
     size_t assembling;  /* bytes held by every struct hold */
 } G;
 
 void guard_init(const struct config *cfg)
 {
-    G.timeout = cfg->client_timeout;
-    G.budget = cfg->max_client_buffer;
-    G.max_assembling = cfg->max_assembling;
+    G.cfg = cfg;
 }
 
 double guard_due(enum guard_kind kind, double since, size_t received, double timeout)
@@ -26,12 +24,12 @@ double guard_due(enum guard_kind kind, double since, size_t received, double tim
 static void expired(struct timer *t)
 {
     struct guard *g = guard_owner(t, struct guard, timer);
-    double due = guard_due(g->kind, g->since, g->received, G.timeout);
+    double due = guard_due(g->kind, g->since, g->received, G.cfg->client_timeout);
     if (now_mono() < due) { /* the body came on meanwhile: judged again when it could be late */
         timer_after(&g->timer, due - now_mono(), expired);
         return;
     }
-    health_caller_dropped(DROP_CLIENT_TIMEOUT);
+    stats_caller_dropped(DROP_CLIENT_TIMEOUT);
     g->overdue(g);
 }
 
@@ -41,7 +39,7 @@ void guard_start(struct guard *g, enum guard_kind kind, double since, guard_cb o
     g->since = since;
     g->received = 0;
     g->overdue = overdue;
-    timer_after(&g->timer, guard_due(kind, since, 0, G.timeout) - now_mono(), expired);
+    timer_after(&g->timer, guard_due(kind, since, 0, G.cfg->client_timeout) - now_mono(), expired);
 }
 
 void guard_progress(struct guard *g, size_t bytes)
@@ -72,9 +70,9 @@ bool guard_over_budget(size_t budget, size_t waiting, size_t more, bool strict)
 
 bool guard_reply_queued(size_t waiting, size_t more, bool strict)
 {
-    if (!guard_over_budget(G.budget, waiting, more, strict))
+    if (!guard_over_budget(G.cfg->max_client_buffer, waiting, more, strict))
         return false;
-    health_caller_dropped(DROP_SLOW_READER);
+    stats_caller_dropped(DROP_SLOW_READER);
     return true;
 }
 
@@ -85,8 +83,8 @@ bool guard_hold_fits(size_t budget, size_t held, size_t mine, size_t total)
 
 bool guard_hold(struct hold *h, size_t total)
 {
-    if (!guard_hold_fits(G.max_assembling, G.assembling, h->bytes, total)) {
-        health_caller_dropped(DROP_MEMORY_BUDGET);
+    if (!guard_hold_fits(G.cfg->max_assembling, G.assembling, h->bytes, total)) {
+        stats_caller_dropped(DROP_MEMORY_BUDGET);
         return false;
     }
     G.assembling = G.assembling - h->bytes + total;

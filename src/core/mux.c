@@ -46,6 +46,7 @@ void mux_init(const struct config *cfg, const struct mux_sink *sink)
 {
     M.cfg = cfg;
     M.sink = sink;
+    mux_status_register(cfg, sink);
     /* A per-boot nonce keeps ids distinct across restarts in the gateway's logs;
      * the counter keeps them distinct for the life of this process. */
     unsigned nonce = 0;

@@ -1,7 +1,7 @@
 #include "session.h"
 #include "buf.h"
 #include "callrec.h"
-#include "loop.h"
+#include "firstpart.h"
 #include "mux.h"
 #include "redact.h"
 #include "util.h"
@@ -119,7 +119,7 @@ static void on_frame(struct request *req, const struct frame *f, bool final)
     if (!final && !r->streaming) {
         r->streaming = true;
         r->first_part = now_mono();
-        loop_flush_soon(); /* its first part: out before the rest of the batch */
+        firstpart_queued(); /* its first part: out before the rest of the batch */
     }
     r->bytes_out += b.len;
     s->ops->send(s, buf_ptr(&b), b.len);

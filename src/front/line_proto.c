@@ -1,5 +1,6 @@
 #include "line_proto.h"
 #include "buf.h"
+#include "firstpart.h"
 #include "frontend.h"
 #include "guard.h"
 #include "lineframe.h"
@@ -7,6 +8,7 @@
 #include "log.h"
 #include "loop.h"
 #include "session.h"
+#include "stats.h"
 #include "util.h"
 #include <errno.h>
 #include <libwebsockets.h>
@@ -43,7 +45,7 @@ static struct {
     unsigned long long serial;
 } L;
 
-/* Duplicate ids refused, as the README's contract has it; errors in one shape; the
+/* Duplicate ids refused, as docs/protocols.md's contract has it; errors in one shape; the
  * pending cap is back-pressure on the client's socket alone (libraries.md b8). */
 static const struct session_rules line_rules = {"line", false, false, 0, "line"};
 
@@ -246,7 +248,7 @@ static int on_writeable(struct lclient *c)
             return -1;
         }
         buf_consume(&c->out, (size_t)n);
-        loop_flush_done();
+        firstpart_wrote();
     }
     if (c->out.len) {
         lws_callback_on_writable(c->wsi);
@@ -342,7 +344,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return 0;
 }
 
-const struct lws_protocols line_protocol = {"tgb-line", callback, 0, 64 * 1024, 0, NULL, 0};
+static const struct lws_protocols line_protocol = {"tgb-line", callback, 0, 64 * 1024, 0, NULL, 0};
+
+void line_register_protocol(void)
+{
+    loop_add_protocol(&line_protocol);
+}
 
 static bool line_take(int fd, const struct handover *in, struct refusal *no)
 {

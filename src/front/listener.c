@@ -9,6 +9,7 @@
 #include "rest.h"
 #include "ws.h"
 #include "wspass.h"
+#include "passpath.h"
 #include "passthrough.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -70,25 +71,24 @@ static const struct route {
 
 static struct {
     const struct config *cfg;
-    int epfd;
+    struct loop_epoll *pending;
     size_t npending;
-} LS = {NULL, -1, 0};
+} LS = {NULL, NULL, 0};
 
-static void on_pending_events(void *arg);
+static void on_pending_event(void *ptr, uint32_t events);
 
 void listener_init(const struct config *cfg)
 {
     LS.cfg = cfg;
-    LS.epfd = epoll_create1(EPOLL_CLOEXEC);
-    int dupfd = LS.epfd >= 0 ? fcntl(LS.epfd, F_DUPFD_CLOEXEC, 0) : -1;
-    if (dupfd < 0 || !loop_watch_fd(dupfd, on_pending_events, NULL))
+    LS.pending = loop_epoll_new(on_pending_event);
+    if (!LS.pending)
         log_error("cannot watch new connections: %s", strerror(errno));
 }
 
 static void pending_free(struct pending *p, bool close_fd)
 {
     guard_stop(&p->deadline);
-    epoll_ctl(LS.epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    loop_epoll_del(LS.pending, p->fd);
     if (close_fd)
         close(p->fd);
     LS.npending--;
@@ -105,15 +105,17 @@ static int bulk_head(const struct http_head *h)
     return wspass_route(h) ? 0 : -1;
 }
 
-/* A pass-through HTTP route's path (passthrough.c), as sent: its enum pass_route. */
+/* A pass-through HTTP route (passpath.c), decided on the path as sent: its enum
+ * pass_route.  A refused path or method goes on to REST, which answers it. */
 static int pass_head(const struct http_head *h)
 {
-    char path[256];
-    if (h->path.n >= sizeof path)
+    char method[16], path[PASSPATH_MAX];
+    if (h->method.n >= sizeof method)
         return -1;
-    memcpy(path, h->path.p, h->path.n);
-    path[h->path.n] = '\0';
-    return pass_http_route(path);
+    memcpy(method, h->method.p, h->method.n);
+    method[h->method.n] = '\0';
+    struct passpath pp;
+    return passpath_route(method, h->path, path, sizeof path, &pp) == PASSPATH_OK ? (int)pp.route : -1;
 }
 
 static int any_head(const struct http_head *h)
@@ -202,13 +204,9 @@ static void classify(struct pending *p, bool peer_done)
     hand_over(p, r->fe, v == HEAD_REQUEST ? &h : NULL, arg);
 }
 
-static void on_pending_events(void *arg)
+static void on_pending_event(void *ptr, uint32_t events)
 {
-    (void)arg;
-    struct epoll_event evs[64];
-    int n = epoll_wait(LS.epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++)
-        classify(evs[i].data.ptr, evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+    classify(ptr, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
 }
 
 static void pending_overdue(struct guard *g)
@@ -232,9 +230,8 @@ void listener_dispatch(int fd, const struct peer *peer, unsigned protos)
     p->fd = fd;
     p->protos = protos;
     p->peer = *peer;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = p};
     LS.npending++;
-    if (epoll_ctl(LS.epfd, EPOLL_CTL_ADD, fd, &ev)) {
+    if (!LS.pending || loop_epoll_add(LS.pending, fd, EPOLLIN | EPOLLRDHUP | EPOLLET, p)) {
         log_warn("cannot serve a new connection: %s", strerror(errno));
         LS.npending--;
         close(fd);

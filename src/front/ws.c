@@ -1,5 +1,6 @@
 #include "ws.h"
 #include "buf.h"
+#include "firstpart.h"
 #include "frontend.h"
 #include "guard.h"
 #include "json.h"
@@ -8,9 +9,10 @@
 #include "loop.h"
 #include "mux.h"
 #include "session.h"
+#include "stats.h"
 #include "util.h"
 #include "wsframe.h"
-#include "wspass.h"
+#include "wsserver.h"
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +32,7 @@
 
 /* One local WebSocket client: its socket (lws's), its framing, and its session. */
 struct wsconn {
-    unsigned kind;           /* LOCAL_SESSION (ws.h) */
+    struct wsserver_conn ws; /* first: the callback that serves it (wsserver.h) */
     struct session session;
     struct caller_id caller; /* as admitted at the upgrade; an auth frame may unlock it */
     struct lws *wsi;
@@ -48,11 +50,9 @@ struct wsconn {
 
 static struct {
     const struct config *cfg;
-    struct lws_vhost *vh;
     struct list conns;
     size_t nconns;
     unsigned long long serial;
-    lws_retry_bo_t idle;     /* pings for clients that go silent (validity) */
 } W;
 
 /* Ids allowed again while in flight (the TypeScript client re-sends a timed-out
@@ -118,7 +118,7 @@ static int on_writeable(struct wsconn *c)
         if (lws_write(c->wsi, (unsigned char *)buf_ptr(&c->out), n, LWS_WRITE_RAW) < 0)
             return -1;
         buf_consume(&c->out, n);
-        loop_flush_done();
+        firstpart_wrote();
         if (!c->out.len && c->out.cap > 1024 * 1024)
             buf_free(&c->out);
     }
@@ -255,8 +255,6 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct wsconn *c = lws_get_opaque_user_data(wsi);
     if (!c)
         return 0;
-    if (c->kind == LOCAL_BULK)
-        return wspass_local_protocol.callback(wsi, reason, user, in, len);
     switch (reason) {
     case LWS_CALLBACK_ESTABLISHED:
         log_debug("local WebSocket client #%llu connected", c->serial);
@@ -280,8 +278,6 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     }
 }
-
-const struct lws_protocols ws_protocol = {"tgb-ws", callback, 0, 64 * 1024, 0, NULL, 0};
 
 static bool ws_take(int fd, const struct handover *in, struct refusal *no)
 {
@@ -312,7 +308,7 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     struct wsconn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
-    c->kind = LOCAL_SESSION;
+    c->ws.callback = callback;
     c->serial = ++W.serial;
     buf_init(&c->out, 0);
     buf_init(&c->in, 0);
@@ -321,14 +317,7 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     c->session.locked = v.caller.token == TOKEN_ABSENT;
     list_add_tail(&W.conns, &c->node);
     W.nconns++;
-    lws_adopt_desc_t d;
-    memset(&d, 0, sizeof d);
-    d.vh = W.vh;
-    d.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP; /* lws reads the upgrade request itself */
-    d.fd.sockfd = fd;
-    d.vh_prot_name = ws_protocol.name;
-    d.opaque = c;
-    c->wsi = lws_adopt_descriptor_vhost_via_info(&d);
+    c->wsi = wsserver_adopt(fd, &c->ws);
     if (!c->wsi) { /* lws closed fd */
         log_warn("cannot serve a local WebSocket client");
         conn_free(c);
@@ -372,39 +361,14 @@ static void ws_close_all(void)
     }
 }
 
-struct lws_vhost *ws_local_vhost(void)
-{
-    return W.vh;
-}
-
 const struct frontend ws_frontend = {"ws", ws_take, ws_stats, ws_fail_all, ws_close_all};
 
 int ws_init(struct lws_context *ctx, const struct config *cfg)
 {
+    (void)ctx; /* served on wsserver.c's vhost */
     W.cfg = cfg;
     list_init(&W.conns);
     ws_rules.max_pending = cfg->max_pending;
-    /* An idle client is pinged after --ping-interval, and dropped when it has not
-     * answered within --ping-timeout more (the official clients answer at once). */
-    W.idle.secs_since_valid_ping = (uint16_t)(cfg->ping_interval < 1 ? 1 : cfg->ping_interval > 65000 ? 65000
-                                              : cfg->ping_interval + 0.999);
-    W.idle.secs_since_valid_hangup = (uint16_t)(W.idle.secs_since_valid_ping +
-                                                (cfg->ping_timeout < 1 ? 1 : cfg->ping_timeout > 65000 ? 65000
-                                                 : cfg->ping_timeout + 0.999));
-    static struct lws_protocols protocols[3];
-    protocols[0] = ws_protocol;
-    protocols[1] = wspass_local_protocol; /* adopted under it, then served through ours */
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    info.vhost_name = "tgb-local";
-    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    info.protocols = protocols;
-    info.retry_and_idle_policy = &W.idle;
-    W.vh = lws_create_vhost(ctx, &info);
-    if (!W.vh) {
-        log_error("cannot create the local WebSocket server");
-        return -1;
-    }
     frontend_register(&ws_frontend);
     return 0;
 }

@@ -1,5 +1,6 @@
 #include "callrec.h"
 #include "log.h"
+#include "status.h"
 #include "util.h"
 #include <stdbool.h>
 #include <stdio.h>
@@ -27,7 +28,7 @@ struct histogram {
     double sum;
 };
 
-static const char *const outcome_names[CALL_OUTCOMES] = {"ok", "gateway-error", "failed", "aborted"};
+static const char *const outcome_names[CALL_OUTCOMES] = {"ok", "gateway-error", "failed", "aborted", "truncated"};
 static const char *const frontends[] = {"rest", "line", "ws", "bulk"};
 #define NFRONTENDS (sizeof frontends / sizeof *frontends)
 
@@ -38,9 +39,12 @@ static struct {
     unsigned long long bytes[NFRONTENDS][2];
 } C;
 
+static const struct status_source source = {"calls", NULL, callrec_metrics, NULL};
+
 void callrec_init(const struct config *cfg)
 {
     C.cfg = cfg;
+    status_register(&source);
 }
 
 const char *callrec_outcome_name(enum call_outcome o)

@@ -11,7 +11,7 @@
 #include "passthrough.h"
 #include "redact.h"
 #include "util.h"
-#include "ws.h"
+#include "wsserver.h"
 #include <libwebsockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -48,7 +48,7 @@ struct side {
 };
 
 struct wspass {
-    unsigned kind;       /* LOCAL_BULK (ws.h) */
+    struct wsserver_conn ws; /* first: the callback that serves the local side */
     struct dial dial;    /* the gateway side's connection */
     struct side local, up;
     enum pass_route route;
@@ -253,7 +253,6 @@ static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     }
 }
 
-const struct lws_protocols wspass_local_protocol = {"tgb-wspass", local_callback, 0, RX_CHUNK, 0, NULL, 0};
 
 /* ---- the gateway side --------------------------------------------------------------- */
 
@@ -316,7 +315,13 @@ static int up_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     }
 }
 
-const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callback, 0, RX_CHUNK, 0, NULL, 0};
+static const struct lws_protocols wspass_upstream_protocol = {"tgb-wspass-up", up_callback, 0, RX_CHUNK, 0, NULL,
+                                                              0};
+
+void wspass_register_protocol(void)
+{
+    loop_add_protocol(&wspass_upstream_protocol);
+}
 
 /* ---- taking a connection ------------------------------------------------------------- */
 
@@ -343,14 +348,8 @@ static bool adopt_local(struct wspass *p, int fd, bool unix_peer)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
-    lws_adopt_desc_t ad;
-    memset(&ad, 0, sizeof ad);
-    ad.vh = ws_local_vhost();
-    ad.type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
-    ad.fd.sockfd = fd;
-    ad.vh_prot_name = wspass_local_protocol.name;
-    ad.opaque = p;
-    p->local.wsi = lws_adopt_descriptor_vhost_via_info(&ad);
+    p->ws.callback = local_callback;
+    p->local.wsi = wsserver_adopt(fd, &p->ws);
     if (!p->local.wsi) { /* lws closed fd */
         log_warn("cannot serve a local bulk socket");
         p->local_gone = p->up_gone = true;
@@ -392,7 +391,6 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
                  WP.cfg->max_passthrough);
         return false;
     }
-    p->kind = LOCAL_BULK;
     p->route = dir == BULK_IMPORT ? PASS_IMPORT_SOCKET : PASS_EXPORT_SOCKET;
     snprintf(p->what, sizeof p->what, "%s", what);
     p->serial = ++WP.serial;
@@ -450,7 +448,7 @@ const struct frontend wspass_frontend = {"bulk", wspass_take, bulk_stats, bulk_f
 int wspass_init(struct lws_context *ctx, const struct config *cfg)
 {
     frontend_register(&wspass_frontend);
-    (void)ctx;
+    (void)ctx; /* the local sides are served on wsserver.c's vhost */
     WP.cfg = cfg;
     list_init(&WP.all);
     /* Pinged after --ping-interval of silence, dropped after --ping-timeout more, as

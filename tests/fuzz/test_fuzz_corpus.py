@@ -98,5 +98,9 @@ def test_fuzz_corpus_bulkpath():
     _replay("bulkpath")
 
 
+def test_fuzz_corpus_passpath():
+    _replay("passpath")
+
+
 def test_fuzz_corpus_restname():
     _replay("restname")

@@ -1,14 +1,12 @@
 /* The link-time stand-ins of the C unit tests (mosquitto's test/unit/<module>_stubs.c are the
  * model): what lies beyond the module under test, replaced by something a test can
  * drive and inspect.  stubs_loop.c: the clock and the timers; stubs_log.c: the log;
- * stubs_upstream.c: the side the mux sends to; stubs_callrec.c: the call records;
- * stubs_drops.c: the drop counter. */
+ * stubs_upstream.c: the side the mux sends to; stubs_callrec.c: the call records. */
 #ifndef TGB_UNIT_STUBS_H
 #define TGB_UNIT_STUBS_H
 #include <stdbool.h>
 #include <stddef.h>
 #include "callrec.h"
-#include "health.h"
 #include "log.h"
 #include "mux.h"
 #include "timer.h"
@@ -23,7 +21,7 @@ size_t fake_timers_armed(void);
 double fake_timer_due(const struct timer *t);
 /* Forgets every armed timer (between tests). */
 void fake_timers_reset(void);
-/* How many times loop_flush_soon was called. */
+/* How many times firstpart_queued was called. */
 extern unsigned fake_flush_requests;
 
 /* ---- stubs_log.c: lines are kept, not written ---- */
@@ -61,6 +59,4 @@ struct fake_call {
 };
 extern struct fake_call fake_calls[64];
 extern size_t fake_ncalls;
-/* ---- stubs_drops.c: callers dropped by a guard, by reason ---- */
-extern unsigned fake_drops[DROP_REASONS];
 #endif

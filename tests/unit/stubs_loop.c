@@ -1,6 +1,7 @@
 /* The loop and the clock, for unit tests: a clock that moves only when the test says,
  * and timers kept in a list the test fires by moving it (stubs.h). */
 #include "stubs.h"
+#include "firstpart.h"
 #include "loop.h"
 #include "util.h"
 #include <stdlib.h>
@@ -96,7 +97,7 @@ void fake_clock_advance(double seconds)
     clock_now = until;
 }
 
-void loop_flush_soon(void)
+void firstpart_queued(void)
 {
     fake_flush_requests++;
 }

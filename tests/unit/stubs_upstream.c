@@ -28,7 +28,12 @@ static const char *default_workspace(void)
     return fake_up.workspace;
 }
 
-const struct mux_sink fake_sink = {sendable, ready, reason, default_workspace};
+static size_t window_used(void)
+{
+    return 0;
+}
+
+const struct mux_sink fake_sink = {sendable, ready, reason, default_workspace, window_used};
 
 void fake_upstream_reset(void)
 {

@@ -2,7 +2,7 @@
  * the pure functions guard_due and guard_over_budget, and the --max-assembling account. */
 #include "unit_main.h"
 #include "guard.h"
-#include "stubs.h"
+#include "stats.h"
 #include <math.h>
 #include <string.h>
 
@@ -47,10 +47,10 @@ static void test_assembling_account(void **state)
     cfg.max_assembling = 1000;
     guard_init(&cfg);
     struct hold a = {0}, b = {0};
-    unsigned before = fake_drops[DROP_MEMORY_BUDGET];
+    unsigned long long before = stats_callers_dropped(DROP_MEMORY_BUDGET);
     assert_true(guard_hold(&a, 700));
     assert_true(!guard_hold(&b, 400));
-    assert_int_equal(fake_drops[DROP_MEMORY_BUDGET], before + 1);
+    assert_int_equal(stats_callers_dropped(DROP_MEMORY_BUDGET), before + 1);
     assert_int_equal(b.bytes, 0);
     assert_int_equal(guard_assembling(), 700);
     guard_release(&b);

@@ -155,7 +155,7 @@ enum MHD_Result rest_queue_too_busy(struct MHD_Connection *c)
     return ret;
 }
 
-/* Streaming, error as the first frame: a real status (documented in README). */
+/* Streaming, error as the first frame: a real status (documented in docs/protocols.md). */
 void rest_map_stream_error(struct call *call, const struct frame *f)
 {
     const char *unused;

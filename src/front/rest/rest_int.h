@@ -28,6 +28,7 @@
 enum route {
     R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_METRICS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
     R_PASS,
+    R_REFUSED, /* a pass-through request refused on its path or method (passpath.c): probe's reject */
 };
 enum fmt { FMT_JSON, FMT_NDJSON, FMT_SSE };
 enum phase { PH_BODY, PH_WAITING, PH_STREAMING, PH_DONE };
@@ -98,10 +99,9 @@ struct conn_watch {
      * after one of grace. */
     struct guard deadline;
     struct peer peer;             /* who is at the other end (listener.c) */
-    int first_route;              /* the listener's pass-through route for the first request, or -1 */
     struct refusal first_refusal; /* the listener's answer to its first request, if any */
+    char *raw_uri;                /* the request target as sent (libmicrohttpd decodes its own copy) */
     struct caller caller;         /* this connection, as the fair queue sees it */
-    char *raw_path;               /* the current request's path as sent, before libmicrohttpd decodes it */
 };
 
 /* RFC 9112 §6: the body's length must be unambiguous, or a proxy in front and we
@@ -120,7 +120,7 @@ struct rest_state {
      * bodies stream in pieces as large as the pool allows (BENCHMARKS.md). */
     struct MHD_Daemon *daemons[2];
     struct timer pump_timer;
-    int hup_epfd;
+    struct loop_epoll *hup;
     const struct handover *handing; /* the connection being added (on_connection reads it) */
     size_t nconns;
     struct list calls;
@@ -169,7 +169,7 @@ const char *rest_error_type_of(const struct frame *f);
 
 /* route.c */
 /* Which route a (decoded) URL is; fills out's kind, flow, pass_route. */
-/* raw: the path as sent (no query), or NULL. */
+/* raw: the request target as sent (its query is not read), or NULL. */
 enum route rest_route_of(const char *url, const char *raw, struct call *out);
 /* What admission a route asks for (health routes: none). */
 enum admit_rule rest_route_rule(enum route route, int pass_route);
@@ -186,8 +186,10 @@ enum fmt rest_format_of(const char *accept, const cJSON *body);
 const cJSON *rest_last_member(const cJSON *obj, const char *name);
 
 /* relay.c */
-enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *method,
-                                int pass_route, const struct framing *fr, const struct caller_id *who,
-                                void **con_cls);
+/* url: as libmicrohttpd decoded it (for the access log); path: the canonical one
+ * passpath.c matched, forwarded as is. */
+enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *path,
+                                const char *method, int pass_route, const struct framing *fr,
+                                const struct caller_id *who, void **con_cls);
 enum MHD_Result rest_pass_request_data(struct call *call, const char *data, size_t *size);
 #endif

@@ -2,6 +2,7 @@
 #include "passthrough.h"
 #include "restname.h"
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -43,23 +44,9 @@ static enum route flow_route(const char *raw, struct call *out)
     return R_NOT_FOUND;
 }
 
-enum route rest_route_of(const char *url, const char *raw, struct call *out)
+/* The routes with names in them, from the path as sent (no query). */
+static enum route names_route(const char *raw, struct call *out)
 {
-    if (!strcmp(url, "/healthz"))
-        return R_HEALTHZ;
-    if (!strcmp(url, "/readyz"))
-        return R_READYZ;
-    if (!strcmp(url, "/status"))
-        return R_STATUS;
-    if (!strcmp(url, "/metrics"))
-        return R_METRICS;
-    /* The gateway's routes that carry no envelope (reference §2.2, §8.4): relayed. */
-    if ((out->pass_route = pass_http_route(url)) >= 0)
-        return R_PASS;
-    /* Names are read from the path as sent: libmicrohttpd's url has %2F and %00
-     * decoded already, where they cannot be told from '/' and the end. */
-    if (!raw)
-        raw = url;
     static const char flowp[] = "/api/v1/flow/";
     /* "/api/v1/flow" alone is the flow-management kind, handled below. */
     if (!strncmp(raw, flowp, sizeof flowp - 1))
@@ -73,6 +60,27 @@ enum route rest_route_of(const char *url, const char *raw, struct call *out)
             return R_KIND;
     }
     return R_NOT_FOUND;
+}
+
+enum route rest_route_of(const char *url, const char *raw_target, struct call *out)
+{
+    if (!strcmp(url, "/healthz"))
+        return R_HEALTHZ;
+    if (!strcmp(url, "/readyz"))
+        return R_READYZ;
+    if (!strcmp(url, "/status"))
+        return R_STATUS;
+    if (!strcmp(url, "/metrics"))
+        return R_METRICS;
+    /* Names are read from the path as sent: libmicrohttpd's url has %2F and %00
+     * decoded already, where they cannot be told from '/' and the end. */
+    const char *t = raw_target ? raw_target : url;
+    char *raw = strndup(t, strcspn(t, "?"));
+    if (!raw)
+        abort();
+    enum route r = names_route(raw, out);
+    free(raw);
+    return r;
 }
 
 /* One number (libmicrohttpd has already refused anything else in the first one). */
@@ -184,6 +192,9 @@ enum route_plan rest_route_plan(enum route *route, const char *method, struct ca
         return PLAN_CALL;
     case R_PASS:
         return PLAN_PASS;
+    case R_REFUSED:
+        *rj = probe->reject;
+        return PLAN_CALL;
     case R_SOCKET:
         if (get) {
             *rj = (struct reject){400, "bad-request",

@@ -28,26 +28,20 @@ void rest_watch_hangup(struct call *call)
     }
     if (cw->added)
         return;
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = cw};
-    if (!epoll_ctl(REST.hup_epfd, EPOLL_CTL_ADD, cw->fd, &ev))
+    if (!loop_epoll_add(REST.hup, cw->fd, EPOLLRDHUP | EPOLLET, cw))
         cw->added = true;
 }
 
-static void on_hangups(void *arg)
+static void on_hangup(void *ptr, uint32_t events)
 {
-    (void)arg;
-    struct epoll_event evs[64];
-    int n = epoll_wait(REST.hup_epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++) {
-        struct conn_watch *cw = evs[i].data.ptr;
-        if (!(evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
-            continue;
-        /* Edge-triggered: remember it for a call that suspends later. */
-        cw->hung_up = true;
-        /* A pass-through call is watched all along: its upload may be under way. */
-        if (cw->call && (cw->call->suspended || cw->call->route == R_PASS))
-            rest_caller_gone(cw->call);
-    }
+    struct conn_watch *cw = ptr;
+    if (!(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        return;
+    /* Edge-triggered: remember it for a call that suspends later. */
+    cw->hung_up = true;
+    /* A pass-through call is watched all along: its upload may be under way. */
+    if (cw->call && (cw->call->suspended || cw->call->route == R_PASS))
+        rest_caller_gone(cw->call);
 }
 
 static void request_overdue(struct guard *g)
@@ -75,20 +69,6 @@ struct conn_watch *rest_conn_watch_of(struct MHD_Connection *c)
     return sc ? sc->socket_context : NULL;
 }
 
-/* The request line's target as sent: libmicrohttpd decodes the url it hands
- * rest_on_request, and %2F or %00 in a name must be told from '/' and the end
- * (route.c). */
-static void *uri_logged(void *cls, const char *uri, struct MHD_Connection *c)
-{
-    (void)cls;
-    struct conn_watch *cw = rest_conn_watch_of(c);
-    if (cw) {
-        free(cw->raw_path);
-        cw->raw_path = strndup(uri, strcspn(uri, "?"));
-    }
-    return NULL;
-}
-
 /* The head is in; a body may follow. */
 void rest_await_body(struct conn_watch *cw)
 {
@@ -101,6 +81,20 @@ void rest_request_in(struct conn_watch *cw)
 {
     if (cw && cw->deadline.kind != GUARD_IDLE)
         guard_stop(&cw->deadline);
+}
+
+/* libmicrohttpd's URI log callback: the request target as sent, before it decodes
+ * its own copy (connection.c, "log callback before we modify URI").  Kept on the
+ * connection; the call's context stays NULL. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)cls;
+    struct conn_watch *cw = rest_conn_watch_of(c);
+    if (cw) {
+        free(cw->raw_uri);
+        cw->raw_uri = strdup(uri);
+    }
+    return NULL;
 }
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
@@ -116,7 +110,6 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             const struct handover *in = REST.handing;
             cw->fd = ci ? ci->connect_fd : -1;
             caller_init(&cw->caller);
-            cw->first_route = in ? in->route : -1;
             if (in && in->peer)
                 cw->peer = *in->peer;
             rest_await_head(cw, in && in->peer && in->peer->accepted_at > 0 ? in->peer->accepted_at : now_mono());
@@ -131,10 +124,10 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         return;
     guard_stop(&cw->deadline);
     if (cw->added)
-        epoll_ctl(REST.hup_epfd, EPOLL_CTL_DEL, cw->fd, NULL);
+        loop_epoll_del(REST.hup, cw->fd);
     if (cw->call)
         cw->call->watch = NULL;
-    free(cw->raw_path);
+    free(cw->raw_uri);
     free(cw);
     *socket_context = NULL;
 }
@@ -267,8 +260,7 @@ int rest_init(const struct config *cfg)
         REST.daemons[i] = MHD_start_daemon(
             MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
             rest_on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, rest_on_completed,
-            NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_URI_LOG_CALLBACK, uri_logged, NULL,
-            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+            NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
             MHD_OPTION_CONNECTION_MEMORY_LIMIT, pools[i], MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000,
             MHD_OPTION_END);
         if (!REST.daemons[i]) {
@@ -276,14 +268,13 @@ int rest_init(const struct config *cfg)
             return -1;
         }
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(REST.daemons[i], MHD_DAEMON_INFO_EPOLL_FD);
-        int fd = di ? dup(di->epoll_fd) : -1;
-        if (fd < 0 || !loop_watch_fd(fd, on_epoll_readable, NULL)) {
+        if (!di || !loop_watch_epoll(di->epoll_fd, on_epoll_readable, NULL)) {
             log_error("cannot watch the HTTP server's epoll fd");
             return -1;
         }
     }
-    REST.hup_epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (REST.hup_epfd < 0 || !loop_watch_fd(REST.hup_epfd, on_hangups, NULL)) {
+    REST.hup = loop_epoll_new(on_hangup);
+    if (!REST.hup) {
         log_error("cannot create the hang-up watcher");
         return -1;
     }

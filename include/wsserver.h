@@ -1,0 +1,23 @@
+/* The one lws server vhost for local WebSockets: the local /api/v1/socket (ws.c) and
+ * the bulk sockets (wspass.c).  lws moves an upgraded connection on an adopted
+ * socket to the first protocol of the first listen-less server vhost, whatever it
+ * was adopted for and on (lws_select_vhost), so there is exactly one such vhost, and
+ * its protocol hands each connection's callbacks to the handler its object names. */
+#ifndef TGB_WSSERVER_H
+#define TGB_WSSERVER_H
+#include <libwebsockets.h>
+#include "config.h"
+
+/* The first member of every object adopted here (the wsi's opaque user data): the
+ * callback that serves it. */
+struct wsserver_conn {
+    lws_callback_function *callback;
+};
+
+/* After loop_init: the vhost, pinging clients silent for --ping-interval and
+ * dropping those that have not answered --ping-timeout later. */
+int wsserver_init(struct lws_context *ctx, const struct config *cfg);
+/* Serves fd, whose upgrade request is still unread on it, with conn->callback; the
+ * wsi, or NULL (lws closed fd). */
+struct lws *wsserver_adopt(int fd, struct wsserver_conn *conn);
+#endif
