@@ -112,6 +112,18 @@ bool client_msg_id(const char *text, size_t len, struct span *id)
     return t.id.p != NULL;
 }
 
+/* Refused before it could be read.  Too deep to read whole (cJSON and the gateway's
+ * parser would refuse it too), its id may still come before the depth: the reply
+ * carries it. */
+static void unreadable(struct client_msg_info *out, const char *text, size_t len, const char *what, const char *why)
+{
+    bad(out, "%s %s", what, why);
+    if (json_too_deep(text, len) && client_msg_id(text, len, &out->id)) {
+        out->id_present = true;
+        out->id_span = out->id;
+    }
+}
+
 void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
 {
     memset(out, 0, sizeof *out);
@@ -125,13 +137,7 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
     cJSON *root = NULL;
     const char *why = json_body_check(text, len, &root);
     if (why) {
-        bad(out, "%s %s", what, why);
-        /* Too deep to read whole (cJSON and the gateway's parser would refuse it too),
-         * but its id may come before the depth: the reply carries it. */
-        if (json_too_deep(text, len) && client_msg_id(text, len, &out->id)) {
-            out->id_present = true;
-            out->id_span = out->id;
-        }
+        unreadable(out, text, len, what, why);
         return;
     }
     if (!cJSON_IsObject(root)) {
