@@ -23,10 +23,6 @@
 
 /* RFC 6455 §7.4.1's registry has it; lws 4.1.6's enum does not. */
 #define CLOSE_TRY_AGAIN_LATER 1013
-/* lws's own write type for a close frame (LWS_WRITE_CLOSE, lib/roles/ws/private-lib-
- * roles-ws.h in 4.1.6), left out of its public enum: written by us, a close frame
- * does not end the connection, so the peer's answer can be awaited. */
-#define WRITE_CLOSE ((enum lws_write_protocol)4)
 
 /* Bytes queued toward one side before the other side is no longer read. */
 #define SIDE_BUF (256 * 1024)
@@ -217,22 +213,14 @@ static void relay(struct wspass *p, struct side *from, struct lws *wsi, const vo
         lws_callback_on_writable(to->wsi);
 }
 
-/* Our close frame, written by us rather than by lws's close (which drops TCP right
- * after it): the peer's answer is awaited -- it ends the connection (peer_closed) --
- * for --close-timeout at most (RFC 6455 §7.1.1). */
+/* Our close frame: the peer's answer is awaited -- it ends the connection
+ * (peer_closed) -- for --close-timeout at most (wsserver_send_close). */
 static int send_close(struct wspass *p, struct side *s)
 {
-    unsigned char frame[LWS_PRE + 2 + sizeof s->close_reason];
-    size_t n = strlen(s->close_reason);
-    frame[LWS_PRE] = (unsigned char)(s->close_code >> 8);
-    frame[LWS_PRE + 1] = (unsigned char)s->close_code;
-    memcpy(frame + LWS_PRE + 2, s->close_reason, n);
-    if (lws_write(s->wsi, frame + LWS_PRE, n + 2, WRITE_CLOSE) < (int)(n + 2))
+    if (wsserver_send_close(s->wsi, s->close_code, s->close_reason, strlen(s->close_reason), WP.cfg->close_timeout))
         return -1;
     s->close_sent = true;
-    side_flow(p, s);
-    double t = WP.cfg->close_timeout;
-    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, t < 1 ? 1 : t > 3600 ? 3600 : (int)(t + 0.999));
+    side_flow(p, s); /* its answer must be read */
     return 0;
 }
 
