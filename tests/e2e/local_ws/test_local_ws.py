@@ -467,3 +467,28 @@ def test_requests_past_max_pending_get_an_error_at_once():
         eq(sorted(f["id"] for f in first), ["r3", "r4"], "refused at once")
         eq({f["error"]["type"] for f in first}, {"too-many-requests"}, "their error")
         eq(sorted(rest), ["r0", "r1", "r2"], "the others answered")
+
+
+@timeout(60)
+def test_upgrades_rfc6455_refuses_are_answered_over_http():
+    """RFC 6455 §4.1-4.4 on the local WebSocket and the bulk sockets alike: an
+    upgrade over HTTP/1.0 gets 400, one without Sec-WebSocket-Version: 13 gets 426
+    naming the version served; version 13 over HTTP/1.1 opens."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN)
+    with m, b:
+        b.wait_ready()
+        for path in ("/api/v1/socket", "/api/v1/flow/default/import/triples"):
+            for version, http, want in (("8", "1.1", 426), (None, "1.1", 426), ("13", "1.0", 400),
+                                        ("13, 8", "1.1", 426), ("13", "1.1", 101)):
+                s = rawws.upgrade(b.port, path, version=version, http=http)
+                status, head, _ = rawws.read_head(s)
+                s.close()
+                what = "%s, version %s, HTTP/%s" % (path, version, http)
+                eq(status, want, what)
+                if want == 426:
+                    assert "\r\nsec-websocket-version: 13\r\n" in head.lower() + "\r\n", head
+                if want != 101:
+                    assert "application/json" in head.lower(), head
+        wait_until(lambda: b.get("/status").json()["passthrough"]["active"] == 0, what="bulk pair freed")
+        eq(len(m.stats()["passthrough"]["sockets"]), 1, "bulk sockets the gateway saw (the one opened)")
