@@ -1,6 +1,6 @@
 # tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test;
 # `make install` installs it (PREFIX, DESTDIR).
-PKGS      := libmicrohttpd libwebsockets libcjson libcrypto
+PKGS      := libmicrohttpd libwebsockets libcjson libssl libcrypto
 # What building needs (`make` only checks for these and names what is missing) ...
 BUILD_DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev
 # ... and what the tests need besides (`make test` installs these when run as root).
@@ -69,13 +69,15 @@ $(BUILD):
 # stubs.h) -- never libwebsockets or libmicrohttpd.  Every binary runs all its tests with
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
-UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session
+UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
+                    passpath
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
 UNIT_OBJS_envelope  := wire/envelope wire/json base/buf
 UNIT_OBJS_wsframe   := wire/wsframe base/buf
 UNIT_OBJS_lineframe := wire/lineframe base/buf
+UNIT_OBJS_passpath  := wire/passpath base/util
 UNIT_OBJS_redact    := base/redact base/util base/buf
 UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log base/redact base/util \
                        base/buf base/clock
@@ -84,7 +86,7 @@ UNIT_OBJS_access    := core/access $(UNIT_OBJS_config) wire/httphead
 UNIT_STUBS_access   := tests/unit/unit_config.c
 UNIT_OBJS_guard     := core/guard base/stats
 UNIT_STUBS_guard    := tests/unit/stubs_loop.c
-UNIT_OBJS_health    := obs/health base/status base/stats core/frontend base/buf base/redact base/util base/clock
+UNIT_OBJS_health    := obs/health base/status base/buf base/redact base/util base/clock
 UNIT_OBJS_reqtable  := core/reqtable base/buf
 UNIT_OBJS_mux       := core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf
 UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
@@ -213,7 +215,7 @@ uninstall:
 #   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
 #       checked-in corpora; `make test` builds these too (tests/fuzz/test_fuzz_corpus.py runs
 #       them) and `make asan` builds them sanitized in build-asan.
-FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath
+FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath
 FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
 FUZZ_SECONDS     ?= 60
 FUZZ_ARGS        ?=
@@ -234,6 +236,7 @@ FUZZ_SRCS_redact    := src/base/redact.c src/base/util.c src/base/buf.c
 FUZZ_SRCS_httphead  := src/wire/httphead.c
 FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
 FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c src/base/clock.c
+FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/redact.c src/base/clock.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h tests/lib/utf8_valid.h \
                      $(wildcard include/*.h)
 FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))

@@ -1,6 +1,6 @@
 /* Who may use tgbridge's door, decided in one place for every front end and every
  * upgrade: the peer's credentials (the Unix socket's --unix-allow-uid/gid), the
- * browser rules (Origin, Host: README "Security") and the optional local client token
+ * browser rules (Origin, Host: docs/security.md) and the optional local client token
  * (--client-token-file) as a Bearer header, a ?token= or the local WebSocket's auth
  * frame.  The answer is a verdict -- the caller's identity, or a refusal with its
  * status, error type and message -- which front ends only apply: REST answers the
@@ -96,8 +96,9 @@ typedef bool (*access_policy_fn)(const struct admission_ask *ask, struct caller_
 void access_set_policy(access_policy_fn fn);
 
 int access_init(const struct config *cfg, char *err, size_t errlen);
-/* SIGHUP: --client-token-file read again; the old token stays redacted. */
-void access_reload(void);
+/* SIGHUP or the file changing (why: which, for the log): --client-token-file read
+ * again; a missing or empty file keeps the old token (logged); it stays redacted. */
+void access_reload(const char *why);
 
 /* The verdict for ask under rules: pure. */
 void access_decide(const struct access_rules *rules, const struct admission_ask *ask, struct admission *out);

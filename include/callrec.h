@@ -12,6 +12,7 @@ enum call_outcome {
     CALL_GATEWAY_ERROR, /* the gateway's own error (a 4xx/5xx it chose, an error frame) */
     CALL_FAILED,        /* tgbridge answered with an error of its own (timeout, down, bad input) */
     CALL_ABORTED,       /* the caller went away first */
+    CALL_TRUNCATED,     /* the gateway's body ended before its end: so did the caller's */
     CALL_OUTCOMES
 };
 

@@ -46,6 +46,8 @@ struct frontend {
 void frontend_register(const struct frontend *fe);
 /* The i-th registered front end, or NULL past the last. */
 const struct frontend *frontend_at(size_t i);
+/* Registers the front ends' /status and /metrics source (frontend_status.c). */
+void frontend_status_register(void);
 /* Sums over every front end. */
 void frontend_totals(struct frontend_stats *out);
 #endif

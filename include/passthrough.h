@@ -25,11 +25,11 @@ enum pass_route {
     PASS_IMPORT_SOCKET, PASS_EXPORT_SOCKET, PASS_ROUTE_N
 };
 const char *pass_route_name(enum pass_route r);
-/* The HTTP routes: which one a (decoded) local path is, or -1. */
-int pass_http_route(const char *path);
+/* The HTTP routes: which one a local request is, is passpath.c's to say. */
 
-/* How a call ended, for the metric label. */
-enum pass_outcome { PASS_OK, PASS_GATEWAY_ERROR, PASS_FAILED, PASS_ABORTED, PASS_OUTCOME_N };
+/* How a call ended, for the metric label (truncated: the gateway's body ended before
+ * its end, and so did the caller's). */
+enum pass_outcome { PASS_OK, PASS_GATEWAY_ERROR, PASS_FAILED, PASS_ABORTED, PASS_TRUNCATED, PASS_OUTCOME_N };
 
 struct pass_header {
     const char *name;   /* lower case, e.g. "content-type" */
@@ -68,6 +68,11 @@ struct pass *pass_start(const struct pass_request *rq, const struct pass_ops *op
 /* Upload: takes what fits of data (returns how much); pass_put_end after the last. */
 size_t pass_put(struct pass *p, const void *data, size_t n);
 void pass_put_end(struct pass *p);
+/* The gateway's status once the head is the owner's (pass_ops.head), else 0.  A 2xx
+ * head comes at once and its body streams unchanged; any other is held until its
+ * body is whole, then given with every known secret redacted from the body (as from
+ * every relayed header), or, past 64 KiB or encoded, with tgbridge's own
+ * gateway-error body instead. */
 int pass_status(const struct pass *p);
 /* The i-th response header relayed (allow-listed), false past the last. */
 bool pass_response_header(const struct pass *p, size_t i, const char **name, const char **value);
@@ -77,6 +82,9 @@ long long pass_body_length(const struct pass *p);
 size_t pass_take(struct pass *p, void *out, size_t max);
 /* The whole body has been taken. */
 bool pass_done(const struct pass *p);
+/* The gateway's body ended before its end (the caller's was broken off: pass_ops.fail
+ * with status 0). */
+bool pass_truncated(const struct pass *p);
 /* The caller is gone, or has been answered: the upstream request is aborted if it is
  * still running and p is freed; no callback follows. */
 void pass_end(struct pass *p, bool caller_gone);

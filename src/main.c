@@ -1,10 +1,11 @@
 /* tgbridge: one authenticated WebSocket to a TrustGraph gateway, served locally as
- * REST with streaming.  main() wires the modules together; see README "Design". */
+ * REST with streaming.  main() wires the modules together; see docs/design.md. */
 #include "access.h"
 #include "callrec.h"
 #include "activation.h"
 #include "config.h"
 #include "dial.h"
+#include "filewatch.h"
 #include "frontend.h"
 #include "health.h"
 #include "line_proto.h"
@@ -14,6 +15,7 @@
 #include "mux.h"
 #include "passthrough.h"
 #include "redact.h"
+#include "reload.h"
 #include "resolver.h"
 #include "rest.h"
 #include "sdnotify.h"
@@ -118,8 +120,7 @@ static void on_signal(void *arg)
             begin_shutdown((int)si.ssi_signo);
             break;
         case SIGHUP:
-            access_reload();
-            upstream_reload_token();
+            reload_all("SIGHUP");
             break;
         default:
             break;
@@ -127,6 +128,7 @@ static void on_signal(void *arg)
     }
 }
 
+/* A watched secret changed: what SIGHUP does for that file (docs/operations.md). */
 static void upstream_changed(bool ready, const char *what)
 {
     char status[700];
@@ -173,6 +175,7 @@ static int start_modules(void)
     mux_init(&cfg, &upstream_sink);
     guard_init(&cfg);
     health_init();
+    frontend_status_register();
     passthrough_init(loop_ctx(), &cfg);
     callrec_init(&cfg);
     line_init(&cfg);
@@ -240,7 +243,9 @@ static void serve(int port)
      * gateway is there is /readyz's business, and STATUS= follows it. */
     sdnotify_ready(status);
     upstream_start();
+    reload_watch_secrets();
     loop_run();
+    filewatch_stop();
     sdnotify_close();
     unix_listener_close(unix_listener);
     rest_shutdown();
@@ -262,6 +267,7 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg.log_level);
     log_set_json(cfg.log_json);
+    reload_init(&cfg, argc, argv);
     if (access_init(&cfg, err, sizeof err)) {
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;

@@ -40,6 +40,12 @@ static int read_token(char *err, size_t errlen)
         snprintf(err, errlen, "--client-token-file %s is empty", A.cfg->client_token_file);
         return -1;
     }
+    char what[4200];
+    snprintf(what, sizeof what, "the client token in --client-token-file %s", A.cfg->client_token_file);
+    if (config_check_token(A.cfg, tok, what, err, errlen)) {
+        explicit_bzero(tok, sizeof tok);
+        return -1;
+    }
     secret_add(tok);
     if (A.token)
         explicit_bzero(A.token, strlen(A.token));
@@ -55,11 +61,13 @@ int access_init(const struct config *cfg, char *err, size_t errlen)
     return read_token(err, errlen);
 }
 
-void access_reload(void)
+void access_reload(const char *why)
 {
     char err[300];
     if (A.cfg->client_token_file && read_token(err, sizeof err))
-        log_error("SIGHUP: %s; keeping the client token as it was", err);
+        log_error("%s: %s; keeping the client token as it was", why, err);
+    else if (A.cfg->client_token_file)
+        log_info("%s: the client token read again", why);
 }
 
 /* "[::1]:8089" -> "::1", "localhost:8089" -> "localhost". */
@@ -108,7 +116,7 @@ static void refuse(struct admission *out, unsigned status, const char *type)
 }
 
 /* A browser page on any site can send requests to a loopback port, and with DNS
- * rebinding read the answers (README "Security"): requests from web origins not
+ * rebinding read the answers (docs/security.md): requests from web origins not
  * allowed, and Host names that are not this machine's, are refused. */
 static bool browser_refused(const struct config *cfg, const struct admission_ask *ask, struct admission *out)
 {

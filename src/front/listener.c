@@ -9,6 +9,7 @@
 #include "rest.h"
 #include "ws.h"
 #include "wspass.h"
+#include "passpath.h"
 #include "passthrough.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -104,15 +105,17 @@ static int bulk_head(const struct http_head *h)
     return wspass_route(h) ? 0 : -1;
 }
 
-/* A pass-through HTTP route's path (passthrough.c), as sent: its enum pass_route. */
+/* A pass-through HTTP route (passpath.c), decided on the path as sent: its enum
+ * pass_route.  A refused path or method goes on to REST, which answers it. */
 static int pass_head(const struct http_head *h)
 {
-    char path[256];
-    if (h->path.n >= sizeof path)
+    char method[16], path[PASSPATH_MAX];
+    if (h->method.n >= sizeof method)
         return -1;
-    memcpy(path, h->path.p, h->path.n);
-    path[h->path.n] = '\0';
-    return pass_http_route(path);
+    memcpy(method, h->method.p, h->method.n);
+    method[h->method.n] = '\0';
+    struct passpath pp;
+    return passpath_route(method, h->path, path, sizeof path, &pp) == PASSPATH_OK ? (int)pp.route : -1;
 }
 
 static int any_head(const struct http_head *h)

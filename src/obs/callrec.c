@@ -28,7 +28,7 @@ struct histogram {
     double sum;
 };
 
-static const char *const outcome_names[CALL_OUTCOMES] = {"ok", "gateway-error", "failed", "aborted"};
+static const char *const outcome_names[CALL_OUTCOMES] = {"ok", "gateway-error", "failed", "aborted", "truncated"};
 static const char *const frontends[] = {"rest", "line", "ws", "bulk"};
 #define NFRONTENDS (sizeof frontends / sizeof *frontends)
 

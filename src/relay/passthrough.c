@@ -1,4 +1,5 @@
 #include "passthrough.h"
+#include "passhead.h"
 #include "dial.h"
 #include "list.h"
 #include "log.h"
@@ -14,34 +15,13 @@
 /* What waits in either direction for one call, at most (plus one read's worth). */
 #define PASS_BUF (256 * 1024)
 #define READ_CHUNK (256 * 1024)
-#define MAX_RESP_HEADERS 16
+/* A non-2xx body is held until whole and redacted (a refusal may quote a credential
+ * back); one longer than this is not relayed at all. */
+#define HELD_MAX (64 * 1024)
 
 static const char *const route_names[PASS_ROUTE_N] = {
     "auth", "i18n", "metrics", "document-stream", "import-core", "export-core", "import", "export"};
-static const char *const outcome_names[PASS_OUTCOME_N] = {"ok", "gateway-error", "failed", "aborted"};
-
-/* The response headers relayed to the caller; the rest (hop-by-hop ones, Server,
- * Date, cookies) stay behind.  lws 4.1.6 reads headers by name only. */
-static const struct {
-    const char *name;
-    enum lws_token_indexes token;
-} relayed[] = {
-    {"content-type", WSI_TOKEN_HTTP_CONTENT_TYPE},
-    {"content-disposition", WSI_TOKEN_HTTP_CONTENT_DISPOSITION},
-    {"content-encoding", WSI_TOKEN_HTTP_CONTENT_ENCODING},
-    {"content-language", WSI_TOKEN_HTTP_CONTENT_LANGUAGE},
-    {"content-range", WSI_TOKEN_HTTP_CONTENT_RANGE},
-    {"accept-ranges", WSI_TOKEN_HTTP_ACCEPT_RANGES},
-    {"cache-control", WSI_TOKEN_HTTP_CACHE_CONTROL},
-    {"etag", WSI_TOKEN_HTTP_ETAG},
-    {"last-modified", WSI_TOKEN_HTTP_LAST_MODIFIED},
-    {"expires", WSI_TOKEN_HTTP_EXPIRES},
-    {"vary", WSI_TOKEN_HTTP_VARY},
-    {"location", WSI_TOKEN_HTTP_LOCATION},
-    {"retry-after", WSI_TOKEN_HTTP_RETRY_AFTER},
-    {"www-authenticate", WSI_TOKEN_HTTP_WWW_AUTHENTICATE},
-    {"allow", WSI_TOKEN_HTTP_ALLOW},
-};
+static const char *const outcome_names[PASS_OUTCOME_N] = {"ok", "gateway-error", "failed", "aborted", "truncated"};
 
 struct pass {
     struct dial dial;
@@ -57,11 +37,13 @@ struct pass {
     bool up_end, up_done, owner_wants_room;
     struct buf down;           /* body bytes for the caller */
     bool rx_paused;
-    int status;
-    long long body_length;
-    struct pass_header resp[MAX_RESP_HEADERS];
-    size_t nresp;
+    struct pass_head head;     /* the answer's, as the caller gets it */
     bool head_seen, completed, failed, gone;
+    bool holding;              /* a non-2xx answer: head and body held until whole */
+    bool head_told;            /* the owner has been given the head */
+    bool in_read;              /* inside lws_http_client_read (callback) */
+    bool end_pending;          /* lws said "completed" during that read: decided after it */
+    bool truncated;            /* the body ended before its end (last chunk, Content-Length) */
     struct timer deadline;     /* --request-timeout: for the head, then without progress */
     double started;
     uint64_t bytes_in, bytes_out;
@@ -99,25 +81,6 @@ void passthrough_slot_give(enum pass_route r, enum pass_outcome o, uint64_t in, 
     P.bytes_out += out;
 }
 
-int pass_http_route(const char *path)
-{
-    if (!strncmp(path, "/api/v1/auth/", 13))
-        return PASS_AUTH;
-    if (!strncmp(path, "/api/v1/i18n/", 13))
-        return PASS_I18N;
-    /* The official metrics client asks for the bare /api/metrics, which the gateway
-     * itself 404s (ref §2.2): relayed all the same. */
-    if (!strcmp(path, "/api/metrics") || !strncmp(path, "/api/metrics/", 13))
-        return PASS_METRICS;
-    if (!strcmp(path, "/api/v1/document-stream"))
-        return PASS_DOCUMENT_STREAM;
-    if (!strcmp(path, "/api/v1/import-core"))
-        return PASS_IMPORT_CORE;
-    if (!strcmp(path, "/api/v1/export-core"))
-        return PASS_EXPORT_CORE;
-    return -1;
-}
-
 /* ---- the end of a call ------------------------------------------------------------- */
 
 static void pass_free(struct pass *p)
@@ -126,8 +89,7 @@ static void pass_free(struct pass *p)
     list_del(&p->node);
     for (size_t i = 0; i < p->nreq_headers; i++)
         free(p->req_headers[i].value);
-    for (size_t i = 0; i < p->nresp; i++)
-        free(p->resp[i].value);
+    pass_head_free(&p->head);
     if (p->authorization) {
         explicit_bzero(p->authorization, strlen(p->authorization));
         free(p->authorization);
@@ -139,11 +101,13 @@ static void pass_free(struct pass *p)
 
 static enum pass_outcome outcome_of(const struct pass *p, bool caller_gone)
 {
+    if (p->truncated) /* first: the caller's connection was then broken off by us */
+        return PASS_TRUNCATED;
     if (caller_gone && !(p->completed && !p->down.len))
         return PASS_ABORTED;
     if (p->failed || !p->head_seen)
         return PASS_FAILED;
-    return p->status >= 400 ? PASS_GATEWAY_ERROR : PASS_OK;
+    return p->head.status >= 400 ? PASS_GATEWAY_ERROR : PASS_OK;
 }
 
 static void account(struct pass *p, enum pass_outcome o)
@@ -151,7 +115,7 @@ static void account(struct pass *p, enum pass_outcome o)
     passthrough_slot_give(p->route, o, p->bytes_in, p->bytes_out);
     char status[24] = "";
     if (p->head_seen)
-        snprintf(status, sizeof status, ", status %d", p->status);
+        snprintf(status, sizeof status, ", status %d", p->head.status);
     /* The caller's access-log line is the front end's (callrec.c); this is the detail. */
     log_debug("pass-through %s %s: %s%s, %llu bytes in, %llu out, %.3f s", route_names[p->route], p->method,
              outcome_names[o], status, (unsigned long long)p->bytes_in, (unsigned long long)p->bytes_out,
@@ -174,9 +138,25 @@ static void fail(struct pass *p, int status, const char *type, const char *fmt, 
     redact_str(msg, sizeof msg);
     timer_cancel(&p->deadline);
     if (p->owner)
-        p->ops->fail(p->owner, p->head_seen ? 0 : status, type, msg);
+        p->ops->fail(p->owner, p->head_told ? 0 : status, type, msg);
     if (p->dial.wsi)
         dial_close(&p->dial);
+}
+
+/* The gateway's body ended before its end (its connection closed before the last
+ * chunk or the Content-Length): the caller's transfer is broken off the same way --
+ * no last chunk, the connection closed -- never made to look whole. */
+static void truncate_body(struct pass *p)
+{
+    if (p->failed || p->completed)
+        return;
+    if (!p->head_told) {
+        fail(p, 502, "upstream-disconnected", "the gateway closed the connection before the end of its %d answer",
+             p->head.status);
+        return;
+    }
+    p->truncated = true;
+    fail(p, 0, "upstream-disconnected", "the gateway closed the connection before the end of its body");
 }
 
 void pass_end(struct pass *p, bool caller_gone)
@@ -203,7 +183,7 @@ static void overdue(struct timer *t)
 {
     struct pass *p = timer_owner(t, struct pass, deadline);
     double s = P.cfg->request_timeout;
-    if (!p->head_seen)
+    if (!p->head_told)
         fail(p, 504, "request-timeout", "the gateway did not answer within --request-timeout (%g s)", s);
     else
         fail(p, 0, "request-timeout", "nothing moved either way for --request-timeout (%g s)", s);
@@ -217,48 +197,68 @@ static void progressed(struct pass *p)
 
 /* ---- dial.c's callbacks ----------------------------------------------------------- */
 
-static void copy_response_headers(struct pass *p, struct lws *wsi)
+static void tell_head(struct pass *p)
 {
-    for (size_t i = 0; i < sizeof relayed / sizeof *relayed && p->nresp < MAX_RESP_HEADERS; i++) {
-        int n = lws_hdr_total_length(wsi, relayed[i].token);
-        if (n <= 0)
-            continue;
-        char *v = malloc((size_t)n + 1);
-        if (!v)
-            abort();
-        if (lws_hdr_copy(wsi, v, n + 1, relayed[i].token) < 0) {
-            free(v);
-            continue;
-        }
-        p->resp[p->nresp].name = relayed[i].name;
-        p->resp[p->nresp++].value = v;
+    p->head_told = true;
+    if (p->owner)
+        p->ops->head(p->owner);
+}
+
+/* A held answer that cannot be relayed safely: tgbridge's own gateway-error body, with
+ * the gateway's status, instead of the gateway's body and content headers. */
+static void replace_held(struct pass *p, const char *why)
+{
+    p->holding = false;
+    p->completed = true;
+    timer_cancel(&p->deadline);
+    if (p->dial.wsi)
+        dial_close(&p->dial);
+    buf_free(&p->down);
+    buf_init(&p->down, 0);
+    buf_printf(&p->down, "{\"error\":{\"type\":\"gateway-error\",\"message\":\"the gateway answered %d with %s; "
+                         "not relayed\"}}", p->head.status, why);
+    pass_head_own_body(&p->head, p->down.len);
+    tell_head(p);
+    if (p->owner)
+        p->ops->data(p->owner);
+}
+
+/* A held answer is whole: relayed with every secret in it redacted. */
+static void release_held(struct pass *p)
+{
+    if (pass_head_encoded(&p->head)) {
+        replace_held(p, "an encoded body");
+        return;
     }
-    p->body_length = -1;
-    char cl[32];
-    if (lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
-        char *e;
-        long long n = strtoll(cl, &e, 10);
-        if (!*e && n >= 0)
-            p->body_length = n;
-    }
+    p->holding = false;
+    redact_buf(&p->down);
+    p->head.body_length = (long long)p->down.len;
+    tell_head(p);
 }
 
 static void on_head(struct dial *d)
 {
     struct pass *p = timer_owner(d, struct pass, dial);
-    p->status = (int)lws_http_client_http_response(d->wsi);
-    copy_response_headers(p, d->wsi);
+    pass_head_read(&p->head, d->wsi);
     p->head_seen = true;
     dial_settled(d);
     progressed(p);
-    if (!strcmp(p->method, "HEAD")) {
-        /* No body follows, whatever Content-Length says (lws would wait for one). */
+    int st = p->head.status;
+    bool bodiless = st / 100 == 1 || st == 204 || st == 304; /* RFC 9110 §6.4.1 */
+    if (bodiless)
+        p->head.body_length = 0;
+    if (bodiless || !strcmp(p->method, "HEAD")) {
+        /* No body follows, whatever Content-Length says (lws 4.1.6 would wait for one
+         * until the gateway closed). */
         p->completed = true;
         timer_cancel(&p->deadline);
         dial_close(d);
     }
-    if (p->owner)
-        p->ops->head(p->owner);
+    /* A refusal may quote tgbridge's credential back: a non-2xx body is held until
+     * whole and redacted.  A 2xx body streams as it comes, unchanged. */
+    p->holding = !p->completed && st / 100 != 2;
+    if (!p->holding)
+        tell_head(p);
 }
 
 static void on_gone(struct dial *d)
@@ -273,7 +273,7 @@ static void on_gone(struct dial *d)
         if (!p->head_seen)
             fail(p, 502, "gateway-unreachable", "%s", d->reason);
         else
-            fail(p, 0, "upstream-disconnected", "the gateway connection closed before the body was complete");
+            truncate_body(p);
     }
 }
 
@@ -356,15 +356,41 @@ static int write_upload(struct pass *p, struct lws *wsi)
 
 static void received(struct pass *p, struct lws *wsi, const void *in, size_t len)
 {
+    if (p->completed)
+        return; /* a held answer replaced: the rest is not read */
     buf_append(&p->down, in, len);
     p->bytes_out += len;
     progressed(p);
+    if (p->holding) {
+        if (p->down.len > HELD_MAX)
+            replace_held(p, "a body over 64 KiB");
+        return;
+    }
     if (p->down.len >= PASS_BUF && !p->rx_paused) {
         p->rx_paused = true; /* the caller reads slowly: so does this request, alone */
         lws_rx_flow_control(wsi, 0);
     }
     if (p->owner)
         p->ops->data(p->owner);
+}
+
+/* One request per connection: whole or not, the gateway connection closes (-1). */
+static int body_ended(struct pass *p, bool whole)
+{
+    p->end_pending = false;
+    if (!whole) {
+        truncate_body(p);
+        return -1;
+    }
+    if (p->completed)
+        return -1; /* a held answer replaced */
+    p->completed = true;
+    timer_cancel(&p->deadline);
+    if (p->holding)
+        release_held(p);
+    if (p->owner)
+        p->ops->data(p->owner);
+    return -1;
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -382,17 +408,27 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         static char buffer[LWS_PRE + READ_CHUNK];
         char *px = buffer + LWS_PRE;
         int lenx = READ_CHUNK;
-        return lws_http_client_read(wsi, &px, &lenx) < 0 ? -1 : 0;
+        p->in_read = true;
+        int r = lws_http_client_read(wsi, &px, &lenx);
+        p->in_read = false;
+        if (p->end_pending)
+            return body_ended(p, r >= 0);
+        return r < 0 ? -1 : 0;
     }
     case LWS_CALLBACK_RECEIVE_CLIENT_HTTP_READ:
         received(p, wsi, in, len);
         return 0;
     case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
-        p->completed = true;
-        timer_cancel(&p->deadline);
-        if (p->owner)
-            p->ops->data(p->owner);
-        return -1; /* one request per connection: close it */
+        /* lws 4.1.6 says "completed" after a chunked body's last chunk, and also when
+         * the gateway closes a body without Content-Length, chunked or not
+         * (lws_http_client_read, client-http.c): after a close that read returns -1
+         * whatever we answer here, after the last chunk it goes on.  So a chunked end
+         * is decided once the read is over. */
+        if (p->in_read && p->head.chunked) {
+            p->end_pending = true;
+            return 0;
+        }
+        return body_ended(p, true);
     default:
         return 0;
     }
@@ -483,15 +519,15 @@ void pass_put_end(struct pass *p)
         lws_callback_on_writable(p->dial.wsi);
 }
 
-int pass_status(const struct pass *p) { return p->status; }
-long long pass_body_length(const struct pass *p) { return p->body_length; }
+int pass_status(const struct pass *p) { return p->head_told ? p->head.status : 0; }
+long long pass_body_length(const struct pass *p) { return p->head.body_length; }
 
 bool pass_response_header(const struct pass *p, size_t i, const char **name, const char **value)
 {
-    if (i >= p->nresp)
+    if (i >= p->head.n)
         return false;
-    *name = p->resp[i].name;
-    *value = p->resp[i].value;
+    *name = p->head.hdr[i].name;
+    *value = p->head.hdr[i].value;
     return true;
 }
 
@@ -515,6 +551,8 @@ bool pass_done(const struct pass *p)
 {
     return p->completed && !p->down.len;
 }
+
+bool pass_truncated(const struct pass *p) { return p->truncated; }
 
 int passthrough_init(struct lws_context *ctx, const struct config *cfg)
 {

@@ -12,7 +12,7 @@ static void metrics(struct buf *b)
     status_metric_head(b, "tgbridge_passthrough_calls_total", "counter",
                        "Pass-through calls finished, by route and outcome (ok: the gateway's 1xx-3xx answer or a "
                        "socket that opened; gateway-error: its 4xx/5xx; failed: tgbridge could not relay; aborted: "
-                       "the caller left).");
+                       "the caller left; truncated: the gateway's body ended before its end).");
     for (int r = 0; r < PASS_ROUTE_N; r++)
         for (int o = 0; o < PASS_OUTCOME_N; o++)
             buf_printf(b, "tgbridge_passthrough_calls_total{route=\"%s\",outcome=\"%s\"} %llu\n",

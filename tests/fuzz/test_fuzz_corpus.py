@@ -96,3 +96,7 @@ def test_fuzz_corpus_wsframe():
 
 def test_fuzz_corpus_bulkpath():
     _replay("bulkpath")
+
+
+def test_fuzz_corpus_passpath():
+    _replay("passpath")

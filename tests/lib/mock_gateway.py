@@ -225,6 +225,20 @@ Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
                    the headers); import-core: abort after receiving N
     truncate_after N  downloads: end the body cleanly after N bytes (as a
                    gateway error mid-stream does)
+    cut_after N    downloads: after N body bytes, flush them and close the
+                   connection (FIN) without the body's end: no last chunk
+                   (chunked) or short of the Content-Length (length true)
+    length true    downloads: a Content-Length (the whole size) instead of
+                   chunked
+    quote_credential true  V2, a route that checks a credential (metrics,
+                   document-stream, export-core, ...): after it, answer
+                   401 {"error": "auth failure (token <the Authorization
+                   header as received>)"} with a WWW-Authenticate header
+                   quoting it too, as a gateway that echoes the credential
+                   back in a refusal would (whatever the credential)
+    quote_pad N    quote_credential: N more bytes ("x") in the message
+    quote S        quote_credential: quote S instead of the header
+    status N       metrics: answer N with no body (204, 304, ...)
     stall_after N  downloads: stop after N bytes, keep the connection open;
                    import-core: stop reading after N bytes, never answer
     chunk N        export-core write size (default 65536)
@@ -251,7 +265,7 @@ Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
              failed_by_mock, stalled}]
     downloads [last 50 {route, id, workspace, expected_bytes, bytes_sent,
                chunk, pattern, chunked, in_progress, complete, aborted,
-               failed_by_mock, truncated, stalled[, known]}]
+               failed_by_mock, truncated, cut, stalled[, known]}]
     sockets [open + last 100 {id, route, flow, kind, token (decoded ?token=
              or null), authorization, query, workspace_param, workspace,
              identity, status (101/401/403/404), open, echo, frames_in,
@@ -2169,6 +2183,12 @@ class PassControls:
         self.delay = _psecs(g("delay"))           # between writes / frames
         self.fail_after = _pint(g("fail_after"))
         self.truncate_after = _pint(g("truncate_after"))
+        self.cut_after = _pint(g("cut_after"))
+        self.length = _pbool(g("length"))
+        self.quote_credential = _pbool(g("quote_credential"))
+        self.quote_pad = max(0, _pint(g("quote_pad"), 0))
+        self.quote = g("quote")
+        self.status = _pint(g("status"))
         self.stall_after = _pint(g("stall_after"))
         self.chunk = max(1, _pint(g("chunk"), DEFAULT_WRITE))
         self.pattern = "alpha" if g("pattern") in ("alpha", "text") \
@@ -2469,7 +2489,21 @@ class Passthrough:
             return None, self.refuse_401(hdr)
         if capability != AUTHENTICATED and call.ctl.deny:
             return None, self.refuse_403()       # IamAuth.authorise deny
+        if call.ctl.quote_credential:
+            quoted = hdr if call.ctl.quote is None else str(call.ctl.quote)
+            return None, self.refuse_quoting(quoted, call.ctl.quote_pad)
         return identity, None
+
+    def refuse_quoting(self, hdr, pad):
+        """Mock-only: a refusal that quotes the credential it was given,
+        in the body and in a header."""
+        quoted = hdr or ""
+        text = json.dumps({"error": "auth failure (token %s)%s"
+                           % (quoted, "x" * pad)})
+        return web.Response(
+            status=401, text=text, content_type="application/json",
+            headers={"WWW-Authenticate":
+                     'Bearer error="invalid_token", token="%s"' % quoted})
 
     async def read_json(self, request, call):
         """request.json(); (data, None) or (None, 400 invalid json)."""
@@ -2608,6 +2642,8 @@ class Passthrough:
         if err is not None:
             return err
         path = request.match_info["path"]
+        if call.ctl.status:
+            return web.Response(status=call.ctl.status)
         # The gateway forwards yarl's (partly decoded) query_string.
         upstream = "/api/v1/" + path + "?" + request.query_string
         if call.ctl.upstream_down:
@@ -2647,9 +2683,12 @@ class Passthrough:
         resp = web.StreamResponse(
             status=200, reason="OK",
             headers={"Content-Type": "application/octet-stream"})
+        if ctl.length:
+            resp.content_length = rec["expected_bytes"]
         await resp.prepare(request)
-        rec["chunked"] = request.version >= (1, 1)
-        stop, mode = self.stop_point(ctl, ("fail", "truncate", "stall"))
+        rec["chunked"] = request.version >= (1, 1) and not ctl.length
+        stop, mode = self.stop_point(ctl, ("fail", "truncate", "stall",
+                                           "cut"))
         tr = request.transport
         if tr is not None:
             self.streams.add(tr)
@@ -2679,6 +2718,14 @@ class Passthrough:
                     if tr is not None:
                         tr.abort()
                     return resp
+                if mode == "cut":
+                    rec["cut"] = True
+                    call.mock_failure()
+                    log.info("passthrough %s: close after %d bytes, no end",
+                             call.route, sent)
+                    if tr is not None:
+                        tr.close()            # flushes what was written
+                    return resp
                 if mode == "stall":
                     rec["stalled"] = True
                     await wait_or_gone(request, math.inf)
@@ -2702,7 +2749,8 @@ class Passthrough:
     def download_record(self, call, **kw):
         rec = {"route": call.route, "bytes_sent": 0, "in_progress": True,
                "complete": False, "aborted": False, "failed_by_mock": False,
-               "truncated": False, "stalled": False, "chunked": None}
+               "truncated": False, "cut": False, "stalled": False,
+               "chunked": None}
         rec.update(kw)
         self.stats.downloads.append(rec)
         return rec

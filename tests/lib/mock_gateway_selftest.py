@@ -1047,6 +1047,51 @@ async def pt_downloads():
                                          "mock-truncate-after": "12345"})
             check(st == 200 and body == pattern(0, 12345),
                   "mock-truncate-after -> clean short body")
+            for extra in ({}, {"mock-length": "1"}):
+                try:
+                    async with s.get(b + "/api/v1/export-core", headers=H,
+                                     params=dict(extra, **{
+                                         "id": "size-1M",
+                                         "mock-cut-after": "100000"})) as r:
+                        got = await r.read()
+                    check(False, "mock-cut-after %r -> broken transfer "
+                          "(got %d bytes, whole)" % (extra, len(got)))
+                except aiohttp.ClientPayloadError:
+                    ps = await pstats(s, m)
+                    d = ps["downloads"][-1]
+                    check(d["cut"] and d["bytes_sent"] == 100000
+                          and d["chunked"] == (not extra),
+                          "mock-cut-after %r -> broken transfer, recorded"
+                          % extra)
+            async with s.get(b + "/api/v1/export-core", headers=H,
+                             params={"id": "size-300000",
+                                     "mock-length": "1"}) as r:
+                body = await r.read()
+                check(r.headers.get("Content-Length") == "300000"
+                      and "Transfer-Encoding" not in r.headers
+                      and body == pattern(0, 300000),
+                      "mock-length -> Content-Length, whole body")
+            for path in ("/api/metrics/query",
+                         "/api/v1/export-core?id=size-10",
+                         "/api/v1/document-stream?document-id=size-10"):
+                st, hd, body = await http(
+                    s, "GET", b + path + ("&" if "?" in path else "?")
+                    + "mock-quote-credential=1&mock-quote-pad=5", headers=H)
+                check(st == 401 and json.loads(body) == {
+                    "error": "auth failure (token Bearer tg_x)xxxxx"}
+                    and "Bearer tg_x" in hd.get("WWW-Authenticate", ""),
+                    "mock-quote-credential on %s -> 401 quoting it" % path)
+            st, hd, body = await http(
+                s, "GET", b + "/api/metrics/x?mock-quote-credential=1"
+                "&mock-quote=s3cr%22t", headers=H)
+            check(st == 401 and json.loads(body) == {
+                "error": 'auth failure (token s3cr"t)'}
+                and 's3cr"t' in hd.get("WWW-Authenticate", ""),
+                "mock-quote -> 401 quoting that instead")
+            for n in (204, 304):
+                st, hd, body = await http(
+                    s, "GET", b + "/api/metrics/x?mock-status=%d" % n, headers=H)
+                check(st == n and body == b"", "mock-status=%d -> no body" % n)
             st, _, body = await http(s, "GET", b + "/api/v1/export-core",
                                      headers=H)
             check(st == 200 and json.loads(body) == {"error": "'id'"},

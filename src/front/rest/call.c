@@ -2,6 +2,7 @@
 #include "callrec.h"
 #include "firstpart.h"
 #include "log.h"
+#include "passpath.h"
 #include "passthrough.h"
 #include "util.h"
 #include <malloc.h>
@@ -71,7 +72,7 @@ void rest_caller_gone(struct call *call)
 }
 
 /* A caller that lets too much pile up is dropped rather than allowed to grow our
- * memory or to slow the shared socket (README "Failure semantics").  What counts is
+ * memory or to slow the shared socket (docs/operations.md "Failure semantics").  What counts is
  * what waits: a single part larger than the bound still goes to a caller that reads. */
 static bool over_budget(struct call *call, size_t more)
 {
@@ -261,14 +262,32 @@ static enum MHD_Result start_call(struct call *call)
 
 /* The first request of a connection is for the route the listener decided; later
  * ones (kept alive) are mapped here. */
-static enum route route_of_request(struct conn_watch *cw, const char *url, struct call *probe)
+/* The pass-through routes are decided on the path as sent (passpath.c), for every
+ * request of a connection: in the decoded url, %2F cannot be told from '/' nor
+ * %2e%2e from "..".  (The listener decided a first request the same way.) */
+static enum route route_of_request(struct conn_watch *cw, const char *url, const char *method, struct call *probe,
+                                   char *path, size_t cap)
 {
-    if (cw && cw->first_route >= 0) {
-        probe->pass_route = cw->first_route;
-        cw->first_route = -1;
+    const char *raw = cw && cw->raw_uri ? cw->raw_uri : url;
+    const char *q = strchr(raw, '?');
+    struct passpath pp;
+    switch (passpath_route(method, (struct span){raw, q ? (size_t)(q - raw) : strlen(raw)}, path, cap, &pp)) {
+    case PASSPATH_OK:
+        probe->pass_route = (int)pp.route;
         return R_PASS;
+    case PASSPATH_BAD_PATH:
+        probe->reject = (struct reject){400, "bad-path", pp.why, NULL};
+        return R_REFUSED;
+    case PASSPATH_BAD_METHOD:
+        probe->reject = (struct reject){405, "method-not-allowed",
+                                        pp.allow[0] == 'P' ? "use POST" : "use GET or HEAD", pp.allow};
+        return R_REFUSED;
+    case PASSPATH_TOO_LONG:
+        probe->reject = (struct reject){414, "uri-too-long", "the request target is too long", NULL};
+        return R_REFUSED;
+    default:
+        return rest_route_of(url, probe);
     }
-    return rest_route_of(url, probe);
 }
 
 void rest_call_init(struct call *call, struct MHD_Connection *c, struct conn_watch *cw, const char *url,
@@ -329,7 +348,8 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
     struct conn_watch *cw = rest_conn_watch_of(c);
     struct call probe;
     memset(&probe, 0, sizeof probe);
-    enum route route = route_of_request(cw, url, &probe);
+    char path[PASSPATH_MAX];
+    enum route route = route_of_request(cw, url, method, &probe, path, sizeof path);
     bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     struct framing fr;
     const struct reject *bad = rest_framing_reject(c, &fr);
@@ -353,7 +373,7 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
     switch (rest_route_plan(&route, method, &probe, &rj)) {
     case PLAN_PASS:
         rest_request_in(cw); /* the upload is paced by the gateway, bounded by the call's deadline */
-        return rest_start_pass(c, cw, url, method, probe.pass_route, &fr, &v.caller, con_cls);
+        return rest_start_pass(c, cw, url, path, method, probe.pass_route, &fr, &v.caller, con_cls);
     case PLAN_STATUS:
         rest_request_in(cw);
         return rest_serve_status(c, route);
@@ -415,6 +435,7 @@ static void finish_record(struct MHD_Connection *c, const struct call *call, enu
     int status = ci ? (int)ci->http_status : 0;
     bool aborted = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || call->client_gone || call->pass_failed;
     enum call_outcome o = aborted && !call->pass_failed ? CALL_ABORTED
+                        : call->pass_failed && pass_truncated(call->pass) ? CALL_TRUNCATED
                         : call->own_error || call->pass_failed ? CALL_FAILED
                         : call->gateway_error || status >= 400 ? CALL_GATEWAY_ERROR : CALL_OK;
     const char *service = call->route == R_PASS ? pass_route_name((enum pass_route)call->pass_route)

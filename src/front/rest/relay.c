@@ -127,12 +127,13 @@ static char *pass_authorization(struct MHD_Connection *c, int route, const struc
     return v;
 }
 
-/* The request as passthrough.c takes it: the target encoded again, the headers it
- * relays.  target and hdrs are the caller's, alive while rq is used. */
-static void pass_request_of(struct MHD_Connection *c, const char *url, struct buf *target,
+/* The request as passthrough.c takes it: the canonical path (passpath.c), the query
+ * encoded again, the headers it relays.  target and hdrs are the caller's, alive
+ * while rq is used. */
+static void pass_request_of(struct MHD_Connection *c, const char *path, struct buf *target,
                             struct pass_header *hdrs, struct pass_request *rq)
 {
-    put_encoded(target, url, true);
+    buf_puts(target, path);
     struct query_build q = {target, true};
     MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
     size_t nh = 0;
@@ -146,9 +147,9 @@ static void pass_request_of(struct MHD_Connection *c, const char *url, struct bu
     rq->nheaders = nh;
 }
 
-enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *method,
-                                int pass_route, const struct framing *fr, const struct caller_id *who,
-                                void **con_cls)
+enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *path,
+                                const char *method, int pass_route, const struct framing *fr,
+                                const struct caller_id *who, void **con_cls)
 {
     struct buf target;
     buf_init(&target, 0);
@@ -160,7 +161,7 @@ enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw,
         .content_length = fr->n_cl ? (long long)fr->cl : fr->te_chunked ? -1 : 0,
         .authorization = authorization,
     };
-    pass_request_of(c, url, &target, hdrs, &rq);
+    pass_request_of(c, path, &target, hdrs, &rq);
     struct call *call = calloc(1, sizeof *call);
     if (!call)
         abort();

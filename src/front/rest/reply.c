@@ -137,7 +137,7 @@ const char *rest_error_type_of(const struct frame *f)
     return f->err_type[0] ? f->err_type : "error";
 }
 
-/* Streaming, error as the first frame: a real status (documented in README). */
+/* Streaming, error as the first frame: a real status (documented in docs/protocols.md). */
 void rest_map_stream_error(struct call *call, const struct frame *f)
 {
     const char *unused;

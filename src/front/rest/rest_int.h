@@ -28,6 +28,7 @@
 enum route {
     R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_METRICS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
     R_PASS,
+    R_REFUSED, /* a pass-through request refused on its path or method (passpath.c): probe's reject */
 };
 enum fmt { FMT_JSON, FMT_NDJSON, FMT_SSE };
 enum phase { PH_BODY, PH_WAITING, PH_STREAMING, PH_DONE };
@@ -95,8 +96,8 @@ struct conn_watch {
      * after one of grace. */
     struct guard deadline;
     struct peer peer;             /* who is at the other end (listener.c) */
-    int first_route;              /* the listener's pass-through route for the first request, or -1 */
     struct refusal first_refusal; /* the listener's answer to its first request, if any */
+    char *raw_uri;                /* the request target as sent (libmicrohttpd decodes its own copy) */
     struct caller caller;         /* this connection, as the fair queue sees it */
 };
 
@@ -179,8 +180,10 @@ enum fmt rest_format_of(const char *accept, const cJSON *body);
 const cJSON *rest_last_member(const cJSON *obj, const char *name);
 
 /* relay.c */
-enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *method,
-                                int pass_route, const struct framing *fr, const struct caller_id *who,
-                                void **con_cls);
+/* url: as libmicrohttpd decoded it (for the access log); path: the canonical one
+ * passpath.c matched, forwarded as is. */
+enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *path,
+                                const char *method, int pass_route, const struct framing *fr,
+                                const struct caller_id *who, void **con_cls);
 enum MHD_Result rest_pass_request_data(struct call *call, const char *data, size_t *size);
 #endif

@@ -37,9 +37,6 @@ enum route rest_route_of(const char *url, struct call *out)
         return R_STATUS;
     if (!strcmp(url, "/metrics"))
         return R_METRICS;
-    /* The gateway's routes that carry no envelope (reference §2.2, §8.4): relayed. */
-    if ((out->pass_route = pass_http_route(url)) >= 0)
-        return R_PASS;
     static const char flowp[] = "/api/v1/flow/";
     if (!strncmp(url, flowp, sizeof flowp - 1)) {
         const char *f = url + sizeof flowp - 1;
@@ -175,6 +172,9 @@ enum route_plan rest_route_plan(enum route *route, const char *method, struct ca
         return PLAN_CALL;
     case R_PASS:
         return PLAN_PASS;
+    case R_REFUSED:
+        *rj = probe->reject;
+        return PLAN_CALL;
     case R_SOCKET:
         if (get) {
             *rj = (struct reject){400, "bad-request",

@@ -83,6 +83,20 @@ void rest_request_in(struct conn_watch *cw)
         guard_stop(&cw->deadline);
 }
 
+/* libmicrohttpd's URI log callback: the request target as sent, before it decodes
+ * its own copy (connection.c, "log callback before we modify URI").  Kept on the
+ * connection; the call's context stays NULL. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)cls;
+    struct conn_watch *cw = rest_conn_watch_of(c);
+    if (cw) {
+        free(cw->raw_uri);
+        cw->raw_uri = strdup(uri);
+    }
+    return NULL;
+}
+
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
@@ -96,7 +110,6 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             const struct handover *in = REST.handing;
             cw->fd = ci ? ci->connect_fd : -1;
             caller_init(&cw->caller);
-            cw->first_route = in ? in->route : -1;
             if (in && in->peer)
                 cw->peer = *in->peer;
             rest_await_head(cw, in && in->peer && in->peer->accepted_at > 0 ? in->peer->accepted_at : now_mono());
@@ -114,6 +127,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         loop_epoll_del(REST.hup, cw->fd);
     if (cw->call)
         cw->call->watch = NULL;
+    free(cw->raw_uri);
     free(cw);
     *socket_context = NULL;
 }
@@ -246,7 +260,7 @@ int rest_init(const struct config *cfg)
         REST.daemons[i] = MHD_start_daemon(
             MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG, 0, NULL, NULL,
             rest_on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, rest_on_completed,
-            NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+            NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
             MHD_OPTION_CONNECTION_MEMORY_LIMIT, pools[i], MHD_OPTION_CONNECTION_LIMIT, (unsigned)60000,
             MHD_OPTION_END);
         if (!REST.daemons[i]) {

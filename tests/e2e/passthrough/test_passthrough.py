@@ -16,7 +16,7 @@ import time
 import websockets
 
 from harness import (FLOW_TC, T, Background, ConnectProxy, check_status, closed_port,
-                     eq, make_pki, own_error, rss_meaningful, start_bridge, start_mock,
+                     eq, log_count, make_pki, own_error, rss_meaningful, start_bridge, start_mock,
                      start_tls_mock, tc, timeout, tmpfile, wait_until)
 from mock_gateway import pattern_bytes
 import rawws
@@ -105,6 +105,93 @@ def upload(port, path, total, chunked=False, stop_after=None, headers=None):
         s.close()
 
 
+def raw_get(port, path, timeout_s=20):
+    """GET path on a raw socket, read until tgbridge closes the connection or goes
+    quiet for a second (a kept-alive connection): (status, headers, body as sent,
+    closed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=T(timeout_s))
+    try:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode())
+        data, closed = b"", False
+        while b"\r\n\r\n" not in data:
+            d = s.recv(65536)
+            if not d:
+                raise AssertionError("no response head: %r" % data)
+            data += d
+        s.settimeout(T(1))
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    closed = True
+                    break
+                data += d
+        except socket.timeout:
+            pass
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        hdrs = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        return int(lines[0].split()[1]), hdrs, body, closed
+    finally:
+        s.close()
+
+
+def dechunk(raw):
+    """Chunked transfer coding decoded: (data, whether the last chunk came)."""
+    out, pos = b"", 0
+    while True:
+        eol = raw.find(b"\r\n", pos)
+        if eol < 0:
+            return out, False
+        size = int(raw[pos:eol].split(b";")[0], 16)
+        if size == 0:
+            return out, raw[eol:eol + 4] == b"\r\n\r\n"
+        piece = raw[eol + 2:eol + 2 + size]
+        out += piece
+        if len(piece) < size or raw[eol + 2 + size:eol + 4 + size] != b"\r\n":
+            return out, False
+        pos = eol + 4 + size
+
+
+def exchange(port, *requests):
+    """Sends each (method, raw target[, body]) on one kept-alive connection, in turn:
+    [(status, headers, body)]."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=T(10))
+    out = []
+    try:
+        for rq in requests:
+            method, target = rq[0], rq[1]
+            body = rq[2] if len(rq) > 2 else b""
+            head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % (method, target, len(body))
+            s.sendall(head.encode("latin-1") + body)
+            r = http.client.HTTPResponse(s, method=method)
+            r.begin()
+            out.append((r.status, r.headers, r.read()))
+    finally:
+        s.close()
+    return out
+
+
+def log_lines(b, regex, n, what):
+    """Exactly n log lines of b match regex (an access line is written as its call
+    ends, which may be just after the caller has its answer)."""
+    try:
+        wait_until(lambda: log_count(b, regex) >= n, timeout=3, what=what)
+    finally:
+        eq(log_count(b, regex), n, what)
+
+
+def metric(text, line_prefix):
+    """The value of the one /metrics sample line starting with line_prefix, or 0."""
+    for line in text.splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.split()[-1])
+    return 0
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, T(30)))
 
@@ -155,11 +242,66 @@ def test_http_routes_relayed_with_the_right_credential():
         eq(sha, expected_sha(3 * MiB), "document content")
         eq(route_rec(m, "document-stream")["last_authorization"], "Bearer " + TOKEN, "document-stream credential")
         # a redirect-free error from the gateway keeps its status and body
-        r = b.get("/api/v1/i18n/packs/..")
-        eq(r.status, 400, "the gateway's 400")
+        r = b.get("/api/v1/document-stream?workspace=default")
+        eq((r.status, r.body), (500, b"Missing required parameter: document-id"), "the gateway's 500")
+        # a dot segment never reaches the gateway (issue 16 item 5): tgbridge's own 400
+        own_error(b.get("/api/v1/i18n/packs/.."), 400, "bad-path")
         assert TOKEN not in b.log() and jwt not in b.log(), "a credential in the log"
         assert "access frontend=rest method=GET route=/api/metrics/query service=metrics status=200 outcome=ok" \
             in b.log(), b.log()[-2000:]
+
+
+@timeout(60)
+def test_gateway_body_cut_short_reaches_the_caller_broken_and_is_counted_truncated():
+    """Issue 16 item 1: the gateway closes mid-body -- before the last chunk of a
+    chunked export-core or document-stream, or short of its Content-Length: the caller
+    gets the bytes the gateway sent and then a closed connection without the last
+    chunk (or short of the Content-Length), never a clean end; the access log and
+    /metrics say outcome truncated.  A whole body still ends cleanly, outcome ok."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--access-log", "on")
+    with m, b:
+        b.wait_ready()
+        cut = 100000
+        for path in ("/api/v1/export-core?id=size-1m&workspace=default&mock-cut-after=%d" % cut,
+                     "/api/v1/document-stream?document-id=size-1m&workspace=default&chunk-size=30000"
+                     "&mock-cut-after=%d" % cut):
+            status, hdrs, raw, closed = raw_get(b.port, path)
+            eq(status, 200, "the gateway's status, sent before the cut")
+            eq(hdrs.get("transfer-encoding"), "chunked", "relayed chunked: %s" % path)
+            data, whole = dechunk(raw)
+            eq(data, pattern_bytes("binary", 0, cut), "the bytes the gateway sent, relayed")
+            assert not whole, "a clean last chunk after a cut body: %s %r" % (path, raw[-20:])
+            assert closed, "the connection left open after a cut body: %s" % path
+        # the Content-Length case: short of the length, closed
+        status, hdrs, raw, closed = raw_get(
+            b.port, "/api/v1/export-core?id=size-1m&workspace=default&mock-length=1&mock-cut-after=%d" % cut)
+        eq(status, 200, "Content-Length: the gateway's status")
+        eq(hdrs.get("content-length"), str(MiB), "the gateway's Content-Length relayed")
+        eq(raw, pattern_bytes("binary", 0, cut), "Content-Length: the bytes the gateway sent")
+        assert closed, "the connection left open short of the Content-Length"
+        # a whole chunked body: its last chunk, outcome ok
+        status, hdrs, raw, closed = raw_get(b.port, "/api/v1/export-core?id=size-300000&workspace=default")
+        data, whole = dechunk(raw)
+        assert status == 200 and whole and data == pattern_bytes("binary", 0, 300000), (status, whole, len(data))
+        wait_until(lambda: log_count(b, r"service=export-core status=200 outcome=ok") == 1,
+                   what="the whole export's access line")
+        log_lines(b, r"access .*route=/api/v1/export-core service=export-core status=200 outcome=truncated "
+                     r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut, 2,
+                  "access lines of the two cut exports")
+        log_lines(b, r"access .*service=document-stream status=200 outcome=truncated "
+                     r"error=upstream-disconnected bytes_in=0 bytes_out=%d " % cut, 1,
+                  "access line of the cut document-stream")
+        eq(log_count(b, r"outcome=ok bytes_in=0 bytes_out=%d " % cut), 0, "a cut body logged as ok")
+        text = b.get("/metrics").body.decode()
+        for route, n_cut, n_ok in (("export-core", 2, 1), ("document-stream", 1, 0)):
+            eq(metric(text, 'tgbridge_passthrough_calls_total{route="%s",outcome="truncated"}' % route), n_cut,
+               "%s truncated calls" % route)
+            eq(metric(text, 'tgbridge_passthrough_calls_total{route="%s",outcome="ok"}' % route), n_ok,
+               "%s ok calls" % route)
+            eq(metric(text, 'tgbridge_call_duration_seconds_count{service="%s",outcome="truncated"}' % route),
+               n_cut, "%s truncated in the latency histogram" % route)
+        eq(sum(1 for d in pstats(m)["downloads"] if d["cut"]), 3, "the mock cut three bodies")
 
 
 @timeout(90)
@@ -377,6 +519,56 @@ def test_v1_gateway_gets_its_secret_on_every_route():
         eq(pstats(m)["sockets"][-1]["token"], "v1-pass-secret", "V1 socket ?token=")
 
 
+@timeout(60)
+def test_pass_through_paths_are_canonical_and_only_the_gateways_methods_pass():
+    """Issue 16 item 5: a pass-through path is decided as sent.  Dot segments (also
+    escaped, any case), escaped slashes and backslashes get tgbridge's 400 bad-path and
+    never reach the gateway -- also as the second request of a kept-alive connection;
+    a method the gateway does not serve on the route gets 405 with Allow; escapes of
+    unreserved characters are decoded, and the canonical path is what is forwarded."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--access-log", "on")
+    with m, b:
+        b.wait_ready()
+        bad = ["/api/metrics/x/../../v1/auth/change-password", "/api/metrics/%2e%2e/%2E%2E/v1/auth/login",
+               "/api/metrics/.%2e/x", "/api/metrics/a%2Fb", "/api/metrics/a%2fb", "/api/metrics/a\\b",
+               "/api/metrics/a%5Cb", "/api/v1/flow/x/../../auth/login", "/api/v1/i18n/packs/..",
+               "/api%2Fv1/export-core"]
+        for path in bad:
+            for method in ("POST", "GET"):
+                [(status, hdrs, body)] = exchange(b.port, (method, path, b"{}" if method == "POST" else b""))
+                eq(status, 400, "%s %s" % (method, path))
+                eq(json.loads(body)["error"]["type"], "bad-path", "%s %s" % (method, path))
+        wrong = [("POST", "/api/metrics/query", "GET, HEAD"), ("PUT", "/api/metrics", "GET, HEAD"),
+                 ("GET", "/api/v1/auth/login", "POST"), ("GET", "/api/v1/auth/change-password", "POST"),
+                 ("DELETE", "/api/v1/export-core", "GET, HEAD"), ("POST", "/api/v1/document-stream", "GET, HEAD"),
+                 ("GET", "/api/v1/import-core", "POST"), ("POST", "/api/v1/i18n/packs/en", "GET, HEAD")]
+        for method, path, allow in wrong:
+            [(status, hdrs, body)] = exchange(b.port, (method, path, b"{}" if method != "GET" else b""))
+            eq((status, hdrs.get("Allow")), (405, allow), "%s %s" % (method, path))
+            eq(json.loads(body)["error"]["type"], "method-not-allowed", "%s %s" % (method, path))
+        # escapes of unreserved characters decoded: the canonical path goes up
+        [(status, _, body)] = exchange(b.port, ("GET", "/api/metrics/%71uery%2D1?query=up"))
+        eq(status, 200, "an escaped but harmless path")
+        eq(json.loads(body)["mock"]["path"], "query-1", "the gateway's path")
+        eq(route_rec(m, "metrics")["last_path"], "/api/metrics/query-1", "the canonical path forwarded")
+        # the second request of a kept-alive connection is decided as sent too (the
+        # first is the listener's to route; a refusal then closes the connection)
+        for second, want in ((("GET", "/api/metrics/a/%2E%2e/%2e./v1/auth/login"), 400),
+                             (("POST", "/api/metrics/a%2Fb", b"{}"), 400),
+                             (("POST", "/api/metrics/query", b"{}"), 405)):
+            r = exchange(b.port, ("GET", "/api/metrics/query"), second)
+            eq([x[0] for x in r], [200, want], "statuses on one connection: %r" % (second,))
+        eq(route_rec(m, "metrics")["count"], 4, "only the good metrics requests reached the gateway")
+        for route in ("auth/login", "auth/change-password", "export-core", "i18n", "document-stream", "import-core"):
+            eq(route_rec(m, route)["count"], 0, "%s reached" % route)
+        # (a refusal of a request without a body is answered before a call exists: no line)
+        log_lines(b, r"access frontend=rest method=POST route=\S+ status=400 outcome=failed error=bad-path ",
+                  len(bad) + 1, "access lines of the bad paths sent with a body")
+        log_lines(b, r"access .* status=405 outcome=failed error=method-not-allowed ",
+                  sum(1 for w in wrong if w[0] != "GET") + 1, "access lines of the wrong methods sent with a body")
+
+
 # ------------------------------------------------------- local token, TLS, proxy
 
 @timeout(60)
@@ -402,6 +594,95 @@ def test_client_token_and_the_auth_routes_own_credentials():
         check_status(r, 200, "change-password: own credential plus the local token")
         eq(route_rec(m, "auth/change-password")["last_authorization"], "Bearer " + jwt, "the caller's own")
         assert local not in b.log() and jwt not in b.log(), "a token in the log"
+
+
+@timeout(60)
+def test_bodiless_answers_are_relayed_at_once():
+    """A 204 or 304 from the gateway has no body (RFC 9110 §6.4.1) whatever its
+    framing says: relayed at once and whole, never held until the gateway closes (a
+    guard for the holding of non-2xx answers; aiohttp frames them well already)."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--access-log", "on", "--request-timeout", "5")
+    with m, b:
+        b.wait_ready()
+        for n, outcome in ((204, "ok"), (304, "ok")):
+            t0 = time.monotonic()
+            [(status, _, body)] = exchange(b.port, ("GET", "/api/metrics/x?mock-status=%d" % n))
+            took = time.monotonic() - t0
+            eq((status, body), (n, b""), "the gateway's %d" % n)
+            assert took < T(2), "%d answered after %.1f s" % (n, took)
+        log_lines(b, r"access .*route=/api/metrics/x service=metrics status=(204|304) outcome=ok ", 2,
+                  "their access lines")
+        text = b.get("/metrics").body.decode()
+        eq(metric(text, 'tgbridge_passthrough_calls_total{route="metrics",outcome="ok"}'), 2, "two calls, ok")
+
+
+def set_controls(m, controls):
+    """POST /_mock/passthrough: the mock's pass-through controls, replaced."""
+    conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=T(10))
+    try:
+        conn.request("POST", "/_mock/passthrough", body=json.dumps(controls),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        eq(r.status, 200, "mock controls")
+    finally:
+        conn.close()
+
+
+@timeout(60)
+def test_a_credential_quoted_back_by_the_gateway_never_reaches_the_caller():
+    """Issue 16 item 6: a non-2xx answer that quotes tgbridge's gateway token, a local
+    client token or the proxy password reaches the caller with each redacted, in the
+    body and in the headers; a body over 64 KiB is replaced by tgbridge's own
+    gateway-error body (the gateway's status kept); a 2xx stream is unchanged."""
+    local, proxy_pass = "local-quoted-token-77", "pr0xy-pa55-quoted"
+    tf = tmpfile(local + "\n")
+    m = start_mock("v2d", tokens=[TOKEN])
+    with m, ConnectProxy() as p:
+        b = start_bridge(m.url, "--token", TOKEN, *FAST, "--client-token-file", tf, "--access-log", "on",
+                         "--proxy", "http://pu:%s@127.0.0.1:%d" % (proxy_pass, p.port))
+        with b:
+            b.wait_ready()
+            L = {"Authorization": "Bearer " + local}
+            paths = {"metrics": "/api/metrics/query?query=up",
+                     "export-core": "/api/v1/export-core?id=size-1m&workspace=default",
+                     "document-stream": "/api/v1/document-stream?document-id=size-1m&workspace=default"}
+            set_controls(m, {"*": {"quote_credential": True}})
+            for route, path in paths.items():
+                r = b.get(path, headers=L)
+                eq(r.status, 401, "%s: the gateway's refusal" % route)
+                eq(r.json(), {"error": "auth failure (token Bearer ***)"}, "%s: body, the token redacted" % route)
+                eq(r.headers["WWW-Authenticate"], 'Bearer error="invalid_token", token="Bearer ***"',
+                   "%s: a header quoting it, redacted" % route)
+                eq(r.headers["Content-Length"], str(len(r.body)), "%s: the length of the redacted body" % route)
+                eq(route_rec(m, route)["last_authorization"], "Bearer " + TOKEN, "%s: the gateway got it" % route)
+            for secret in (local, proxy_pass):
+                set_controls(m, {"*": {"quote_credential": True, "quote": secret}})
+                r = b.get(paths["export-core"], headers=L)
+                eq((r.status, r.json()), (401, {"error": "auth failure (token ***)"}), "a quoted secret, redacted")
+            # up to 64 KiB: relayed, redacted; longer: tgbridge's own body
+            set_controls(m, {"*": {"quote_credential": True, "quote_pad": 60000}})
+            r = b.get(paths["metrics"], headers=L)
+            eq((r.status, r.json()), (401, {"error": "auth failure (token Bearer ***)" + "x" * 60000}),
+               "a 60 KB refusal, redacted")
+            set_controls(m, {"*": {"quote_credential": True, "quote_pad": 70000}})
+            for route, path in paths.items():
+                r = b.get(path, headers=L)
+                own_error(r, 401, "gateway-error")
+                assert "64 KiB" in r.json()["error"]["message"], r.body
+                eq(r.headers["WWW-Authenticate"], 'Bearer error="invalid_token", token="Bearer ***"',
+                   "%s: the other headers kept, redacted" % route)
+            set_controls(m, {})
+            status, _, n, sha = get_stream(b.port, paths["export-core"], headers=L)
+            eq((status, n, sha), (200, MiB, expected_sha(MiB)), "a 2xx stream, unchanged")
+            text = b.get("/metrics", headers=L).body.decode()
+            for route, n in (("metrics", 3), ("export-core", 4), ("document-stream", 2)):
+                eq(metric(text, 'tgbridge_passthrough_calls_total{route="%s",outcome="gateway-error"}' % route), n,
+                   "%s refusals counted" % route)
+            log_lines(b, r"access .* status=401 outcome=gateway-error ", 9, "access lines of the refusals")
+            for secret in (TOKEN, local, proxy_pass):
+                assert secret not in b.log(), "a secret in the log"
 
 
 @timeout(60)
