@@ -449,6 +449,25 @@ def test_client_that_does_not_read_is_closed_1008():
 
 
 @timeout(60)
+def test_dropped_slow_reader_that_never_reads_is_cut_off_after_close_timeout():
+    """The drop waits for a slow reader to take what it is owed, but not forever: one
+    that never reads is disconnected --close-timeout after it was dropped."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, "--max-client-buffer", "1m", "--close-timeout", "4")
+    with m, b:
+        b.wait_ready()
+        s = rawws.upgrade(b.port, "/api/v1/socket", rcvbuf=32 * 1024)
+        s.sendall(rawws.frame(1, json.dumps(tc_req("big", "x", streaming=True, parts=100, part_size=256 * 1024))))
+        wait_until(lambda: "reads too slowly" in b.log(), timeout=30, what="the slow client dropped")
+        t0 = time.monotonic()
+        wait_until(lambda: b.get("/status").json()["ws"]["connections"] == 0, timeout=T(8),
+                   what="the connection closed")
+        took = time.monotonic() - t0
+        assert 3.0 < took < T(6), "closed %.2fs after the drop (--close-timeout 4)" % took
+        s.close()
+
+
+@timeout(60)
 def test_requests_past_max_pending_get_an_error_at_once():
     m = start_mock("v2d", tokens=[TOKEN])
     b = start_bridge(m.url, "--token", TOKEN, "--max-pending", "3")
