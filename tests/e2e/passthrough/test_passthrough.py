@@ -870,3 +870,26 @@ def test_bulk_close_handshake_waits_for_the_client_bounded_by_close_timeout():
                 took = time.monotonic() - t0
                 assert 1.5 < took < T(4), "dropped %.2fs after the close (--close-timeout 2)" % took
             s.close()
+
+
+@timeout(60)
+def test_bulk_client_close_waits_for_the_gateway_answer():
+    """The client closes: tgbridge answers it, relays the close to the gateway and
+    keeps that connection until the gateway's answer (here 1 s later), within
+    --close-timeout."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--close-timeout", "3")
+    with m, b:
+        b.wait_ready()
+
+        async def go():
+            async with websockets.connect(bulk_url(b, "import/triples", "?mock-echo=true&mock-close_delay=1")) as ws:
+                await ws.send('{"a":1}')
+                assert await ws.recv() == '{"a":1}'
+                await ws.close(code=4100, reason="bye")
+                return ws.close_code
+        eq(run(go()), 4100, "the close answered to the client")
+        sock = m.wait_stats(lambda s: s["passthrough"]["sockets"] and not s["passthrough"]["sockets"][-1]["open"],
+                            timeout=T(5), what="the socket closed at the gateway")["passthrough"]["sockets"][-1]
+        eq((sock["client_close_code"], sock["client_close_reason"]), (4100, "bye"), "the close relayed up")
+        eq(sock["close_answered"], True, "the gateway answered on a connection tgbridge kept open")
