@@ -70,7 +70,7 @@ $(BUILD):
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
 UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
-                    passpath pool_policy
+                    passpath pool_policy discover
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
@@ -94,6 +94,7 @@ UNIT_OBJS_session   := core/session core/mux core/mux_status base/status core/re
                        base/util
 UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c
 UNIT_OBJS_pool_policy := upstream/pool_policy
+UNIT_OBJS_discover  := upstream/discover
 UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
 UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
                     $(shell pkg-config --cflags libcjson cmocka 2>/dev/null) $(CFLAGS)
@@ -101,7 +102,7 @@ UNIT_LIBS         = $(shell pkg-config --libs libcjson cmocka 2>/dev/null) -lm
 UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h tests/unit/unit_config.h
 # The core and the pool's policy compile without libwebsockets and libmicrohttpd: headers
 # of their names that stop the compiler come first on the include path (tests/unit/poison/).
-UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c src/upstream/pool_policy.c
+UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c src/upstream/pool_policy.c src/upstream/discover.c
 
 define UNIT_RULES
 $$(BUILD)/unit/test_$(1): tests/unit/test_$(1).c tests/unit/unit_main.c $$(UNIT_STUBS_$(1)) \

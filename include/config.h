@@ -31,9 +31,17 @@ struct str_list {
     int n;
 };
 
+/* No gateway given: these are tried, the gateway's own listener default first (8888
+ * since its v2.8.6), then the older one; the first that completes the upgrade is kept
+ * (src/upstream/discover.c). */
+#define GATEWAY_CANDIDATES 2
+extern const char *const gateway_candidates[GATEWAY_CANDIDATES];
+
 struct config {
-    char *gateway;             /* as given, for logs (never contains the token) */
-    struct gateway_url gw;
+    char *gateway;             /* as given, for logs (never contains the token); while
+                                * discovering, the candidate kept or being tried */
+    struct gateway_url gw;     /* likewise: what every dial goes to */
+    bool gateway_discover;     /* none given: discover.c writes gateway and gw */
     char *token;               /* NULL = none configured */
     char *token_file;
     enum auth_mode auth;

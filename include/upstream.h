@@ -23,6 +23,9 @@ void upstream_start(void);
 void upstream_kick(void);
 bool upstream_ready(void);
 enum upstream_state upstream_state(void);
+/* False only while no gateway was given and none has been found yet (discover.h):
+ * pass-through and bulk sockets dial only a gateway that is known. */
+bool upstream_gateway_known(void);
 /* Why the upstream is not ready, for 503 bodies and /readyz. */
 const char *upstream_reason(void);
 const char *upstream_era(void);

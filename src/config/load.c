@@ -244,6 +244,11 @@ static bool admin_clashes(const struct config *cfg)
  * token file. */
 static int finish(struct config *cfg, bool read_files, char *err, size_t errlen)
 {
+    /* No gateway given: the first candidate stands in (the proxy decision below is
+     * the same for all: one host, one scheme) until discover.c keeps one. */
+    cfg->gateway_discover = !cfg->gateway;
+    if (cfg->gateway_discover && opt_parse(cfg, opt_by_id(O_GATEWAY), gateway_candidates[0], err, errlen))
+        return -1;
     if (!cfg->unix_set)
         default_unix_path(cfg);
     if (cfg->reconnect_max < cfg->reconnect_min)

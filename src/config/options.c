@@ -12,9 +12,10 @@ static const char *const log_format_names[] = {"text", "json", NULL};
  * SIGHUP may apply it (RELOAD_RESTART unless marked), limits and refusals; the help text. */
 const struct opt config_options[] = {
     {O_GATEWAY, "gateway", "URL", "TRUSTGRAPH_URL",
-     T_GATEWAY, F(gateway), AUX(gw), .def = "http://localhost:8088",
-     .help = "gateway root: ws://, wss://, http:// or https://host[:port][/prefix]\n"
-             "(default http://localhost:8088); /api/v1/socket is appended"},
+     T_GATEWAY, F(gateway), AUX(gw),
+     .help = "gateway root: ws://, wss://, http:// or https://host[:port][/prefix];\n"
+             "/api/v1/socket is appended (default: discovered, the first of\n"
+             "http://localhost:8888 and http://localhost:8088 to accept the upgrade)"},
     {O_TOKEN_FILE, "token-file", "PATH", "TGBRIDGE_TOKEN_FILE",
      T_PATH, F(token_file), .reload = RELOAD_FILE,
      .help = "read the gateway token from PATH (preferred; re-read on every reconnect)"},

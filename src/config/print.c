@@ -80,6 +80,13 @@ void config_print(const struct config *cfg, FILE *out)
         redact_buf(&v); /* any secret that got into a value */
         /* The source on a comment line of its own: the output is a config file
          * tgbridge reads back (values have no trailing comments there). */
+        if (o->id == O_GATEWAY && cfg->gateway_discover) {
+            /* A comment: the file read back discovers too. */
+            fprintf(out, "# %s: %s; %s\n# %s = (discover: %s, %s)\n", o->name, src, reload_note(o), o->name,
+                    gateway_candidates[0], gateway_candidates[1]);
+            buf_free(&v);
+            continue;
+        }
         bool quote = v.len && (strchr(buf_ptr(&v), '#') || buf_ptr(&v)[0] == ' ' || buf_ptr(&v)[v.len - 1] == ' ');
         if (!v.len)
             fprintf(out, "# %s: unset (%s); %s\n", o->name, src, reload_note(o));

@@ -7,6 +7,8 @@
 
 /* A host as lws and getaddrinfo() take it: an IPv6 literal's digits and colons (the
  * brackets stripped), or a name's letters, digits, dots, hyphens and underscores. */
+const char *const gateway_candidates[GATEWAY_CANDIDATES] = {"http://localhost:8888", "http://localhost:8088"};
+
 bool host_chars_ok(const char *h, size_t n, bool bracketed)
 {
     if (!n)

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "loop.h"
 #include "redact.h"
+#include "upstream.h"
 #include "util.h"
 #include <libwebsockets.h>
 #include <stdarg.h>
@@ -451,6 +452,12 @@ struct pass *pass_start(const struct pass_request *rq, const struct pass_ops *op
         *status = 414;
         *type = "uri-too-long";
         snprintf(msg, msglen, "the request target is too long");
+        return NULL;
+    }
+    if (!upstream_gateway_known()) {
+        *status = 502;
+        *type = "gateway-unreachable";
+        snprintf(msg, msglen, "%s", upstream_reason());
         return NULL;
     }
     if (!passthrough_slot_take()) {

@@ -11,6 +11,7 @@
 #include "loop.h"
 #include "passthrough.h"
 #include "redact.h"
+#include "upstream.h"
 #include "util.h"
 #include "wsserver.h"
 #include <libwebsockets.h>
@@ -457,7 +458,10 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
     p->dial.ops = &up_ops;
     p->dial.local_protocol = wspass_upstream_protocol.name;
     p->dial.retry = &WP.keepalive;
-    if (dial_start(&p->dial)) {
+    if (!upstream_gateway_known()) { /* none found yet: the upstream's reason says why */
+        p->up_gone = true;
+        close_side(p, &p->local, CLOSE_TRY_AGAIN_LATER, upstream_reason());
+    } else if (dial_start(&p->dial)) {
         p->up_gone = true;
         close_side(p, &p->local, CLOSE_TRY_AGAIN_LATER, p->dial.reason);
     }

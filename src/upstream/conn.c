@@ -81,6 +81,7 @@ static void on_opened(struct dial *d)
 {
     struct upconn *c = timer_owner(d, struct upconn, dial);
     c->last_heard = now_mono();
+    pool_upgraded(c);
     if (c->why == FOR_RECONNECT)
         U.reconnects++; /* a rotation or an overflow connection is not a reconnect */
     U.ever_connected = true;

@@ -89,8 +89,65 @@ static void log_down(void)
     }
 }
 
+/* ---- the gateway found by default (discover.h) ---- */
+
+/* The candidate the next attempt dials becomes cfg's gateway: every dial reads it. */
+static void discover_dial(void)
+{
+    const char *url = gateway_candidates[discover_next(&U.disc)];
+    if (!U.cfg->gateway_discover || !strcmp(U.cfg->gateway, url))
+        return;
+    char err[256];
+    if (config_parse_gateway(url, &U.cfg->gw, err, sizeof err))
+        abort(); /* a candidate of our own that does not parse */
+    free(U.cfg->gateway);
+    U.cfg->gateway = strdup(url);
+    if (!U.cfg->gateway)
+        abort();
+}
+
+static void discover_found(const char *how)
+{
+    if (discover_upgraded(&U.disc))
+        log_info("gateway found: %s (no --gateway given; the first of %s and %s %s)", U.cfg->gateway,
+                 gateway_candidates[0], gateway_candidates[1], how);
+}
+
+/* c completed its upgrade: with no gateway given, its candidate is kept. */
+void pool_upgraded(struct upconn *c)
+{
+    if (U.cfg->gateway_discover && c->why != FOR_OVERFLOW)
+        discover_found("to accept the WebSocket upgrade");
+}
+
+/* The attempt readiness hung on failed: with no gateway given, true when the next
+ * candidate is dialled at once; after a whole round, U.reason gives each one's failure. */
+static bool discover_after_failure(void)
+{
+    if (!U.cfg->gateway_discover || U.stopping)
+        return false;
+    if (!discover_has_choice(&U.disc) && U.auth_rejected) /* a gateway, refusing the token */
+        discover_found("to answer, refusing the token");
+    bool had = discover_has_choice(&U.disc);
+    snprintf(U.disc_why[discover_next(&U.disc)], sizeof U.disc_why[0], "%.*s", (int)sizeof U.disc_why[0] - 1, U.reason);
+    enum discover_then then = discover_failed(&U.disc, now_mono(), U.cfg->reconnect_max);
+    if (had && !discover_has_choice(&U.disc))
+        log_warn("the gateway found at %s has failed for --reconnect-max (%g s): trying %s and %s again",
+                 U.cfg->gateway, U.cfg->reconnect_max, gateway_candidates[0], gateway_candidates[1]);
+    if (then == DISCOVER_NOW) {
+        timer_after(&U.retry_timer, 0, pool_connect_now);
+        return true;
+    }
+    if (!had)
+        snprintf(U.reason, sizeof U.reason, "no gateway found (none given, so %.40s and %.40s were tried): %.180s; %.180s",
+                 gateway_candidates[0], gateway_candidates[1], U.disc_why[0], U.disc_why[1]);
+    return false;
+}
+
 void pool_down(void)
 {
+    if (discover_after_failure())
+        return;
     log_down();
     schedule_reconnect();
 }
@@ -99,6 +156,7 @@ bool pool_open(enum opened_for why, char *whynot, size_t whylen)
 {
     if (U.opening || U.stopping)
         return false;
+    discover_dial();
     U.opening = conn_start(why, whynot, whylen);
     if (!U.opening)
         return false;

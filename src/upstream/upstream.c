@@ -62,6 +62,7 @@ int upstream_init(struct lws_context *ctx, struct config *cfg)
     snprintf(U.reason, sizeof U.reason, "not connected yet");
     snprintf(U.era, sizeof U.era, "unknown");
     pool_build_retry_policy();
+    discover_init(&U.disc, GATEWAY_CANDIDATES);
     upstream_status_register(cfg);
     return loop_before_poll(conn_resume_after_writes, NULL);
 }
@@ -111,6 +112,11 @@ void upstream_connections(struct buf *out)
         firstc = false;
     }
     buf_puts(out, "]");
+}
+
+bool upstream_gateway_known(void)
+{
+    return !U.cfg->gateway_discover || discover_has_choice(&U.disc);
 }
 
 size_t upstream_connection_count(void)

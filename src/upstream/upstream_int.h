@@ -12,6 +12,7 @@
 #include "upstream.h"
 #include "buf.h"
 #include "dial.h"
+#include "discover.h"
 #include "envelope.h"
 #include "list.h"
 #include "loop.h"
@@ -85,6 +86,10 @@ struct upstream_shared {
     uint32_t retry_table[16];
     char last_logged_reason[512];
     upstream_change_fn on_change;
+    /* No gateway given (discover.h): which candidate is kept or tried, and why each
+     * failed last, for the reason a round that found none gives. */
+    struct discover disc;
+    char disc_why[GATEWAY_CANDIDATES][240];
     /* The pool's view of conns for pool_policy.h, rebuilt in place (pool.c). */
     struct pool_slot *slots;
     struct upconn **slot_conn;
@@ -132,6 +137,7 @@ bool pool_open(enum opened_for why, char *whynot, size_t whylen);
 bool pool_place_waiting(void);
 void pool_overflow(void);
 void pool_connect_now(struct timer *t);
+void pool_upgraded(struct upconn *c);
 void pool_ready(struct upconn *c, const char *era, const char *workspace);
 void pool_unlink(struct upconn *c, struct conn_loss *loss);
 bool pool_after_loss(const struct conn_loss *loss);

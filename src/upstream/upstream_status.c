@@ -52,6 +52,28 @@ static void metrics(struct buf *b)
     counters(b);
 }
 
+/* With no gateway given: the candidates, and the one kept (null while none is; then
+ * "gateway" is the one being tried). */
+static void discovery(struct buf *b)
+{
+    buf_puts(b, ",\"gateway_discovered\":");
+    if (!cfg->gateway_discover) {
+        buf_puts(b, "null");
+        return;
+    }
+    buf_puts(b, "{\"candidates\":[");
+    for (size_t i = 0; i < GATEWAY_CANDIDATES; i++) {
+        buf_puts(b, i ? "," : "");
+        status_json_str(b, gateway_candidates[i]);
+    }
+    buf_puts(b, "],\"chosen\":");
+    if (upstream_gateway_known())
+        status_json_str(b, cfg->gateway);
+    else
+        buf_puts(b, "null");
+    buf_puts(b, "}");
+}
+
 static void status(struct buf *b)
 {
     buf_puts(b, "\"upstream\":{\"state\":");
@@ -60,6 +82,7 @@ static void status(struct buf *b)
     status_json_str(b, upstream_reason());
     buf_puts(b, ",\"gateway\":");
     status_json_str(b, cfg->gateway);
+    discovery(b);
     buf_puts(b, ",\"era\":");
     status_json_str(b, upstream_era());
     buf_puts(b, ",\"auth\":");
