@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from harness import (FLOW_TC, check_status, eq, own_error, run_bridge,
+from harness import (FLOW_TC, ConnectProxy, check_status, eq, own_error, run_bridge,
                      start_bridge, start_mock, timeout, wait_until)
 
 TOKEN = "tg_discover_token_4e1"
@@ -173,3 +173,24 @@ def test_an_explicit_gateway_is_never_second_guessed():
             eq(old.stats()["connections_total"], 0, "8088 never tried")
             eq(status_gateway(b), (U_NEW, None), "/status")
             assert "gateway found" not in b.log()
+
+
+@timeout(60)
+def test_an_explicit_proxy_carries_both_candidates_the_environments_none():
+    with mock_on(P_OLD) as m, ConnectProxy() as p:
+        with bridge("--proxy", p.url) as b:
+            b.wait_ready()
+            b.wait_log(r"gateway found: http://localhost:8088 ")
+            targets = [c[0].split()[1] for c in p.connects()]
+            assert targets[:2] == ["localhost:8888", "localhost:8088"], targets
+            check_status(b.get("/api/v1/i18n/packs/es"), 200,
+                         "pass-through through the proxy")
+        n = len(p.connects())
+        env = {"http_proxy": p.url, "HTTP_PROXY": None, "no_proxy": None,
+               "NO_PROXY": None}
+        with bridge(env=env) as b:
+            b.wait_ready()
+            b.wait_log(r"gateway found: http://localhost:8088 ")
+            eq(len(p.connects()), n, "the environment's proxy is not used "
+                                     "for loopback")
+        assert m.stats()["connections_total"] >= 2
