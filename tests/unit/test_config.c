@@ -155,6 +155,29 @@ static void test_config_flags_override_env(void **state)
     config_free(&cfg);
 }
 
+/* No gateway anywhere: the first candidate stands in and discovery is on; given one
+ * (TRUSTGRAPH_URL here), discovery is off. */
+static void test_no_gateway_given_discovers(void **state)
+{
+    (void)state;
+    struct config cfg;
+    char err[256];
+    char *argv[] = {"tgbridge", "--unix", "none", NULL};
+    unsetenv("TRUSTGRAPH_URL");
+    assert_int_equal(config_load(&cfg, 3, argv, err, sizeof err), 0);
+    assert_true(cfg.gateway_discover);
+    assert_str_eq(cfg.gateway, gateway_candidates[0]);
+    assert_str_eq(cfg.gw.host, "localhost");
+    assert_int_equal(cfg.gw.port, 8888);
+    config_free(&cfg);
+    setenv("TRUSTGRAPH_URL", "http://localhost:8888", 1);
+    assert_int_equal(config_load(&cfg, 3, argv, err, sizeof err), 0);
+    assert_false(cfg.gateway_discover);
+    config_free(&cfg);
+    unsetenv("TRUSTGRAPH_URL");
+    assert_str_eq(gateway_candidates[1], "http://localhost:8088");
+}
+
 static void unset_proxy_env(void)
 {
     unsetenv("https_proxy"); unsetenv("HTTPS_PROXY"); unsetenv("http_proxy"); unsetenv("HTTP_PROXY");
@@ -212,6 +235,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_config_flags_override_env, set_config_env, unset_config_env),
     cmocka_unit_test_setup_teardown(test_proxy_choice, no_proxy_env, no_proxy_env),
     cmocka_unit_test(test_proxy_url_parsing),
+    cmocka_unit_test_teardown(test_no_gateway_given_discovers, unset_config_env),
 };
 
 UNIT_MAIN(tests)
