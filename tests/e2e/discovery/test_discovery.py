@@ -8,14 +8,16 @@ here hold one file lock for their whole run (tests run in two xdist workers;
 no other test binds these ports: mocks take a port the kernel picks, far above
 them), and each skips, saying why, when something else holds a port."""
 
+import asyncio
 import fcntl
 import time
 import os
 import socket
 
 import pytest
+import websockets
 
-from harness import (FLOW_TC, ConnectProxy, check_status, eq, own_error, run_bridge,
+from harness import (FLOW_TC, T, ConnectProxy, check_status, eq, own_error, run_bridge,
                      start_bridge, start_mock, timeout, wait_until)
 
 TOKEN = "tg_discover_token_4e1"
@@ -65,6 +67,21 @@ def bridge(*args, **kw):
 def status_gateway(b):
     up = b.get("/status").json()["upstream"]
     return up["gateway"], up["gateway_discovered"]
+
+
+def export_frames(b, query=""):
+    """An export socket through tgbridge: its close code and reason, and the
+    frames it got before."""
+    async def go():
+        url = "ws://127.0.0.1:%d/api/v1/flow/default/export/triples%s" % (b.port, query)
+        async with websockets.connect(url) as ws:
+            frames = []
+            try:
+                while True:
+                    frames.append(await ws.recv())
+            except websockets.ConnectionClosed as e:
+                return e.rcvd.code, e.rcvd.reason, frames
+    return asyncio.run(asyncio.wait_for(go(), T(30)))
 
 
 def test_print_config_shows_the_discovery():
@@ -130,14 +147,19 @@ def test_none_up_not_ready_then_the_one_that_comes_up_is_chosen():
         body = r.body.decode()
         assert U_NEW in body and U_OLD in body, body
         eq(status_gateway(b)[1]["chosen"], None, "/status: none chosen")
-        # pass-through before a choice: the usual unreachable error
+        # pass-through and bulk sockets before a choice: the usual unreachable error
         own_error(b.get("/api/v1/i18n/packs/es"), 502, "gateway-unreachable")
+        code, reason, _ = export_frames(b)
+        eq(code, 1013, "a bulk socket's close before a choice")
+        assert "no gateway found" in reason, reason
         with mock_on(P_OLD) as m:
             b.wait_ready(timeout=15)
             b.wait_log(r"gateway found: http://localhost:8088 ")
             r = b.get("/api/v1/i18n/packs/es")
             check_status(r, 200, "pass-through to the gateway found")
             eq(r.json()["mock.i18n.hello"], "Hola", "language pack")
+            code, _, frames = export_frames(b, "?mock-frames=3&mock-close_code=4002")
+            eq((code, len(frames)), (4002, 3), "a bulk socket to the gateway found")
             assert m.stats()["connections_total"] >= 1
 
 
