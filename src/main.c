@@ -269,8 +269,11 @@ static int open_listeners(int *port)
 static void serve(int port)
 {
     bool v6 = strchr(cfg.listen_host, ':') != NULL;
+    char gw[80]; /* none given: the candidates (upstream logs the one found) */
+    snprintf(gw, sizeof gw, "(discover: %s, %s)", gateway_candidates[0], gateway_candidates[1]);
     log_info("listening rest=%s%s%s:%d unix=%s gateway=%s auth=%s", v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
-             port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway, auth_mode_name(cfg.auth));
+             port, cfg.unix_path ? cfg.unix_path : "none", cfg.gateway_discover ? gw : cfg.gateway,
+             auth_mode_name(cfg.auth));
     upstream_on_change(upstream_changed);
     char status[300];
     snprintf(status, sizeof status, "listening on %s%s%s:%d; connecting to the gateway", v6 ? "[" : "",

@@ -100,6 +100,8 @@ def test_print_config_shows_the_discovery():
 def test_only_8088_up_is_chosen_and_logged():
     with mock_on(P_OLD) as m, bridge() as b:
         b.wait_ready()
+        b.wait_log(r"listening rest=\S+ unix=none gateway=\(discover: "
+                   r"http://localhost:8888, http://localhost:8088\) ")
         b.wait_log(r"gateway found: http://localhost:8088 \(no --gateway "
                    r"given; the first of http://localhost:8888 and "
                    r"http://localhost:8088 to accept the WebSocket upgrade\)")
