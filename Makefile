@@ -70,8 +70,9 @@ $(BUILD):
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
 UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
-                    passpath
+                    passpath logqueue
 UNIT_OBJS_buf       := base/buf
+UNIT_OBJS_logqueue  := base/logqueue base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
 UNIT_OBJS_envelope  := wire/envelope wire/json base/buf
