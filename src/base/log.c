@@ -119,13 +119,21 @@ static ssize_t out_write(void *ctx, const char *p, size_t n)
     }
 }
 
+/* Lines are redacted in the queue, just before they are written: a batch of access
+ * lines is one pass per secret form, not one per line (BENCHMARKS.md, "A buffered
+ * access log").  Bytes before `clean` were redacted already.  A form could only
+ * match across two lines if the secret held a newline, and then it is redacted too. */
+static size_t clean;
+
 void log_flush(void)
 {
     if (!queue.b.len)
         return;
     if (out_kind == OUT_UNKNOWN)
         out_open();
+    redact_buf_from(&queue.b, clean);
     logq_drain(&queue, out_write, NULL);
+    clean = queue.b.len;
 }
 
 /* At exit, whatever way main() ends: what is queued gets up to a second more. */
@@ -349,8 +357,8 @@ static void put_fields(struct buf *line, const struct log_kv *kv, size_t n)
     }
 }
 
-/* The whole line around an already formatted message, redacted, then queued: one
- * buffer for every line (logging is the loop thread's alone). */
+/* The whole line around an already formatted message, queued (and redacted there,
+ * log_flush): one buffer for every line (logging is the loop thread's alone). */
 static void emit(enum log_level level, const char *msg, size_t len, const struct log_kv *kv, size_t n,
                  bool deferred)
 {
@@ -366,7 +374,6 @@ static void emit(enum log_level level, const char *msg, size_t len, const struct
     put_fields(&line, kv, n);
     if (json_lines)
         put(&line, "}", 1);
-    redact_buf(&line);
     put(&line, "\n", 1);
     out_line(buf_ptr(&line), line.len, deferred);
 }
@@ -383,7 +390,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
     if (n < 0)
         return;
     if ((size_t)n < sizeof tmp) {
-        emit(level, tmp, (size_t)n, NULL, 0, false); /* redacts the whole line */
+        emit(level, tmp, (size_t)n, NULL, 0, false); /* the whole line is redacted */
         return;
     }
     char *big = malloc((size_t)n + 1);
@@ -399,7 +406,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 void log_record(enum log_level level, const char *msg, const struct log_kv *kv, size_t n)
 {
     if (level <= current)
-        emit(level, msg, strlen(msg), kv, n, false); /* redacts the whole line */
+        emit(level, msg, strlen(msg), kv, n, false); /* the whole line is redacted */
 }
 
 void log_access(enum log_level level, const char *msg, const struct log_kv *kv, size_t n)

@@ -6,28 +6,29 @@
 #include <stdbool.h>
 #include <sys/epoll.h>
 
-static struct loop_epoll *room;  /* the output descriptor, while something is pending */
+/* A loop turn ends with a write when this much waits (a few dozen access lines); less
+ * waits for the timer, at most LOGPUMP_DELAY.  One write a turn was one for every one
+ * to three lines on a loop that is not saturated, a microsecond or two each
+ * (BENCHMARKS.md, "A buffered access log"). */
+#define LOGPUMP_BATCH (16 * 1024)
+#define LOGPUMP_DELAY 0.2
+
+static struct loop_epoll *room;  /* the output descriptor, while the reader has no room */
 static int watched = -1;         /* the descriptor in it, or -1 */
-static struct timer retry;       /* when it cannot be watched (none that can block) */
+static struct timer due;
 
-static void pump(void *arg);
+static void due_now(struct timer *t);
 
-static void retry_due(struct timer *t)
+/* After a write: a reader that left something unwritten is watched for room, and
+ * only then (EPOLLOUT on a descriptor with room would wake every turn). */
+static void settle(void)
 {
-    (void)t;
-    pump(NULL);
-}
-
-/* Writes what it can; watches for room while something is left, and only then (a
- * level-triggered EPOLLOUT on a descriptor with room would wake every turn). */
-static void pump(void *arg)
-{
-    (void)arg;
-    log_flush();
-    bool want = log_pending() > 0;
-    if (want == (watched >= 0))
+    if (!loop_ctx())
+        return; /* the loop is gone (after loop_destroy): exit's flush has the rest */
+    bool blocked = log_pending() > 0;
+    if (blocked == (watched >= 0))
         return;
-    if (!want) {
+    if (!blocked) {
         loop_epoll_del(room, watched);
         watched = -1;
         return;
@@ -36,14 +37,41 @@ static void pump(void *arg)
     if (room && !loop_epoll_add(room, fd, EPOLLOUT, NULL))
         watched = fd;
     else
-        timer_after(&retry, 1.0, retry_due); /* a regular file: epoll refuses it */
+        timer_after(&due, 1.0, due_now); /* cannot be watched: try again in a second */
+}
+
+static void write_now(void)
+{
+    log_flush();
+    settle();
+}
+
+static void due_now(struct timer *t)
+{
+    (void)t;
+    write_now();
+}
+
+static void before_poll(void *arg)
+{
+    (void)arg;
+    if (log_pending() >= LOGPUMP_BATCH)
+        write_now();
 }
 
 static void has_room(void *ptr, uint32_t events)
 {
     (void)ptr;
     (void)events;
-    pump(NULL);
+    write_now();
+}
+
+/* The queue stopped being empty: its first line goes out LOGPUMP_DELAY from now at
+ * the latest. */
+static void pending(void)
+{
+    if (loop_ctx())
+        timer_after(&due, LOGPUMP_DELAY, due_now);
 }
 
 static void metrics(struct buf *out)
@@ -60,6 +88,6 @@ int logpump_init(void)
 {
     status_register(&source);
     room = loop_epoll_new(has_room);
-    log_on_pending(loop_wake);
-    return loop_before_poll(pump, NULL);
+    log_on_pending(pending);
+    return loop_before_poll(before_poll, NULL);
 }
