@@ -99,8 +99,8 @@ static ssize_t out_write(void *ctx, const char *p, size_t n)
             w = send(out_fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
         } else if (out_kind == OUT_PIPE_POLL) {
             struct pollfd pfd = {.fd = out_fd, .events = POLLOUT};
-            if (poll(&pfd, 1, 0) == 0)
-                return 0;
+            if (poll(&pfd, 1, 0) <= 0)
+                return 0; /* no room (or no answer): later */
             w = write(out_fd, p, n < PIPE_BUF ? n : PIPE_BUF);
         } else {
             w = write(out_fd, p, n);
@@ -156,8 +156,8 @@ void log_flush_wait(double seconds)
 }
 
 /* A line goes into the queue; one that is not an access line takes the queue out with
- * it at once.  An access line waits for the loop turn's end (log_flush from the
- * before-poll phase), or for LOGQ_BOUND to be reached. */
+ * it at once.  An access line waits for logpump.c (the end of a loop turn once a batch
+ * waits, else its timer), or for LOGQ_BOUND to be reached. */
 static void out_line(const char *p, size_t n, bool deferred)
 {
     static bool at_exit;

@@ -6,10 +6,9 @@
 #include <stdbool.h>
 #include <sys/epoll.h>
 
-/* A loop turn ends with a write when this much waits (a few dozen access lines); less
- * waits for the timer, at most LOGPUMP_DELAY.  One write a turn was one for every one
- * to three lines on a loop that is not saturated, a microsecond or two each
- * (BENCHMARKS.md, "A buffered access log"). */
+/* A loop turn ends with a write when this much waits (about sixty access lines);
+ * less waits for the timer, at most LOGPUMP_DELAY: a loop woken by one call at a time
+ * would otherwise write one line a write (BENCHMARKS.md, "A buffered access log"). */
 #define LOGPUMP_BATCH (16 * 1024)
 #define LOGPUMP_DELAY 0.2
 
