@@ -1,6 +1,6 @@
 # tgbridge — see README.md.  `make` builds ./tgbridge; `make test` runs every test;
 # `make install` installs it (PREFIX, DESTDIR).
-PKGS      := libmicrohttpd libwebsockets libcjson libcrypto
+PKGS      := libmicrohttpd libwebsockets libcjson libssl libcrypto
 # What building needs (`make` only checks for these and names what is missing) ...
 BUILD_DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev
 # ... and what the tests need besides (`make test` installs these when run as root).

@@ -39,6 +39,9 @@ struct config {
     enum auth_mode auth;
     char listen_host[256];
     int listen_port;
+    char admin_host[256];      /* --admin-listen: health, metrics, status, shutdown only */
+    int admin_port;            /* -1: no admin listener */
+    char *admin_token_file;    /* lets non-loopback callers use /status and /shutdown there */
     size_t max_body;
     double request_timeout;
     double queue_timeout;
@@ -76,6 +79,7 @@ struct config {
     struct str_list allow_host;   /* Host names accepted besides loopback and the listen address */
     size_t max_line;
     size_t max_client_buffer;
+    bool allow_short_token;    /* tokens under TOKEN_MIN_LEN characters accepted */
     bool print_config, check_config; /* --print-config, --check-config: then exit */
     char *config_file;         /* the file read, if any */
 };
@@ -85,8 +89,19 @@ void config_defaults(struct config *cfg);
 int config_load_stream(struct config *cfg, FILE *f, const char *path, char *err, size_t errlen);
 /* 0: run; 1: exit 0 (help/version printed); -1: exit 2 (err filled). */
 int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+/* config_load for the client commands (tgbridge probe, shutdown): reads no token file. */
+int config_load_client(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
 void config_free(struct config *cfg);
 int config_parse_gateway(const char *url, struct gateway_url *out, char *err, size_t errlen);
+/* The shortest token accepted without --allow-short-token: a shorter one is guessable,
+ * and redacting it would mangle every log line. */
+#define TOKEN_MIN_LEN 8
+/* tok (what names it in err: "the gateway token in --token-file /x") refused when
+ * non-empty and shorter than TOKEN_MIN_LEN, unless cfg->allow_short_token. */
+int config_check_token(const struct config *cfg, const char *tok, const char *what, char *err, size_t errlen);
+/* SIGHUP's re-reading of the config file into live: see src/config/reload.c. */
+void config_reload_init(const struct config *live, int argc, char **argv);
+int config_reload(struct config *live);
 /* Re-reads --token-file (if any) into cfg->token. */
 int config_read_token_file(struct config *cfg, char *err, size_t errlen);
 const char *auth_mode_name(enum auth_mode m);

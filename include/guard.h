@@ -1,5 +1,5 @@
-/* The limits every front end puts on its local callers, in one place (README "Failure
- * semantics"):
+/* The limits every front end puts on its local callers, in one place (docs/operations.md
+ * "Failure semantics"):
  *  - deadlines (--client-timeout): a request head, or the first line of a Unix client,
  *    within T of when it could start; a body or a line, once its first byte is in,
  *    within T plus T per MiB of it -- checked lazily, so an upload costs no timer work

@@ -1,5 +1,5 @@
 /* The Unix socket's line protocol: one JSON envelope per line in, one reply per line
- * out (README "Unix socket").  Each client's ids are its own; tgbridge maps them to
+ * out (docs/protocols.md "Unix socket").  Each client's ids are its own; tgbridge maps them to
  * upstream ids and back. */
 #ifndef TGB_LINE_PROTO_H
 #define TGB_LINE_PROTO_H

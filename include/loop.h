@@ -21,6 +21,9 @@ typedef void (*watch_cb)(void *arg);
 void loop_add_protocol(const struct lws_protocols *p);
 int loop_init(const struct config *cfg);
 struct lws_context *loop_ctx(void);
+/* The OpenSSL SSL_CTX every client connection (the gateway's) is made from, or NULL
+ * before lws made it or without TLS support. */
+void *loop_client_tls_ctx(void);
 /* Calls cb(arg) whenever fd is readable.  The loop owns fd from now on. */
 struct watcher *loop_watch_fd(int fd, watch_cb cb, void *arg);
 /* The same for an epoll set someone else owns and closes (libmicrohttpd's): the loop

@@ -1,5 +1,5 @@
 /* The WebSockets to the gateway: one persistent connection, plus overflow ones while
- * every window is full (README "Connections and flow control"); connect through
+ * every window is full (docs/operations.md "Connections and flow control"); connect through
  * dial.c, authenticate the way the gateway's era expects (reference §1.1, §3), keep
  * alive, reconnect, send envelopes and hand every reply frame to the mux. */
 #ifndef TGB_UPSTREAM_H
@@ -36,8 +36,10 @@ const char *upstream_reauth_status(void);
 /* Replaces the connection make-before-break (issue 5): a new one is opened and
  * authenticated; the old one keeps receiving for its live requests, then closes. */
 void upstream_rotate(const char *why);
-/* SIGHUP: re-read --token-file; V2: re-authenticate in-band; otherwise rotate. */
-void upstream_reload_token(void);
+/* SIGHUP or the file changing (why: which, for the log): re-read --token-file; V2:
+ * re-authenticate in-band; otherwise rotate.  A missing or empty file keeps the
+ * current token (logged). */
+void upstream_reload_token(const char *why);
 /* Called when the upstream becomes ready (what: the era) or, once per distinct
  * reason, not ready (what: the reason). */
 typedef void (*upstream_change_fn)(bool ready, const char *what);

@@ -44,8 +44,12 @@ static int raw_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
 /* lws tells some things about a wsi only to the first protocol: its destruction
  * (LWS_CALLBACK_WSI_DESTROY, the last word on any connection) and the verdict on a
  * server certificate.  This one passes them on to the wsi's own protocol. */
+static void *client_tls_ctx;
+
 static int root_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
+    if (reason == LWS_CALLBACK_OPENSSL_LOAD_EXTRA_CLIENT_VERIFY_CERTS)
+        client_tls_ctx = user; /* the gateway connections' SSL_CTX, made once (castore.c) */
     bool forward = reason == LWS_CALLBACK_WSI_DESTROY || reason == LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION;
     const struct lws_protocols *p = forward ? lws_get_protocol(wsi) : NULL;
     if (p && p->callback && p->callback != root_callback)
@@ -123,6 +127,8 @@ int loop_init(const struct config *cfg)
 }
 
 struct lws_context *loop_ctx(void) { return ctx; }
+
+void *loop_client_tls_ctx(void) { return client_tls_ctx; }
 
 struct watcher *loop_watch_fd(int fd, watch_cb cb, void *arg)
 {

@@ -24,8 +24,9 @@ enum opt_id {
     O_CA_FILE, O_CA_ONLY, O_INSECURE, O_PROXY, O_LOG_LEVEL, O_LOG_FORMAT, O_ACCESS_LOG,
     O_MAX_CONNECTIONS, O_CONNECTION_IDLE, O_CLIENT_TIMEOUT, O_MAX_PENDING, O_CLIENT_TOKEN_FILE,
     O_MAX_WS_CLIENTS, O_MAX_PASSTHROUGH, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_UNIX, O_UNIX_MODE,
-    O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE, O_MAX_CLIENT_BUFFER, O_CONFIG,
-    O_PRINT_CONFIG, O_CHECK_CONFIG, O_HELP, O_VERSION, O_LAST
+    O_UNIX_GROUP, O_UNIX_ALLOW_UID, O_UNIX_ALLOW_GID, O_MAX_LINE, O_MAX_CLIENT_BUFFER, O_ALLOW_SHORT_TOKEN,
+    O_CONFIG,
+    O_PRINT_CONFIG, O_CHECK_CONFIG, O_HELP, O_VERSION, O_ADMIN_LISTEN, O_ADMIN_TOKEN_FILE, O_LAST
 };
 
 /* What a value is: each type has one parser, one formatter (the config-file spelling
@@ -55,9 +56,11 @@ enum opt_type {
 
 /* Whether SIGHUP may apply a change.  RELOAD_RESTART is the zero value, so an option
  * is not reloadable until its row says so.  RELOAD_FILE: SIGHUP re-reads the file the
- * option names (main.c: access_reload, upstream_reload_token); a changed name still
- * needs a restart. */
-enum opt_reload { RELOAD_RESTART = 0, RELOAD_FILE };
+ * option names (reload.c: access_reload, upstream_reload_token); a changed name still
+ * needs a restart.  RELOAD_APPLY: config_reload copies a changed value into the live
+ * struct config, and every module reads that field where a new call, connection or
+ * timer uses it (none keeps a copy made at start). */
+enum opt_reload { RELOAD_RESTART = 0, RELOAD_FILE, RELOAD_APPLY };
 
 struct opt {
     enum opt_id id;
@@ -100,9 +103,24 @@ void set_str(char **dst, const char *v);
 /* file.c */
 int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen);
 
-/* load.c: where each option's value came from ("" = the default), for --print-config. */
+/* load.c: where each option's value came from ("" = the default), for --print-config,
+ * and from which layer, for a reload (an option set by the environment or a flag keeps
+ * that value).  One provenance per load: a reload fills its own and merges what it
+ * applies into the first's. */
+enum opt_layer { L_DEFAULT = 0, L_FILE, L_ENV, L_FLAG };
+struct provenance {
+    char where[O_LAST][300];
+    unsigned char layer[O_LAST];
+};
 const char *opt_source(enum opt_id id);
-void opt_note_source(enum opt_id id, const char *where);
+enum opt_layer opt_layer_of(enum opt_id id);
+void opt_note_source(enum opt_id id, enum opt_layer layer, const char *where);
+/* Makes p the provenance loads write to; returns the one used until now. */
+struct provenance *opt_provenance_use(struct provenance *p);
+/* config_load again for a reload: the same layers, but the secrets already scrubbed from
+ * argv and the environment are not read back (their options keep their live values), the
+ * proxy is not decided again and the token file is left to upstream_reload_token. */
+int config_load_again(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
 
 /* url.c: a host as lws and getaddrinfo() take it. */
 bool host_chars_ok(const char *h, size_t n, bool bracketed);

@@ -29,6 +29,12 @@ int config_read_token_file(struct config *cfg, char *err, size_t errlen)
     /* Files written by editors and `echo` end in a newline that is not part of the token. */
     while (n > 0 && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' ' || tok[n - 1] == '\t'))
         tok[--n] = '\0';
+    char what[4200];
+    snprintf(what, sizeof what, "the gateway token in --token-file %s", cfg->token_file);
+    if (config_check_token(cfg, tok, what, err, errlen)) {
+        explicit_bzero(tok, sizeof tok);
+        return -1;
+    }
     set_str(&cfg->token, tok);
     explicit_bzero(tok, sizeof tok);
     secret_add(cfg->token);
@@ -86,7 +92,7 @@ static int setting(struct config *cfg, struct reading *r, char *l, char *err, si
         return errorf(err, errlen, "%s:%d: %s", r->path, r->lineno, e2);
     char where[300];
     snprintf(where, sizeof where, "%s:%d", r->path, r->lineno);
-    opt_note_source(o->id, where);
+    opt_note_source(o->id, L_FILE, where);
     return 0;
 }
 

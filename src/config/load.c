@@ -10,17 +10,42 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Where each option's value came from, for --print-config ("" if nowhere). */
-static char sources[O_LAST][300];
+/* Where each option's value came from, for --print-config ("" if nowhere), and from
+ * which layer. */
+static struct provenance start_prov, *prov = &start_prov;
+/* A reload's load: see config_load_again. */
+static bool again;
 
-void opt_note_source(enum opt_id id, const char *where)
+struct provenance *opt_provenance_use(struct provenance *p)
 {
-    snprintf(sources[id], sizeof sources[id], "%s", where);
+    struct provenance *old = prov;
+    prov = p;
+    return old;
+}
+
+void opt_note_source(enum opt_id id, enum opt_layer layer, const char *where)
+{
+    snprintf(prov->where[id], sizeof prov->where[id], "%s", where);
+    prov->layer[id] = (unsigned char)layer;
 }
 
 const char *opt_source(enum opt_id id)
 {
-    return sources[id];
+    return prov->where[id];
+}
+
+enum opt_layer opt_layer_of(enum opt_id id)
+{
+    return (enum opt_layer)prov->layer[id];
+}
+
+int config_check_token(const struct config *cfg, const char *tok, const char *what, char *err, size_t errlen)
+{
+    size_t n = tok ? strlen(tok) : 0;
+    if (!n || n >= TOKEN_MIN_LEN || cfg->allow_short_token)
+        return 0;
+    return errorf(err, errlen, "%s is %zu character%s long: %d or more wanted (or --allow-short-token)", what, n,
+                  n == 1 ? "" : "s", TOKEN_MIN_LEN);
 }
 
 /* Every row's default, or (allocating) only those that allocate. */
@@ -73,7 +98,7 @@ static int apply_env(struct config *cfg, char *err, size_t errlen)
         char e2[256];
         if (opt_parse(cfg, o, v, e2, sizeof e2))
             return errorf(err, errlen, "%s: %s", o->env, e2);
-        opt_note_source(o->id, src);
+        opt_note_source(o->id, L_ENV, src);
     }
     return 0;
 }
@@ -82,9 +107,11 @@ static int apply_env(struct config *cfg, char *err, size_t errlen)
  * process title (/proc/PID/cmdline shows argv's memory). */
 static int apply_flag(struct config *cfg, const struct opt *o, char *v, char *err, size_t errlen)
 {
+    if (again && (o->type == T_SECRET || o->type == T_CRED_URL))
+        return 0; /* scrubbed at start: the live value stands */
     if (opt_parse(cfg, o, v, err, errlen))
         return -1;
-    opt_note_source(o->id, "flag");
+    opt_note_source(o->id, L_FLAG, "flag");
     if (o->type == T_SECRET && v) {
         secret_add(v);
         memset(v, 'x', strlen(v));
@@ -92,6 +119,19 @@ static int apply_flag(struct config *cfg, const struct opt *o, char *v, char *er
     if (o->type == T_CRED_URL && v)
         proxy_scrub_userinfo(v);
     return 0;
+}
+
+/* Each option once, as in the config file: a second value would silently win, and a
+ * list given twice is not two lists joined.  -v is --log-level debug. */
+static bool given_twice(bool *seen, int c)
+{
+    if (c == 'v')
+        c = O_LOG_LEVEL;
+    if (c <= 0 || c >= O_LAST)
+        return false;
+    bool twice = seen[c];
+    seen[c] = true;
+    return twice;
 }
 
 /* 0: go on; 1: help or version printed; -1: err filled. */
@@ -106,7 +146,13 @@ static int apply_flags(struct config *cfg, int argc, char **argv, char *err, siz
     opterr = 0;
     optind = 1;
     int c;
+    bool seen[O_LAST] = {false};
     while ((c = getopt_long(argc, argv, ":hVv", longopts, NULL)) != -1) {
+        if (given_twice(seen, c))
+            return errorf(err, errlen, "option '%s%s' is given twice (%s)", c == 'v' ? "-v" : "--",
+                          c == 'v' ? "" : opt_by_id((enum opt_id)c)->name,
+                          c == 'v' || c == O_LOG_LEVEL ? "-v counts as --log-level"
+                                                       : "each option once; a list goes comma-separated");
         if (c == 'h' || c == O_HELP) {
             config_usage(stdout);
             return 1;
@@ -117,7 +163,7 @@ static int apply_flags(struct config *cfg, int argc, char **argv, char *err, siz
         }
         if (c == 'v') {
             cfg->log_level = LOG_DEBUG;
-            opt_note_source(O_LOG_LEVEL, "-v");
+            opt_note_source(O_LOG_LEVEL, L_FLAG, "-v");
         } else if (c == O_PRINT_CONFIG || c == O_CHECK_CONFIG) {
             *(c == O_PRINT_CONFIG ? &cfg->print_config : &cfg->check_config) = true;
         } else if (c == '?') {
@@ -182,9 +228,21 @@ static void default_unix_path(struct config *cfg)
     set_str(&cfg->unix_path, path);
 }
 
+static bool wildcard(const char *h)
+{
+    return !*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::");
+}
+
+/* The same port on the same address (or on a wildcard covering it); port 0 picks its own. */
+static bool admin_clashes(const struct config *cfg)
+{
+    return cfg->admin_port > 0 && cfg->admin_port == cfg->listen_port &&
+           (!strcmp(cfg->admin_host, cfg->listen_host) || wildcard(cfg->admin_host) || wildcard(cfg->listen_host));
+}
+
 /* What no single option decides: defaults that depend on others, the proxy, the
  * token file. */
-static int finish(struct config *cfg, char *err, size_t errlen)
+static int finish(struct config *cfg, bool read_files, char *err, size_t errlen)
 {
     if (!cfg->unix_set)
         default_unix_path(cfg);
@@ -194,17 +252,28 @@ static int finish(struct config *cfg, char *err, size_t errlen)
         secret_add(cfg->token);
     if (cfg->ca_only && !cfg->ca_file)
         return errorf(err, errlen, "--ca-only needs --ca-file");
+    if (admin_clashes(cfg))
+        return errorf(err, errlen, "--admin-listen must differ from --listen (the admin listener serves no data routes)");
+    if (!cfg->token_file && cfg->token) {
+        char what[340];
+        const char *src = opt_source(O_TOKEN);
+        snprintf(what, sizeof what, "the gateway token (from %s)", src[0] ? src : "--token");
+        if (config_check_token(cfg, cfg->token, what, err, errlen))
+            return -1;
+    }
+    if (again)
+        return 0;
     int rc = proxy_decide(cfg, err, errlen);
     scrub_secret_env();
-    if (rc || config_read_token_file(cfg, err, errlen))
+    if (rc || (read_files && config_read_token_file(cfg, err, errlen)))
         return -1;
     return 0;
 }
 
-int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+static int load(struct config *cfg, int argc, char **argv, bool read_files, char *err, size_t errlen)
 {
     config_defaults(cfg);
-    memset(sources, 0, sizeof sources);
+    memset(prov, 0, sizeof *prov);
     apply_defaults(cfg, true);
     const char *file = config_path(argc, argv);
     if (file)
@@ -217,7 +286,25 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
     int rc = apply_flags(cfg, argc, argv, err, errlen);
     if (rc)
         return rc;
-    return finish(cfg, err, errlen) ? -1 : 0;
+    return finish(cfg, read_files, err, errlen) ? -1 : 0;
+}
+
+int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    return load(cfg, argc, argv, true, err, errlen);
+}
+
+int config_load_client(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    return load(cfg, argc, argv, false, err, errlen);
+}
+
+int config_load_again(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    again = true;
+    int rc = config_load(cfg, argc, argv, err, errlen);
+    again = false;
+    return rc;
 }
 
 void config_free(struct config *cfg)

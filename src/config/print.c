@@ -23,6 +23,20 @@ void config_usage(FILE *out)
             fprintf(out, " [%s]", o->env);
         fputc('\n', out);
     }
+    fprintf(out, "\nShort options:\n"
+                 "  -h                         --help\n"
+                 "  -V                         --version\n"
+                 "  -v                         --log-level debug\n"
+                 "\nEach option at most once (a list comma-separated), as in the config file.\n"
+                 "On SIGHUP, --config is read again: the options marked so by --print-config\n"
+                 "apply to new calls, the others need a restart.\n");
+    fprintf(out, "\nCommands for a running tgbridge, found from the same options, environment and\n"
+                 "--config (exit 0: yes; 1: no, or no answer within --timeout, default 0.8 s; 2: usage):\n"
+                 "  tgbridge probe live|ready [--timeout SECONDS] [OPTION]...\n"
+                 "      GET /healthz or /readyz of its admin listener, else its --listen (not\n"
+                 "      port 0), else its --unix socket; reads no token file, so any user may run it\n"
+                 "  tgbridge shutdown [--timeout SECONDS] [OPTION]...\n"
+                 "      POST /shutdown to its admin listener: it drains as on SIGTERM and exits 0\n");
     fprintf(out, "\nToken precedence: --token-file, --token, TRUSTGRAPH_TOKEN, GATEWAY_SECRET.\n"
                  "See README.md for routes, streaming format and error table.\n");
 }
@@ -39,12 +53,22 @@ static const char *source_of(const struct config *cfg, const struct opt *o, cons
     return "default";
 }
 
+/* What SIGHUP does with a changed value (config_int.h, enum opt_reload). */
+static const char *reload_note(const struct opt *o)
+{
+    switch (o->reload) {
+    case RELOAD_APPLY: return "reload: applies to new calls";
+    case RELOAD_FILE: return "reload: the file is re-read, a new name needs a restart";
+    default: return "reload: needs a restart";
+    }
+}
+
 void config_print(const struct config *cfg, FILE *out)
 {
     fprintf(out, "# tgbridge %s: the effective configuration%s%s\n", TGB_VERSION,
             cfg->config_file ? ", over the file " : "", cfg->config_file ? cfg->config_file : "");
     fprintf(out, "# precedence: default < config file < environment < flags; secrets shown as ***;\n"
-                 "# before each value, where it came from\n");
+                 "# before each value, where it came from and what SIGHUP does with a change to it\n");
     for (size_t i = 0; i < config_noptions; i++) {
         const struct opt *o = &config_options[i];
         if (o->type == T_ACTION)
@@ -58,10 +82,10 @@ void config_print(const struct config *cfg, FILE *out)
          * tgbridge reads back (values have no trailing comments there). */
         bool quote = v.len && (strchr(buf_ptr(&v), '#') || buf_ptr(&v)[0] == ' ' || buf_ptr(&v)[v.len - 1] == ' ');
         if (!v.len)
-            fprintf(out, "# %s: unset (%s)\n", o->name, src);
+            fprintf(out, "# %s: unset (%s); %s\n", o->name, src, reload_note(o));
         else
-            fprintf(out, "# %s: %s\n%s = %s%.*s%s\n", o->name, src, o->name, quote ? "\"" : "",
-                    (int)v.len, buf_ptr(&v), quote ? "\"" : "");
+            fprintf(out, "# %s: %s; %s\n%s = %s%.*s%s\n", o->name, src, reload_note(o), o->name,
+                    quote ? "\"" : "", (int)v.len, buf_ptr(&v), quote ? "\"" : "");
         buf_free(&v);
     }
 }

@@ -2,15 +2,15 @@
 #include "stats.h"
 #include "util.h"
 
+/* The live configuration, read at each use: SIGHUP may change --client-timeout and
+ * --max-client-buffer (src/config/reload.c). */
 static struct {
-    double timeout;
-    size_t budget;
+    const struct config *cfg;
 } G;
 
 void guard_init(const struct config *cfg)
 {
-    G.timeout = cfg->client_timeout;
-    G.budget = cfg->max_client_buffer;
+    G.cfg = cfg;
 }
 
 double guard_due(enum guard_kind kind, double since, size_t received, double timeout)
@@ -23,7 +23,7 @@ double guard_due(enum guard_kind kind, double since, size_t received, double tim
 static void expired(struct timer *t)
 {
     struct guard *g = guard_owner(t, struct guard, timer);
-    double due = guard_due(g->kind, g->since, g->received, G.timeout);
+    double due = guard_due(g->kind, g->since, g->received, G.cfg->client_timeout);
     if (now_mono() < due) { /* the body came on meanwhile: judged again when it could be late */
         timer_after(&g->timer, due - now_mono(), expired);
         return;
@@ -38,7 +38,7 @@ void guard_start(struct guard *g, enum guard_kind kind, double since, guard_cb o
     g->since = since;
     g->received = 0;
     g->overdue = overdue;
-    timer_after(&g->timer, guard_due(kind, since, 0, G.timeout) - now_mono(), expired);
+    timer_after(&g->timer, guard_due(kind, since, 0, G.cfg->client_timeout) - now_mono(), expired);
 }
 
 void guard_progress(struct guard *g, size_t bytes)
@@ -69,7 +69,7 @@ bool guard_over_budget(size_t budget, size_t waiting, size_t more, bool strict)
 
 bool guard_reply_queued(size_t waiting, size_t more, bool strict)
 {
-    if (!guard_over_budget(G.budget, waiting, more, strict))
+    if (!guard_over_budget(G.cfg->max_client_buffer, waiting, more, strict))
         return false;
     stats_caller_dropped(DROP_SLOW_READER);
     return true;

@@ -44,7 +44,7 @@ static struct {
     unsigned long long serial;
 } L;
 
-/* Duplicate ids refused, as the README's contract has it; errors in one shape; the
+/* Duplicate ids refused, as docs/protocols.md's contract has it; errors in one shape; the
  * pending cap is back-pressure on the client's socket alone (libraries.md b8). */
 static const struct session_rules line_rules = {"line", false, false, 0, "line"};
 

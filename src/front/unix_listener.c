@@ -98,6 +98,46 @@ static int ensure_parent(const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/* --unix-group as a gid: a number, or a group name looked up now. */
+static int socket_group(const char *name, gid_t *gid, char *err, size_t errlen)
+{
+    char *e;
+    long g = strtol(name, &e, 10);
+    if (!*e) {
+        *gid = (gid_t)g;
+        return 0;
+    }
+    struct group *gr = getgrnam(name);
+    if (!gr)
+        return errorf(err, errlen, "unknown group '%s' (--unix-group)", name);
+    *gid = gr->gr_gid;
+    return 0;
+}
+
+/* A new socket bound at path, created with its final mode: no window in which it is
+ * more open than asked.  The fd, or -1 with err set. */
+static int bind_with_mode(const char *path, mode_t mode, char *err, size_t errlen)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        errorf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path));
+    mode_t old = umask(~mode & 0777);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc) {
+        errorf(err, errlen, "cannot bind %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 struct unix_listener *unix_listener_open(const struct config *cfg, char *err, size_t errlen)
 {
     err[0] = '\0';
@@ -116,37 +156,16 @@ struct unix_listener *unix_listener_open(const struct config *cfg, char *err, si
     }
     strcpy(u->path, cfg->unix_path);
     gid_t gid = (gid_t)-1;
-    if (cfg->unix_group) {
-        char *e;
-        long g = strtol(cfg->unix_group, &e, 10);
-        struct group *gr = *e ? getgrnam(cfg->unix_group) : NULL;
-        if (*e && !gr) {
-            errorf(err, errlen, "unknown group '%s' (--unix-group)", cfg->unix_group);
-            free(u);
-            return NULL;
-        }
-        gid = *e ? gr->gr_gid : (gid_t)g;
+    if (cfg->unix_group && socket_group(cfg->unix_group, &gid, err, errlen)) {
+        free(u);
+        return NULL;
     }
     int fd = -1;
     if (ensure_parent(u->path, err, errlen) || clear_stale(u->path, err, errlen))
         goto fail;
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        errorf(err, errlen, "socket: %s", strerror(errno));
+    fd = bind_with_mode(u->path, cfg->unix_mode, err, errlen);
+    if (fd < 0)
         goto fail;
-    }
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, u->path, strlen(u->path));
-    /* Create it with the final mode: no window in which it is more open than asked. */
-    mode_t old = umask(~cfg->unix_mode & 0777);
-    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    umask(old);
-    if (rc) {
-        errorf(err, errlen, "cannot bind %s: %s", u->path, strerror(errno));
-        goto fail;
-    }
     struct stat st;
     if (chmod(u->path, cfg->unix_mode) || (gid != (gid_t)-1 && chown(u->path, (uid_t)-1, gid)) ||
         stat(u->path, &st)) {

@@ -39,7 +39,7 @@ static const char *const opened_names[OPENED_FOR_N] = {"startup", "reconnect", "
 enum closed_for { CLOSED_IDLE, CLOSED_ROTATED, CLOSED_LOST, CLOSED_FAILED, CLOSED_SHUTDOWN, CLOSED_FOR_N };
 static const char *const closed_names[CLOSED_FOR_N] = {"idle", "rotated", "lost", "failed", "shutdown"};
 
-/* The connections to the gateway (README "Connections and flow control").  One is
+/* The connections to the gateway (docs/operations.md "Connections and flow control").  One is
  * the persistent connection, `primary`, opened at start and kept.  When requests wait
  * and every ready connection's window is full, one more -- an overflow connection --
  * is opened, up to --max-connections, one at a time; an overflow connection idle for
@@ -524,6 +524,31 @@ static void connect_now(struct timer *t)
     }
 }
 
+/* --token-file read again; a new token bumps U.token_gen, so connections that
+ * presented the old one are known to be stale whoever read the file first (a new
+ * connection, SIGHUP or the watcher).  A file that is missing, unreadable or empty
+ * (mid-rotation, or a Secret briefly without its key) keeps the token we had: -1 with why. */
+static int reread_token(char *err, size_t errlen)
+{
+    char *before = U.cfg->token ? strdup(U.cfg->token) : NULL;
+    int rc = config_read_token_file(U.cfg, err, errlen);
+    if (!rc && before && before[0] && !token()[0]) {
+        snprintf(err, errlen, "token file %s is empty", U.cfg->token_file);
+        rc = -1;
+    }
+    if (rc && before) {
+        free(U.cfg->token);
+        U.cfg->token = before; /* still in the redaction list */
+        return rc;
+    }
+    if (!rc && before && strcmp(before, token()))
+        U.token_gen++;
+    if (before)
+        explicit_bzero(before, strlen(before));
+    free(before);
+    return rc;
+}
+
 static void on_opened(struct dial *d);
 static int append_headers(struct dial *d, unsigned char **p, unsigned char *end);
 static const struct dial_ops conn_ops = {on_opened, conn_gone, append_headers};
@@ -533,7 +558,7 @@ static const struct dial_ops conn_ops = {on_opened, conn_gone, append_headers};
 static struct upconn *start_connection(enum opened_for why, char *whynot, size_t whylen)
 {
     char err[256];
-    if (config_read_token_file(U.cfg, err, sizeof err)) {
+    if (reread_token(err, sizeof err)) {
         /* Keep the last token we had; a file mid-rotation must not take us down. */
         log_warn("%s", err);
     }
@@ -600,7 +625,7 @@ static void rotate_check(struct timer *t)
 
 /* Placement: a waiting request goes to the serving connection with the most room in
  * its window (the persistent one when they tie), which can start it soonest; when
- * every window is full, one more connection is opened (README "Connections"). */
+ * every window is full, one more connection is opened (docs/operations.md "Connections and flow control"). */
 void upstream_kick(void)
 {
     if (U.stopping)
@@ -1017,36 +1042,42 @@ void upstream_start(void)
     connect_now(NULL);
 }
 
-void upstream_reload_token(void)
+/* A connection open, or opening, with a token older than the one read last. */
+static bool stale_connections(void)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &U.conns) {
+        struct upconn *c = list_entry(pos, struct upconn, node);
+        if (!c->retiring && c->token_gen != U.token_gen)
+            return true;
+    }
+    return false;
+}
+
+void upstream_reload_token(const char *why)
 {
     if (!U.cfg->token_file) {
-        log_info("SIGHUP: no --token-file to re-read");
+        log_info("%s: no --token-file to re-read", why);
         return;
     }
-    char *before = U.cfg->token ? strdup(U.cfg->token) : NULL;
+    unsigned gen = U.token_gen;
     char err[256];
-    if (config_read_token_file(U.cfg, err, sizeof err)) {
-        log_error("SIGHUP: %s; keeping the current token", err);
-        free(before);
+    if (reread_token(err, sizeof err)) {
+        log_error("%s: %s; keeping the current token", why, err);
         return;
     }
-    bool changed = !before || strcmp(before, token());
-    if (before)
-        explicit_bzero(before, strlen(before));
-    free(before);
-    if (!changed) {
-        log_info("SIGHUP: token unchanged");
+    if (gen == U.token_gen && !stale_connections()) {
+        log_info("%s: token unchanged", why);
         return;
     }
-    U.token_gen++;
     if (!U.primary) {
-        log_info("SIGHUP: new token read; the next connection uses it");
+        log_info("%s: new token read; the next connection uses it", why);
         return;
     }
     if (sends_auth_frame() && !strncmp(U.era, "v2", 2)) {
         /* Our windows never exceed the gateway's, so its readers are not stalled and
          * read the refresh at once (ref §3.2, §6.2). */
-        log_info("SIGHUP: new token read; re-authenticating in-band on every connection");
+        log_info("%s: new token read; re-authenticating in-band on every connection", why);
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &U.conns) {
             struct upconn *c = list_entry(pos, struct upconn, node);

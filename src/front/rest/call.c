@@ -72,7 +72,7 @@ void rest_caller_gone(struct call *call)
 }
 
 /* A caller that lets too much pile up is dropped rather than allowed to grow our
- * memory or to slow the shared socket (README "Failure semantics").  What counts is
+ * memory or to slow the shared socket (docs/operations.md "Failure semantics").  What counts is
  * what waits: a single part larger than the bound still goes to a caller that reads. */
 static bool over_budget(struct call *call, size_t more)
 {
@@ -268,6 +268,8 @@ static enum MHD_Result start_call(struct call *call)
 static enum route route_of_request(struct conn_watch *cw, const char *url, const char *method, struct call *probe,
                                    char *path, size_t cap)
 {
+    if (cw && cw->admin)
+        return rest_admin_route_of(url);
     const char *raw = cw && cw->raw_uri ? cw->raw_uri : url;
     const char *q = strchr(raw, '?');
     struct passpath pp;
@@ -358,7 +360,7 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
         return rest_queue_error(c, bad->status, bad->type, bad->message, NULL);
     }
     struct admission v;
-    rest_admit(c, cw, rest_route_rule(route, probe.pass_route), &v);
+    rest_admit(c, cw, cw && cw->admin ? rest_admin_rule(route) : rest_route_rule(route, probe.pass_route), &v);
     if (!v.admitted) {
         rest_request_in(cw);
         return rest_queue_refusal(c, &v.refusal);
@@ -377,6 +379,9 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
     case PLAN_STATUS:
         rest_request_in(cw);
         return rest_serve_status(c, route);
+    case PLAN_SHUTDOWN:
+        rest_request_in(cw);
+        return rest_serve_shutdown(c);
     default:
         probe.route = route;
         return call_begins(c, cw, url, method, &probe, &fr, &rj, con_cls);

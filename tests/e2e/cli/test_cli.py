@@ -2,6 +2,7 @@
 config file."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -311,7 +312,7 @@ def test_print_config_shows_effective_values_and_sources_and_masks_secrets():
     for l in r.stdout.splitlines():
         if l.startswith("# ") and ": " in l and " = " not in l:
             k, _, v = l[2:].partition(": ")
-            sources[k] = v
+            sources[k] = v.split("; reload: ")[0]  # what SIGHUP does follows the source
         elif " = " in l and not l.startswith("#"):
             k, _, v = l.partition(" = ")
             values[k] = v
@@ -357,3 +358,77 @@ def test_switches_from_the_environment_are_booleans():
     r = run_bridge("--check-config", env={"TGBRIDGE_INSECURE": "maybe"})
     eq(r.returncode, 2, "an unreadable switch")
     assert "TGBRIDGE_INSECURE" in r.stderr, r.stderr
+
+
+def test_help_lists_the_short_options():
+    r = run_bridge("--help")
+    eq(r.returncode, 0, "--help exit status")
+    for short, long_ in (("-h", "--help"), ("-V", "--version"), ("-v", "--log-level debug")):
+        assert re.search(r"(?m)^  %s +%s$" % (short, long_), r.stdout), \
+            "--help does not list %s:\n%s" % (short, r.stdout)
+    for short, want in (("-h", "Usage:"), ("-V", "tgbridge ")):
+        r = run_bridge(short)
+        eq(r.returncode, 0, "%s exit status" % short)
+        assert r.stdout.startswith(want), r.stdout
+
+
+def test_a_flag_given_twice_is_refused_lists_included():
+    for args, name in ((["--max-body", "1k", "--max-body", "2k"], "--max-body"),
+                       (["--max-body=1k", "--max-body=2k"], "--max-body"),
+                       (["--allow-origin", "https://a.example", "--allow-origin", "https://b.example"],
+                        "--allow-origin"),
+                       (["--unix-allow-uid", "0", "--unix-allow-uid", "1"], "--unix-allow-uid"),
+                       (["--insecure", "--insecure"], "--insecure"),
+                       (["-v", "--log-level", "info"], "--log-level"),
+                       (["-v", "-v"], "-v"),
+                       (["--config", "/dev/null", "--config", "/dev/null"], "--config")):
+        r = run_bridge(*args, "--check-config")
+        eq(r.returncode, 2, "%r exit status; stderr: %s" % (args, r.stderr))
+        assert "option '%s' is given twice" % name in r.stderr, r.stderr
+    r = run_bridge("--allow-origin", "https://a.example,https://b.example", "--check-config")
+    eq(r.returncode, 0, "a list given once, comma-separated: %s" % r.stderr)
+
+
+def test_a_token_shorter_than_8_characters_is_refused_at_start():
+    short = tmpfile("abc1234\n")
+    good = tmpfile("abcd1234\n")
+    cases = (
+        (["--token", "abc"], {}, "the gateway token (from flag) is 3 characters long"),
+        ([], {"TRUSTGRAPH_TOKEN": "abc"}, "the gateway token (from TRUSTGRAPH_TOKEN) is 3 characters"),
+        ([], {"GATEWAY_SECRET": "x"}, "the gateway token (from GATEWAY_SECRET) is 1 character long"),
+        (["--token-file", short], {}, "the gateway token in --token-file %s is 7 characters" % short),
+        (["--config", write_config("token = abcdef\n")], {}, ":1) is 6 characters long"),
+        (["--client-token-file", short], {}, "the client token in --client-token-file %s is 7" % short),
+    )
+    for args, env, why in cases:
+        for check in ([], ["--check-config"]):
+            r = run_bridge("--gateway", "http://127.0.0.1:%d" % closed_port(), *args, *check, env=env)
+            eq(r.returncode, 2, "%r %r exit status; stderr: %s" % (args, env, r.stderr))
+            assert why in r.stderr and "8 or more wanted (or --allow-short-token)" in r.stderr, r.stderr
+            assert "abc1234" not in r.stderr, "the token itself was shown"
+        for allow, allow_env in ((["--allow-short-token"], {}),
+                                 ([], {"TGBRIDGE_ALLOW_SHORT_TOKEN": "true"}),
+                                 (["--config", write_config("allow-short-token = true\n")], {})):
+            if "--config" in args and "--config" in allow:
+                continue
+            r = run_bridge(*args, *allow, "--check-config", env=dict(env, **allow_env))
+            eq(r.returncode, 0, "%r %r with %r: %s" % (args, env, allow or allow_env, r.stderr))
+    for args in (["--token", "abcd1234"], ["--token-file", good], ["--client-token-file", good]):
+        r = run_bridge(*args, "--check-config")
+        eq(r.returncode, 0, "8 characters %r: %s" % (args, r.stderr))
+
+
+def test_print_config_marks_each_option_reloadable_or_not():
+    r = run_bridge("--print-config")
+    eq(r.returncode, 0, "exit status: %s" % r.stderr)
+    notes = {}
+    for l in r.stdout.splitlines():
+        m = re.match(r"# ([a-z-]+): .*; reload: (.*)$", l)
+        if m:
+            notes[m.group(1)] = m.group(2)
+    eq(notes["client-timeout"], "applies to new calls", "client-timeout")
+    eq(notes["log-level"], "applies to new calls", "log-level")
+    eq(notes["listen"], "needs a restart", "listen")
+    eq(notes["gateway"], "needs a restart", "gateway")
+    eq(notes["token-file"], "the file is re-read, a new name needs a restart", "token-file")
+    assert len(notes) > 40, notes

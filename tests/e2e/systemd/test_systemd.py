@@ -83,7 +83,7 @@ def test_abstract_notify_socket():
 
 # ---------------------------------------------------------------- socket activation
 
-def _activated(fds, names, *args):
+def _activated(fds, names, *args, env=None):
     """tgbridge started as systemd starts a socket-activated service: the listening
     sockets at descriptors 3, 4, ..., LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID equal
     to its own pid (set by the shell it is exec'ed from)."""
@@ -94,7 +94,7 @@ def _activated(fds, names, *args):
         for i, fd in enumerate(fds):
             os.dup2(fd, 3 + i)
             os.set_inheritable(3 + i, True)
-    env = bridge_env({"LISTEN_FDS": str(len(fds)), "LISTEN_FDNAMES": names})
+    env = bridge_env(dict(env or {}, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names))
     cmd = ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "sh"] + WRAPPER + [BIN] + list(args)
     return subprocess.Popen(cmd, env=env, preexec_fn=place, pass_fds=tuple(range(3, 3 + len(fds))),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -179,3 +179,119 @@ def test_socket_activation_refuses_a_socket_it_cannot_place():
         q.send_signal(signal.SIGTERM)
         eq(q.wait(T(10)), 0, "exit status")
     a.close()
+
+
+@timeout(180)
+def test_ten_restarts_under_load_refuse_no_caller():
+    """What `systemctl restart` does to a socket-activated tgbridge: SIGTERM, the old
+    process drains its calls and exits, the new one starts on the same listening
+    sockets.  Callers that arrive in between wait in the kernel's listen backlog, so
+    under steady load none is refused and every call is answered."""
+    import json
+    import threading
+    import time
+    from harness import FLOW_TC, post, tc
+    m = start_mock(tokens=[TOKEN])
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(128)
+    port = tcp.getsockname()[1]
+    path = os.path.join(tempfile.mkdtemp(prefix="tgb-restart-"), "act.sock")
+    us = socket.socket(socket.AF_UNIX)
+    us.bind(path)
+    us.listen(128)
+    stop = threading.Event()
+    lock = threading.Lock()
+    calls, failures = [0], []
+
+    def unix_post(body):
+        u = socket.socket(socket.AF_UNIX)
+        u.settimeout(T(20))
+        try:
+            u.connect(path)
+            data = json.dumps(tc(body, first_delay=0.02))
+            u.sendall(("POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                       "Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (FLOW_TC, len(data), data)).encode())
+            got = b""
+            while True:
+                d = u.recv(65536)
+                if not d:
+                    break
+                got += d
+        finally:
+            u.close()
+        head, _, rest = got.partition(b"\r\n\r\n")
+        return head.startswith(b"HTTP/1.1 200") and json.loads(rest).get("response") == body, got[:200]
+
+    def caller(n):
+        i = 0
+        while not stop.is_set():
+            i += 1
+            body = "c%d-%d" % (n, i)
+            try:
+                if n == 0:
+                    ok, got = unix_post(body)
+                    why = None if ok else "Unix socket: %r" % got
+                else:
+                    r = post(port, FLOW_TC, tc(body, first_delay=0.02), timeout=20)
+                    ok = r.status == 200 and r.json().get("response") == body
+                    why = None if ok else "HTTP %d %r" % (r.status, r.body[:200])
+            except (OSError, ValueError) as e:  # refused, reset, timed out, cut short
+                why = repr(e)
+            with lock:
+                calls[0] += 1
+                if why:
+                    failures.append(why)
+
+    procs, logs = [], []
+
+    sds = []
+
+    def start():
+        # as systemd's Type=notify: the next restart waits for READY=1 (the load does not)
+        sds.append(FakeSystemd())
+        p = _activated([tcp.fileno(), us.fileno()], "rest:unix", "--gateway", m.url, "--token", TOKEN,
+                       "--access-log", "off", "--drain-timeout", "10", env=sds[-1].env())
+        # its log, read as it comes, so a full pipe never stalls it
+        out = []
+        threading.Thread(target=lambda: out.extend(p.stderr), daemon=True).start()
+        procs.append(p)
+        logs.append(out)
+        return p
+
+    with m:
+        p = start()
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(5)]
+        try:
+            for t in threads:
+                t.start()
+            for _ in range(10):
+                sds[-1].wait_for(lambda x: "READY=1" in x, T(10), "READY=1")
+                time.sleep(0.3)
+                before = calls[0]
+                p.send_signal(signal.SIGTERM)
+                eq(p.wait(T(15)), 0, "exit status after the drain")
+                p = start()
+                assert before > 0, "no load"
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(T(30))
+            p.send_signal(signal.SIGTERM)
+            for q in procs:
+                if q.poll() is None:
+                    try:
+                        q.wait(T(15))
+                    except Exception:
+                        q.kill()
+    for sd in sds:
+        sd.close()
+    print("%d calls, %d failed, across %d processes" % (calls[0], len(failures), len(procs)))
+    eq(len(procs), 11, "processes")
+    bad = [l for out in logs for l in out if "Sanitizer" in l or "runtime error" in l]
+    eq(bad[:5], [], "sanitizer reports")
+    assert calls[0] >= 100, "only %d calls under load" % calls[0]
+    eq(failures[:5], [], "failed calls (of %d; %d failed)\nlast log: %s"
+       % (calls[0], len(failures), "".join(logs[-2][-20:]) if len(logs) > 1 else ""))
+    assert os.path.exists(path), "a tgbridge removed the socket systemd owns"
