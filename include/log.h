@@ -26,10 +26,9 @@ struct log_kv {
     double d;            /* KV_NUM */
 };
 void log_record(enum log_level level, const char *msg, const struct log_kv *kv, size_t n);
-/* The same for the access log's lines, which are gathered: written at the end of a
- * loop turn once a batch waits, or a moment after the first of them (logpump.c), or
- * when LOGQ_BOUND bytes wait.  Any other line writes what waits, then itself, so the
- * order holds. */
+/* The same for the access log's lines, which are gathered: written together at the
+ * end of the loop turn (logpump.c), or when LOGQ_BOUND bytes wait.  Any other line
+ * writes what waits, then itself, so the order holds. */
 void log_access(enum log_level level, const char *msg, const struct log_kv *kv, size_t n);
 
 /* Standard error is never waited for: what the reader does not take now stays queued

@@ -156,8 +156,8 @@ void log_flush_wait(double seconds)
 }
 
 /* A line goes into the queue; one that is not an access line takes the queue out with
- * it at once.  An access line waits for logpump.c (the end of a loop turn once a batch
- * waits, else its timer), or for LOGQ_BOUND to be reached. */
+ * it at once.  An access line waits for the end of the loop turn (logpump.c), or for
+ * LOGQ_BOUND to be reached. */
 static void out_line(const char *p, size_t n, bool deferred)
 {
     static bool at_exit;

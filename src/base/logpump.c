@@ -6,17 +6,11 @@
 #include <stdbool.h>
 #include <sys/epoll.h>
 
-/* A loop turn ends with a write when this much waits (about sixty access lines);
- * less waits for the timer, at most LOGPUMP_DELAY: a loop woken by one call at a time
- * would otherwise write one line a write (BENCHMARKS.md, "A buffered access log"). */
-#define LOGPUMP_BATCH (16 * 1024)
-#define LOGPUMP_DELAY 0.2
-
 static struct loop_epoll *room;  /* the output descriptor, while the reader has no room */
 static int watched = -1;         /* the descriptor in it, or -1 */
-static struct timer due;
+static struct timer retry;       /* when the descriptor cannot be watched */
 
-static void due_now(struct timer *t);
+static void retry_now(struct timer *t);
 
 /* After a write: a reader that left something unwritten is watched for room, and
  * only then (EPOLLOUT on a descriptor with room would wake every turn). */
@@ -36,7 +30,7 @@ static void settle(void)
     if (room && !loop_epoll_add(room, fd, EPOLLOUT, NULL))
         watched = fd;
     else
-        timer_after(&due, 1.0, due_now); /* cannot be watched: try again in a second */
+        timer_after(&retry, 1.0, retry_now); /* cannot be watched: try again in a second */
 }
 
 static void write_now(void)
@@ -45,16 +39,17 @@ static void write_now(void)
     settle();
 }
 
-static void due_now(struct timer *t)
+static void retry_now(struct timer *t)
 {
     (void)t;
     write_now();
 }
 
+/* The turn's lines, in one write; while the reader has no room, the watch writes. */
 static void before_poll(void *arg)
 {
     (void)arg;
-    if (log_pending() >= LOGPUMP_BATCH)
+    if (log_pending() && watched < 0)
         write_now();
 }
 
@@ -65,12 +60,13 @@ static void has_room(void *ptr, uint32_t events)
     write_now();
 }
 
-/* The queue stopped being empty: its first line goes out LOGPUMP_DELAY from now at
- * the latest. */
+/* The queue stopped being empty.  A line logged among the turn's events goes out
+ * with the hooks that follow them; one logged by a timer (a call that timed out), which
+ * lws runs after the hooks, must not wait for the next event: the loop comes back to
+ * the hooks before it waits (loop_wake). */
 static void pending(void)
 {
-    if (loop_ctx())
-        timer_after(&due, LOGPUMP_DELAY, due_now);
+    loop_wake();
 }
 
 static void metrics(struct buf *out)
