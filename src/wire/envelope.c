@@ -87,6 +87,43 @@ static void bad(struct client_msg_info *out, const char *fmt, ...)
     va_end(ap);
 }
 
+struct id_scan {
+    const char *end;
+    struct span id;
+    bool seen;
+};
+
+static void id_member(struct span key, struct span value, void *arg)
+{
+    struct id_scan *t = arg;
+    if (t->seen || !span_is(key, "id"))
+        return;
+    t->seen = true;
+    /* Something must follow it: a number cut by the end of a prefix is not its value. */
+    if (value.p + value.n < t->end && !span_is(value, "null") && json_valid(value.p, value.n))
+        t->id = value;
+}
+
+bool client_msg_id(const char *text, size_t len, struct span *id)
+{
+    struct id_scan t = {text + len, {NULL, 0}, false};
+    json_members(text, len, id_member, &t);
+    *id = t.id;
+    return t.id.p != NULL;
+}
+
+/* Refused before it could be read.  Too deep to read whole (cJSON and the gateway's
+ * parser would refuse it too), its id may still come before the depth: the reply
+ * carries it. */
+static void unreadable(struct client_msg_info *out, const char *text, size_t len, const char *what, const char *why)
+{
+    bad(out, "%s %s", what, why);
+    if (json_too_deep(text, len) && client_msg_id(text, len, &out->id)) {
+        out->id_present = true;
+        out->id_span = out->id;
+    }
+}
+
 void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
 {
     memset(out, 0, sizeof *out);
@@ -100,7 +137,7 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
     cJSON *root = NULL;
     const char *why = json_body_check(text, len, &root);
     if (why) {
-        bad(out, "%s %s", what, why);
+        unreadable(out, text, len, what, why);
         return;
     }
     if (!cJSON_IsObject(root)) {
