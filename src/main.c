@@ -14,6 +14,7 @@
 #include "loop.h"
 #include "mux.h"
 #include "passthrough.h"
+#include "policy.h"
 #include "redact.h"
 #include "reload.h"
 #include "resolver.h"
@@ -268,7 +269,7 @@ int main(int argc, char **argv)
     log_set_level(cfg.log_level);
     log_set_json(cfg.log_json);
     reload_init(&cfg, argc, argv);
-    if (access_init(&cfg, err, sizeof err)) {
+    if (access_init(&cfg, err, sizeof err) || policy_init(&cfg, err, sizeof err)) {
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;
     }

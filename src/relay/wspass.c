@@ -7,6 +7,7 @@
 #include "frontend.h"
 #include "list.h"
 #include "log.h"
+#include "policy.h"
 #include "loop.h"
 #include "passthrough.h"
 #include "redact.h"
@@ -368,7 +369,8 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
     enum bulk_dir dir = bulk_route(h->path, what, sizeof what);
     struct admission v;
     access_admit_head(h, in->peer, ADMIT_UPGRADE, &v);
-    if (!v.admitted) {
+    struct policy_call pc = {.route = dir == BULK_IMPORT ? "flow-import" : "flow-export"};
+    if (!v.admitted || !policy_check_call(v.caller.name, &pc, NULL, &v.refusal)) {
         *no = v.refusal;
         return false;
     }

@@ -87,6 +87,24 @@ static void bad(struct client_msg_info *out, const char *fmt, ...)
     va_end(ap);
 }
 
+static bool copy_field(char *dst, size_t cap, const cJSON *s)
+{
+    if (!cJSON_IsString(s))
+        return false;
+    int n = snprintf(dst, cap, "%s", s->valuestring);
+    return n < 0 || (size_t)n >= cap;
+}
+
+static void policy_fields(const cJSON *root, const cJSON *request, struct client_msg_info *out)
+{
+    const cJSON *op = cJSON_GetObjectItemCaseSensitive(request, "operation");
+    out->has_operation = cJSON_IsString(op);
+    out->too_long = copy_field(out->flow, sizeof out->flow, cJSON_GetObjectItemCaseSensitive(root, "flow")) |
+                    copy_field(out->workspace, sizeof out->workspace,
+                               cJSON_GetObjectItemCaseSensitive(root, "workspace")) |
+                    copy_field(out->operation, sizeof out->operation, op);
+}
+
 void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
 {
     memset(out, 0, sizeof *out);
@@ -147,6 +165,7 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
         out->kind = CMSG_REQUEST;
         snprintf(out->service, sizeof out->service, "%s", service->valuestring);
         out->has_flow = cJSON_IsString(flow) && flow->valuestring[0];
+        policy_fields(root, request, out);
     }
 out:
     cJSON_Delete(root);

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "passpath.h"
 #include "passthrough.h"
+#include "policy.h"
 #include "util.h"
 #include <malloc.h>
 #include <stdio.h>
@@ -248,6 +249,16 @@ static enum MHD_Result start_call(struct call *call)
     call->fmt = rest_format_of(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT), root);
     const cJSON *ws = rest_last_member(root, "workspace");
     const char *workspace = cJSON_IsString(ws) ? ws->valuestring : REST.cfg->workspace ? REST.cfg->workspace : "";
+    const cJSON *op = rest_last_member(root, "operation");
+    struct policy_call pc = {call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL,
+                             cJSON_IsString(op) ? op->valuestring : NULL, cJSON_IsString(ws) ? ws->valuestring : NULL,
+                             NULL};
+    struct refusal no;
+    if (!policy_check_call(call->who, &pc, &workspace, &no)) {
+        cJSON_Delete(root);
+        rest_note_error(call, true, no.type);
+        return rest_queue_error(c, no.status, no.type, no.message, NULL);
+    }
 
     call->phase = PH_WAITING;
     call->req = mux_new(call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL, workspace, body,
@@ -337,6 +348,7 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
     call->pass_route = probe->pass_route;
     memcpy(call->kind, probe->kind, sizeof call->kind);
     memcpy(call->flow, probe->flow, sizeof call->flow);
+    call->who = probe->who;
     call->reject = *rj;
     *con_cls = call;
     return MHD_YES;
@@ -370,7 +382,14 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
                                 NULL);
     }
     struct reject rj;
-    switch (rest_route_plan(&route, method, &probe, &rj)) {
+    enum route_plan plan = rest_route_plan(&route, method, &probe, &rj);
+    const char *by_route = plan == PLAN_PASS ? pass_route_name((enum pass_route)probe.pass_route)
+                         : plan == PLAN_STATUS && route == R_STATUS ? "status" : NULL;
+    if (by_route && !policy_check_call(v.caller.name, &(struct policy_call){.route = by_route}, NULL, &v.refusal)) {
+        rest_request_in(cw);
+        return rest_queue_refusal(c, &v.refusal);
+    }
+    switch (plan) {
     case PLAN_PASS:
         rest_request_in(cw); /* the upload is paced by the gateway, bounded by the call's deadline */
         return rest_start_pass(c, cw, url, path, method, probe.pass_route, &fr, &v.caller, con_cls);
@@ -378,6 +397,7 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
         rest_request_in(cw);
         return rest_serve_status(c, route);
     default:
+        probe.who = v.caller.name;
         probe.route = route;
         return call_begins(c, cw, url, method, &probe, &fr, &rj, con_cls);
     }
@@ -442,6 +462,7 @@ static void finish_record(struct MHD_Connection *c, const struct call *call, enu
                         : call->kind[0] ? call->kind : NULL;
     struct call_record r = {
         .frontend = "rest",
+        .caller = call->who,
         .method = call->method,
         .route = call->path,
         .service = service,

@@ -179,6 +179,7 @@ enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw,
         return rest_queue_error(c, (unsigned)status, type, msg, NULL);
     }
     rest_call_init(call, c, cw, url, method);
+    call->who = who->name;
     call->route = R_PASS;
     call->pass_route = pass_route;
     call->phase = PH_BODY;

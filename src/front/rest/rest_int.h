@@ -75,6 +75,7 @@ struct call {
     char method[8];
     char *path;
     char upstream_id[48];
+    const char *who;           /* the caller's name under --policy (caller_id.name), or NULL */
     char error[64];            /* the error type, if the call had one */
     bool own_error;            /* tgbridge answered with an error of its own */
     bool gateway_error;        /* the gateway answered with an error */
