@@ -70,7 +70,7 @@ $(BUILD):
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
 UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
-                    passpath
+                    passpath policy
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
@@ -92,7 +92,8 @@ UNIT_OBJS_mux       := core/mux core/mux_status base/status core/reqtable wire/e
 UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
 UNIT_OBJS_session   := core/session core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf base/redact \
                        base/util
-UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c
+UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c tests/unit/stubs_policy.c
+UNIT_OBJS_policy    := core/policy
 UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
 UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
                     $(shell pkg-config --cflags libcjson cmocka 2>/dev/null) $(CFLAGS)

@@ -345,8 +345,9 @@ static int check_unique(struct parse *ps, const struct policy *p)
             snprintf(ps->at, sizeof ps->at, "callers[%zu]", i);
             if (!strcmp(a->name, b->name))
                 return fail(ps, "the name \"%s\" is callers[%zu]'s already", b->name, k);
+            snprintf(ps->at, sizeof ps->at, "callers[%zu].match.token_file", i);
             if (a->token && b->token && !strcmp(a->token, b->token))
-                return fail(ps, ".match.token_file: the same token as callers[%zu] (%s)", k, a->name);
+                return fail(ps, "the same token as callers[%zu] (%s): each caller has its own", k, a->name);
         }
     return 0;
 }
