@@ -216,7 +216,7 @@ uninstall:
 #   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
 #       checked-in corpora; `make test` builds these too (tests/fuzz/test_fuzz_corpus.py runs
 #       them) and `make asan` builds them sanitized in build-asan.
-FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath
+FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath policy
 FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
 FUZZ_SECONDS     ?= 60
 FUZZ_ARGS        ?=
@@ -238,6 +238,7 @@ FUZZ_SRCS_httphead  := src/wire/httphead.c
 FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
 FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c src/base/clock.c
 FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/redact.c src/base/clock.c
+FUZZ_SRCS_policy    := src/core/policy.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h tests/lib/utf8_valid.h \
                      $(wildcard include/*.h)
 FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))

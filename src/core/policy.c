@@ -315,7 +315,7 @@ static int parse_caller(struct parse *ps, const cJSON *j, size_t idx, struct pol
             rc = parse_string_member(ps, m, base, &c->upstream_token_file);
         else if (!strcmp(m->string, "allow"))
             rc = parse_allow(ps, m, base, c);
-        else if (!strcmp(m->string, "match"))
+        else if (!strcmp(m->string, "match") && !match)
             match = m;
         else if (!strcmp(m->string, "max_connections"))
             (void)0; /* the pools' cap (not yet): accepted, checked when pools come */
@@ -357,22 +357,26 @@ static int parse_top(struct parse *ps, const cJSON *root, struct policy *p)
     if (!cJSON_IsObject(root))
         return fail(ps, "the policy must be a JSON object");
     const cJSON *callers = NULL;
+    bool has_default = false;
     for (const cJSON *m = root->child; m; m = m->next) {
         snprintf(ps->at, sizeof ps->at, "%s", m->string);
         if (!strcmp(m->string, "default")) {
+            if (has_default)
+                return fail(ps, "given twice");
+            has_default = true;
             if (!cJSON_IsString(m) || (strcmp(m->valuestring, "allow") && strcmp(m->valuestring, "deny")))
                 return fail(ps, "must be \"allow\" or \"deny\"");
             p->allow_by_default = !strcmp(m->valuestring, "allow");
         } else if (!strcmp(m->string, "callers")) {
-            if (!cJSON_IsArray(m))
-                return fail(ps, "must be a list");
+            if (!cJSON_IsArray(m) || callers)
+                return fail(ps, "must be a list (once)");
             callers = m;
         } else {
             return fail(ps, "unknown member (default, callers)");
         }
     }
     ps->at[0] = '\0';
-    if (!cJSON_GetObjectItemCaseSensitive(root, "default"))
+    if (!has_default)
         return fail(ps, "\"default\" (\"allow\" or \"deny\") is required");
     if (!callers)
         return 0;
