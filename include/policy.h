@@ -96,6 +96,9 @@ int policy_init(const struct config *cfg, char *err, size_t errlen);
  * old policy (why logged). */
 void policy_reload(const char *why);
 bool policy_active(void);
+/* Where the gateway's era comes from (main.c gives upstream_era): a caller pinned to a
+ * workspace is refused against a v1 gateway, which has none (known at first connect). */
+void policy_set_era(const char *(*era)(void));
 /* The one per-call check every front end makes before anything goes upstream:
  * caller is the admission's caller name (caller_id.name).  True: allowed, and
  * *workspace (if not NULL) is replaced by the caller's pinned workspace when it has

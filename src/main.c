@@ -273,6 +273,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;
     }
+    policy_set_era(upstream_era);
     if (cfg.print_config) {
         config_print(&cfg, stdout);
         return 0;

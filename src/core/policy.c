@@ -557,7 +557,7 @@ int policy_allows(const struct policy *p, const struct policy_caller *c, const s
         snprintf(why, cap, "the caller matches no entry of the policy and \"default\" is \"deny\"");
         return POLICY_REFUSED;
     }
-    if (c->workspace && !call->route) {
+    if (c->workspace) {
         if (call->workspace && call->workspace[0] && strcmp(call->workspace, c->workspace)) {
             snprintf(why, cap, "caller %s may use the workspace %.100s only, not %.100s", name, c->workspace,
                      call->workspace);

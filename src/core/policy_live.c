@@ -28,6 +28,7 @@ static const char *const services[] = {
 
 static struct {
     const struct config *cfg;
+    const char *(*era)(void);
     struct policy *policy;   /* NULL: no --policy */
     char **names;            /* every caller name ever loaded: caller_id.name points here */
     size_t nnames;
@@ -192,6 +193,25 @@ static void count_refusal(const char *caller, const char *service)
         P.refused[P.nrefused++] = (struct refused){caller, svc, 1};
 }
 
+void policy_set_era(const char *(*era)(void))
+{
+    P.era = era;
+}
+
+/* A v1 gateway reads no envelope workspace: the pin would be no pin at all. */
+static bool pin_unservable(const struct policy_caller *c, struct refusal *no)
+{
+    const char *era = P.era ? P.era() : NULL;
+    if (!c || !c->workspace || !era || strncmp(era, "v1", 2))
+        return false;
+    no->status = 403;
+    no->type = "forbidden-by-policy";
+    snprintf(no->message, sizeof no->message,
+             "caller %s is pinned to the workspace %.100s, and this gateway (%s) has no workspaces", c->name,
+             c->workspace, era);
+    return true;
+}
+
 bool policy_check_call(const char *caller, const struct policy_call *call, const char **workspace,
                        struct refusal *no)
 {
@@ -199,6 +219,10 @@ bool policy_check_call(const char *caller, const struct policy_call *call, const
         return true;
     const struct policy_caller *c = policy_caller_named(P.policy, caller);
     char why[sizeof no->message];
+    if (pin_unservable(c, no)) {
+        count_refusal(intern(c->name), call->route ? call->route : call->service);
+        return false;
+    }
     if (policy_allows(P.policy, c, call, why, sizeof why) == POLICY_REFUSED) {
         no->status = 403;
         no->type = "forbidden-by-policy";
@@ -207,7 +231,7 @@ bool policy_check_call(const char *caller, const struct policy_call *call, const
         log_debug("policy: refused: %s", why);
         return false;
     }
-    if (c && c->workspace && workspace && !call->route)
+    if (c && c->workspace && workspace)
         *workspace = c->workspace;
     return true;
 }

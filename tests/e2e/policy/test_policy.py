@@ -291,6 +291,23 @@ def test_workspace_pinned_caller():
     eq(r["error"]["type"], "forbidden-by-policy", "another workspace over the WebSocket")
 
 
+@timeout(60)
+def test_workspace_pinned_caller_against_a_v1_gateway_is_refused():
+    doc = {"default": "deny", "callers": [
+        {"name": "pinned", "match": {"token_file": tmpfile(AN_TOKEN.encode())},
+         "allow": [{"service": ["text-completion"]}], "workspace": "ws-a"},
+        {"name": "free", "match": {"token_file": tmpfile(CI_TOKEN.encode())},
+         "allow": [{"service": ["text-completion"]}]}]}
+    m = start_mock(era="v1b", secret="v1-policy-secret-4e")
+    b = start_bridge(m.url, "--token", "v1-policy-secret-4e", "--policy", policy_file(doc))
+    b.wait_ready()
+    r = b.post(FLOW_TC, tc("hi"), headers={"Authorization": "Bearer " + AN_TOKEN})
+    refused(r, "pinned")
+    assert "no workspaces" in r.json()["error"]["message"], r
+    check_status(b.post(FLOW_TC, tc("hi"), headers={"Authorization": "Bearer " + CI_TOKEN}), 200,
+                 "an unpinned caller on a v1 gateway")
+
+
 # ------------------------------------------------------------------ routes and bulk sockets
 
 @timeout(60)
@@ -318,6 +335,29 @@ def test_pass_through_routes_and_bulk_sockets():
     eq(run(bulk("/api/v1/flow/default/export/triples", CI_TOKEN)), 101, "flow-export allowed")
     eq(run(bulk("/api/v1/flow/default/import/triples", CI_TOKEN)), 403, "flow-import refused")
     eq(run(bulk("/api/v1/flow/default/export/triples", "nobody-token-x")), 403, "default deny")
+
+
+@timeout(60)
+def test_bulk_socket_of_a_pinned_caller_uses_its_workspace():
+    doc = {"default": "deny", "callers": [
+        {"name": "pinned", "match": {"token_file": tmpfile(CI_TOKEN.encode())},
+         "allow": [{"route": ["flow-export"]}], "workspace": "ws-a"}]}
+    m = start_mock(tokens=[GW], extra=("--workspaces", "default,ws-a,ws-b"))
+    b = start_bridge(m.url, "--token", GW, "--policy", policy_file(doc))
+    b.wait_ready()
+
+    async def bulk(query):
+        url = "ws://127.0.0.1:%d/api/v1/flow/default/export/triples?token=%s%s" % (b.port, CI_TOKEN, query)
+        try:
+            async with websockets.connect(url) as ws:
+                await ws.close()
+                return 101
+        except websockets.exceptions.InvalidStatusCode as e:
+            return e.status_code
+    eq(run(bulk("&workspace=ws-b")), 403, "another workspace")
+    eq(run(bulk("")), 101, "no workspace named")
+    wait_until(lambda: m.stats().get("passthrough", {}).get("sockets"), timeout=10, what="the socket at the mock")
+    eq(m.stats()["passthrough"]["sockets"][-1]["workspace_param"], "ws-a", "the pinned workspace upstream")
 
 
 # ------------------------------------------------------------------ reload
