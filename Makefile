@@ -169,8 +169,9 @@ valgrind: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES)
 demo: deps tgbridge
 	$(PYTHON) examples/demo.py
 
-bench: deps tgbridge
+bench: deps tgbridge $(BUILD)/unit/test_policy
 	$(PYTHON) bench/run.py
+	./$(BUILD)/unit/test_policy test_policy_cost_with_50_rules
 
 clean:
 	rm -rf build build-asan tgbridge

@@ -250,21 +250,21 @@ static void test_policy_cost_with_50_rules(void **state)
     struct timespec t0, t1;
     const int n = 200000;
     int refused = 0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
     for (int i = 0; i < n; i++)
         refused += policy_allows(p, policy_caller_named(p, "caller-4"), &call, why, sizeof why) == POLICY_REFUSED;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
     assert_int_equal(refused, n);
     double ns = ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / n;
-    print_message("policy check, 50 rules, refused after every rule: %.0f ns a call\n", ns);
+    print_message("policy check, 50 rules, refused after every rule: %.0f ns of CPU a call\n", ns);
     call.service = "svc49-c"; /* allowed by the last rule */
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
     for (int i = 0; i < n; i++)
         refused += policy_allows(p, policy_caller_named(p, "caller-4"), &call, why, sizeof why) == 49;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
     assert_int_equal(refused, 2 * n);
     ns = ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / n;
-    print_message("policy check, 50 rules, allowed by the last: %.0f ns a call\n", ns);
+    print_message("policy check, 50 rules, allowed by the last: %.0f ns of CPU a call\n", ns);
     policy_free(p);
 }
 
