@@ -56,6 +56,7 @@ struct wspass {
     bool up_open, up_gone, local_gone;
     uint64_t bytes_in, bytes_out;
     double started;
+    const char *who;     /* the caller's name under --policy, or NULL */
     unsigned long long serial;
     char what[64];       /* "import/triples" */
     struct list node;
@@ -95,6 +96,7 @@ static void maybe_free(struct wspass *p)
     snprintf(route, sizeof route, "/api/v1/flow/.../%s", p->what);
     struct call_record r = {
         .frontend = "bulk",
+        .caller = p->who,
         .method = "GET",
         .route = route,
         .service = pass_route_name(p->route),
@@ -407,6 +409,7 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
         return false;
     }
     p->route = dir == BULK_IMPORT ? PASS_IMPORT_SOCKET : PASS_EXPORT_SOCKET;
+    p->who = v.caller.name;
     snprintf(p->what, sizeof p->what, "%s", what);
     p->serial = ++WP.serial;
     p->started = now_mono();

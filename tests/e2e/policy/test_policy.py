@@ -316,7 +316,7 @@ def test_pass_through_routes_and_bulk_sockets():
         {"name": "bulk", "match": {"token_file": tmpfile(CI_TOKEN.encode())},
          "allow": [{"route": ["flow-export", "i18n"]}]}]}
     m = start_mock(tokens=[GW])
-    b = start_bridge(m.url, "--token", GW, "--policy", policy_file(doc))
+    b = start_bridge(m.url, "--token", GW, "--policy", policy_file(doc), "--access-log", "on")
     b.wait_ready()
     ci = {"Authorization": "Bearer " + CI_TOKEN}
     r = b.get("/api/v1/i18n/packs/en", headers=ci)
@@ -335,6 +335,8 @@ def test_pass_through_routes_and_bulk_sockets():
     eq(run(bulk("/api/v1/flow/default/export/triples", CI_TOKEN)), 101, "flow-export allowed")
     eq(run(bulk("/api/v1/flow/default/import/triples", CI_TOKEN)), 403, "flow-import refused")
     eq(run(bulk("/api/v1/flow/default/export/triples", "nobody-token-x")), 403, "default deny")
+    b.wait_log(r"access frontend=bulk caller=bulk ", timeout=10)
+    b.wait_log(r"access frontend=rest caller=bulk method=GET route=/api/v1/i18n", timeout=10)
 
 
 @timeout(60)
