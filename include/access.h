@@ -63,6 +63,8 @@ enum admit_rule {
     ADMIT_UPGRADE,        /* browser rules, then the local token as a Bearer or ?token= (bulk sockets) */
     ADMIT_UPGRADE_LOCKED, /* the same, but with neither: admitted with TOKEN_ABSENT (local WebSocket) */
     ADMIT_PEER,           /* the peer's credentials only (the Unix socket, at accept) */
+    ADMIT_ADMIN,          /* the admin listener's /status and /shutdown: a loopback peer, or the admin
+                           * token as a Bearer; no browser rules */
 };
 
 /* What the front end knows of a request; NULL (and 0) for what it does not carry. */
@@ -88,6 +90,7 @@ struct admission {
 struct access_rules {
     const struct config *cfg;     /* allow_origin, allow_host, listen_host, allow_uid/gid */
     const char *token;            /* the local client token, or NULL */
+    const char *admin_token;      /* --admin-token-file's token, or NULL */
 };
 
 /* Per-caller policy (issue 17) plugs in here: asked after the door's own rules have
@@ -96,8 +99,9 @@ typedef bool (*access_policy_fn)(const struct admission_ask *ask, struct caller_
 void access_set_policy(access_policy_fn fn);
 
 int access_init(const struct config *cfg, char *err, size_t errlen);
-/* SIGHUP or the file changing (why: which, for the log): --client-token-file read
- * again; a missing or empty file keeps the old token (logged); it stays redacted. */
+/* SIGHUP or the file changing (why: which, for the log): --client-token-file and
+ * --admin-token-file read again; a missing or empty file keeps the old token (logged);
+ * it stays redacted. */
 void access_reload(const char *why);
 
 /* The verdict for ask under rules: pure. */
@@ -116,6 +120,8 @@ void access_admit_head(const struct http_head *h, const struct peer *peer, enum 
  * who from then on (TOKEN_FRAME), or not (false; who unchanged). */
 bool access_admit_frame(const char *token, size_t len, struct caller_id *who);
 
+/* The peer is this machine: 127.0.0.0/8, ::1 (or v4-mapped 127/8), or a Unix socket: pure. */
+bool access_peer_is_loopback(const struct peer *p);
 /* The token of an "Authorization: Bearer <token>" value, or NULL. */
 const char *access_bearer(const char *authorization, size_t len, size_t *tlen);
 /* The token a client presented (NULL: none) is want (NULL: none configured, anything

@@ -1,6 +1,7 @@
 /* systemd socket activation (sd_listen_fds(3), without libsystemd): the listening
  * sockets systemd hands over in LISTEN_FDS, told apart by LISTEN_FDNAMES
- * (FileDescriptorName=: "rest" for the REST/TCP listener, "unix" for the Unix socket)
+ * (FileDescriptorName=: "rest" for the REST/TCP listener, "unix" for the Unix socket,
+ * "admin" for the admin listener, which is never taken unnamed)
  * or, unnamed, by their address family. */
 #ifndef TGB_ACTIVATION_H
 #define TGB_ACTIVATION_H
@@ -9,6 +10,7 @@
 struct activation {
     int rest_fd;   /* -1: none handed over */
     int unix_fd;
+    int admin_fd;  /* --admin-listen's */
 };
 
 /* Takes the sockets meant for this process (LISTEN_PID), makes them close-on-exec and

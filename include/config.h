@@ -39,6 +39,9 @@ struct config {
     enum auth_mode auth;
     char listen_host[256];
     int listen_port;
+    char admin_host[256];      /* --admin-listen: health, metrics, status, shutdown only */
+    int admin_port;            /* -1: no admin listener */
+    char *admin_token_file;    /* lets non-loopback callers use /status and /shutdown there */
     size_t max_body;
     double request_timeout;
     double queue_timeout;
@@ -87,6 +90,8 @@ void config_defaults(struct config *cfg);
 int config_load_stream(struct config *cfg, FILE *f, const char *path, char *err, size_t errlen);
 /* 0: run; 1: exit 0 (help/version printed); -1: exit 2 (err filled). */
 int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+/* config_load for the client commands (tgbridge probe, shutdown): reads no token file. */
+int config_load_client(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
 void config_free(struct config *cfg);
 int config_parse_gateway(const char *url, struct gateway_url *out, char *err, size_t errlen);
 /* The shortest token accepted without --allow-short-token: a shorter one is guessable,

@@ -10,7 +10,7 @@ void reload_init(struct config *cfg, int argc, char **argv);
  * needing a restart), then --client-token-file, --token-file and --ca-file.  why
  * names the trigger in the log ("SIGHUP"). */
 void reload_all(const char *why);
-/* Watches those three files (filewatch.h): a change does what SIGHUP does for that
+/* Watches those files, and --admin-token-file (filewatch.h): a change does what SIGHUP does for that
  * file alone. */
 void reload_watch_secrets(void);
 #endif

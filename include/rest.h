@@ -16,6 +16,11 @@ int rest_init(const struct config *cfg);
  * the first request is for the pass-through route in->route (enum pass_route),
  * served with larger buffers. */
 extern const struct frontend rest_frontend, rest_pass_frontend;
+/* The admin listener's connections: the health routes, /status and POST /shutdown
+ * (route.c's admin table, admitted by ADMIT_OPEN / ADMIT_ADMIN), 404 for the rest. */
+extern const struct frontend rest_admin_frontend;
+/* fn runs when POST /shutdown has been answered (admitted): main.c drains as on SIGTERM. */
+void rest_on_shutdown(void (*fn)(void));
 /* Fails every call still waiting or streaming with a final error (shutdown). */
 void rest_fail_all(int status, const char *type, const char *message);
 void rest_shutdown(void);

@@ -15,6 +15,7 @@
 #include "mux.h"
 #include "passthrough.h"
 #include "policy.h"
+#include "probe.h"
 #include "redact.h"
 #include "reload.h"
 #include "resolver.h"
@@ -37,6 +38,7 @@
 
 static struct config cfg;
 static struct listener *rest_listener;
+static struct listener *admin_listener;
 static struct unix_listener *unix_listener;
 static bool draining;
 static double drain_deadline;
@@ -89,7 +91,7 @@ static void drain_check(struct timer *t)
     timer_after(&drain_timer, 0.05, drain_check);
 }
 
-static void begin_shutdown(int sig)
+static void begin_shutdown(const char *why)
 {
     if (draining) {
         log_info("second signal: stopping now");
@@ -98,15 +100,16 @@ static void begin_shutdown(int sig)
     }
     draining = true;
     char status[160];
-    snprintf(status, sizeof status, "%s: draining %zu call(s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
-             active_calls());
+    snprintf(status, sizeof status, "%s: draining %zu call(s)", why, active_calls());
     sdnotify_stopping(status);
     listener_close(rest_listener);
     rest_listener = NULL;
+    listener_close(admin_listener);
+    admin_listener = NULL;
     unix_listener_close(unix_listener);
     unix_listener = NULL;
-    log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish",
-             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout, active_calls());
+    log_info("%s: no longer accepting; waiting up to %.3g s for %zu call(s) to finish", why, cfg.drain_timeout,
+             active_calls());
     drain_deadline = now_mono() + cfg.drain_timeout;
     drain_check(NULL);
 }
@@ -118,7 +121,7 @@ static void on_signal(void *arg)
     while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
         switch (si.ssi_signo) {
         case SIGTERM: case SIGINT:
-            begin_shutdown((int)si.ssi_signo);
+            begin_shutdown(si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
             break;
         case SIGHUP:
             reload_all("SIGHUP");
@@ -127,6 +130,20 @@ static void on_signal(void *arg)
             break;
         }
     }
+}
+
+/* POST /shutdown on the admin listener: after its answer has left, as SIGTERM. */
+static struct timer shutdown_timer;
+static void shutdown_now(struct timer *t)
+{
+    (void)t;
+    begin_shutdown("POST /shutdown");
+}
+
+static void shutdown_requested(void)
+{
+    if (!draining)
+        timer_after(&shutdown_timer, 0, shutdown_now);
 }
 
 /* A watched secret changed: what SIGHUP does for that file (docs/operations.md). */
@@ -188,6 +205,23 @@ static int start_modules(void)
     return 0;
 }
 
+/* The admin listener, if configured or handed over by systemd.  0, or the exit code. */
+static int open_admin(int adopted_fd)
+{
+    char err[512];
+    admin_listener = listener_admin(&cfg, adopted_fd, err, sizeof err);
+    if (!admin_listener && err[0]) {
+        log_error("%s", err);
+        return 1;
+    }
+    rest_on_shutdown(shutdown_requested);
+    bool v6 = strchr(cfg.admin_host, ':') != NULL;
+    if (admin_listener)
+        log_info("admin listener on %s%s%s:%d%s", v6 ? "[" : "", cfg.admin_host, v6 ? "]" : "", cfg.admin_port,
+                 adopted_fd >= 0 ? " (from systemd)" : "");
+    return 0;
+}
+
 /* The REST listener and the Unix socket, systemd's if it handed them over.  0, or
  * the exit code. */
 static int open_listeners(int *port)
@@ -224,6 +258,8 @@ static int open_listeners(int *port)
         log_error("%s", err);
         return 1;
     }
+    if (open_admin(act.admin_fd))
+        return 1;
     if (act.rest_fd >= 0 || act.unix_fd >= 0)
         log_info("socket activation: took over %s%s%s from systemd", act.rest_fd >= 0 ? "the REST listener" : "",
                  act.rest_fd >= 0 && act.unix_fd >= 0 ? " and " : "", act.unix_fd >= 0 ? "the Unix socket" : "");
@@ -258,6 +294,8 @@ static void serve(int port)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && (!strcmp(argv[1], "probe") || !strcmp(argv[1], "shutdown")))
+        return probe_main(argc, argv);
     char err[512];
     int rc = config_load(&cfg, argc, argv, err, sizeof err);
     if (rc > 0)

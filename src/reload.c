@@ -34,7 +34,8 @@ static void secret_changed(const char *path, void *arg)
     (void)arg;
     char why[600];
     snprintf(why, sizeof why, "%s changed", path);
-    if (live->client_token_file && !strcmp(path, live->client_token_file))
+    if ((live->client_token_file && !strcmp(path, live->client_token_file)) ||
+        (live->admin_token_file && !strcmp(path, live->admin_token_file)))
         access_reload(why);
     if (live->policy && !strcmp(path, live->policy))
         policy_reload(why);
@@ -46,7 +47,8 @@ static void secret_changed(const char *path, void *arg)
 
 void reload_watch_secrets(void)
 {
-    const char *paths[] = {live->token_file, live->client_token_file, live->ca_file, live->policy};
+    const char *paths[] = {live->token_file, live->client_token_file, live->admin_token_file, live->ca_file,
+                           live->policy};
     char err[600];
     for (size_t i = 0; i < sizeof paths / sizeof *paths; i++)
         if (paths[i] && filewatch_add(paths[i], secret_changed, NULL, err, sizeof err))

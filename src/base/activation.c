@@ -35,7 +35,7 @@ static int family_of(int fd)
 
 int activation_take(struct activation *out, char *err, size_t errlen)
 {
-    out->rest_fd = out->unix_fd = -1;
+    out->rest_fd = out->unix_fd = out->admin_fd = -1;
     const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
     const char *names = getenv("LISTEN_FDNAMES");
     char *names_copy = names ? strdup(names) : NULL;
@@ -64,12 +64,14 @@ int activation_take(struct activation *out, char *err, size_t errlen)
             slot = &out->unix_fd;
         else if ((unnamed && (fam == AF_INET || fam == AF_INET6)) || (name && !strcmp(name, "rest")))
             slot = &out->rest_fd;
+        else if (name && !strcmp(name, "admin"))
+            slot = &out->admin_fd;
         if (!slot)
             rc = errorf(err, errlen, "socket activation: descriptor %d is named '%s'; tgbridge takes \"rest\" "
-                        "(TCP) and \"unix\"", fd, name ? name : "");
+                        "(TCP), \"admin\" (TCP) and \"unix\"", fd, name ? name : "");
         else if (*slot >= 0)
             rc = errorf(err, errlen, "socket activation: two %s sockets (descriptors %d and %d)",
-                        slot == &out->unix_fd ? "Unix" : "REST", *slot, fd);
+                        slot == &out->unix_fd ? "Unix" : slot == &out->admin_fd ? "admin" : "REST", *slot, fd);
         else if ((slot == &out->unix_fd) != (fam == AF_UNIX))
             rc = errorf(err, errlen, "socket activation: descriptor %d (\"%s\") is not a %s socket", fd,
                         name ? name : "", slot == &out->unix_fd ? "Unix" : "TCP");

@@ -228,9 +228,21 @@ static void default_unix_path(struct config *cfg)
     set_str(&cfg->unix_path, path);
 }
 
+static bool wildcard(const char *h)
+{
+    return !*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::");
+}
+
+/* The same port on the same address (or on a wildcard covering it); port 0 picks its own. */
+static bool admin_clashes(const struct config *cfg)
+{
+    return cfg->admin_port > 0 && cfg->admin_port == cfg->listen_port &&
+           (!strcmp(cfg->admin_host, cfg->listen_host) || wildcard(cfg->admin_host) || wildcard(cfg->listen_host));
+}
+
 /* What no single option decides: defaults that depend on others, the proxy, the
  * token file. */
-static int finish(struct config *cfg, char *err, size_t errlen)
+static int finish(struct config *cfg, bool read_files, char *err, size_t errlen)
 {
     if (!cfg->unix_set)
         default_unix_path(cfg);
@@ -240,6 +252,8 @@ static int finish(struct config *cfg, char *err, size_t errlen)
         secret_add(cfg->token);
     if (cfg->ca_only && !cfg->ca_file)
         return errorf(err, errlen, "--ca-only needs --ca-file");
+    if (admin_clashes(cfg))
+        return errorf(err, errlen, "--admin-listen must differ from --listen (the admin listener serves no data routes)");
     if (!cfg->token_file && cfg->token) {
         char what[340];
         const char *src = opt_source(O_TOKEN);
@@ -251,12 +265,12 @@ static int finish(struct config *cfg, char *err, size_t errlen)
         return 0;
     int rc = proxy_decide(cfg, err, errlen);
     scrub_secret_env();
-    if (rc || config_read_token_file(cfg, err, errlen))
+    if (rc || (read_files && config_read_token_file(cfg, err, errlen)))
         return -1;
     return 0;
 }
 
-int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+static int load(struct config *cfg, int argc, char **argv, bool read_files, char *err, size_t errlen)
 {
     config_defaults(cfg);
     memset(prov, 0, sizeof *prov);
@@ -272,7 +286,17 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
     int rc = apply_flags(cfg, argc, argv, err, errlen);
     if (rc)
         return rc;
-    return finish(cfg, err, errlen) ? -1 : 0;
+    return finish(cfg, read_files, err, errlen) ? -1 : 0;
+}
+
+int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    return load(cfg, argc, argv, true, err, errlen);
+}
+
+int config_load_client(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    return load(cfg, argc, argv, false, err, errlen);
 }
 
 int config_load_again(struct config *cfg, int argc, char **argv, char *err, size_t errlen)

@@ -28,6 +28,15 @@ const struct opt config_options[] = {
     {O_LISTEN, "listen", "HOST:PORT", "TGBRIDGE_LISTEN",
      T_LISTEN, F(listen_host), AUX(listen_port), .def = "127.0.0.1:8089",
      .help = "REST listener (default 127.0.0.1:8089; port 0 picks a free port)"},
+    {O_ADMIN_LISTEN, "admin-listen", "HOST:PORT", "TGBRIDGE_ADMIN_LISTEN",
+     T_LISTEN, F(admin_host), AUX(admin_port), .def = "off",
+     .help = "a listener of its own for /healthz, /readyz, /metrics, /status and\n"
+             "POST /shutdown: no data routes, no Host/Origin checks; e.g. the pod\n"
+             "address, for probes and scrapers; not --listen's (default off)"},
+    {O_ADMIN_TOKEN_FILE, "admin-token-file", "PATH", "TGBRIDGE_ADMIN_TOKEN_FILE",
+     T_PATH, F(admin_token_file), .reload = RELOAD_FILE,
+     .help = "callers not on loopback may use the admin listener's /status and\n"
+             "/shutdown with the token in PATH as a Bearer (default: loopback only)"},
     {O_ALLOW_ORIGIN, "allow-origin", "LIST", "TGBRIDGE_ALLOW_ORIGIN",
      T_LIST, F(allow_origin), .reload = RELOAD_APPLY,
      .help = "web origins (https://app.example) whose pages may call tgbridge, comma-\n"

@@ -30,6 +30,13 @@ void config_usage(FILE *out)
                  "\nEach option at most once (a list comma-separated), as in the config file.\n"
                  "On SIGHUP, --config is read again: the options marked so by --print-config\n"
                  "apply to new calls, the others need a restart.\n");
+    fprintf(out, "\nCommands for a running tgbridge, found from the same options, environment and\n"
+                 "--config (exit 0: yes; 1: no, or no answer within --timeout, default 0.8 s; 2: usage):\n"
+                 "  tgbridge probe live|ready [--timeout SECONDS] [OPTION]...\n"
+                 "      GET /healthz or /readyz of its admin listener, else its --listen (not\n"
+                 "      port 0), else its --unix socket; reads no token file, so any user may run it\n"
+                 "  tgbridge shutdown [--timeout SECONDS] [OPTION]...\n"
+                 "      POST /shutdown to its admin listener: it drains as on SIGTERM and exits 0\n");
     fprintf(out, "\nToken precedence: --token-file, --token, TRUSTGRAPH_TOKEN, GATEWAY_SECRET.\n"
                  "See README.md for routes, streaming format and error table.\n");
 }

@@ -142,6 +142,11 @@ static int parse_gateway(struct config *cfg, const struct opt *o, const char *v,
 
 static int parse_listen(struct config *cfg, const struct opt *o, const char *s, char *err, size_t errlen)
 {
+    if (o->def && !strcmp(o->def, "off") && !strcmp(s, "off")) { /* an optional listener: none */
+        *(char *)field(cfg, o->field) = '\0';
+        *(int *)field(cfg, o->aux) = -1;
+        return 0;
+    }
     const char *colon = strrchr(s, ':');
     const char *host = s, *port = s;
     size_t hlen = 0;
@@ -170,6 +175,10 @@ static void format_listen(const struct config *cfg, const struct opt *o, struct 
 {
     const char *host = cfield(cfg, o->field);
     bool v6 = strchr(host, ':') != NULL;
+    if (*(const int *)cfield(cfg, o->aux) < 0) {
+        buf_printf(b, "off");
+        return;
+    }
     buf_printf(b, "%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", *(const int *)cfield(cfg, o->aux));
 }
 

@@ -3,7 +3,9 @@
 #include "log.h"
 #include "redact.h"
 #include "util.h"
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,60 +16,70 @@
 static struct {
     const struct config *cfg;
     char *token; /* the local client token, or NULL */
+    char *admin_token; /* --admin-token-file's, or NULL */
     access_policy_fn policy;
 } A;
 
-static int read_token(char *err, size_t errlen)
+/* A token file's first line (trailing blanks dropped) into *dst, registered as a
+ * secret; the old value, if any, stays redacted. */
+static int read_token(const char *path, const char *option, char **dst, char *err, size_t errlen)
 {
-    if (!A.cfg->client_token_file)
+    if (!path)
         return 0;
-    int fd = open(A.cfg->client_token_file, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(err, errlen, "cannot open --client-token-file %s: %s", A.cfg->client_token_file, strerror(errno));
+        snprintf(err, errlen, "cannot open --%s %s: %s", option, path, strerror(errno));
         return -1;
     }
     char tok[4096];
     ssize_t n = read(fd, tok, sizeof tok - 1);
     close(fd);
     if (n < 0 || n == (ssize_t)sizeof tok - 1) {
-        snprintf(err, errlen, "cannot read --client-token-file %s (or it is over 4 KiB)", A.cfg->client_token_file);
+        snprintf(err, errlen, "cannot read --%s %s (or it is over 4 KiB)", option, path);
         return -1;
     }
     while (n > 0 && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' ' || tok[n - 1] == '\t'))
         n--;
     tok[n] = '\0';
     if (!n) {
-        snprintf(err, errlen, "--client-token-file %s is empty", A.cfg->client_token_file);
+        snprintf(err, errlen, "--%s %s is empty", option, path);
         return -1;
     }
     char what[4200];
-    snprintf(what, sizeof what, "the client token in --client-token-file %s", A.cfg->client_token_file);
+    snprintf(what, sizeof what, "the %s token in --%s %s", strncmp(option, "admin", 5) ? "client" : "admin", option,
+             path);
     if (config_check_token(A.cfg, tok, what, err, errlen)) {
         explicit_bzero(tok, sizeof tok);
         return -1;
     }
     secret_add(tok);
-    if (A.token)
-        explicit_bzero(A.token, strlen(A.token));
-    free(A.token);
-    A.token = strdup(tok);
+    if (*dst)
+        explicit_bzero(*dst, strlen(*dst));
+    free(*dst);
+    *dst = strdup(tok);
     explicit_bzero(tok, sizeof tok);
-    return A.token ? 0 : -1;
+    return *dst ? 0 : -1;
 }
 
 int access_init(const struct config *cfg, char *err, size_t errlen)
 {
     A.cfg = cfg;
-    return read_token(err, errlen);
+    if (read_token(cfg->client_token_file, "client-token-file", &A.token, err, errlen))
+        return -1;
+    return read_token(cfg->admin_token_file, "admin-token-file", &A.admin_token, err, errlen);
 }
 
 void access_reload(const char *why)
 {
     char err[300];
-    if (A.cfg->client_token_file && read_token(err, sizeof err))
+    if (read_token(A.cfg->client_token_file, "client-token-file", &A.token, err, sizeof err))
         log_error("%s: %s; keeping the client token as it was", why, err);
     else if (A.cfg->client_token_file)
         log_info("%s: the client token read again", why);
+    if (read_token(A.cfg->admin_token_file, "admin-token-file", &A.admin_token, err, sizeof err))
+        log_error("%s: %s; keeping the admin token as it was", why, err);
+    else if (A.cfg->admin_token_file)
+        log_info("%s: the admin token read again", why);
 }
 
 /* "[::1]:8089" -> "::1", "localhost:8089" -> "localhost". */
@@ -200,6 +212,38 @@ static bool token_refused(const char *want, const struct admission_ask *ask, str
     return true;
 }
 
+bool access_peer_is_loopback(const struct peer *p)
+{
+    if (!p)
+        return false;
+    if (p->unix_socket || p->addr.ss_family == AF_UNIX)
+        return true;
+    if (p->addr.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&p->addr)->sin_addr.s_addr) >> 24) == 127;
+    if (p->addr.ss_family != AF_INET6)
+        return false;
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)&p->addr)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
+/* The admin listener's /status and /shutdown: this machine's callers, or the admin
+ * token as a Bearer.  No browser rules: probes and scrapers use the pod address. */
+static void admin_refused(const struct access_rules *rules, const struct admission_ask *ask, struct admission *out)
+{
+    if (access_peer_is_loopback(ask->peer))
+        return;
+    size_t blen = 0;
+    const char *bearer = access_bearer(ask->authorization, ask->authorization_len, &blen);
+    if (rules->admin_token && bearer && access_token_matches(rules->admin_token, bearer, blen)) {
+        out->caller.token = TOKEN_BEARER;
+        return;
+    }
+    refuse(out, rules->admin_token ? 401 : 403, rules->admin_token ? "auth-required" : "forbidden");
+    snprintf(out->refusal.message, sizeof out->refusal.message, "%s",
+             rules->admin_token ? "auth failure"
+                                : "this admin route answers callers on loopback only (see --admin-token-file)");
+}
+
 void access_decide(const struct access_rules *rules, const struct admission_ask *ask, struct admission *out)
 {
     memset(out, 0, sizeof *out);
@@ -215,6 +259,10 @@ void access_decide(const struct access_rules *rules, const struct admission_ask 
     who->token = TOKEN_UNCHECKED;
     if (ask->rule == ADMIT_OPEN)
         return;
+    if (ask->rule == ADMIT_ADMIN) {
+        admin_refused(rules, ask, out);
+        return;
+    }
     if (ask->rule == ADMIT_PEER) {
         if (ask->peer && ask->peer->has_cred)
             peer_refused(rules->cfg, ask->peer, out);
@@ -229,7 +277,7 @@ void access_decide(const struct access_rules *rules, const struct admission_ask 
 
 struct access_rules access_rules_now(void)
 {
-    return (struct access_rules){A.cfg, A.token};
+    return (struct access_rules){A.cfg, A.token, A.admin_token};
 }
 
 void access_set_policy(access_policy_fn fn)
@@ -246,7 +294,7 @@ void access_admit(const struct admission_ask *ask, struct admission *out)
             log_refusal(&out->refusal);
         return;
     }
-    if (A.policy && ask->rule != ADMIT_OPEN && !A.policy(ask, &out->caller, &out->refusal))
+    if (A.policy && ask->rule != ADMIT_OPEN && ask->rule != ADMIT_ADMIN && !A.policy(ask, &out->caller, &out->refusal))
         out->admitted = false;
 }
 

@@ -65,6 +65,18 @@ static const struct route {
 };
 #define HTTP_ROUTE (&routes[sizeof routes / sizeof *routes - 1])
 
+/* The admin listener's: everything to REST's admin flavour, which serves the health
+ * routes, /status and /shutdown, and answers 404 to the rest (upgrades included). */
+static const struct route admin_routes[] = {
+    {NULL, any_head, false, &rest_admin_frontend},
+};
+
+/* The row that takes what no other row does, for a connection speaking protos. */
+static const struct route *last_row(unsigned protos)
+{
+    return protos & PROTO_ADMIN ? admin_routes : HTTP_ROUTE;
+}
+
 /* Longest head we wait for; longer ones go to libmicrohttpd to be refused (it has the
  * same room: its connection pool). */
 #define HEAD_MAX (16 * 1024)
@@ -124,8 +136,12 @@ static int any_head(const struct http_head *h)
     return -1;
 }
 
-static const struct route *route_of(const struct http_head *h, int *arg)
+static const struct route *route_of(const struct http_head *h, unsigned protos, int *arg)
 {
+    if (protos & PROTO_ADMIN) {
+        *arg = -1;
+        return last_row(protos);
+    }
     bool upgrade = http_list_has(h->upgrade, "websocket") && http_list_has(h->connection, "upgrade");
     *arg = -1;
     if (h->malformed)
@@ -141,6 +157,7 @@ static const struct route *route_of(const struct http_head *h, int *arg)
 static void hand_over(struct pending *p, const struct frontend *fe, const struct http_head *h, int arg)
 {
     int fd = p->fd;
+    unsigned p_protos = p->protos;
     struct peer peer = p->peer;
     pending_free(p, false);
     struct refusal no;
@@ -149,7 +166,7 @@ static void hand_over(struct pending *p, const struct frontend *fe, const struct
         return;
     struct handover again = {h, &peer, -1, &no};
     struct refusal unused;
-    HTTP_ROUTE->fe->take(fd, &again, &unused); /* libmicrohttpd answers it */
+    last_row(p_protos)->fe->take(fd, &again, &unused); /* libmicrohttpd answers it */
 }
 
 /* What the first bytes say.  Line protocol clients start with '{' or blanks (or junk,
@@ -174,7 +191,7 @@ static void classify(struct pending *p, bool peer_done)
     enum head_verdict v = http_head_parse(head, (size_t)n, &h);
     if (v == HEAD_INCOMPLETE && peer_done) {
         /* No more is coming: a half-closed line client, or a cut-off request. */
-        hand_over(p, line_ok ? &line_frontend : HTTP_ROUTE->fe, NULL, -1);
+        hand_over(p, line_ok ? &line_frontend : last_row(p->protos)->fe, NULL, -1);
         return;
     }
     if (v == HEAD_INCOMPLETE && (size_t)n < sizeof head)
@@ -184,7 +201,7 @@ static void classify(struct pending *p, bool peer_done)
         return;
     }
     int arg = -1;
-    const struct route *r = v == HEAD_REQUEST ? route_of(&h, &arg) : HTTP_ROUTE;
+    const struct route *r = v == HEAD_REQUEST ? route_of(&h, p->protos, &arg) : last_row(p->protos);
     hand_over(p, r->fe, v == HEAD_REQUEST ? &h : NULL, arg);
 }
 
@@ -278,18 +295,18 @@ struct listener *listener_start(int fd, accept_cb cb, void *arg)
     return l;
 }
 
+/* arg: NULL for the data listener, non-NULL for the admin listener. */
 static void serve_tcp(int fd, const struct sockaddr *addr, socklen_t len, void *arg)
 {
-    (void)arg;
     struct peer peer;
     memset(&peer, 0, sizeof peer);
     peer.addrlen = len < sizeof peer.addr ? len : sizeof peer.addr;
     memcpy(&peer.addr, addr, peer.addrlen);
     peer.accepted_at = now_mono();
-    listener_dispatch(fd, &peer, PROTO_HTTP);
+    listener_dispatch(fd, &peer, arg ? PROTO_HTTP | PROTO_ADMIN : PROTO_HTTP);
 }
 
-struct listener *listener_tcp(const char *host, int port, int *bound_port, char *err, size_t errlen)
+static struct listener *tcp_open(const char *host, int port, int *bound_port, void *arg, char *err, size_t errlen)
 {
     struct addrinfo hints, *ai = NULL;
     memset(&hints, 0, sizeof hints);
@@ -319,7 +336,7 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
     getsockname(fd, (struct sockaddr *)&ss, &len);
     *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                  : ((struct sockaddr_in *)&ss)->sin_port);
-    struct listener *l = listener_start(fd, serve_tcp, NULL);
+    struct listener *l = listener_start(fd, serve_tcp, arg);
     if (!l) {
         close(fd);
         errorf(err, errlen, "cannot add the listener to the event loop");
@@ -327,7 +344,8 @@ struct listener *listener_tcp(const char *host, int port, int *bound_port, char 
     return l;
 }
 
-struct listener *listener_tcp_adopt(int fd, char *host, size_t hostlen, int *bound_port, char *err, size_t errlen)
+static struct listener *tcp_adopt(int fd, char *host, size_t hostlen, int *bound_port, void *arg, char *err,
+                                  size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -341,10 +359,31 @@ struct listener *listener_tcp_adopt(int fd, char *host, size_t hostlen, int *bou
     if (!inet_ntop(ss.ss_family, a, host, (socklen_t)hostlen))
         snprintf(host, hostlen, "?");
     *bound_port = ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
-    struct listener *l = listener_start(fd, serve_tcp, NULL);
+    struct listener *l = listener_start(fd, serve_tcp, arg);
     if (!l)
         errorf(err, errlen, "cannot add the listener to the event loop");
     return l;
+}
+
+struct listener *listener_tcp(const char *host, int port, int *bound_port, char *err, size_t errlen)
+{
+    return tcp_open(host, port, bound_port, NULL, err, errlen);
+}
+
+struct listener *listener_tcp_adopt(int fd, char *host, size_t hostlen, int *bound_port, char *err, size_t errlen)
+{
+    return tcp_adopt(fd, host, hostlen, bound_port, NULL, err, errlen);
+}
+
+struct listener *listener_admin(struct config *cfg, int adopted_fd, char *err, size_t errlen)
+{
+    static char admin; /* serve_tcp's mark for the admin listener */
+    err[0] = '\0';
+    if (adopted_fd >= 0)
+        return tcp_adopt(adopted_fd, cfg->admin_host, sizeof cfg->admin_host, &cfg->admin_port, &admin, err, errlen);
+    if (cfg->admin_port < 0)
+        return NULL;
+    return tcp_open(cfg->admin_host, cfg->admin_port, &cfg->admin_port, &admin, err, errlen);
 }
 
 void listener_close(struct listener *l)

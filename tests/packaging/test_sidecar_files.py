@@ -1,9 +1,9 @@
-"""The sidecar packaging (examples/sidecar/): Containerfile, kubernetes.yaml,
-compose.yaml and tgbridge-probe, checked against the binary and Debian 12 --
-every tgbridge flag they use exists and its value is accepted, the socket,
-probe, port and token paths line up between the containers, the runtime
-packages exist and provide every library the binary loads, the build stage's
-files build, and the probe script answers for a running tgbridge.
+"""The sidecar packaging (examples/sidecar/): Containerfile, kubernetes.yaml and
+compose.yaml, checked against the binary and Debian 12 -- every tgbridge flag
+they use exists and its value is accepted, the socket, probe, port, scrape and
+token paths line up between the containers, the runtime packages exist and
+provide every library the binary loads, the build stage's files build, and the
+health checks (tgbridge probe) answer for a running tgbridge.
 
 No container engine is needed: the files are read, not run."""
 
@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import stat
 import subprocess
 import tempfile
 
@@ -22,8 +21,8 @@ from harness import (BIN, ROOT, WRAPPER, Bridge, bridge_env, closed_port, eq,
 
 SIDECAR = os.path.join(ROOT, "examples", "sidecar")
 TOKEN = "tg_sidecar_token_3c9a"
-PROBE = "tgbridge-probe"
-PROBE_CMDS = (PROBE, "/usr/local/bin/" + PROBE)     # where the image has it
+TGBRIDGE_CMDS = ("tgbridge", "/usr/local/bin/tgbridge")     # where the image has it
+PROBE_PATHS = {"live": "/healthz", "ready": "/readyz"}
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # Values for the compose file's ${VARIABLES} (compose would take them from the
 # environment or .env).
@@ -244,14 +243,31 @@ def _listen(values, where):
     return host.strip("[]"), int(port)
 
 
+def _addr(value):
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _probe_target(cmd, where):
-    """(path, host, port) of a tgbridge-probe command line."""
-    assert cmd and cmd[0] in PROBE_CMDS, "%s: not the image's %s: %r" % (
-        where, PROBE, cmd)
-    path = cmd[1] if len(cmd) > 1 else "/readyz"
-    addr = cmd[2] if len(cmd) > 2 else "127.0.0.1:8089"
-    host, _, port = addr.rpartition(":")
-    return path, host.strip("[]"), int(port)
+    """(path, host, port) of a `tgbridge probe live|ready [OPTION]...` command
+    line: the admin listener its options name, else their --listen."""
+    assert cmd and cmd[0] in TGBRIDGE_CMDS and cmd[1:2] == ["probe"], \
+        "%s: not the image's tgbridge probe: %r" % (where, cmd)
+    assert len(cmd) > 2 and cmd[2] in PROBE_PATHS, "%s: probe what? %r" % (
+        where, cmd)
+    values = _last(parse_flags(cmd[3:], where))
+    if "--admin-listen" in values:
+        return (PROBE_PATHS[cmd[2]],) + _addr(values["--admin-listen"])
+    return (PROBE_PATHS[cmd[2]],) + _addr(values.get("--listen",
+                                                     "127.0.0.1:8089"))
+
+
+def _probed(values):
+    """(host, port) a probe given a daemon's flags asks: its admin listener,
+    else its --listen."""
+    if "--admin-listen" in values:
+        return _addr(values["--admin-listen"])
+    return _addr(values["--listen"])
 
 
 def _inside(path, mount):
@@ -376,8 +392,10 @@ def _mode(v):
 def test_sidecar_yaml_files_parse():
     kinds, pod, tb, apps = _k8s()
     doc, ctb, capps = _compose()
-    for name in ("Containerfile", "README.md", PROBE):
+    for name in ("Containerfile", "README.md"):
         assert os.path.isfile(os.path.join(SIDECAR, name)), name
+    assert not os.path.exists(os.path.join(SIDECAR, "tgbridge-probe")), \
+        "the bash probe script is back: tgbridge probe replaced it"
     assert _stages(), "Containerfile has no stage"
 
 
@@ -442,7 +460,7 @@ def test_sidecar_containerfile():
     hc = img["healthcheck"]
     assert hc, "no HEALTHCHECK"
     path, phost, pport = _probe_target(hc, "HEALTHCHECK")
-    eq((path, phost, pport), ("/readyz", host, port), "HEALTHCHECK target")
+    eq((path, phost, pport), ("/readyz",) + _probed(values), "HEALTHCHECK target")
     # The socket's directory and group are made in the image.
     sock_dir = os.path.dirname(values["--unix"])
     assert re.search(r"install -d [^\n]*-o %d [^\n]*%s\b" % (uid,
@@ -475,8 +493,6 @@ def test_sidecar_containerfile():
                                                                  build_pkgs)
     assert re.search(r"\bmake\b[^\n]*\btgbridge\b", build_text), \
         "the build stage does not run make tgbridge"
-    copies = " ".join(r for i, r in stages[0] if i == "COPY")
-    assert "examples/sidecar/" + PROBE in copies, "%s not copied" % PROBE
 
 
 def test_sidecar_kubernetes_lines_up():
@@ -567,7 +583,9 @@ def test_sidecar_kubernetes_lines_up():
                              in tb_groups), \
         "the token file (mode %o, owner root) is not readable by tgbridge" % fmode
 
-    # Probes: exec tgbridge-probe (or httpGet) on the --listen port.
+    # Probes: httpGet on the admin listener (kubelet comes from the node to the
+    # pod IP), or exec tgbridge probe on what the container's flags name.
+    admin = values.get("--admin-listen")
     want = {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = tb.get(kind)
@@ -575,12 +593,32 @@ def test_sidecar_kubernetes_lines_up():
             assert kind not in want, "tgbridge has no %s" % kind
             continue
         if "httpGet" in probe:
-            target = (probe["httpGet"]["path"], host, probe["httpGet"]["port"])
+            assert admin, "%s: httpGet needs --admin-listen (kubelet cannot " \
+                "reach 127.0.0.1)" % kind
+            ahost, aport = _addr(admin)
+            assert ahost not in LOOPBACK, "%s: the admin listener %s is on " \
+                "loopback, out of kubelet's reach" % (kind, admin)
+            eq(probe["httpGet"]["port"], aport, "%s port (--admin-listen)" % kind)
+            path = probe["httpGet"]["path"]
         else:
-            target = _probe_target(probe["exec"]["command"], kind)
-        eq(target[1:], (host, port), "%s target" % kind)
+            path, phost, pport = _probe_target(probe["exec"]["command"], kind)
+            eq((phost, pport), _probed(values), "%s target" % kind)
         if kind in want:
-            eq(target[0], want[kind], "%s path" % kind)
+            eq(path, want[kind], "%s path" % kind)
+
+    # Prometheus scrapes /metrics where it can reach it: the admin listener.
+    ann = kinds["Deployment"][0]["spec"]["template"].get("metadata", {}) \
+        .get("annotations") or {}
+    if ann.get("prometheus.io/scrape") == "true":
+        assert admin, "a scrape annotation without --admin-listen"
+        eq(str(ann.get("prometheus.io/port")), str(_addr(admin)[1]),
+           "prometheus.io/port (--admin-listen)")
+        eq(ann.get("prometheus.io/path", "/metrics"), "/metrics",
+           "prometheus.io/path")
+    ports = [p.get("containerPort") for p in tb.get("ports", [])]
+    if admin:
+        assert _addr(admin)[1] in ports, "the admin port %s is not among " \
+            "tgbridge's ports %s" % (admin, ports)
 
     # Locked down, sized, and the user the image was built for.
     uid, _ = _image_uid_gid(_image())
@@ -639,7 +677,7 @@ def test_sidecar_compose_lines_up():
     hc = tb.get("healthcheck", {}).get("test")
     assert hc and hc[0] in ("CMD", "CMD-SHELL"), "tgbridge healthcheck: %r" % hc
     cmd = hc[1:] if hc[0] == "CMD" else shlex.split(hc[1])
-    eq(_probe_target(cmd, "compose healthcheck")[1:], (host, port),
+    eq(_probe_target(cmd, "compose healthcheck")[1:], _probed(values),
        "healthcheck target")
     # The token: --token-file is the service's secret.
     tf = values.get("--token-file")
@@ -790,36 +828,58 @@ def test_sidecar_build_stage_builds():
         v = subprocess.run([os.path.join(work, "tgbridge"), "--version"],
                            capture_output=True, text=True)
         eq(v.returncode, 0, "the built tgbridge --version")
-        probe = os.path.join(work, PROBE)
-        assert os.path.isfile(probe), "%s is not in the build stage" % PROBE
+        p = subprocess.run([os.path.join(work, "tgbridge"), "probe", "--help"],
+                           capture_output=True, text=True)
+        eq(p.returncode, 0, "the built tgbridge probe --help")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _probe(*args):
-    return subprocess.run([os.path.join(SIDECAR, PROBE)] + list(args),
-                          capture_output=True, text=True, timeout=20).returncode
+def _health_checks():
+    """[(where, argv)] of the exec health checks the files run."""
+    out = [("HEALTHCHECK", _image()["healthcheck"])]
+    _, ctb, _ = _compose()
+    hc = ctb.get("healthcheck", {}).get("test")
+    out.append(("compose healthcheck",
+                hc[1:] if hc[0] == "CMD" else shlex.split(hc[1])))
+    _, _, tb, _ = _k8s()
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if "exec" in tb.get(kind, {}):
+            out.append((kind, tb[kind]["exec"]["command"]))
+    return out
 
 
-def test_sidecar_probe_script():
-    script = os.path.join(SIDECAR, PROBE)
-    assert os.stat(script).st_mode & stat.S_IXUSR, "%s is not executable" \
-        % PROBE
-    with open(script) as f:
-        first = f.readline().strip()
-    assert first in ("#!/bin/bash", "#!/usr/bin/env bash"), \
-        "%s needs bash for /dev/tcp, not %s" % (PROBE, first)
+def _run_check(argv, port):
+    """argv with this build's binary and --listen / --admin-listen at port."""
+    args, i = [BIN], 1
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--listen", "--admin-listen") and i + 1 < len(argv):
+            args += [a, "127.0.0.1:%d" % port]
+            i += 2
+            continue
+        args.append(a)
+        i += 1
+    return subprocess.run(WRAPPER + args, capture_output=True, text=True,
+                          timeout=20, env=bridge_env())
+
+
+def test_sidecar_health_checks_answer():
+    checks = _health_checks()
     token = tmpfile(TOKEN + "\n")
     with start_mock(tokens=(TOKEN,)) as mock, \
             start_bridge(mock.url, "--token-file", token) as up, \
             start_bridge("http://127.0.0.1:%d/" % closed_port(),
                          "--token-file", token) as down:
         up.wait_ready()
-        a, b = "127.0.0.1:%d" % up.port, "127.0.0.1:%d" % down.port
-        eq(_probe("/healthz", a), 0, "probe /healthz, gateway up")
-        eq(_probe("/readyz", a), 0, "probe /readyz, gateway up")
-        eq(_probe("/no-such-route", a), 1, "probe of a 404")
-        eq(_probe("/healthz", b), 0, "probe /healthz, gateway down")
-        eq(_probe("/readyz", b), 1, "probe /readyz, gateway down")
-        eq(_probe("/healthz", "127.0.0.1:%d" % closed_port()), 1,
-           "probe of a closed port")
+        for where, argv in checks:
+            path = _probe_target(argv, where)[0]
+            r = _run_check(argv, up.port)
+            eq(r.returncode, 0, "%s, gateway up: %s%s" % (where, r.stdout,
+                                                           r.stderr))
+            r = _run_check(argv, down.port)
+            eq(r.returncode, 0 if path == "/healthz" else 1,
+               "%s, gateway down: %s" % (where, r.stdout))
+            r = _run_check(argv, closed_port())
+            eq(r.returncode, 1, "%s, nothing listening: %s" % (where,
+                                                                r.stdout))

@@ -5,13 +5,81 @@
 #include "access.h"
 #include "config.h"
 #include "unit_config.h"
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <string.h>
 
 static void decide(const struct config *cfg, const char *token, const struct admission_ask *ask,
                    struct admission *out)
 {
-    struct access_rules rules = {cfg, token};
+    struct access_rules rules = {cfg, token, NULL};
     access_decide(&rules, ask, out);
+}
+
+static struct peer peer_at(const char *addr)
+{
+    struct peer p;
+    memset(&p, 0, sizeof p);
+    if (strchr(addr, ':')) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&p.addr;
+        a->sin6_family = AF_INET6;
+        assert_int_equal(inet_pton(AF_INET6, addr, &a->sin6_addr), 1);
+        p.addrlen = sizeof *a;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&p.addr;
+        a->sin_family = AF_INET;
+        assert_int_equal(inet_pton(AF_INET, addr, &a->sin_addr), 1);
+        p.addrlen = sizeof *a;
+    }
+    return p;
+}
+
+/* The admin listener's /status and /shutdown: loopback peers, or the admin token as a
+ * Bearer; never the browser rules, never the client token. */
+static void test_admission_admin(void **state)
+{
+    (void)state;
+    struct config cfg;
+    config_defaults(&cfg);
+    struct admission v;
+    static const char *const local[] = {"127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.2"};
+    static const char *const remote[] = {"10.0.0.1", "192.0.2.2", "128.0.0.1", "::2", "::ffff:10.0.0.1", "fe80::1"};
+    struct access_rules none = {&cfg, "client-tok", NULL}, with = {&cfg, "client-tok", "admin-tok"};
+    for (size_t i = 0; i < sizeof local / sizeof *local; i++) {
+        struct peer p = peer_at(local[i]);
+        assert_true(access_peer_is_loopback(&p));
+        struct admission_ask ask = {.rule = ADMIT_ADMIN, .peer = &p, .origin = "https://evil.example",
+                                    .host = "evil.example"};
+        access_decide(&none, &ask, &v);
+        assert_true(v.admitted);
+    }
+    for (size_t i = 0; i < sizeof remote / sizeof *remote; i++) {
+        struct peer p = peer_at(remote[i]);
+        assert_false(access_peer_is_loopback(&p));
+        struct admission_ask ask = {.rule = ADMIT_ADMIN, .peer = &p, .host = "localhost"};
+        access_decide(&none, &ask, &v); /* no admin token configured: loopback only */
+        assert_false(v.admitted);
+        assert_int_equal(v.refusal.status, 403);
+        assert_str_eq(v.refusal.type, "forbidden");
+        access_decide(&with, &ask, &v);
+        assert_false(v.admitted);
+        assert_int_equal(v.refusal.status, 401);
+        ask.authorization = "Bearer client-tok"; /* the client token is not the admin token */
+        ask.authorization_len = strlen(ask.authorization);
+        access_decide(&with, &ask, &v);
+        assert_false(v.admitted);
+        ask.authorization = "Bearer admin-tok";
+        ask.authorization_len = strlen(ask.authorization);
+        access_decide(&with, &ask, &v);
+        assert_true(v.admitted);
+        access_decide(&none, &ask, &v);
+        assert_false(v.admitted);
+    }
+    /* no peer known: not loopback */
+    struct admission_ask ask = {.rule = ADMIT_ADMIN};
+    access_decide(&none, &ask, &v);
+    assert_false(v.admitted);
+    config_free(&cfg);
 }
 
 static void test_admission_browser_rules(void **state)
@@ -133,5 +201,6 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_admission_browser_rules),
     cmocka_unit_test(test_admission_local_token),
     cmocka_unit_test(test_admission_own_credential_and_peer),
+    cmocka_unit_test(test_admission_admin),
 };
 UNIT_MAIN(tests)

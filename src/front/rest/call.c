@@ -279,6 +279,8 @@ static enum MHD_Result start_call(struct call *call)
 static enum route route_of_request(struct conn_watch *cw, const char *url, const char *method, struct call *probe,
                                    char *path, size_t cap)
 {
+    if (cw && cw->admin)
+        return rest_admin_route_of(url);
     const char *raw = cw && cw->raw_uri ? cw->raw_uri : url;
     const char *q = strchr(raw, '?');
     struct passpath pp;
@@ -370,7 +372,7 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
         return rest_queue_error(c, bad->status, bad->type, bad->message, NULL);
     }
     struct admission v;
-    rest_admit(c, cw, rest_route_rule(route, probe.pass_route), &v);
+    rest_admit(c, cw, cw && cw->admin ? rest_admin_rule(route) : rest_route_rule(route, probe.pass_route), &v);
     if (!v.admitted) {
         rest_request_in(cw);
         return rest_queue_refusal(c, &v.refusal);
@@ -383,8 +385,9 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
     }
     struct reject rj;
     enum route_plan plan = rest_route_plan(&route, method, &probe, &rj);
+    /* The admin listener's /status keeps its own rule (loopback, --admin-token-file). */
     const char *by_route = plan == PLAN_PASS ? pass_route_name((enum pass_route)probe.pass_route)
-                         : plan == PLAN_STATUS && route == R_STATUS ? "status" : NULL;
+                         : plan == PLAN_STATUS && route == R_STATUS && !(cw && cw->admin) ? "status" : NULL;
     if (by_route && !policy_check_call(v.caller.name, &(struct policy_call){.route = by_route}, NULL, &v.refusal)) {
         rest_request_in(cw);
         return rest_queue_refusal(c, &v.refusal);
@@ -396,6 +399,9 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
     case PLAN_STATUS:
         rest_request_in(cw);
         return rest_serve_status(c, route);
+    case PLAN_SHUTDOWN:
+        rest_request_in(cw);
+        return rest_serve_shutdown(c);
     default:
         probe.who = v.caller.name;
         probe.route = route;

@@ -89,6 +89,17 @@ enum MHD_Result rest_serve_status(struct MHD_Connection *c, enum route route)
     return ret;
 }
 
+/* POST /shutdown: answered, then the drain begins (main.c, as on SIGTERM) once this
+ * answer has had its loop turn to leave. */
+enum MHD_Result rest_serve_shutdown(struct MHD_Connection *c)
+{
+    static const char body[] = "{\"status\":\"shutting down\"}";
+    enum MHD_Result ret = rest_queue_json(c, 202, body, sizeof body - 1, NULL);
+    if (REST.on_shutdown)
+        REST.on_shutdown();
+    return ret;
+}
+
 /* Statuses for the gateway's policy errors (E4), as its own REST routes answer them. */
 static int policy_status(const char *type, enum route route, const char **body)
 {

@@ -26,7 +26,7 @@
 #define PASS_POOL (512 * 1024)
 
 enum route {
-    R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_METRICS, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
+    R_NOT_FOUND, R_HEALTHZ, R_READYZ, R_STATUS, R_METRICS, R_SHUTDOWN, R_KIND, R_FLOW_SERVICE, R_UNSUPPORTED, R_SOCKET,
     R_PASS,
     R_REFUSED, /* a pass-through request refused on its path or method (passpath.c): probe's reject */
 };
@@ -97,6 +97,7 @@ struct conn_watch {
      * after one of grace. */
     struct guard deadline;
     struct peer peer;             /* who is at the other end (listener.c) */
+    bool admin;                   /* came to the admin listener: its route table (rest_admin_route_of) */
     struct refusal first_refusal; /* the listener's answer to its first request, if any */
     char *raw_uri;                /* the request target as sent (libmicrohttpd decodes its own copy) */
     struct caller caller;         /* this connection, as the fair queue sees it */
@@ -120,6 +121,8 @@ struct rest_state {
     struct timer pump_timer;
     struct loop_epoll *hup;
     const struct handover *handing; /* the connection being added (on_connection reads it) */
+    bool handing_admin;             /* ... to the admin listener */
+    void (*on_shutdown)(void);      /* POST /shutdown (rest_on_shutdown) */
     size_t nconns;
     struct list calls;
     size_t ncalls, peak_calls;
@@ -159,6 +162,7 @@ enum MHD_Result rest_queue_refusal(struct MHD_Connection *c, const struct refusa
 /* The call's whole reply, decided before headers went out. */
 enum MHD_Result rest_queue_reply(struct call *call);
 enum MHD_Result rest_serve_status(struct MHD_Connection *c, enum route route);
+enum MHD_Result rest_serve_shutdown(struct MHD_Connection *c);
 void rest_map_unary(struct call *call, const struct frame *f);
 void rest_map_stream_error(struct call *call, const struct frame *f);
 const char *rest_error_type_of(const struct frame *f);
@@ -169,7 +173,10 @@ enum route rest_route_of(const char *url, struct call *out);
 /* What admission a route asks for (health routes: none). */
 enum admit_rule rest_route_rule(enum route route, int pass_route);
 /* How the request on this route is served. */
-enum route_plan { PLAN_CALL, PLAN_PASS, PLAN_STATUS };
+/* The admin listener's route table: the health routes, /status, /shutdown; else R_NOT_FOUND. */
+enum route rest_admin_route_of(const char *url);
+enum admit_rule rest_admin_rule(enum route route);
+enum route_plan { PLAN_CALL, PLAN_PASS, PLAN_STATUS, PLAN_SHUTDOWN };
 /* The plan for route under method; *route may become another (POST /api/v1/socket is
  * the kind "socket"), and rj what to answer once the body is read (status 0: none). */
 enum route_plan rest_route_plan(enum route *route, const char *method, struct call *probe, struct reject *rj);

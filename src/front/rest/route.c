@@ -71,6 +71,28 @@ enum route rest_route_of(const char *url, struct call *out)
     return R_NOT_FOUND;
 }
 
+enum route rest_admin_route_of(const char *url)
+{
+    static const struct {
+        const char *path;
+        enum route route;
+    } rows[] = {
+        {"/healthz", R_HEALTHZ}, {"/readyz", R_READYZ}, {"/metrics", R_METRICS},
+        {"/status", R_STATUS},   {"/shutdown", R_SHUTDOWN},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
+        if (!strcmp(url, rows[i].path))
+            return rows[i].route;
+    return R_NOT_FOUND;
+}
+
+/* The probes ask nothing; what tells or changes more asks for this machine or the
+ * admin token. */
+enum admit_rule rest_admin_rule(enum route route)
+{
+    return route == R_STATUS || route == R_SHUTDOWN ? ADMIT_ADMIN : ADMIT_OPEN;
+}
+
 /* One number (libmicrohttpd has already refused anything else in the first one). */
 static bool parse_content_length(const char *v, unsigned long long *out)
 {
@@ -186,6 +208,11 @@ enum route_plan rest_route_plan(enum route *route, const char *method, struct ca
         *route = R_KIND;
         snprintf(probe->kind, sizeof probe->kind, "socket");
         break;
+    case R_SHUTDOWN:
+        if (!strcmp(method, "POST"))
+            return PLAN_SHUTDOWN;
+        *rj = (struct reject){405, "method-not-allowed", "use POST", "POST"};
+        return PLAN_CALL;
     case R_HEALTHZ: case R_READYZ: case R_STATUS: case R_METRICS:
         if (get)
             return PLAN_STATUS;

@@ -110,6 +110,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             const struct handover *in = REST.handing;
             cw->fd = ci ? ci->connect_fd : -1;
             caller_init(&cw->caller);
+            cw->admin = REST.handing_admin;
             if (in && in->peer)
                 cw->peer = *in->peer;
             rest_await_head(cw, in && in->peer && in->peer->accepted_at > 0 ? in->peer->accepted_at : now_mono());
@@ -235,9 +236,29 @@ static bool rest_pass_take(int fd, const struct handover *in, struct refusal *no
     return take(fd, in, true);
 }
 
+/* The admin listener's connections: REST with the admin route table (route.c). */
+static bool rest_admin_take(int fd, const struct handover *in, struct refusal *no)
+{
+    (void)no;
+    struct handover plain = *in;
+    plain.route = -1;
+    plain.first = NULL; /* an upgrade there is just a route it does not have: 404 */
+    REST.handing_admin = true;
+    bool ok = take(fd, &plain, false);
+    REST.handing_admin = false;
+    return ok;
+}
+
+void rest_on_shutdown(void (*fn)(void))
+{
+    REST.on_shutdown = fn;
+}
+
 const struct frontend rest_frontend = {"rest", rest_take, rest_stats, rest_fail_all_frontend, NULL};
 /* Not registered: its connections are counted in rest_frontend's stats. */
 const struct frontend rest_pass_frontend = {"rest", rest_pass_take, NULL, NULL, NULL};
+/* Not registered either: counted in rest_frontend's stats. */
+const struct frontend rest_admin_frontend = {"rest", rest_admin_take, NULL, NULL, NULL};
 
 int rest_init(const struct config *cfg)
 {
