@@ -16,7 +16,7 @@ import tempfile
 import pytest
 import websockets
 
-from harness import (FLOW_TC, T, check_status, eq, run_bridge, start_bridge,
+from harness import (FLOW_TC, T, check_status, eq, request, run_bridge, start_bridge,
                      start_mock, tc, timeout, tmpfile, wait_until)
 from lineclient import LineClient, compact, unix_request
 
@@ -385,3 +385,15 @@ def test_sighup_applies_a_good_policy_and_keeps_the_old_for_a_bad_one():
     b.wait_log(r"callers\[0\].*keeping the policy as it was", timeout=10)
     check_status(b.post(FLOW_TC, tc("hi"), headers=ci), 200, "the old policy still applies")
     refused(b.post(FLOW_TC, tc("hi")), "default")
+
+
+@timeout(60)
+def test_admin_listener_status_stays_outside_the_policy():
+    m = start_mock(tokens=[GW])
+    b = start_bridge(m.url, "--token", GW, "--policy", policy_file({"default": "deny"}),
+                     "--admin-listen", "127.0.0.1:0")
+    port = int(b.wait_log(r"admin listener on (\S+):(\d+)").group(2))
+    b.wait_ready()
+    refused(b.get("/status"), "default")
+    r = request(port, "GET", "/status")
+    check_status(r, 200, "the admin listener's /status for a loopback caller")
