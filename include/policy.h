@@ -70,6 +70,8 @@ struct policy_who {
 /* The first entry that matches, or NULL (the default applies). */
 const struct policy_caller *policy_match(const struct policy *p, const struct policy_who *who);
 const struct policy_caller *policy_caller_named(const struct policy *p, const char *name);
+/* tok[0..len) is some caller's token_file token (constant time in the tokens). */
+bool policy_local_token(const struct policy *p, const char *tok, size_t len);
 
 /* One call: an envelope (service, flow, operation, workspace) or a route. */
 struct policy_call {

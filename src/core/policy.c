@@ -484,11 +484,11 @@ static bool has_id(const unsigned *v, size_t n, unsigned id)
     return false;
 }
 
-static bool is_local_token(const struct policy *p, const struct policy_who *who)
+bool policy_local_token(const struct policy *p, const char *tok, size_t len)
 {
     bool any = false;
-    for (size_t i = 0; i < p->ncallers; i++)
-        any |= p->callers[i].token && same_token(p->callers[i].token, who->token, who->token_len);
+    for (size_t i = 0; tok && i < p->ncallers; i++)
+        any |= p->callers[i].token && same_token(p->callers[i].token, tok, len);
     return any;
 }
 
@@ -500,7 +500,7 @@ static bool matches(const struct policy *p, const struct policy_caller *c, const
         return true;
     if (who->token && c->token && same_token(c->token, who->token, who->token_len))
         return true;
-    return c->forward && who->token && who->token_len && !is_local_token(p, who);
+    return c->forward && who->token && who->token_len && !policy_local_token(p, who->token, who->token_len);
 }
 
 const struct policy_caller *policy_match(const struct policy *p, const struct policy_who *who)

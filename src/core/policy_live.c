@@ -6,6 +6,7 @@
 #include "policy.h"
 #include "redact.h"
 #include "status.h"
+#include "util.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -128,6 +129,47 @@ static struct policy *load(char *err, size_t errlen)
     return p;
 }
 
+/* ?token= as the gateway reads it: percent-decoded, '+' a space (ref Q20). */
+static size_t query_decode(const char *p, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < cap; i++) {
+        int hi, lo;
+        if (p[i] == '%' && i + 2 < n && (hi = hex_value(p[i + 1])) >= 0 && (lo = hex_value(p[i + 2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = p[i] == '+' ? ' ' : p[i];
+        }
+    }
+    return o;
+}
+
+/* The token a caller presents: the first of its Bearer, X-Tgbridge-Token (the auth
+ * routes, where the Bearer is the caller's own key) and ?token= (decoded, or as sent)
+ * that is a local token; else its Bearer (what a forward caller shows); else none. */
+static void presented_token(const struct admission_ask *ask, char *dec, size_t cap, struct policy_who *w)
+{
+    size_t blen = 0, n;
+    const char *bearer = access_bearer(ask->authorization, ask->authorization_len, &blen);
+    const char *alt = ask->alt_token;
+    w->token = bearer;
+    w->token_len = blen;
+    if (policy_local_token(P.policy, bearer, blen))
+        return;
+    if (alt && policy_local_token(P.policy, alt, strlen(alt))) {
+        w->token = alt;
+        w->token_len = strlen(alt);
+    } else if (ask->query_token && policy_local_token(P.policy, ask->query_token, ask->query_token_len)) {
+        w->token = ask->query_token;
+        w->token_len = ask->query_token_len;
+    } else if (ask->query_token &&
+               policy_local_token(P.policy, dec, n = query_decode(ask->query_token, ask->query_token_len, dec, cap))) {
+        w->token = dec;
+        w->token_len = n;
+    }
+}
+
 /* The door's hook: who this caller is, by the first entry that matches. */
 static bool name_caller(const struct admission_ask *ask, struct caller_id *who, struct refusal *no)
 {
@@ -136,26 +178,7 @@ static bool name_caller(const struct admission_ask *ask, struct caller_id *who, 
         return true;
     struct policy_who w = {.has_cred = who->has_cred, .uid = who->uid, .gid = who->gid};
     char dec[4096];
-    w.token = access_bearer(ask->authorization, ask->authorization_len, &w.token_len);
-    if (!w.token && ask->alt_token) {
-        w.token = ask->alt_token;
-        w.token_len = strlen(ask->alt_token);
-    } else if (!w.token && ask->query_token) {
-        /* ?token= as the gateway reads it: percent-decoded, '+' a space (ref Q20). */
-        size_t o = 0;
-        for (size_t i = 0; i < ask->query_token_len && o + 1 < sizeof dec; i++) {
-            const char *p = ask->query_token + i;
-            unsigned v;
-            if (*p == '%' && i + 2 < ask->query_token_len && sscanf(p + 1, "%2x", &v) == 1) {
-                dec[o++] = (char)v;
-                i += 2;
-            } else {
-                dec[o++] = *p == '+' ? ' ' : *p;
-            }
-        }
-        w.token = dec;
-        w.token_len = o;
-    }
+    presented_token(ask, dec, sizeof dec, &w);
     who->name = intern(policy_caller_name(policy_match(P.policy, &w)));
     explicit_bzero(dec, sizeof dec);
     return true;

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import tempfile
+import urllib.parse
 
 import pytest
 import websockets
@@ -397,3 +398,35 @@ def test_admin_listener_status_stays_outside_the_policy():
     refused(b.get("/status"), "default")
     r = request(port, "GET", "/status")
     check_status(r, 200, "the admin listener's /status for a loopback caller")
+
+
+PLUS_TOKEN = "tgb+policy/plus_token_31"
+
+
+@timeout(60)
+def test_auth_route_caller_by_x_tgbridge_token_and_encoded_query_token():
+    """On the auth routes the Bearer is the caller's own credential: the local token
+    comes in X-Tgbridge-Token.  A ?token= is read percent-decoded, as the gateway does."""
+    doc = {"default": "deny", "callers": [
+        {"name": "ui", "match": {"token_file": tmpfile(AN_TOKEN.encode())}, "allow": [{"route": ["auth"]}]},
+        {"name": "bulk", "match": {"token_file": tmpfile(PLUS_TOKEN.encode())},
+         "allow": [{"route": ["flow-export"]}]}]}
+    m = start_mock(tokens=[GW], extra=("--user", "alice:wonderland"))
+    b = start_bridge(m.url, "--token", GW, "--policy", policy_file(doc))
+    b.wait_ready()
+    login = {"username": "alice", "password": "wonderland"}
+    r = b.post("/api/v1/auth/login", login, headers={"Authorization": "Bearer users-own-jwt",
+                                                      "X-Tgbridge-Token": AN_TOKEN})
+    check_status(r, 200, "login by the ui caller")
+    refused(b.post("/api/v1/auth/login", login, headers={"Authorization": "Bearer users-own-jwt"}), "default")
+
+    async def bulk(token):
+        url = "ws://127.0.0.1:%d/api/v1/flow/default/export/triples?token=%s" % (b.port, token)
+        try:
+            async with websockets.connect(url) as ws:
+                await ws.close()
+                return 101
+        except websockets.exceptions.InvalidStatusCode as e:
+            return e.status_code
+    eq(run(bulk(urllib.parse.quote(PLUS_TOKEN, safe=""))), 101, "a percent-encoded ?token=")
+    eq(run(bulk(PLUS_TOKEN)), 101, "as sent (its + not a space)")
