@@ -179,6 +179,10 @@ static bool name_caller(const struct admission_ask *ask, struct caller_id *who, 
     struct policy_who w = {.has_cred = who->has_cred, .uid = who->uid, .gid = who->gid};
     char dec[4096];
     presented_token(ask, dec, sizeof dec, &w);
+    /* a local token is never the caller's own credential (the auth routes send that on) */
+    size_t blen = 0;
+    const char *bearer = access_bearer(ask->authorization, ask->authorization_len, &blen);
+    who->bearer_is_local |= policy_local_token(P.policy, bearer, blen);
     who->name = intern(policy_caller_name(policy_match(P.policy, &w)));
     explicit_bzero(dec, sizeof dec);
     return true;

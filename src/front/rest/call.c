@@ -356,6 +356,26 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
     return MHD_YES;
 }
 
+/* The per-caller policy for a route: a pass-through (those that take ?workspace= with
+ * a pinned caller's workspace, *pinned) or /status -- the admin listener's keeps its
+ * own rule (loopback, --admin-token-file). */
+static bool route_refused(struct MHD_Connection *c, const struct conn_watch *cw, enum route_plan plan,
+                          enum route route, int pass_route, struct admission *v, const char **pinned)
+{
+    struct policy_call pc = {0};
+    bool takes_ws = false;
+    if (plan == PLAN_PASS) {
+        pc.route = pass_route_name((enum pass_route)pass_route);
+        takes_ws = pass_route == PASS_DOCUMENT_STREAM || pass_route == PASS_IMPORT_CORE ||
+                   pass_route == PASS_EXPORT_CORE;
+        if (takes_ws)
+            pc.workspace = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "workspace");
+    } else if (plan == PLAN_STATUS && route == R_STATUS && !(cw && cw->admin)) {
+        pc.route = "status";
+    }
+    return pc.route && !policy_check_call(v->caller.name, &pc, takes_ws ? pinned : NULL, &v->refusal);
+}
+
 /* A request's head: framing, admission, route. */
 static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, const char *method, void **con_cls)
 {
@@ -385,17 +405,15 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
     }
     struct reject rj;
     enum route_plan plan = rest_route_plan(&route, method, &probe, &rj);
-    /* The admin listener's /status keeps its own rule (loopback, --admin-token-file). */
-    const char *by_route = plan == PLAN_PASS ? pass_route_name((enum pass_route)probe.pass_route)
-                         : plan == PLAN_STATUS && route == R_STATUS && !(cw && cw->admin) ? "status" : NULL;
-    if (by_route && !policy_check_call(v.caller.name, &(struct policy_call){.route = by_route}, NULL, &v.refusal)) {
+    const char *pinned = NULL;
+    if (route_refused(c, cw, plan, route, probe.pass_route, &v, &pinned)) {
         rest_request_in(cw);
         return rest_queue_refusal(c, &v.refusal);
     }
     switch (plan) {
     case PLAN_PASS:
         rest_request_in(cw); /* the upload is paced by the gateway, bounded by the call's deadline */
-        return rest_start_pass(c, cw, url, path, method, probe.pass_route, &fr, &v.caller, con_cls);
+        return rest_start_pass(c, cw, url, path, method, probe.pass_route, &fr, &v.caller, pinned, con_cls);
     case PLAN_STATUS:
         rest_request_in(cw);
         return rest_serve_status(c, route);

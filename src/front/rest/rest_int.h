@@ -192,6 +192,6 @@ const cJSON *rest_last_member(const cJSON *obj, const char *name);
  * passpath.c matched, forwarded as is. */
 enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *path,
                                 const char *method, int pass_route, const struct framing *fr,
-                                const struct caller_id *who, void **con_cls);
+                                const struct caller_id *who, const char *workspace, void **con_cls);
 enum MHD_Result rest_pass_request_data(struct call *call, const char *data, size_t *size);
 #endif

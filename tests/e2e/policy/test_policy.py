@@ -430,3 +430,25 @@ def test_auth_route_caller_by_x_tgbridge_token_and_encoded_query_token():
             return e.status_code
     eq(run(bulk(urllib.parse.quote(PLUS_TOKEN, safe=""))), 101, "a percent-encoded ?token=")
     eq(run(bulk(PLUS_TOKEN)), 101, "as sent (its + not a space)")
+
+
+@timeout(60)
+def test_pinned_caller_pass_through_workspace_and_local_token_never_upstream():
+    """export-core of a pinned caller carries its workspace (another is refused); a
+    local token shown as the Bearer on an auth route is never sent to the gateway."""
+    doc = {"default": "deny", "callers": [
+        {"name": "pinned", "match": {"token_file": tmpfile(AN_TOKEN.encode())},
+         "allow": [{"route": ["export-core", "auth"]}], "workspace": "ws-a"}]}
+    m = start_mock(tokens=[GW], extra=("--workspaces", "default,ws-a,ws-b", "--user", "alice:wonderland"))
+    b = start_bridge(m.url, "--token", GW, "--policy", policy_file(doc))
+    b.wait_ready()
+    an = {"Authorization": "Bearer " + AN_TOKEN}
+    refused(b.get("/api/v1/export-core?id=size-10&workspace=ws-b", headers=an), "pinned")
+    check_status(b.get("/api/v1/export-core?id=size-10", headers=an), 200, "export-core, no workspace named")
+    rec = m.stats()["passthrough"]["routes"]["export-core"]
+    assert "workspace=ws-a" in rec["last_query"], rec
+    check_status(b.get("/api/v1/export-core?id=size-10&workspace=ws-a", headers=an), 200, "its own workspace")
+    check_status(b.post("/api/v1/auth/login", {"username": "alice", "password": "wonderland"}, headers=an), 200,
+                 "login with the local token as the Bearer")
+    eq(m.stats()["passthrough"]["routes"]["auth/login"]["last_authorization"], None,
+       "the local token sent upstream")
