@@ -70,7 +70,7 @@ $(BUILD):
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
 UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
-                    passpath policy
+                    passpath pool_policy policy
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
@@ -93,15 +93,16 @@ UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit
 UNIT_OBJS_session   := core/session core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf base/redact \
                        base/util
 UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c tests/unit/stubs_policy.c
+UNIT_OBJS_pool_policy := upstream/pool_policy
 UNIT_OBJS_policy    := core/policy
 UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
 UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
                     $(shell pkg-config --cflags libcjson cmocka 2>/dev/null) $(CFLAGS)
 UNIT_LIBS         = $(shell pkg-config --libs libcjson cmocka 2>/dev/null) -lm
 UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h tests/unit/unit_config.h
-# The core compiles without libwebsockets and libmicrohttpd: headers of their names that
-# stop the compiler come first on the include path (tests/unit/poison/).
-UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c
+# The core and the pool's policy compile without libwebsockets and libmicrohttpd: headers
+# of their names that stop the compiler come first on the include path (tests/unit/poison/).
+UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c src/upstream/pool_policy.c
 
 define UNIT_RULES
 $$(BUILD)/unit/test_$(1): tests/unit/test_$(1).c tests/unit/unit_main.c $$(UNIT_STUBS_$(1)) \
@@ -217,7 +218,8 @@ uninstall:
 #   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
 #       checked-in corpora; `make test` builds these too (tests/fuzz/test_fuzz_corpus.py runs
 #       them) and `make asan` builds them sanitized in build-asan.
-FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath policy
+FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath restname \
+                    policy
 FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
 FUZZ_SECONDS     ?= 60
 FUZZ_ARGS        ?=
@@ -239,6 +241,7 @@ FUZZ_SRCS_httphead  := src/wire/httphead.c
 FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
 FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c src/base/clock.c
 FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/redact.c src/base/clock.c
+FUZZ_SRCS_restname  := src/wire/restname.c
 FUZZ_SRCS_policy    := src/core/policy.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h tests/lib/utf8_valid.h \
                      $(wildcard include/*.h)

@@ -78,6 +78,7 @@ struct admission_ask {
     const char *query_token;      /* ?token=, as sent (not decoded) */
     size_t query_token_len;
     const char *alt_token;        /* X-Tgbridge-Token */
+    size_t alt_token_len;
 };
 
 struct admission {
@@ -116,6 +117,10 @@ void access_admit(const struct admission_ask *ask, struct admission *out);
 struct http_head;
 void access_admit_head(const struct http_head *h, const struct peer *peer, enum admit_rule rule,
                        struct admission *out);
+/* A request head no front end may act on, whatever its route: a NUL byte in a header
+ * (RFC 9110 §5.5), which libmicrohttpd would read as the end of the value -- a token
+ * followed by NUL and anything would pass as the token.  True: refused (no). */
+bool access_head_refused(const struct http_head *h, struct refusal *no);
 /* The local WebSocket's auth frame: its token (NULL: absent or not a string) admits
  * who from then on (TOKEN_FRAME), or not (false; who unchanged). */
 bool access_admit_frame(const char *token, size_t len, struct caller_id *who);

@@ -80,6 +80,7 @@ struct config {
     struct str_list allow_host;   /* Host names accepted besides loopback and the listen address */
     size_t max_line;
     size_t max_client_buffer;
+    size_t max_assembling;     /* bytes of all requests still being received (guard.c) */
     bool allow_short_token;    /* tokens under TOKEN_MIN_LEN characters accepted */
     bool print_config, check_config; /* --print-config, --check-config: then exit */
     char *config_file;         /* the file read, if any */

@@ -44,8 +44,14 @@ struct client_msg_info {
     char error[160];           /* CMSG_BAD */
 };
 
-/* `what` names the text in errors ("line", "message"). */
+/* `what` names the text in errors ("line", "message").  A message refused because it
+ * is nested too deep to be read still gets the id its top level
+ * shows before the depth gets too deep (client_msg_id). */
 void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out);
+/* The id of a message that cannot be read whole (too deep, too long: text may be its
+ * first bytes only): the first top-level "id" member the scan reaches before the fault,
+ * when its value is complete, valid JSON and not null.  False: none readable. */
+bool client_msg_id(const char *text, size_t len, struct span *id);
 
 enum frame_kind {
     FRAME_INVALID,      /* not valid JSON/UTF-8, or not an object: a gateway bug; never forwarded

@@ -5,7 +5,11 @@
  *    within T plus T per MiB of it -- checked lazily, so an upload costs no timer work
  *    per chunk;
  *  - the reply budget (--max-client-buffer): a caller that lets more than that wait
- *    is dropped, never allowed to grow our memory or to slow the shared socket.
+ *    is dropped, never allowed to grow our memory or to slow the shared socket;
+ *  - the assembling budget (--max-assembling): the bytes of every request still
+ *    being received, all callers and front ends together (REST bodies, lines, local
+ *    WebSocket messages, bulk frames waiting for their gateway socket); the caller
+ *    whose bytes would pass it is refused, the others keep being served.
  * Every drop is counted (tgbridge_callers_dropped_total); the front end says why in
  * its own words and closes its connection.  Named guard.h: <limits.h> is libc's. */
 #ifndef TGB_GUARD_H
@@ -49,6 +53,23 @@ void guard_stop(struct guard *g);
 bool guard_running(const struct guard *g);
 /* When a deadline of this kind is due: pure. */
 double guard_due(enum guard_kind kind, double since, size_t received, double timeout);
+
+/* One request's bytes still being received, counted against --max-assembling; zero
+ * before use.  Embedded in what holds the bytes. */
+struct hold {
+    size_t bytes;
+};
+/* What h holds is now total bytes (more or fewer).  False: growing to total would
+ * pass --max-assembling -- nothing more is taken, the drop is counted (memory-budget),
+ * and the caller is to be refused (then guard_release). */
+bool guard_hold(struct hold *h, size_t total);
+/* The request is complete, refused or its caller gone: every byte h held is free. */
+void guard_release(struct hold *h);
+/* Bytes held by every request still being received. */
+size_t guard_assembling(void);
+/* The same decision against a given budget: pure.  held: all bytes held now, of
+ * which mine are this request's. */
+bool guard_hold_fits(size_t budget, size_t held, size_t mine, size_t total);
 
 /* Replies: more bytes are about to be queued for a caller with waiting bytes unsent.
  * True: over --max-client-buffer, the caller must be dropped (counted).  A single

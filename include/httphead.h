@@ -22,6 +22,7 @@ struct http_head {
     struct span upgrade, connection, origin, host, authorization;
     int n_host, n_origin;
     bool malformed;                            /* a header line that is not one: HTTP's to refuse */
+    bool nul;                                  /* a NUL byte in a header line (access_head_refused) */
 };
 
 enum head_verdict http_head_parse(const char *buf, size_t len, struct http_head *out);

@@ -23,12 +23,20 @@ size_t json_value_len(const char *p, size_t len);
 /* Index of the first non-whitespace byte at or after i (len if none). */
 size_t json_skip_ws(const char *p, size_t i, size_t len);
 
+/* The JSON string value v (quotes included) decoded into out (at most cap bytes): its
+ * decoded length, NUL bytes (\u0000) and all, or -1 when v is not one well-formed
+ * string or does not fit.  Lone surrogate escapes come out as their 3-byte form. */
+long json_string_decode(struct span v, char *out, size_t cap);
+
 /* True when text is exactly one JSON value (surrounding whitespace allowed) as the
  * gateway's Python json module writes and its clients read it: RFC 8259, valid UTF-8
  * throughout, no raw control characters in strings, plus Python's NaN, Infinity and
  * -Infinity.  Nesting deeper than JSON_MAX_DEPTH is refused.  No allocation. */
 #define JSON_MAX_DEPTH 4096
 bool json_valid(const char *text, size_t len);
+/* True when brackets outside strings open deeper than JSON_MAX_DEPTH somewhere in text
+ * (which json_valid then refuses): a plain scan, nothing else judged. */
+bool json_too_deep(const char *text, size_t len);
 
 /* NULL if body is one JSON value the gateway will accept as it is; else why not, as
  * a phrase to put after a subject ("is not valid UTF-8").

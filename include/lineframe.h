@@ -16,13 +16,17 @@ struct lineframe {
 
 enum lineframe_event { LINEFRAME_LINE, LINEFRAME_TOO_LONG };
 /* A line (without its newline; a \r before it is the caller's to ignore), or the
- * news that one was too long.  Return false to stop feeding (the client is closing). */
+ * news that one was too long, with its first max bytes (enough to find its id).
+ * Return false to stop feeding (the client is closing). */
 typedef bool (*lineframe_cb)(void *arg, enum lineframe_event ev, const char *line, size_t len);
 
 void lineframe_init(struct lineframe *f, size_t max);
 void lineframe_free(struct lineframe *f);
 /* Feeds data; false if a callback stopped it. */
 bool lineframe_feed(struct lineframe *f, const char *data, size_t len, lineframe_cb cb, void *arg);
+/* The line under way is dropped: what is held of it is freed and the rest of it, up
+ * to its newline, skipped (as for a line too long, without the news). */
+void lineframe_skip(struct lineframe *f);
 /* End of the stream: a last line without its newline is delivered. */
 void lineframe_eof(struct lineframe *f, lineframe_cb cb, void *arg);
 #endif

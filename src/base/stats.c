@@ -1,7 +1,7 @@
 #include "stats.h"
 
 static unsigned long long dropped[DROP_REASONS];
-static const char *const drop_names[DROP_REASONS] = {"slow-reader", "client-timeout"};
+static const char *const drop_names[DROP_REASONS] = {"slow-reader", "client-timeout", "memory-budget"};
 
 void stats_caller_dropped(enum drop_reason why)
 {

@@ -69,6 +69,10 @@ const struct opt config_options[] = {
      T_BYTES, F(max_client_buffer), .def = "64m", .min = 64, .reload = RELOAD_APPLY,
      .help = "reply bytes that may wait for one caller that does not read them (REST,\n"
              "streams, the line protocol, the local WebSocket) before it is dropped (default 64m)"},
+    {O_MAX_ASSEMBLING, "max-assembling", "BYTES", "TGBRIDGE_MAX_ASSEMBLING",
+     T_BYTES, F(max_assembling), .def = "256m", .min = 64, .reload = RELOAD_APPLY,
+     .help = "bytes of all requests still being received (REST bodies, lines, local\n"
+             "WebSocket messages) together; the caller past it is refused (default 256m)"},
     {O_CLIENT_TIMEOUT, "client-timeout", "SECONDS", "TGBRIDGE_CLIENT_TIMEOUT",
      T_SECONDS_POS, F(client_timeout), .def = "30", .reload = RELOAD_APPLY,
      .help = "a local connection must send a complete request head within this, and\n"

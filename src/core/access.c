@@ -188,7 +188,7 @@ static bool token_refused(const char *want, const struct admission_ask *ask, str
         break;
     case ADMIT_OWN_CREDENTIAL:
         ok = who->bearer_is_local ||
-             (ask->alt_token && access_token_matches(want, ask->alt_token, strlen(ask->alt_token)));
+             (ask->alt_token && access_token_matches(want, ask->alt_token, ask->alt_token_len));
         who->token = TOKEN_BEARER;
         break;
     case ADMIT_UPGRADE:
@@ -327,6 +327,17 @@ void access_admit_head(const struct http_head *h, const struct peer *peer, enum 
     access_admit(&ask, out);
 }
 
+bool access_head_refused(const struct http_head *h, struct refusal *no)
+{
+    if (!h->nul)
+        return false;
+    memset(no, 0, sizeof *no);
+    no->status = 400;
+    no->type = "bad-request";
+    snprintf(no->message, sizeof no->message, "a header holds a NUL byte");
+    return true;
+}
+
 bool access_admit_frame(const char *token, size_t len, struct caller_id *who)
 {
     if (A.token && !(token && access_token_matches(A.token, token, len)))
@@ -335,8 +346,8 @@ bool access_admit_frame(const char *token, size_t len, struct caller_id *who)
     if (A.policy) {
         /* The frame's token names the caller of later requests (issue 17). */
         struct refusal no;
-        struct admission_ask ask = {.rule = ADMIT_UPGRADE, .unix_socket = who->unix_socket, .alt_token = token};
-        (void)len;
+        struct admission_ask ask = {.rule = ADMIT_UPGRADE, .unix_socket = who->unix_socket, .alt_token = token,
+                                    .alt_token_len = len};
         return A.policy(&ask, who, &no);
     }
     return true;
@@ -346,7 +357,9 @@ bool access_token_matches(const char *want, const char *token, size_t len)
 {
     if (!want)
         return true;
-    if (!token)
+    /* Compared at the length shown, so a NUL inside differs from the token's end; and
+     * refused outright: no token file holds one, and nothing may read it as shorter. */
+    if (!token || memchr(token, '\0', len))
         return false;
     /* Constant time in the token's content: every byte of the longer one is looked at. */
     size_t wlen = strlen(want), n = len > wlen ? len : wlen;

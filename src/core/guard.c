@@ -2,10 +2,11 @@
 #include "stats.h"
 #include "util.h"
 
-/* The live configuration, read at each use: SIGHUP may change --client-timeout and
- * --max-client-buffer (src/config/reload.c). */
+/* The live configuration, read at each use: SIGHUP may change --client-timeout,
+ * --max-client-buffer and --max-assembling (src/config/reload.c). */
 static struct {
     const struct config *cfg;
+    size_t assembling;  /* bytes held by every struct hold */
 } G;
 
 void guard_init(const struct config *cfg)
@@ -73,4 +74,31 @@ bool guard_reply_queued(size_t waiting, size_t more, bool strict)
         return false;
     stats_caller_dropped(DROP_SLOW_READER);
     return true;
+}
+
+bool guard_hold_fits(size_t budget, size_t held, size_t mine, size_t total)
+{
+    return total <= mine || held - mine + total <= budget;
+}
+
+bool guard_hold(struct hold *h, size_t total)
+{
+    if (!guard_hold_fits(G.cfg->max_assembling, G.assembling, h->bytes, total)) {
+        stats_caller_dropped(DROP_MEMORY_BUDGET);
+        return false;
+    }
+    G.assembling = G.assembling - h->bytes + total;
+    h->bytes = total;
+    return true;
+}
+
+void guard_release(struct hold *h)
+{
+    G.assembling -= h->bytes;
+    h->bytes = 0;
+}
+
+size_t guard_assembling(void)
+{
+    return G.assembling;
 }

@@ -466,7 +466,8 @@ int policy_supported(const struct policy *p, char *err, size_t errlen)
 
 /* ---- deciding ----------------------------------------------------------------------- */
 
-/* Constant time in the tokens' content. */
+/* Constant time in the tokens' content; compared at the length shown, so a token with
+ * a NUL inside is never one (no token file holds one). */
 static bool same_token(const char *want, const char *tok, size_t len)
 {
     size_t wlen = strlen(want), n = len > wlen ? len : wlen;

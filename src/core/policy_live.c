@@ -157,9 +157,9 @@ static void presented_token(const struct admission_ask *ask, char *dec, size_t c
     w->token_len = blen;
     if (policy_local_token(P.policy, bearer, blen))
         return;
-    if (alt && policy_local_token(P.policy, alt, strlen(alt))) {
+    if (alt && policy_local_token(P.policy, alt, ask->alt_token_len)) {
         w->token = alt;
-        w->token_len = strlen(alt);
+        w->token_len = ask->alt_token_len;
     } else if (ask->query_token && policy_local_token(P.policy, ask->query_token, ask->query_token_len)) {
         w->token = ask->query_token;
         w->token_len = ask->query_token_len;

@@ -32,6 +32,7 @@ struct lclient {
     unsigned uid;
     struct lineframe frame;
     struct guard partial;    /* a line under way must finish within --client-timeout */
+    struct hold hold;        /* its bytes held, against --max-assembling */
     struct buf out;
     bool closing;
     bool paused;             /* --max-pending unanswered: not read until half are answered */
@@ -167,11 +168,15 @@ static void session_pending_changed(struct session *s)
 
 static const struct session_ops line_session_ops = {session_send, session_control, session_pending_changed};
 
-static void too_long(struct lclient *c)
+/* Its id, if its first bytes show one, so that the client can tell which. */
+static void too_long(struct lclient *c, const char *prefix, size_t len)
 {
     char msg[128];
     snprintf(msg, sizeof msg, "line longer than --max-line (%zu bytes); the rest of it is discarded", L.cfg->max_line);
-    session_error(&c->session, NULL, "line-too-long", msg);
+    struct span id;
+    char *cid = client_msg_id(prefix, len, &id) ? strndup(id.p, id.n) : NULL;
+    session_error(&c->session, cid, "line-too-long", msg);
+    free(cid);
 }
 
 /* A line must arrive whole within --client-timeout of its first byte, plus as much
@@ -192,10 +197,26 @@ static bool on_line(void *arg, enum lineframe_event ev, const char *line, size_t
 {
     struct lclient *c = arg;
     if (ev == LINEFRAME_TOO_LONG)
-        too_long(c);
+        too_long(c, line, len);
     else
         session_message(&c->session, line, len);
     return !c->closing;
+}
+
+/* The line under way would take the bytes being received past --max-assembling: it
+ * is refused (with its id, if its first bytes show it) and the rest of it skipped;
+ * the connection stays. */
+static void too_busy(struct lclient *c)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "the requests being received already hold --max-assembling (%zu bytes); "
+             "the rest of this line is discarded, try again", L.cfg->max_assembling);
+    struct span id;
+    char *cid = client_msg_id(buf_ptr(&c->frame.in), c->frame.in.len, &id) ? strndup(id.p, id.n) : NULL;
+    lineframe_skip(&c->frame);
+    guard_release(&c->hold);
+    session_error(&c->session, cid, "too-busy", msg);
+    free(cid);
 }
 
 static void on_rx(struct lclient *c, const char *data, size_t len)
@@ -204,6 +225,9 @@ static void on_rx(struct lclient *c, const char *data, size_t len)
         return;
     if (c->closing)
         return;
+    /* Checked per read: a line under way holds at most one read more than allowed. */
+    if (!guard_hold(&c->hold, c->frame.in.len))
+        too_busy(c);
     if (!c->frame.partial)
         guard_stop(&c->partial);
     else if (!guard_running(&c->partial))
@@ -254,6 +278,7 @@ static int on_readable(struct lclient *c)
             c->eof = true;
             guard_stop(&c->partial);
             lineframe_eof(&c->frame, on_line, c); /* a last line without its newline */
+            guard_release(&c->hold);
             update_flow_control(c);
             break;
         }
@@ -273,6 +298,7 @@ static void kill_client(struct lclient *c, const char *why)
         log_warn("closing Unix client #%llu (uid %u): %s", c->serial, c->uid, why);
     c->closing = true;
     guard_stop(&c->partial);
+    guard_release(&c->hold);
     session_close(&c->session);
     buf_free(&c->out);
     lws_callback_on_writable(c->wsi); /* returns -1 there, which closes it */
@@ -282,6 +308,7 @@ static void client_free(struct lclient *c)
 {
     c->closing = true;
     guard_stop(&c->partial);
+    guard_release(&c->hold);
     session_close(&c->session);
     list_del(&c->node);
     lineframe_free(&c->frame);

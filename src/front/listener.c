@@ -169,6 +169,17 @@ static void hand_over(struct pending *p, const struct frontend *fe, const struct
     last_row(p_protos)->fe->take(fd, &again, &unused); /* libmicrohttpd answers it */
 }
 
+/* A head the door refuses whatever its route: libmicrohttpd answers it. */
+static void refuse_over(struct pending *p, const struct http_head *h, const struct refusal *no)
+{
+    int fd = p->fd;
+    struct peer peer = p->peer;
+    pending_free(p, false);
+    struct handover in = {h, &peer, -1, no};
+    struct refusal unused;
+    HTTP_ROUTE->fe->take(fd, &in, &unused);
+}
+
 /* What the first bytes say.  Line protocol clients start with '{' or blanks (or junk,
  * which gets an error line); an HTTP request starts with an upper-case method name,
  * and is routed by its whole head, not by its first byte. */
@@ -198,6 +209,11 @@ static void classify(struct pending *p, bool peer_done)
         return;
     if (v == HEAD_NOT_HTTP && line_ok) {
         hand_over(p, &line_frontend, NULL, -1);
+        return;
+    }
+    struct refusal no;
+    if (v == HEAD_REQUEST && access_head_refused(&h, &no)) {
+        refuse_over(p, &h, &no);
         return;
     }
     int arg = -1;

@@ -13,7 +13,6 @@
 #include "util.h"
 #include "wsframe.h"
 #include "wsserver.h"
-#include <cjson/cJSON.h>
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +25,8 @@
 /* Bytes handed to lws per WRITEABLE: a burst of frames in one send, small enough that
  * lws keeps at most this much of it when the kernel does not take it all. */
 #define WS_WRITE_CHUNK (64 * 1024)
+/* Close code 1013, "Try Again Later" (IANA WebSocket close code registry; lws has no name for it). */
+#define WS_CLOSE_TRY_AGAIN_LATER 1013
 /* Of a message over --max-body, this much is kept to find its id for the error. */
 #define ID_PREFIX (16 * 1024)
 
@@ -39,7 +40,11 @@ struct wsconn {
     struct buf out;          /* frames (ours, unmasked) not yet handed to lws */
     struct buf in;           /* the message being received */
     bool oversize;           /* the message being received is over --max-body */
+    bool receiving;          /* a message has begun and is not complete */
+    struct guard deadline;   /* ... and must be complete by then (GUARD_BODY) */
+    struct hold hold;        /* its bytes, against --max-assembling */
     int close_code;          /* nonzero: close with it once everything is written */
+    char close_reason[100];
     struct list node;
 };
 
@@ -58,13 +63,26 @@ static struct session_rules ws_rules = {"message", true, true, 0, "ws"};
 
 /* ---- writing ----------------------------------------------------------------------- */
 
-static void conn_drop(struct wsconn *c, int code, const char *why)
+/* The message under way is done with: no deadline, its bytes free. */
+static void message_end(struct wsconn *c)
+{
+    c->receiving = false;
+    guard_stop(&c->deadline);
+    guard_release(&c->hold);
+}
+
+/* reason, if any, goes in the close frame (RFC 6455 §5.5.1: at most 123 bytes). */
+static void conn_drop(struct wsconn *c, int code, const char *why, const char *reason)
 {
     if (c->close_code)
         return;
     if (why)
         log_warn("closing local WebSocket client #%llu: %s", c->serial, why);
     c->close_code = code;
+    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason ? reason : "");
+    message_end(c);
+    c->in.len = 0;
+    buf_free(&c->in);
     session_close(&c->session);
     buf_free(&c->out); /* nothing more is owed to it */
     /* The close frame goes out when the socket has room (on_writeable); a client that
@@ -86,7 +104,7 @@ static void session_send(struct session *s, const char *msg, size_t len)
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, --max-client-buffer %zu)",
                  c->out.len + len, W.cfg->max_client_buffer);
-        conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why);
+        conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why, NULL);
         return;
     }
     wsframe_append_server_text(&c->out, msg, len);
@@ -109,7 +127,8 @@ static int on_writeable(struct wsconn *c)
         return 0;
     }
     if (c->close_code) { /* everything owed is written: say goodbye */
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code, NULL, 0);
+        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code, (unsigned char *)c->close_reason,
+                         strlen(c->close_reason));
         return -1;
     }
     return 0;
@@ -128,10 +147,11 @@ static void session_control(struct session *s, const struct client_msg_info *m)
         free(cid);
         return;
     }
-    cJSON *t = m->token.p ? cJSON_ParseWithLength(m->token.p, m->token.n) : NULL;
-    const char *tok = cJSON_IsString(t) ? t->valuestring : NULL;
-    bool ok = access_admit_frame(tok, tok ? strlen(tok) : 0, &c->caller);
-    cJSON_Delete(t);
+    /* Decoded with its length: a \u0000 inside must not end the token early. */
+    char tok[4096];
+    long tlen = m->token.p ? json_string_decode(m->token, tok, sizeof tok) : -1;
+    bool ok = access_admit_frame(tlen >= 0 ? tok : NULL, tlen >= 0 ? (size_t)tlen : 0, &c->caller);
+    explicit_bzero(tok, sizeof tok);
     if (!ok) {
         /* The gateway's own refusal; the socket stays open and keeps what it had. */
         static const char failed[] = "{\"type\":\"auth-failed\",\"error\":\"auth failure\"}";
@@ -160,20 +180,12 @@ static const struct session_ops ws_session_ops = {session_send, session_control,
 
 /* ---- reading ----------------------------------------------------------------------- */
 
-static void id_of_prefix(struct span key, struct span value, void *arg)
-{
-    struct span *id = arg;
-    if (!id->p && span_is(key, "id"))
-        *id = value;
-}
-
 static void message_done(struct wsconn *c)
 {
     if (c->oversize) {
         /* Its id, if the part kept shows one, so that the client can tell which. */
-        struct span id = {NULL, 0};
-        json_members(buf_ptr(&c->in), c->in.len, id_of_prefix, &id);
-        char *cid = id.p && !span_is(id, "null") ? strndup(id.p, id.n) : NULL;
+        struct span id;
+        char *cid = client_msg_id(buf_ptr(&c->in), c->in.len, &id) ? strndup(id.p, id.n) : NULL;
         char msg[128];
         snprintf(msg, sizeof msg, "message larger than --max-body (%zu bytes)", W.cfg->max_body);
         session_error(&c->session, cid, "payload-too-large", msg);
@@ -187,24 +199,49 @@ static void message_done(struct wsconn *c)
         buf_free(&c->in);
 }
 
+/* A message must be complete within --client-timeout of its first fragment, plus as
+ * much again per MiB of it, as a REST body (guard.h); pings do not count. */
+static void message_overdue(struct guard *g)
+{
+    struct wsconn *c = guard_owner(g, struct wsconn, deadline);
+    char why[160];
+    snprintf(why, sizeof why, "%zu bytes of a message and not the rest within --client-timeout (%g s)",
+             c->deadline.received, W.cfg->client_timeout);
+    conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why, "message not complete within --client-timeout");
+}
+
 /* A message arrives in pieces (lws hands at most rx_buffer_size at a time); text and
  * binary alike, as the gateway takes both (ref Q30). */
 static void on_receive(struct wsconn *c, const char *in, size_t len)
 {
+    if (!c->receiving) {
+        c->receiving = true;
+        guard_start(&c->deadline, GUARD_BODY, now_mono(), message_overdue);
+    }
+    guard_progress(&c->deadline, len);
     if (!c->oversize && c->in.len + len > W.cfg->max_body)
         c->oversize = true;
-    if (!c->oversize)
-        buf_append(&c->in, in, len);
-    else if (c->in.len < ID_PREFIX)
-        buf_append(&c->in, in, len < ID_PREFIX - c->in.len ? len : ID_PREFIX - c->in.len);
-    if (lws_is_final_fragment(c->wsi) && !lws_remaining_packet_payload(c->wsi))
+    size_t keep = !c->oversize ? len : c->in.len < ID_PREFIX ? (len < ID_PREFIX - c->in.len ? len : ID_PREFIX - c->in.len)
+                : 0;
+    if (keep && !guard_hold(&c->hold, c->in.len + keep)) {
+        char why[160];
+        snprintf(why, sizeof why, "its message would take the bytes being received past --max-assembling (%zu)",
+                 W.cfg->max_assembling);
+        conn_drop(c, WS_CLOSE_TRY_AGAIN_LATER, why, "too busy: --max-assembling reached, try again later");
+        return;
+    }
+    buf_append(&c->in, in, keep);
+    if (lws_is_final_fragment(c->wsi) && !lws_remaining_packet_payload(c->wsi)) {
+        message_end(c);
         message_done(c);
+    }
 }
 
 /* ---- connections ------------------------------------------------------------------- */
 
 static void conn_free(struct wsconn *c)
 {
+    message_end(c);
     session_close(&c->session);
     list_del(&c->node);
     W.nconns--;

@@ -137,6 +137,19 @@ static void connect_later(struct timer *t)
     connect_next(timer_owner(t, struct dial, later));
 }
 
+/* The vhost's proxy at addr, the proxy's own address.  Numeric, so lws's own lookup
+ * of the proxy (in the loop) returns at once. */
+static int set_proxy(struct lws_vhost *vh, const struct proxy_url *px, const char *addr)
+{
+    char spec[600];
+    bool v6 = strchr(addr, ':') != NULL;
+    snprintf(spec, sizeof spec, "%s%s%s%s%s:%d", px->userinfo, px->userinfo[0] ? "@" : "", v6 ? "[" : "", addr,
+             v6 ? "]" : "", px->port);
+    int rc = lws_set_proxy(vh, spec);
+    explicit_bzero(spec, sizeof spec);
+    return rc;
+}
+
 /* One address of the target: the gateway's own, or the proxy's (lws connects to the
  * vhost's proxy, which it then asks to CONNECT to the gateway by name). */
 static void connect_next(struct dial *d)
@@ -144,19 +157,10 @@ static void connect_next(struct dial *d)
     const char *addr = d->addrs->addr[d->addr_idx];
     const struct proxy_url *px = D.cfg->via_proxy;
     struct lws_vhost *vh = lws_get_vhost_by_name(D.ctx, "default");
-    if (px) {
-        /* Numeric, so lws's own lookup of the proxy (in the loop) returns at once. */
-        char spec[600];
-        bool v6 = strchr(addr, ':') != NULL;
-        snprintf(spec, sizeof spec, "%s%s%s%s%s:%d", px->userinfo, px->userinfo[0] ? "@" : "", v6 ? "[" : "",
-                 addr, v6 ? "]" : "", px->port);
-        int rc = lws_set_proxy(vh, spec);
-        explicit_bzero(spec, sizeof spec);
-        if (rc) {
-            dial_reason(d, "the proxy's credentials are too long for libwebsockets (95 bytes at most)");
-            finish(d);
-            return;
-        }
+    if (px && set_proxy(vh, px, addr)) {
+        dial_reason(d, "the proxy's credentials are too long for libwebsockets (95 bytes at most)");
+        finish(d);
+        return;
     }
     struct lws_client_connect_info i;
     memset(&i, 0, sizeof i);

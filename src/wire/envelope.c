@@ -95,14 +95,56 @@ static bool copy_field(char *dst, size_t cap, const cJSON *s)
     return n < 0 || (size_t)n >= cap;
 }
 
-static void policy_fields(const cJSON *root, const cJSON *request, struct client_msg_info *out)
+/* A request: its service and flow, and what the per-caller policy reads. */
+static void request_fields(const cJSON *root, const cJSON *service, const cJSON *flow, const cJSON *request,
+                           struct client_msg_info *out)
 {
+    out->kind = CMSG_REQUEST;
+    snprintf(out->service, sizeof out->service, "%s", service->valuestring);
+    out->has_flow = cJSON_IsString(flow) && flow->valuestring[0];
     const cJSON *op = cJSON_GetObjectItemCaseSensitive(request, "operation");
     out->has_operation = cJSON_IsString(op);
     out->too_long = copy_field(out->flow, sizeof out->flow, cJSON_GetObjectItemCaseSensitive(root, "flow")) |
                     copy_field(out->workspace, sizeof out->workspace,
                                cJSON_GetObjectItemCaseSensitive(root, "workspace")) |
                     copy_field(out->operation, sizeof out->operation, op);
+}
+
+struct id_scan {
+    const char *end;
+    struct span id;
+    bool seen;
+};
+
+static void id_member(struct span key, struct span value, void *arg)
+{
+    struct id_scan *t = arg;
+    if (t->seen || !span_is(key, "id"))
+        return;
+    t->seen = true;
+    /* Something must follow it: a number cut by the end of a prefix is not its value. */
+    if (value.p + value.n < t->end && !span_is(value, "null") && json_valid(value.p, value.n))
+        t->id = value;
+}
+
+bool client_msg_id(const char *text, size_t len, struct span *id)
+{
+    struct id_scan t = {text + len, {NULL, 0}, false};
+    json_members(text, len, id_member, &t);
+    *id = t.id;
+    return t.id.p != NULL;
+}
+
+/* Refused before it could be read.  Too deep to read whole (cJSON and the gateway's
+ * parser would refuse it too), its id may still come before the depth: the reply
+ * carries it. */
+static void unreadable(struct client_msg_info *out, const char *text, size_t len, const char *what, const char *why)
+{
+    bad(out, "%s %s", what, why);
+    if (json_too_deep(text, len) && client_msg_id(text, len, &out->id)) {
+        out->id_present = true;
+        out->id_span = out->id;
+    }
 }
 
 void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
@@ -118,7 +160,7 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
     cJSON *root = NULL;
     const char *why = json_body_check(text, len, &root);
     if (why) {
-        bad(out, "%s %s", what, why);
+        unreadable(out, text, len, what, why);
         return;
     }
     if (!cJSON_IsObject(root)) {
@@ -162,10 +204,7 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
     } else if (flow && !cJSON_IsNull(flow) && !cJSON_IsString(flow)) {
         bad(out, "\"flow\" must be a string");
     } else {
-        out->kind = CMSG_REQUEST;
-        snprintf(out->service, sizeof out->service, "%s", service->valuestring);
-        out->has_flow = cJSON_IsString(flow) && flow->valuestring[0];
-        policy_fields(root, request, out);
+        request_fields(root, service, flow, request, out);
     }
 out:
     cJSON_Delete(root);

@@ -33,6 +33,8 @@ static bool name_is(const char *p, size_t n, const char *name)
 
 static void header(struct http_head *h, const char *p, size_t n)
 {
+    if (memchr(p, '\0', n))
+        h->nul = true;
     const char *colon = memchr(p, ':', n);
     size_t nlen = colon ? (size_t)(colon - p) : 0;
     for (size_t i = 0; i < nlen; i++)

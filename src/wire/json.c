@@ -111,6 +111,101 @@ int json_top_value(const char *text, size_t len, const char *key, struct span *o
     return json_members(text, len, find_member, &t) >= 0 && t.found ? 0 : -1;
 }
 
+static size_t put_utf8(char *o, unsigned cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xc0 | cp >> 6);
+        o[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xe0 | cp >> 12);
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        o[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    o[0] = (char)(0xf0 | cp >> 18);
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    o[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* The four hex digits at p (n bytes left), or -1. */
+static long hex4(const char *p, size_t n)
+{
+    if (n < 4)
+        return -1;
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int h = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (h < 0)
+            return -1;
+        v = v * 16 + h;
+    }
+    return v;
+}
+
+/* One escape after the backslash at p[i]: the code point, and i moved past it. */
+static long unescape(const char *p, size_t *i, size_t end)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    char e = p[*i + 1];
+    const char *k = *i + 1 < end && e ? strchr(from, e) : NULL;
+    if (k) {
+        *i += 2;
+        return (unsigned char)to[k - from];
+    }
+    long cp = e == 'u' ? hex4(p + *i + 2, end - *i - 2) : -1;
+    if (cp < 0)
+        return -1;
+    *i += 6;
+    if (cp >= 0xd800 && cp <= 0xdbff && *i + 1 < end && p[*i] == '\\' && p[*i + 1] == 'u') {
+        long lo = hex4(p + *i + 2, end - *i - 2);
+        if (lo >= 0xdc00 && lo <= 0xdfff) {
+            *i += 6;
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        }
+    }
+    return cp;
+}
+
+long json_string_decode(struct span v, char *out, size_t cap)
+{
+    if (!v.p || v.n < 2 || v.p[0] != '"' || v.p[v.n - 1] != '"')
+        return -1;
+    size_t i = 1, end = v.n - 1, o = 0;
+    while (i < end) {
+        unsigned cp;
+        if (v.p[i] == '\\') {
+            long c = unescape(v.p, &i, end);
+            if (c < 0)
+                return -1;
+            cp = (unsigned)c;
+        } else if (v.p[i] == '"' || (unsigned char)v.p[i] < 0x20) {
+            return -1;
+        } else {
+            if (o >= cap)
+                return -1;
+            out[o++] = v.p[i++];
+            continue;
+        }
+        char u[4];
+        size_t n = put_utf8(u, cp);
+        if (o + n > cap)
+            return -1;
+        memcpy(out + o, u, n);
+        o += n;
+    }
+    return i == end ? (long)o : -1;
+}
+
 /* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates,
  * nothing above U+10FFFF), or 0. */
 static size_t utf8_seq_len(const unsigned char *p, size_t len)
@@ -249,6 +344,29 @@ static bool jv_scalar(struct jv *v)
     case 'I': return jv_lit(v, "Infinity");
     default: return jv_number(v);
     }
+}
+
+bool json_too_deep(const char *text, size_t len)
+{
+    size_t depth = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '{' || c == '[') {
+            if (++depth > JSON_MAX_DEPTH)
+                return true;
+        } else if ((c == '}' || c == ']') && depth) {
+            depth--;
+        }
+    }
+    return false;
 }
 
 bool json_valid(const char *text, size_t len)

@@ -24,9 +24,12 @@ bool lineframe_feed(struct lineframe *f, const char *data, size_t len, lineframe
         if (f->discarding) {
             f->discarding = !nl;
         } else if (f->in.len + n > f->max) {
-            buf_free(&f->in);
+            /* Its first max bytes go with the news: the caller may read an id there. */
+            if (f->in.len)
+                buf_append(&f->in, data, f->max - f->in.len);
             f->discarding = !nl;
-            go = cb(arg, LINEFRAME_TOO_LONG, NULL, 0);
+            go = cb(arg, LINEFRAME_TOO_LONG, f->in.len ? buf_ptr(&f->in) : data, f->max);
+            buf_free(&f->in);
         } else if (nl && !f->in.len) {
             go = cb(arg, LINEFRAME_LINE, data, n); /* the common case: no copy */
         } else {
@@ -46,6 +49,14 @@ bool lineframe_feed(struct lineframe *f, const char *data, size_t len, lineframe
         data = nl + 1;
     }
     return true;
+}
+
+void lineframe_skip(struct lineframe *f)
+{
+    if (!f->partial)
+        return;
+    buf_free(&f->in);
+    f->discarding = true;
 }
 
 void lineframe_eof(struct lineframe *f, lineframe_cb cb, void *arg)

@@ -10,7 +10,10 @@
  *    NaN/Infinity token or a lone surrogate escape (both Python's, not cJSON's);
  *  - json_valid on an object cJSON reads → json_members reports cJSON's members, in
  *    order: the key as written, a value span that parses to the same value, and the
- *    end of the object. */
+ *    end of the object;
+ *  - json_string_decode never writes past its buffer, and when the text is one
+ *    string cJSON reads whole with no \u0000 and no lone surrogate, it decodes to
+ *    cJSON's bytes (surrogate escapes aside). */
 #include "fuzz_common.h"
 #include "json.h"
 
@@ -41,6 +44,23 @@ static void member(struct span key, struct span value, void *arg)
     cJSON_Delete(v);
 }
 
+static void check_string_decode(const char *text, size_t size)
+{
+    char out[256 + 8];
+    memset(out + 256, 0x5a, 8);
+    long n = json_string_decode((struct span){text, size}, out, 256);
+    for (int i = 0; i < 8; i++)
+        FUZZ_CHECK((unsigned char)out[256 + i] == 0x5a);
+    if (n < 0)
+        return;
+    FUZZ_CHECK(n <= 256);
+    cJSON *s = fz_cjson_whole(text, size);
+    if (cJSON_IsString(s) && !memchr(out, '\0', (size_t)n) && !memmem(text, size, "\\ud", 3) &&
+        !memmem(text, size, "\\uD", 3))
+        FUZZ_CHECK(strlen(s->valuestring) == (size_t)n && !memcmp(s->valuestring, out, (size_t)n));
+    cJSON_Delete(s);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *text = fz_copy(data, size, false);
@@ -66,6 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         cJSON_Delete(root);
     }
+    check_string_decode(text, size);
     free(text);
     return 0;
 }

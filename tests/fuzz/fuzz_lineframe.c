@@ -6,8 +6,8 @@
  * the rest is the stream.  So the split points are fuzzed with the bytes.
  *
  * Reference (lineframe.h): each line ended by '\n' whose length is at most max is one
- * LINEFRAME_LINE with exactly its bytes; a longer one is one LINEFRAME_TOO_LONG,
- * reported when its accumulated length first exceeds max, and the rest of it up to its
+ * LINEFRAME_LINE with exactly its bytes; a longer one is one LINEFRAME_TOO_LONG with
+ * its first max bytes, reported when its accumulated length first exceeds max, and the rest of it up to its
  * newline is skipped; at the end of the stream, lineframe_eof delivers a last line
  * without a newline if it is non-empty and within max.  The events do not depend on
  * how the stream is cut.  After each piece: lineframe_feed is true unless the
@@ -18,7 +18,7 @@
 
 struct event {
     enum lineframe_event ev;
-    const char *p; /* LINEFRAME_LINE: into the stream */
+    const char *p; /* into the stream */
     size_t n;
 };
 
@@ -35,11 +35,7 @@ static bool on_event(void *arg, enum lineframe_event ev, const char *line, size_
     FUZZ_CHECK(r->got < r->nwant);
     const struct event *w = &r->want[r->got++];
     FUZZ_CHECK(ev == w->ev);
-    if (ev == LINEFRAME_LINE) {
-        FUZZ_CHECK(len == w->n && (len == 0 || (line && !memcmp(line, w->p, len))));
-    } else {
-        FUZZ_CHECK(line == NULL && len == 0);
-    }
+    FUZZ_CHECK(len == w->n && (len == 0 || (line && !memcmp(line, w->p, len))));
     if (r->stop_after && r->got == r->stop_after) {
         r->stopped = true;
         return false;
@@ -56,7 +52,7 @@ static size_t reference(const char *s, size_t n, size_t max, struct event *out)
             continue;
         size_t len = i - start;
         if (len > max)
-            out[k++] = (struct event){LINEFRAME_TOO_LONG, NULL, 0};
+            out[k++] = (struct event){LINEFRAME_TOO_LONG, s + start, max};
         else if (i < n || len > 0) /* the last line, without its newline: eof's */
             out[k++] = (struct event){LINEFRAME_LINE, s + start, len};
         start = i + 1;

@@ -100,3 +100,7 @@ def test_fuzz_corpus_bulkpath():
 
 def test_fuzz_corpus_passpath():
     _replay("passpath")
+
+
+def test_fuzz_corpus_restname():
+    _replay("restname")

@@ -4,6 +4,7 @@
 #include "unit_main.h"
 #include "access.h"
 #include "config.h"
+#include "httphead.h"
 #include "unit_config.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -178,6 +179,7 @@ static void test_admission_own_credential_and_peer(void **state)
     assert_true(!v.admitted);
     assert_int_equal(v.refusal.status, 401);
     ask.alt_token = "s3cret";
+    ask.alt_token_len = 6;
     decide(&cfg, "s3cret", &ask, &v);
     assert_true(v.admitted);
     assert_true(!v.caller.bearer_is_local);
@@ -197,7 +199,58 @@ static void test_admission_own_credential_and_peer(void **state)
     config_free(&cfg);
 }
 
+/* A token is compared at the length shown: a NUL inside is never the token's end
+ * (issue 16 item 7), in a Bearer, a ?token= (%00), an X-Tgbridge-Token, or alone. */
+static void test_token_with_a_nul_is_refused(void **state)
+{
+    (void)state;
+    struct config cfg;
+    config_defaults(&cfg);
+    struct admission v;
+    static const char bearer_nul[] = "Bearer s3cret\0", bearer_nul_more[] = "Bearer s3cret\0xx";
+    struct admission_ask ask = {.rule = ADMIT_BEARER, .host = "localhost", .authorization = bearer_nul,
+                                .authorization_len = sizeof bearer_nul - 1};
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    ask.authorization = bearer_nul_more;
+    ask.authorization_len = sizeof bearer_nul_more - 1;
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    ask = (struct admission_ask){.rule = ADMIT_UPGRADE, .query_token = "s3cret%00", .query_token_len = 9};
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    ask = (struct admission_ask){.rule = ADMIT_OWN_CREDENTIAL, .alt_token = "s3cret\0", .alt_token_len = 7};
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(!v.admitted);
+    ask.alt_token_len = 6;
+    decide(&cfg, "s3cret", &ask, &v);
+    assert_true(v.admitted);
+    assert_true(access_token_matches("s3cret", "s3cret", 6));
+    assert_true(!access_token_matches("s3cret", "s3cret\0", 7));
+    assert_true(!access_token_matches("s3cret", "s3c\0ret", 7));
+    assert_true(!access_token_matches("s3cret", "s3cre", 5));
+    config_free(&cfg);
+}
+
+/* A head with a NUL in a header is refused whatever its route. */
+static void test_head_with_a_nul_is_refused(void **state)
+{
+    (void)state;
+    static const char ok[] = "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n";
+    static const char nul[] = "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\0\r\n\r\n";
+    struct http_head h;
+    struct refusal no;
+    assert_int_equal(http_head_parse(ok, sizeof ok - 1, &h), HEAD_REQUEST);
+    assert_true(!access_head_refused(&h, &no));
+    assert_int_equal(http_head_parse(nul, sizeof nul - 1, &h), HEAD_REQUEST);
+    assert_true(access_head_refused(&h, &no));
+    assert_int_equal(no.status, 400);
+    assert_str_eq(no.type, "bad-request");
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_token_with_a_nul_is_refused),
+    cmocka_unit_test(test_head_with_a_nul_is_refused),
     cmocka_unit_test(test_admission_browser_rules),
     cmocka_unit_test(test_admission_local_token),
     cmocka_unit_test(test_admission_own_credential_and_peer),

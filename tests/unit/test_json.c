@@ -80,7 +80,34 @@ static void test_json_valid_is_pythons_json(void **state)
     free(deep);
 }
 
+/* json_string_decode: the decoded bytes and their length, NUL escapes included. */
+static void test_string_decode(void **state)
+{
+    (void)state;
+    char out[16];
+    struct { const char *in; long want; const char *bytes; } cases[] = {
+        {"\"abc\"", 3, "abc"},
+        {"\"a\\u0000\"", 2, "a\0"},
+        {"\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"", 8, "\"\\/\b\f\n\r\t"},
+        {"\"\\u00e9\\ud83d\\ude00\"", 6, "\xc3\xa9\xf0\x9f\x98\x80"},
+        {"\"\\ud83d\"", 3, "\xed\xa0\xbd"},
+        {"\"abc", -1, NULL}, {"abc", -1, NULL}, {"\"a\\\"", -1, NULL}, {"\"\\x\"", -1, NULL},
+        {"\"\\u12\"", -1, NULL}, {"\"a\nb\"", -1, NULL}, {"\"a\"b\"", -1, NULL},
+        {"\"0123456789abcdefg\"", -1, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct span v = {cases[i].in, strlen(cases[i].in)};
+        long n = json_string_decode(v, out, sizeof out);
+        if (n != cases[i].want)
+            print_message("  %s: %ld\n", cases[i].in, n);
+        assert_int_equal(n, cases[i].want);
+        if (n > 0)
+            assert_memory_equal(out, cases[i].bytes, (size_t)n);
+    }
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_string_decode),
     cmocka_unit_test(test_top_value_spans),
     cmocka_unit_test(test_body_check_matches_the_gateways_parser),
     cmocka_unit_test(test_json_valid_is_pythons_json),

@@ -13,8 +13,7 @@ static bool collect_line(void *arg, enum lineframe_event ev, const char *line, s
 {
     struct frames_seen *s = arg;
     s->n += (size_t)snprintf(s->got + s->n, sizeof s->got - s->n, "%s", ev == LINEFRAME_TOO_LONG ? "<long>" : "");
-    if (ev == LINEFRAME_LINE)
-        s->n += (size_t)snprintf(s->got + s->n, sizeof s->got - s->n, "[%.*s]", (int)len, line);
+    s->n += (size_t)snprintf(s->got + s->n, sizeof s->got - s->n, "[%.*s]", (int)len, line);
     return true;
 }
 
@@ -32,7 +31,7 @@ static void test_lineframe_pieces_and_limits(void **state)
         }
         assert_int_equal(f.partial, 4);
         lineframe_eof(&f, collect_line, &s);
-        assert_str_eq(s.got, "[ab][cd]<long>[last][part]");
+        assert_str_eq(s.got, "[ab][cd]<long>[0123456789][last][part]");
         lineframe_free(&f);
     }
 }

@@ -223,9 +223,27 @@ static enum MHD_Result respond(struct call *call)
     return MHD_YES;
 }
 
+/* The object body with "workspace":ws as its first member. */
+static void with_workspace(struct buf *out, const char *body, size_t len, const char *ws)
+{
+    size_t open = json_skip_ws(body, 0, len) + 1; /* past '{': the body is an object */
+    bool empty = json_skip_ws(body, open, len) < len && body[json_skip_ws(body, open, len)] == '}';
+    buf_append(out, body, open);
+    buf_puts(out, "\"workspace\":");
+    buf_json_string(out, ws, strlen(ws));
+    if (!empty)
+        buf_puts(out, ",");
+    buf_append(out, body + open, len - open);
+}
+
 static enum MHD_Result start_call(struct call *call)
 {
     struct MHD_Connection *c = call->conn;
+    guard_release(&call->hold); /* the body is in: no longer being received */
+    if (call->too_busy) {
+        rest_note_error(call, true, "too-busy");
+        return rest_queue_too_busy(c);
+    }
     if (call->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "request body is larger than --max-body (%zu bytes)", REST.cfg->max_body);
@@ -261,8 +279,17 @@ static enum MHD_Result start_call(struct call *call)
     }
 
     call->phase = PH_WAITING;
+    /* /api/v1/{kind} (iam aside): the HEAD gateway writes the resolved workspace into
+     * the body it forwards (registry_endpoint.py); the backend sees the same here. */
+    struct buf filled;
+    buf_init(&filled, 0);
+    if (call->route == R_KIND && strcmp(call->kind, "iam") && workspace[0] && !rest_last_member(root, "workspace")) {
+        with_workspace(&filled, body, call->body.len, workspace);
+        body = buf_ptr(&filled);
+    }
     call->req = mux_new(call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL, workspace, body,
-                        call->body.len, &call_ops, call);
+                        filled.len ? filled.len : call->body.len, &call_ops, call);
+    buf_free(&filled);
     call->req->caller = call->watch ? &call->watch->caller : NULL;
     snprintf(call->upstream_id, sizeof call->upstream_id, "%s", call->req->id);
     cJSON_Delete(root);
@@ -299,7 +326,7 @@ static enum route route_of_request(struct conn_watch *cw, const char *url, const
         probe->reject = (struct reject){414, "uri-too-long", "the request target is too long", NULL};
         return R_REFUSED;
     default:
-        return rest_route_of(url, probe);
+        return rest_route_of(url, raw, probe);
     }
 }
 
@@ -352,6 +379,10 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
     memcpy(call->flow, probe->flow, sizeof call->flow);
     call->who = probe->who;
     call->reject = *rj;
+    if (rj->message == probe->why) { /* probe is the caller's: keep the message with the call */
+        memcpy(call->why, probe->why, sizeof call->why);
+        call->reject.message = call->why;
+    }
     *con_cls = call;
     return MHD_YES;
 }
@@ -380,11 +411,15 @@ static bool route_refused(struct MHD_Connection *c, const struct conn_watch *cw,
 static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, const char *method, void **con_cls)
 {
     struct conn_watch *cw = rest_conn_watch_of(c);
+    struct refusal first = {0, NULL, ""};
+    if (cw) { /* for the first request alone */
+        first = cw->first_refusal;
+        cw->first_refusal.status = 0;
+    }
     struct call probe;
     memset(&probe, 0, sizeof probe);
     char path[PASSPATH_MAX];
     enum route route = route_of_request(cw, url, method, &probe, path, sizeof path);
-    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     struct framing fr;
     const struct reject *bad = rest_framing_reject(c, &fr);
     if (bad) { /* where the body ends is unknowable: answer, and MHD closes */
@@ -397,11 +432,11 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
         rest_request_in(cw);
         return rest_queue_refusal(c, &v.refusal);
     }
-    if ((route == R_SOCKET || route == R_UNSUPPORTED) && get && cw && cw->first_refusal.status) {
-        /* A WebSocket upgrade the listener turned down (listener.c, ws.c) */
+    if (first.status) {
+        /* The door's answer to this connection's first request (listener.c): a WebSocket
+         * upgrade turned down (ws.c), a head refused (access_head_refused) */
         rest_request_in(cw);
-        return rest_queue_error(c, cw->first_refusal.status, cw->first_refusal.type, cw->first_refusal.message,
-                                NULL);
+        return rest_queue_error(c, first.status, first.type, first.message, NULL);
     }
     struct reject rj;
     enum route_plan plan = rest_route_plan(&route, method, &probe, &rj);
@@ -433,11 +468,16 @@ static void body_part(struct call *call, const char *data, size_t size)
     call->bytes_in += size;
     if (call->watch)
         guard_progress(&call->watch->deadline, size);
-    if (call->too_large || call->reject.status)
+    if (call->too_large || call->too_busy || call->reject.status)
         return;
     if (call->body.len + size > REST.cfg->max_body) {
         call->too_large = true; /* keep reading, answer 413 at the end */
         buf_free(&call->body);
+        guard_release(&call->hold);
+    } else if (!guard_hold(&call->hold, call->body.len + size)) {
+        call->too_busy = true; /* the same, 503 */
+        buf_free(&call->body);
+        guard_release(&call->hold);
     } else {
         buf_append(&call->body, data, size);
     }
@@ -528,6 +568,7 @@ void rest_on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum
         REST.peak_calls = 0;
         malloc_trim(0);
     }
+    guard_release(&call->hold);
     buf_free(&call->body);
     buf_free(&call->reply);
     buf_free(&call->out);

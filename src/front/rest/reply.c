@@ -146,6 +146,26 @@ const char *rest_error_type_of(const struct frame *f)
     return f->err_type[0] ? f->err_type : "error";
 }
 
+enum MHD_Result rest_queue_too_busy(struct MHD_Connection *c)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    char msg[160];
+    snprintf(msg, sizeof msg, "the requests being received already hold --max-assembling (%zu bytes); try again",
+             REST.cfg->max_assembling);
+    rest_error_body(&b, "too-busy", msg);
+    enum MHD_Result ret = MHD_NO;
+    struct MHD_Response *r = MHD_create_response_from_buffer(b.len, buf_ptr(&b), MHD_RESPMEM_MUST_COPY);
+    if (r) {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+        ret = MHD_queue_response(c, 503, r);
+        MHD_destroy_response(r);
+    }
+    buf_free(&b);
+    return ret;
+}
+
 /* Streaming, error as the first frame: a real status (documented in docs/protocols.md). */
 void rest_map_stream_error(struct call *call, const struct frame *f)
 {

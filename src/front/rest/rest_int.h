@@ -47,8 +47,11 @@ struct call {
     enum route route;
     char kind[256];
     char flow[256];
+    char why[160];             /* a 404's message naming what is wrong with a name */
     struct buf body;
+    struct hold hold;          /* body's bytes, against --max-assembling */
     bool too_large;
+    bool too_busy;             /* --max-assembling reached: read and discard the body, then 503 */
     enum phase phase;
     enum fmt fmt;
     struct request *req;
@@ -155,6 +158,8 @@ void rest_error_body(struct buf *b, const char *type, const char *message);
 enum MHD_Result rest_queue_json(struct MHD_Connection *c, unsigned status, const char *body, size_t len,
                                 const char *allow);
 enum MHD_Result rest_queue_503(struct MHD_Connection *c, const char *body, size_t len);
+/* 503 too-busy: --max-assembling reached; memory frees as other uploads complete. */
+enum MHD_Result rest_queue_too_busy(struct MHD_Connection *c);
 enum MHD_Result rest_queue_error(struct MHD_Connection *c, unsigned status, const char *type, const char *message,
                                  const char *allow);
 /* The answer to a request admission refused. */
@@ -169,7 +174,8 @@ const char *rest_error_type_of(const struct frame *f);
 
 /* route.c */
 /* Which route a (decoded) URL is; fills out's kind, flow, pass_route. */
-enum route rest_route_of(const char *url, struct call *out);
+/* raw: the request target as sent (its query is not read), or NULL. */
+enum route rest_route_of(const char *url, const char *raw, struct call *out);
 /* What admission a route asks for (health routes: none). */
 enum admit_rule rest_route_rule(enum route route, int pass_route);
 /* How the request on this route is served. */

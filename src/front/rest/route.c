@@ -1,33 +1,68 @@
 #include "rest_int.h"
 #include "passthrough.h"
+#include "restname.h"
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 
-static bool valid_name(const char *s, size_t n, bool allow_slash)
+/* A name of the path, decoded as the gateway routes it (restname.h) into dst; false
+ * with out->why naming what is wrong. */
+static bool take_name(struct call *out, const char *what, char *dst, size_t cap, const char *raw, size_t n,
+                      bool slashes)
 {
-    if (!n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-              ch == '_' || ch == '.' || (allow_slash && ch == '/')))
-            return false;
+    char why[96];
+    if (rest_name_decode(raw, n, slashes, dst, cap, why, sizeof why) >= 0)
+        return true;
+    snprintf(out->why, sizeof out->why, "no such route: the %s holds %s", what, why);
+    return false;
+}
+
+/* /api/v1/flow/{flow}/service/{kind}, raw: the path as sent (no query). */
+static enum route flow_route(const char *raw, struct call *out)
+{
+    const char *f = raw + sizeof "/api/v1/flow/" - 1;
+    const char *slash = strchr(f, '/');
+    if (!slash)
+        return R_NOT_FOUND;
+    const char *rest = slash + 1;
+    if (!strncmp(rest, "service/", 8)) {
+        const char *k = rest + 8;
+        /* thru/<name> is the only kind with slashes (v2.8.7+): .+ at the gateway. */
+        bool thru = !strncmp(k, "thru/", 5);
+        if (!strchr(k, '/') || thru) {
+            if (!take_name(out, "flow id", out->flow, sizeof out->flow, f, (size_t)(slash - f), false) ||
+                !take_name(out, "service name", out->kind, sizeof out->kind, k, strlen(k), thru))
+                return R_NOT_FOUND;
+            return thru && strlen(out->kind) <= 5 ? R_NOT_FOUND : R_FLOW_SERVICE;
+        }
+        return R_NOT_FOUND;
     }
-    return !allow_slash || (s[n - 1] != '/' && !strstr(s, "//"));
+    if (!strncmp(rest, "import/", 7) || !strncmp(rest, "export/", 7))
+        return R_UNSUPPORTED;
+    return R_NOT_FOUND;
 }
 
-static bool copy_name(char *dst, size_t cap, const char *s, size_t n)
+/* The routes with names in them, from the path as sent (no query). */
+static enum route names_route(const char *raw, struct call *out)
 {
-    if (n >= cap)
-        return false;
-    memcpy(dst, s, n);
-    dst[n] = '\0';
-    return true;
+    static const char flowp[] = "/api/v1/flow/";
+    /* "/api/v1/flow" alone is the flow-management kind, handled below. */
+    if (!strncmp(raw, flowp, sizeof flowp - 1))
+        return flow_route(raw, out);
+    static const char kindp[] = "/api/v1/";
+    if (!strncmp(raw, kindp, sizeof kindp - 1)) {
+        const char *k = raw + sizeof kindp - 1;
+        if (!strcmp(k, "socket"))
+            return R_SOCKET;
+        if (!strchr(k, '/') && take_name(out, "service name", out->kind, sizeof out->kind, k, strlen(k), false))
+            return R_KIND;
+    }
+    return R_NOT_FOUND;
 }
 
-enum route rest_route_of(const char *url, struct call *out)
+enum route rest_route_of(const char *url, const char *raw_target, struct call *out)
 {
     if (!strcmp(url, "/healthz"))
         return R_HEALTHZ;
@@ -37,38 +72,15 @@ enum route rest_route_of(const char *url, struct call *out)
         return R_STATUS;
     if (!strcmp(url, "/metrics"))
         return R_METRICS;
-    static const char flowp[] = "/api/v1/flow/";
-    if (!strncmp(url, flowp, sizeof flowp - 1)) {
-        const char *f = url + sizeof flowp - 1;
-        const char *slash = strchr(f, '/');
-        if (slash) {
-            const char *rest = slash + 1;
-            if (!strncmp(rest, "service/", 8)) {
-                const char *k = rest + 8;
-                size_t kn = strlen(k);
-                /* thru/<name> is the only kind with a slash (v2.8.7+). */
-                bool thru = !strncmp(k, "thru/", 5);
-                if (valid_name(f, (size_t)(slash - f), false) && valid_name(k, kn, thru) &&
-                    copy_name(out->flow, sizeof out->flow, f, (size_t)(slash - f)) &&
-                    copy_name(out->kind, sizeof out->kind, k, kn))
-                    return R_FLOW_SERVICE;
-                return R_NOT_FOUND;
-            }
-            if (!strncmp(rest, "import/", 7) || !strncmp(rest, "export/", 7))
-                return R_UNSUPPORTED;
-        }
-        /* "/api/v1/flow" alone is the flow-management kind, handled below. */
-    }
-    static const char kindp[] = "/api/v1/";
-    if (!strncmp(url, kindp, sizeof kindp - 1)) {
-        const char *k = url + sizeof kindp - 1;
-        size_t kn = strlen(k);
-        if (!strcmp(k, "socket"))
-            return R_SOCKET;
-        if (valid_name(k, kn, false) && copy_name(out->kind, sizeof out->kind, k, kn))
-            return R_KIND;
-    }
-    return R_NOT_FOUND;
+    /* Names are read from the path as sent: libmicrohttpd's url has %2F and %00
+     * decoded already, where they cannot be told from '/' and the end. */
+    const char *t = raw_target ? raw_target : url;
+    char *raw = strndup(t, strcspn(t, "?"));
+    if (!raw)
+        abort();
+    enum route r = names_route(raw, out);
+    free(raw);
+    return r;
 }
 
 enum route rest_admin_route_of(const char *url)
@@ -162,15 +174,23 @@ enum admit_rule rest_route_rule(enum route route, int pass_route)
 
 void rest_admit(struct MHD_Connection *c, const struct conn_watch *cw, enum admit_rule rule, struct admission *v)
 {
-    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    /* With their lengths: a NUL inside a header must not end a token early. */
+    const char *auth = NULL, *alt = NULL;
+    size_t auth_len = 0, alt_len = 0;
+    if (MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+                                      strlen(MHD_HTTP_HEADER_AUTHORIZATION), &auth, &auth_len) != MHD_YES)
+        auth = NULL;
+    if (MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, "X-Tgbridge-Token", 16, &alt, &alt_len) != MHD_YES)
+        alt = NULL;
     struct admission_ask ask = {
         .rule = rule,
         .peer = cw ? &cw->peer : NULL,
         .origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin"),
         .host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST),
         .authorization = auth,
-        .authorization_len = auth ? strlen(auth) : 0,
-        .alt_token = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Tgbridge-Token"),
+        .authorization_len = auth_len,
+        .alt_token = alt,
+        .alt_token_len = alt_len,
     };
     if (!cw) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -185,7 +205,7 @@ enum route_plan rest_route_plan(enum route *route, const char *method, struct ca
     memset(rj, 0, sizeof *rj);
     switch (*route) {
     case R_NOT_FOUND:
-        *rj = (struct reject){404, "not-found", "no such route", NULL};
+        *rj = (struct reject){404, "not-found", probe->why[0] ? probe->why : "no such route", NULL};
         return PLAN_CALL;
     case R_UNSUPPORTED:
         *rj = (struct reject){400, "bad-request",

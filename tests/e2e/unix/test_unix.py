@@ -684,9 +684,9 @@ def test_unix_oversize_line_discarded_connection_kept():
         eq(len(got[idkey("fits")][0]["response"]["response"]),
            1024 - len(envelope("fits", prompt="")) + 1, "exact-size line")
 
-        # 1025 bytes: too long
+        # 1025 bytes: too long, refused with the id its first bytes show (issue 16 item 10)
         c.send_raw(line_of(1025, "big1") + b"\n")
-        check_error_line(c.line(), None, "line-too-long", "1025-byte line")
+        check_error_line(c.line(), "big1", "line-too-long", "1025-byte line")
         c.ping()
 
         # a 300 kB line whose tail, if it were taken for a line, would be
@@ -696,12 +696,12 @@ def test_unix_oversize_line_discarded_connection_kept():
                b'"request":{"system":"","prompt":"' +
                (b'x{"type":"ping"}' * 20000) + tail)
         c.send_raw(big)
-        check_error_line(c.line(), None, "line-too-long", "300 kB line")
+        check_error_line(c.line(), "big2", "line-too-long", "300 kB line")
         c.ping()
         # the same, arriving in small pieces
         for i in range(0, len(big), 4000):
             c.send_raw(big[i:i + 4000])
-        check_error_line(c.line(), None, "line-too-long", "line in pieces")
+        check_error_line(c.line(), "big2", "line-too-long", "line in pieces")
         c.ping()
 
         c.send(envelope("after", prompt="after"))
