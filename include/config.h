@@ -51,6 +51,7 @@ struct config {
     double drain_timeout;
     double connect_timeout;     /* a whole gateway connection attempt */
     double client_timeout;      /* a local caller's request head (and body pace) */
+    double close_timeout;       /* a WebSocket closing handshake, after our close frame */
     int max_inflight;
     int max_queue;
     int max_connections;       /* gateway connections: the persistent one + overflow */

@@ -16,10 +16,11 @@ enum head_verdict {
 
 struct http_head {
     struct span method, target, path, query; /* path and query split the target at '?' */
+    int minor;                                 /* HTTP/1.<minor> */
     size_t length;                             /* bytes of the head, blank line included */
     /* Headers by name, case-insensitively; a repeated one keeps its first value and
      * counts (n_*). */
-    struct span upgrade, connection, origin, host, authorization;
+    struct span upgrade, connection, origin, host, authorization, ws_version; /* Sec-WebSocket-Version */
     int n_host, n_origin;
     bool malformed;                            /* a header line that is not one: HTTP's to refuse */
     bool nul;                                  /* a NUL byte in a header line (access_head_refused) */

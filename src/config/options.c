@@ -77,6 +77,10 @@ const struct opt config_options[] = {
      T_SECONDS_POS, F(client_timeout), .def = "30", .reload = RELOAD_APPLY,
      .help = "a local connection must send a complete request head within this, and\n"
              "its body at least 1 MiB per this much more (default 30)"},
+    {O_CLOSE_TIMEOUT, "close-timeout", "SECONDS", "TGBRIDGE_CLOSE_TIMEOUT",
+     T_SECONDS_POS, F(close_timeout), .def = "5", .reload = RELOAD_APPLY,
+     .help = "after sending a WebSocket close (local, bulk or gateway side), wait this\n"
+             "long for the peer's close before dropping the connection (default 5)"},
     {O_MAX_PENDING, "max-pending", "N", "TGBRIDGE_MAX_PENDING",
      T_COUNT, F(max_pending), .def = "1024",
      .help = "unfinished requests one local connection may have: a line client is not\n"

@@ -307,9 +307,30 @@ static bool span_cstr(struct span s, char *out, size_t cap)
     return true;
 }
 
+/* What RFC 6455 §4.1-4.2 asks of an opening handshake before anything else: HTTP/1.1
+ * or later, and the one version there is (§4.4: 426 names it). */
+static bool upgrade_refused(const struct http_head *h, struct admission *out)
+{
+    if (h->minor < 1) {
+        refuse(out, 400, "bad-request");
+        snprintf(out->refusal.message, sizeof out->refusal.message,
+                 "a WebSocket upgrade needs HTTP/1.1 (RFC 6455 section 4.1)");
+        return true;
+    }
+    if (!(h->ws_version.n == 2 && !memcmp(h->ws_version.p, "13", 2))) {
+        refuse(out, 426, "upgrade-required");
+        snprintf(out->refusal.message, sizeof out->refusal.message,
+                 "Sec-WebSocket-Version 13 is the only version served (RFC 6455 section 4.4)");
+        return true;
+    }
+    return false;
+}
+
 void access_admit_head(const struct http_head *h, const struct peer *peer, enum admit_rule rule,
                        struct admission *out)
 {
+    if ((rule == ADMIT_UPGRADE || rule == ADMIT_UPGRADE_LOCKED) && upgrade_refused(h, out))
+        return;
     char origin[512], host[512];
     struct span qt;
     struct admission_ask ask = {

@@ -45,6 +45,7 @@ struct wsconn {
     struct hold hold;        /* its bytes, against --max-assembling */
     int close_code;          /* nonzero: close with it once everything is written */
     char close_reason[100];
+    bool close_sent;         /* our close frame is out: waiting for the client's */
     struct list node;
 };
 
@@ -84,11 +85,12 @@ static void conn_drop(struct wsconn *c, int code, const char *why, const char *r
     c->in.len = 0;
     buf_free(&c->in);
     session_close(&c->session);
-    buf_free(&c->out); /* nothing more is owed to it */
-    /* The close frame goes out when the socket has room (on_writeable); a client that
-     * never reads is cut off anyway, a moment later. */
+    /* What it was sent before goes out whole (c->out holds whole frames; lws keeps the
+     * tail of a slice the kernel did not take), then the close frame (on_writeable);
+     * a client that never reads is cut off all the same after --close-timeout. */
     lws_callback_on_writable(c->wsi);
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 2);
+    double t = W.cfg->close_timeout;
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, t < 1 ? 1 : t > 3600 ? 3600 : (int)(t + 0.999));
 }
 
 /* One message to the client.  What waits for a client that does not read is bounded
@@ -126,10 +128,15 @@ static int on_writeable(struct wsconn *c)
         lws_callback_on_writable(c->wsi);
         return 0;
     }
-    if (c->close_code) { /* everything owed is written: say goodbye */
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code, (unsigned char *)c->close_reason,
-                         strlen(c->close_reason));
-        return -1;
+    if (c->close_code && !c->close_sent) { /* everything owed is written: say goodbye */
+        if (lws_partial_buffered(c->wsi)) { /* the last slice is not all out yet */
+            lws_callback_on_writable(c->wsi);
+            return 0;
+        }
+        if (wsserver_send_close(c->wsi, c->close_code, c->close_reason, strlen(c->close_reason),
+                                W.cfg->close_timeout))
+            return -1;
+        c->close_sent = true;
     }
     return 0;
 }
@@ -266,6 +273,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writeable(c);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        return c->close_sent ? -1 : 0; /* the answer to ours ends it; lws answers the client's own */
     case LWS_CALLBACK_HTTP:
         return -1; /* not an upgrade: the listener never sends those here */
     case LWS_CALLBACK_CLOSED:

@@ -5,6 +5,7 @@
 #include "callrec.h"
 #include "dial.h"
 #include "frontend.h"
+#include "guard.h"
 #include "list.h"
 #include "log.h"
 #include "loop.h"
@@ -42,8 +43,9 @@ struct side {
     struct list queue;   /* pieces to write to this side */
     size_t queued;
     bool in_message;     /* receiving from this side: a message is under way */
-    bool paused;         /* not read: the other side's queue is full */
+    bool paused;         /* not read: the other side cannot take more yet */
     bool closing;        /* close it once its queue is written */
+    bool close_sent;     /* our close frame is out: waiting for the peer's (--close-timeout) */
     int close_code;
     char close_reason[124];
 };
@@ -55,6 +57,7 @@ struct wspass {
     enum pass_route route;
     bool up_open, up_gone, local_gone;
     uint64_t bytes_in, bytes_out;
+    struct hold preopen; /* bytes of the caller's frames held before the gateway side opened */
     double started;
     const char *who;     /* the caller's name under --policy, or NULL */
     unsigned long long serial;
@@ -86,6 +89,8 @@ static void side_clear(struct side *s)
     s->queued = 0;
 }
 
+static void preopen_release(struct wspass *p);
+
 static void maybe_free(struct wspass *p)
 {
     if (!p->local_gone || !p->up_gone)
@@ -107,6 +112,7 @@ static void maybe_free(struct wspass *p)
         .started = p->started,
     };
     callrec_finish(&r);
+    preopen_release(p);
     side_clear(&p->local);
     side_clear(&p->up);
     list_del(&p->node);
@@ -116,7 +122,7 @@ static void maybe_free(struct wspass *p)
 /* Closes side s with code and reason once what is queued for it is written. */
 static void close_side(struct wspass *p, struct side *s, int code, const char *reason)
 {
-    if (s->closing || !s->wsi)
+    if (s->closing || (s == &p->local && !s->wsi))
         return;
     s->closing = true;
     s->close_code = code;
@@ -131,16 +137,60 @@ static void close_side(struct wspass *p, struct side *s, int code, const char *r
         memcpy(s->close_reason, reason, n);
     s->close_reason[n] = '\0';
     redact_str(s->close_reason, sizeof s->close_reason);
-    (void)p;
-    lws_callback_on_writable(s->wsi);
+    if (s->wsi)
+        lws_callback_on_writable(s->wsi); /* the gateway side: once open (up_opened) */
+}
+
+/* Whether side s is read: while its close answer is awaited, and while the other
+ * side can take what it sends -- the gateway side is open (until then a caller's
+ * frames, and its close, wait unread: nothing is answered before the gateway is
+ * there to hear it) and its queue is below SIDE_BUF (half of it to start again). */
+static void side_flow(struct wspass *p, struct side *s)
+{
+    if (!s->wsi)
+        return;
+    struct side *to = other(p, s);
+    bool ready = to == &p->local || p->up_open || p->up_gone;
+    bool want = s->close_sent || (ready && to->queued < (s->paused ? SIDE_BUF / 2 : SIDE_BUF));
+    if (want != s->paused)
+        return;
+    s->paused = !want;
+    lws_rx_flow_control(s->wsi, want);
+}
+
+/* Frames a caller sends before the gateway socket is open wait unread in its socket
+ * (side_flow), but lws hands over what it had already read with the upgrade: those
+ * bytes are held for it, within --max-client-buffer (guard.c's reply budget, the
+ * caller's one budget for bytes held on its behalf).  True: over it. */
+static bool preopen_over_budget(struct wspass *p, size_t more)
+{
+    if (guard_over_budget(WP.cfg->max_client_buffer, p->up.queued, more, false))
+        return true;
+    /* And the process-wide budget of requests still being received (--max-assembling). */
+    return !guard_hold(&p->preopen, p->preopen.bytes + more);
+}
+
+/* The gateway side opened (the held frames flow under SIDE_BUF now) or is gone. */
+static void preopen_release(struct wspass *p)
+{
+    guard_release(&p->preopen);
 }
 
 /* Bytes from side `from`, for the other one. */
 static void relay(struct wspass *p, struct side *from, struct lws *wsi, const void *in, size_t len)
 {
     struct side *to = other(p, from);
-    if (to->closing || (!to->wsi && to == &p->local))
+    if (to->closing || (to == &p->local ? !to->wsi : p->up_gone))
+        return; /* the other side is closing or gone: nothing more goes to it */
+    if (to == &p->up && !p->up_open && preopen_over_budget(p, len)) {
+        char why[120];
+        snprintf(why, sizeof why, "more than %zu bytes sent before the gateway socket opened",
+                 WP.cfg->max_client_buffer);
+        side_clear(&p->up); /* nothing of it goes upstream */
+        close_side(p, &p->local, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, why);
+        dial_abort(&p->dial, "%s", why);
         return;
+    }
     struct piece *pc = malloc(sizeof *pc + LWS_PRE + len);
     if (!pc)
         abort();
@@ -157,12 +207,20 @@ static void relay(struct wspass *p, struct side *from, struct lws *wsi, const vo
         p->bytes_in += len;
     else
         p->bytes_out += len;
-    if (to->queued >= SIDE_BUF && !from->paused) {
-        from->paused = true; /* it sends faster than the other side takes: wait */
-        lws_rx_flow_control(from->wsi, 0);
-    }
+    side_flow(p, from);
     if (to->wsi && (to != &p->up || p->up_open))
         lws_callback_on_writable(to->wsi);
+}
+
+/* Our close frame: the peer's answer is awaited -- it ends the connection
+ * (peer_closed) -- for --close-timeout at most (wsserver_send_close). */
+static int send_close(struct wspass *p, struct side *s)
+{
+    if (wsserver_send_close(s->wsi, s->close_code, s->close_reason, strlen(s->close_reason), WP.cfg->close_timeout))
+        return -1;
+    s->close_sent = true;
+    side_flow(p, s); /* its answer must be read */
+    return 0;
 }
 
 /* One piece per WRITEABLE, then the close once the queue is empty. */
@@ -176,26 +234,23 @@ static int write_side(struct wspass *p, struct side *s)
         list_del(&pc->node);
         s->queued -= pc->len;
         free(pc);
-        struct side *src = other(p, s);
-        if (src->paused && s->queued < SIDE_BUF / 2 && src->wsi) {
-            src->paused = false;
-            lws_rx_flow_control(src->wsi, 1);
-        }
+        side_flow(p, other(p, s));
         if (!list_empty(&s->queue) || s->closing)
             lws_callback_on_writable(s->wsi);
         return 0;
     }
-    if (s->closing) {
-        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)s->close_reason,
-                         strlen(s->close_reason));
-        return -1;
-    }
+    if (s->closing && !s->close_sent)
+        return send_close(p, s);
     return 0;
 }
 
-/* The peer's close frame: code (network order) and reason, relayed to the other side. */
-static void peer_closed(struct wspass *p, struct side *s, const unsigned char *in, size_t len)
+/* The peer's close frame: code (network order) and reason.  The answer to ours ends
+ * the connection (nonzero: lws drops it without a second close frame); one the peer
+ * started is relayed to the other side, and lws answers it. */
+static int peer_closed(struct wspass *p, struct side *s, const unsigned char *in, size_t len)
 {
+    if (s->close_sent)
+        return -1;
     int code = len >= 2 ? (in[0] << 8 | in[1]) : LWS_CLOSE_STATUS_NORMAL;
     char reason[124];
     size_t n = len > 2 ? len - 2 : 0;
@@ -207,6 +262,7 @@ static void peer_closed(struct wspass *p, struct side *s, const unsigned char *i
     if (code == 1005 || code == 1006 || code == 1015 || code < 1000)
         code = LWS_CLOSE_STATUS_NORMAL;
     close_side(p, other(p, s), code, reason);
+    return 0;
 }
 
 /* ---- the local side ----------------------------------------------------------------- */
@@ -219,6 +275,7 @@ static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
         return 0;
     switch (reason) {
     case LWS_CALLBACK_ESTABLISHED:
+        side_flow(p, &p->local); /* not read until the gateway side is open */
         return 0;
     case LWS_CALLBACK_RECEIVE:
         relay(p, &p->local, wsi, in, len);
@@ -226,8 +283,7 @@ static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return write_side(p, &p->local);
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        peer_closed(p, &p->local, in, len);
-        return 0;
+        return peer_closed(p, &p->local, in, len);
     case LWS_CALLBACK_HTTP:
         return -1;
     case LWS_CALLBACK_CLOSED:
@@ -238,13 +294,11 @@ static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
         p->local_gone = true;
         side_clear(&p->local);
         if (!p->up_gone) {
+            /* What it sent before its close still goes to the gateway, then the close. */
+            close_side(p, &p->up, LWS_CLOSE_STATUS_GOINGAWAY, "the local client went away");
             if (p->up_open) {
-                close_side(p, &p->up, LWS_CLOSE_STATUS_GOINGAWAY, "the local client went away");
-                if (p->up.paused) {
-                    p->up.paused = false;
-                    lws_rx_flow_control(p->up.wsi, 1);
-                }
-            } else {
+                side_flow(p, &p->up);
+            } else if (list_empty(&p->up.queue) && p->up.close_code == LWS_CLOSE_STATUS_GOINGAWAY) {
                 dial_abort(&p->dial, "the local client went away");
                 return 0; /* p may be gone */
             }
@@ -266,6 +320,9 @@ static void up_opened(struct dial *d)
     p->up.wsi = d->wsi;
     dial_settled(d);
     log_debug("pass-through socket %s #%llu open", p->what, p->serial);
+    preopen_release(p);
+    side_flow(p, &p->local);
+    side_flow(p, &p->up);
     if (!list_empty(&p->up.queue) || p->up.closing)
         lws_callback_on_writable(d->wsi);
 }
@@ -286,11 +343,9 @@ static void up_gone(struct dial *d)
         } else {
             close_side(p, &p->local, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "the gateway connection closed");
         }
-        if (p->local.paused && p->local.wsi) {
-            p->local.paused = false;
-            lws_rx_flow_control(p->local.wsi, 1);
-        }
+        side_flow(p, &p->local);
     }
+    preopen_release(p);
     maybe_free(p);
 }
 
@@ -311,8 +366,7 @@ static int up_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_CLIENT_WRITEABLE:
         return write_side(p, &p->up);
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        peer_closed(p, &p->up, in, len);
-        return 0;
+        return peer_closed(p, &p->up, in, len);
     default:
         return 0;
     }

@@ -147,47 +147,37 @@ static void unreadable(struct client_msg_info *out, const char *text, size_t len
     }
 }
 
-void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
+/* The keys we read as written (by json_top_value), refused when that would misread
+ * them; out->id set.  False when out has been marked bad. */
+static bool keys_as_written(const cJSON *root, const char *text, size_t len, struct client_msg_info *out)
 {
-    memset(out, 0, sizeof *out);
-    size_t i = 0;
-    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
-        i++;
-    if (i == len) {
-        out->kind = CMSG_BLANK;
-        return;
-    }
-    cJSON *root = NULL;
-    const char *why = json_body_check(text, len, &root);
-    if (why) {
-        unreadable(out, text, len, what, why);
-        return;
-    }
-    if (!cJSON_IsObject(root)) {
-        bad(out, "a %s must be a JSON object", what);
-        goto out;
-    }
     const char *dup = repeated_key(root);
     if (dup) {
         /* The gateway's parser keeps the last of repeated keys, we would read the
          * first: refuse rather than forward something we misread. */
         bad(out, "the key \"%s\" appears more than once", dup);
-        goto out;
+        return false;
     }
     out->id_present = json_top_value(text, len, "id", &out->id_span) == 0;
     if (!out->id_present && cJSON_GetObjectItemCaseSensitive(root, "id")) {
         bad(out, "write the \"id\" key without escapes");
-        goto out;
+        return false;
     }
     struct span ws;
     if (cJSON_GetObjectItemCaseSensitive(root, "workspace") && json_top_value(text, len, "workspace", &ws) != 0) {
         /* envelope_rewrite finds keys as written: it would add a second workspace. */
         bad(out, "write the \"workspace\" key without escapes");
-        goto out;
+        return false;
     }
     /* "id":null counts as no id. */
     if (out->id_present && !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "id")))
         out->id = out->id_span;
+    return true;
+}
+
+/* A control message (it has a type) or a request, or why it is neither. */
+static void classify(const cJSON *root, const char *text, size_t len, struct client_msg_info *out)
+{
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
     const cJSON *service = cJSON_GetObjectItemCaseSensitive(root, "service");
     const cJSON *flow = cJSON_GetObjectItemCaseSensitive(root, "flow");
@@ -206,7 +196,28 @@ void client_msg_parse(const char *text, size_t len, const char *what, struct cli
     } else {
         request_fields(root, service, flow, request, out);
     }
-out:
+}
+
+void client_msg_parse(const char *text, size_t len, const char *what, struct client_msg_info *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
+        i++;
+    if (i == len) {
+        out->kind = CMSG_BLANK;
+        return;
+    }
+    cJSON *root = NULL;
+    const char *why = json_body_check(text, len, &root);
+    if (why) {
+        unreadable(out, text, len, what, why);
+        return;
+    }
+    if (!cJSON_IsObject(root))
+        bad(out, "a %s must be a JSON object", what);
+    else if (keys_as_written(root, text, len, out))
+        classify(root, text, len, out);
     cJSON_Delete(root);
 }
 

@@ -49,7 +49,8 @@ static void header(struct http_head *h, const char *p, size_t n)
                       : name_is(p, nlen, "connection") ? &h->connection
                       : name_is(p, nlen, "origin") ? &h->origin
                       : name_is(p, nlen, "host") ? &h->host
-                      : name_is(p, nlen, "authorization") ? &h->authorization : NULL;
+                      : name_is(p, nlen, "authorization") ? &h->authorization
+                      : name_is(p, nlen, "sec-websocket-version") ? &h->ws_version : NULL;
     if (slot == &h->host)
         h->n_host++;
     if (slot == &h->origin)
@@ -87,7 +88,7 @@ static int request_line(const char *buf, size_t n, bool whole, struct http_head 
     if (i < n && (buf[i] < '0' || buf[i] > '9'))
         return -1;
     if (i < n)
-        i++;
+        h->minor = buf[i++] - '0';
     if (i < n && !(buf[i] == '\r' && i + 1 == n))
         return -1;
     if (!whole)

@@ -369,67 +369,108 @@ bool json_too_deep(const char *text, size_t len)
     return false;
 }
 
+/* Where json_valid is in a text: before a value, before an object member's key,
+ * after a value; or done. */
+enum jv_next { JV_VALUE, JV_KEY, JV_AFTER, JV_VALID, JV_INVALID };
+
+/* The containers open around the current position, a bit each: object or array. */
+struct jv_stack {
+    unsigned char is_object[JSON_MAX_DEPTH / 8];
+    size_t depth;
+};
+
+static bool jv_in_object(const struct jv_stack *s)
+{
+    return s->is_object[(s->depth - 1) / 8] & (1u << ((s->depth - 1) % 8));
+}
+
+/* At '{' or '[': opened, or closed at once when empty. */
+static enum jv_next jv_open(struct jv *v, struct jv_stack *s, const char *text)
+{
+    unsigned char c = v->p[v->i];
+    if (s->depth == JSON_MAX_DEPTH)
+        return JV_INVALID;
+    if (c == '{')
+        s->is_object[s->depth / 8] |= (unsigned char)(1u << (s->depth % 8));
+    else
+        s->is_object[s->depth / 8] &= (unsigned char)~(1u << (s->depth % 8));
+    s->depth++;
+    v->i = json_skip_ws(text, v->i + 1, v->len);
+    if (v->i < v->len && v->p[v->i] == (c == '{' ? '}' : ']')) {
+        v->i++;
+        s->depth--;
+        return JV_AFTER;
+    }
+    return c == '{' ? JV_KEY : JV_VALUE;
+}
+
+static enum jv_next jv_value(struct jv *v, struct jv_stack *s, const char *text)
+{
+    v->i = json_skip_ws(text, v->i, v->len);
+    if (v->i >= v->len)
+        return JV_INVALID;
+    if (v->p[v->i] == '{' || v->p[v->i] == '[')
+        return jv_open(v, s, text);
+    return jv_scalar(v) ? JV_AFTER : JV_INVALID;
+}
+
+/* After a value inside a container: ',' or the closer; at the top: the end. */
+static enum jv_next jv_after(struct jv *v, struct jv_stack *s, const char *text)
+{
+    for (;;) {
+        v->i = json_skip_ws(text, v->i, v->len);
+        if (!s->depth)
+            return v->i == v->len ? JV_VALID : JV_INVALID;
+        bool in_object = jv_in_object(s);
+        if (v->i >= v->len)
+            return JV_INVALID;
+        unsigned char c = v->p[v->i];
+        if (c == (in_object ? '}' : ']')) {
+            v->i++;
+            s->depth--;
+            continue;
+        }
+        if (c != ',')
+            return JV_INVALID;
+        v->i++;
+        return in_object ? JV_KEY : JV_VALUE;
+    }
+}
+
+static enum jv_next jv_key(struct jv *v, const char *text)
+{
+    v->i = json_skip_ws(text, v->i, v->len);
+    if (v->i >= v->len || v->p[v->i] != '"' || !jv_string(v))
+        return JV_INVALID;
+    v->i = json_skip_ws(text, v->i, v->len);
+    if (v->i >= v->len || v->p[v->i] != ':')
+        return JV_INVALID;
+    v->i++;
+    return JV_VALUE;
+}
+
 bool json_valid(const char *text, size_t len)
 {
     struct jv v = {(const unsigned char *)text, 0, len};
-    unsigned char stack[JSON_MAX_DEPTH / 8];
-    size_t depth = 0;
-    /* After a value inside a container: expect ',' or the closer; at the top: the end. */
+    struct jv_stack s;
+    s.depth = 0;
+    enum jv_next next = JV_VALUE;
     for (;;) {
-        v.i = json_skip_ws(text, v.i, len);
-        if (v.i >= len)
+        switch (next) {
+        case JV_VALUE:
+            next = jv_value(&v, &s, text);
+            break;
+        case JV_KEY:
+            next = jv_key(&v, text);
+            break;
+        case JV_AFTER:
+            next = jv_after(&v, &s, text);
+            break;
+        case JV_VALID:
+            return true;
+        default:
             return false;
-        unsigned char c = v.p[v.i];
-        if (c == '{' || c == '[') {
-            if (depth == JSON_MAX_DEPTH)
-                return false;
-            if (c == '{')
-                stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
-            else
-                stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
-            depth++;
-            v.i = json_skip_ws(text, v.i + 1, len);
-            if (v.i < len && v.p[v.i] == (c == '{' ? '}' : ']')) {
-                v.i++;
-                depth--;
-                goto after_value;
-            }
-            if (c == '{')
-                goto member_key;
-            continue; /* first array element */
         }
-        if (!jv_scalar(&v))
-            return false;
-    after_value:
-        for (;;) {
-            v.i = json_skip_ws(text, v.i, len);
-            if (!depth)
-                return v.i == len;
-            bool in_object = stack[(depth - 1) / 8] & (1u << ((depth - 1) % 8));
-            if (v.i >= len)
-                return false;
-            c = v.p[v.i];
-            if (c == (in_object ? '}' : ']')) {
-                v.i++;
-                depth--;
-                continue;
-            }
-            if (c != ',')
-                return false;
-            v.i++;
-            if (in_object)
-                goto member_key;
-            break; /* next array element */
-        }
-        continue;
-    member_key:
-        v.i = json_skip_ws(text, v.i, len);
-        if (v.i >= len || v.p[v.i] != '"' || !jv_string(&v))
-            return false;
-        v.i = json_skip_ws(text, v.i, len);
-        if (v.i >= len || v.p[v.i] != ':')
-            return false;
-        v.i++;
     }
 }
 

@@ -251,6 +251,8 @@ Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
                    exists) -- each text/binary frame sent back as is; a
                    client close answered with the same code and reason
     close_after K  echo: server closes (close_code/close_reason) after K
+    close_delay S  echo: answer a client's close only S seconds later
+                   (close_answered: whether the connection was still there)
     drop_after K   sockets: abort TCP after K frames (import/echo: received,
                    export: sent; 0: right after the upgrade)
     lenient true   import: do not decode frames
@@ -272,7 +274,9 @@ Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
              text_frames_in, binary_frames_in, bytes_in, frames_out,
              bytes_out, bad_frames, error, closed_by (client|server|drop|
              lost), client_close_code, client_close_reason,
-             server_close_code}]
+             server_close_code, close_answered (echo: the client's close
+             answered on a connection still open, false if it was dropped
+             first)}]
     responses_aborted, uploads_aborted, mock_failures, http_401, http_403,
     logins_ok, logins_failed, password_changes, bootstraps, last_jwt,
     controls.  POST /_mock/reset zeroes all that (records still in progress
@@ -2203,6 +2207,7 @@ class PassControls:
         self.close_code = _pint(g("close_code"), 1000)
         self.close_reason = str(g("close_reason") or "")
         self.close_after = _pint(g("close_after"))
+        self.close_delay = _psecs(g("close_delay"))
         self.drop_after = _pint(g("drop_after"))
 
 
@@ -2933,7 +2938,8 @@ class Passthrough:
                "query": request.rel_url.raw_query_string,
                "workspace_param": q.get("workspace"), "workspace": None,
                "identity": None, "status": None, "open": False,
-               "echo": ctl.echo, "frames_in": 0, "text_frames_in": 0,
+               "echo": ctl.echo, "close_delay": ctl.close_delay,
+               "close_answered": None, "frames_in": 0, "text_frames_in": 0,
                "binary_frames_in": 0, "bytes_in": 0, "frames_out": 0,
                "bytes_out": 0, "bad_frames": 0, "error": None,
                "closed_by": None, "client_close_code": None,
@@ -3080,6 +3086,11 @@ class Passthrough:
                 if rec["echo"]:
                     # mock-only: answer with the client's own code/reason
                     code = msg.data or 1000
+                    if rec.get("close_delay"):
+                        await asyncio.sleep(rec["close_delay"])
+                    tr = self.transport_of(ws)
+                    rec["close_answered"] = tr is not None and \
+                        not tr.is_closing()
                     rec["server_close_code"] = code
                     await ws.close(code=code,
                                    message=(msg.extra or "").encode("utf-8"))

@@ -38,6 +38,8 @@ enum MHD_Result rest_queue_json(struct MHD_Connection *c, unsigned status, const
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     if (allow)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    if (status == MHD_HTTP_UPGRADE_REQUIRED) /* only for a WebSocket version (access.c): name ours, RFC 6455 §4.4 */
+        MHD_add_response_header(r, "Sec-WebSocket-Version", "13");
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;

@@ -18,6 +18,7 @@ import websockets
 from harness import (FLOW_TC, T, check_status, eq, start_bridge, start_mock,
                      tc, timeout, wait_until)
 from lineclient import LineClient, envelope, unix_request
+import rawws
 
 TOKEN = "tg_localws_token_7a1c"
 
@@ -426,31 +427,44 @@ def test_client_that_does_not_read_is_closed_1008():
             bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
         s.sendall(frame)
         wait_until(lambda: "reads too slowly" in b.log(), timeout=30, what="the slow client dropped")
-        # Now it reads: what it gets is the frames it was owed before, then the end of
-        # the connection -- with a 1008 close frame if one fitted in before the cut.
-        data, eof = b"", False
-        s.settimeout(T(10))
-        while not eof:
-            chunk = s.recv(1 << 20)
-            eof = not chunk
-            data += chunk
+        # Now it reads: what it gets is every frame it was owed before, whole, then the
+        # 1008 close frame, then the end of the connection.
+        _, _, rest = rawws.read_head(s)
+        r = rawws.Reader(s, rest)
+        frames = []
+        while not frames or frames[-1][0] != 8:
+            f = r.next(10)
+            assert f is not None, "EOF after %d frames, before a close frame (%d bytes left over)" \
+                % (len(frames), len(r.buf))
+            frames.append(f)
+        eq(set(f[0] for f in frames[:-1]), {1}, "the frames before the close")
+        parts = [json.loads(f[2]) for f in frames[:-1]]
+        assert parts and all(p["id"] == "big" for p in parts), "frames owed before the drop"
+        eq(rawws.close_code(frames[-1][2]), 1008, "the close frame")
+        s.sendall(rawws.close_frame(1008))
+        assert r.at_eof(3), "the connection still open after the closing handshake"
+        eq(r.buf, b"", "bytes after the close frame")
         s.close()
-        data = data[data.index(b"\r\n\r\n") + 4:]
-        codes, i = [], 0
-        while i + 2 <= len(data):
-            op, n = data[i] & 0x0F, data[i + 1] & 0x7F
-            h = 2
-            if n == 126:
-                n, h = int.from_bytes(data[i + 2:i + 4], "big"), 4
-            elif n == 127:
-                n, h = int.from_bytes(data[i + 2:i + 10], "big"), 10
-            if i + h + n > len(data):
-                break
-            if op == 8:
-                codes.append(int.from_bytes(data[i + h:i + h + 2], "big"))
-            i += h + n
-        assert codes in ([], [1008]), "close frames %r" % codes
         eq(metric_of(b, 'tgbridge_callers_dropped_total{reason="slow-reader"}'), 1.0, "slow readers dropped")
+
+
+@timeout(60)
+def test_dropped_slow_reader_that_never_reads_is_cut_off_after_close_timeout():
+    """The drop waits for a slow reader to take what it is owed, but not forever: one
+    that never reads is disconnected --close-timeout after it was dropped."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, "--max-client-buffer", "1m", "--close-timeout", "4")
+    with m, b:
+        b.wait_ready()
+        s = rawws.upgrade(b.port, "/api/v1/socket", rcvbuf=32 * 1024)
+        s.sendall(rawws.frame(1, json.dumps(tc_req("big", "x", streaming=True, parts=100, part_size=256 * 1024))))
+        wait_until(lambda: "reads too slowly" in b.log(), timeout=30, what="the slow client dropped")
+        t0 = time.monotonic()
+        wait_until(lambda: b.get("/status").json()["ws"]["connections"] == 0, timeout=T(8),
+                   what="the connection closed")
+        took = time.monotonic() - t0
+        assert 3.0 < took < T(6), "closed %.2fs after the drop (--close-timeout 4)" % took
+        s.close()
 
 
 @timeout(60)
@@ -472,3 +486,28 @@ def test_requests_past_max_pending_get_an_error_at_once():
         eq(sorted(f["id"] for f in first), ["r3", "r4"], "refused at once")
         eq({f["error"]["type"] for f in first}, {"too-many-requests"}, "their error")
         eq(sorted(rest), ["r0", "r1", "r2"], "the others answered")
+
+
+@timeout(60)
+def test_upgrades_rfc6455_refuses_are_answered_over_http():
+    """RFC 6455 §4.1-4.4 on the local WebSocket and the bulk sockets alike: an
+    upgrade over HTTP/1.0 gets 400, one without Sec-WebSocket-Version: 13 gets 426
+    naming the version served; version 13 over HTTP/1.1 opens."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN)
+    with m, b:
+        b.wait_ready()
+        for path in ("/api/v1/socket", "/api/v1/flow/default/import/triples"):
+            for version, http, want in (("8", "1.1", 426), (None, "1.1", 426), ("13", "1.0", 400),
+                                        ("13, 8", "1.1", 426), ("13", "1.1", 101)):
+                s = rawws.upgrade(b.port, path, version=version, http=http)
+                status, head, _ = rawws.read_head(s)
+                s.close()
+                what = "%s, version %s, HTTP/%s" % (path, version, http)
+                eq(status, want, what)
+                if want == 426:
+                    assert "\r\nsec-websocket-version: 13\r\n" in head.lower() + "\r\n", head
+                if want != 101:
+                    assert "application/json" in head.lower(), head
+        wait_until(lambda: b.get("/status").json()["passthrough"]["active"] == 0, what="bulk pair freed")
+        eq(len(m.stats()["passthrough"]["sockets"]), 1, "bulk sockets the gateway saw (the one opened)")

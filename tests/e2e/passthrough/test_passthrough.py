@@ -19,6 +19,7 @@ from harness import (FLOW_TC, T, Background, ConnectProxy, check_status, closed_
                      eq, log_count, make_pki, own_error, rss_meaningful, start_bridge, start_mock,
                      start_tls_mock, tc, timeout, tmpfile, wait_until)
 from mock_gateway import pattern_bytes
+import rawws
 from rss import RssWatch
 
 TOKEN = "tg_pass_token_5c1d"
@@ -772,3 +773,123 @@ def test_sigterm_drains_pass_through_calls_then_closes_bulk_sockets_1001():
         status, _, n, sha = quick.result(10)
         eq((status, n, sha), (200, MiB, expected_sha(MiB)), "the download that finished during the drain")
         eq(b.proc.wait(T(10)), 0, "exit status")
+
+
+# ------------------------------------------- bulk sockets: every frame, both closes
+
+def bulk_url(b, path, query=""):
+    return "ws://127.0.0.1:%d/api/v1/flow/default/%s%s" % (b.port, path, query)
+
+
+@timeout(90)
+def test_bulk_frames_sent_before_the_gateway_socket_opens_all_arrive():
+    """A quick import (frames, then close, all before tgbridge's own gateway socket
+    is open) loses nothing: the frames reach the gateway in order, then the
+    client's close; the client's close is answered only once the gateway socket is
+    open, and the call is logged ok."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST)
+    with m, b:
+        b.wait_ready()
+        n_sockets, n_frames = 8, 5
+
+        async def one(i):
+            t0 = time.monotonic()
+            async with websockets.connect(bulk_url(b, "import/triples", "?mock-slow=0.5&mock-lenient=true")) as ws:
+                for k in range(n_frames):
+                    await ws.send(json.dumps({"socket": i, "frame": k}))
+                await ws.close(code=1000, reason="all sent %d" % i)
+                return ws.close_code, time.monotonic() - t0
+
+        async def all_of_them():
+            return await asyncio.gather(*(one(i) for i in range(n_sockets)))
+        for code, took in run(all_of_them()):
+            eq(code, 1000, "the close the client got back")
+            assert took >= 0.45, "the client's close was answered %.2fs in, before the gateway socket opened" % took
+        socks = m.wait_stats(lambda s: sum(1 for x in s["passthrough"]["sockets"]
+                                           if x["route"] == "import" and not x["open"]) >= n_sockets,
+                             what="every import socket closed at the gateway")["passthrough"]["sockets"]
+        socks = [x for x in socks if x["route"] == "import"]
+        eq(sorted(x["frames_in"] for x in socks), [n_frames] * n_sockets, "frames each gateway socket received")
+        eq(sorted(x["client_close_reason"] for x in socks), sorted("all sent %d" % i for i in range(n_sockets)),
+           "the client's close relayed to the gateway")
+        wait_until(lambda: b.get("/status").json()["passthrough"]["active"] == 0, what="pairs freed")
+        text = b.get("/metrics").body.decode()
+        assert 'tgbridge_passthrough_calls_total{route="import",outcome="ok"} %d' % n_sockets in text, \
+            [l for l in text.splitlines() if "passthrough_calls_total" in l]
+
+
+@timeout(60)
+def test_bulk_quick_close_to_an_unreachable_gateway_is_never_answered_1000():
+    """The client sends frames and its close at once; the gateway cannot be
+    reached: the close it gets is 1013 with the reason, not a clean 1000."""
+    b = start_bridge("http://127.0.0.1:%d" % closed_port(), "--token", TOKEN, *FAST)
+    with b:
+        s = rawws.upgrade(b.port, "/api/v1/flow/default/import/triples")
+        status, _, rest = rawws.read_head(s)
+        eq(status, 101, "upgrade")
+        s.sendall(rawws.frame(1, '{"a":1}') + rawws.close_frame(1000, "done"))
+        r = rawws.Reader(s, rest)
+        f = r.next(10)
+        assert f and f[0] == 8, "expected a close frame, got %r" % (f,)
+        eq(rawws.close_code(f[2]), 1013, "close code")
+        assert b"cannot connect" in f[2], f[2]
+        s.close()
+        wait_until(lambda: b.get("/status").json()["passthrough"]["active"] == 0, what="pair freed")
+        text = b.get("/metrics").body.decode()
+        assert 'tgbridge_passthrough_calls_total{route="import",outcome="failed"} 1' in text, \
+            [l for l in text.splitlines() if "passthrough_calls_total" in l]
+
+
+@timeout(60)
+def test_bulk_close_handshake_waits_for_the_client_bounded_by_close_timeout():
+    """The gateway closes an export socket: tgbridge relays its close and keeps the
+    TCP connection until the client's close comes back (RFC 6455 §7.1.1), then
+    drops it; a client that never answers is dropped after --close-timeout."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--close-timeout", "2")
+    with m, b:
+        b.wait_ready()
+        q = "?mock-frames=2&mock-close_code=4002&mock-close_reason=export%20done"
+        for answer in (True, False):
+            s = rawws.upgrade(b.port, "/api/v1/flow/default/export/triples" + q)
+            status, _, rest = rawws.read_head(s)
+            eq(status, 101, "upgrade")
+            r = rawws.Reader(s, rest)
+            ops = [r.next(10) for _ in range(3)]
+            eq([o[0] for o in ops], [1, 1, 8], "two frames, then the close")
+            eq(rawws.close_code(ops[2][2]), 4002, "the gateway's close relayed")
+            t0 = time.monotonic()
+            assert not r.at_eof(0.8), "TCP dropped before the client answered the close"
+            if answer:
+                s.sendall(rawws.close_frame(4002))
+                assert r.at_eof(2), "TCP not closed after the client's close"
+                assert time.monotonic() - t0 < T(2), "closed %.2fs later" % (time.monotonic() - t0)
+            else:
+                assert r.at_eof(5), "TCP still open past --close-timeout"
+                took = time.monotonic() - t0
+                assert 1.5 < took < T(4), "dropped %.2fs after the close (--close-timeout 2)" % took
+            s.close()
+
+
+@timeout(60)
+def test_bulk_client_close_waits_for_the_gateway_answer():
+    """The client closes: tgbridge answers it, relays the close to the gateway and
+    keeps that connection until the gateway's answer (here 1 s later), within
+    --close-timeout."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST, "--close-timeout", "3")
+    with m, b:
+        b.wait_ready()
+
+        async def go():
+            async with websockets.connect(bulk_url(b, "import/triples", "?mock-echo=true&mock-close_delay=1")) as ws:
+                await ws.send('{"a":1}')
+                assert await ws.recv() == '{"a":1}'
+                await ws.close(code=4100, reason="bye")
+                return ws.close_code
+        eq(run(go()), 4100, "the close answered to the client")
+        sock = m.wait_stats(lambda s: s["passthrough"]["sockets"] and not s["passthrough"]["sockets"][-1]["open"],
+                            timeout=T(5), what="the socket closed at the gateway")["passthrough"]["sockets"][-1]
+        eq((sock["client_close_code"], sock["client_close_reason"]), (4100, "bye"), "the close relayed up")
+        eq(sock["close_answered"], True, "the gateway answered on a connection tgbridge kept open")
