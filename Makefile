@@ -70,8 +70,9 @@ $(BUILD):
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
 UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
-                    passpath pool_policy policy
+                    passpath pool_policy logqueue policy
 UNIT_OBJS_buf       := base/buf
+UNIT_OBJS_logqueue  := base/logqueue base/buf
 UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
 UNIT_OBJS_envelope  := wire/envelope wire/json base/buf
@@ -79,7 +80,7 @@ UNIT_OBJS_wsframe   := wire/wsframe base/buf
 UNIT_OBJS_lineframe := wire/lineframe base/buf
 UNIT_OBJS_passpath  := wire/passpath base/util
 UNIT_OBJS_redact    := base/redact base/util base/buf
-UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log base/redact base/util \
+UNIT_OBJS_config    := $(patsubst src/%.c,%,$(wildcard src/config/*.c)) base/log base/logqueue base/redact base/util \
                        base/buf base/clock
 UNIT_STUBS_config   := tests/unit/unit_config.c
 UNIT_OBJS_access    := core/access $(UNIT_OBJS_config) wire/httphead
@@ -233,14 +234,14 @@ FUZZ_SRCS_body      := src/wire/json.c src/wire/envelope.c src/base/buf.c
 FUZZ_SRCS_line      := src/wire/json.c src/wire/envelope.c src/base/buf.c
 FUZZ_SRCS_frame     := src/wire/json.c src/wire/envelope.c src/base/buf.c
 FUZZ_SRCS_json      := src/wire/json.c
-FUZZ_SRCS_config    := $(wildcard src/config/*.c) src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c src/base/clock.c
-FUZZ_SRCS_url       := src/config/url.c src/config/proxy.c src/base/log.c src/base/redact.c src/base/util.c src/base/buf.c src/base/clock.c
+FUZZ_SRCS_config    := $(wildcard src/config/*.c) src/base/log.c src/base/logqueue.c src/base/redact.c src/base/util.c src/base/buf.c src/base/clock.c
+FUZZ_SRCS_url       := src/config/url.c src/config/proxy.c src/base/log.c src/base/logqueue.c src/base/redact.c src/base/util.c src/base/buf.c src/base/clock.c
 FUZZ_SRCS_lineframe := src/wire/lineframe.c src/base/buf.c
 FUZZ_SRCS_redact    := src/base/redact.c src/base/util.c src/base/buf.c
 FUZZ_SRCS_httphead  := src/wire/httphead.c
 FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
-FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/redact.c src/base/clock.c
-FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/redact.c src/base/clock.c
+FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/logqueue.c src/base/redact.c src/base/clock.c
+FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/logqueue.c src/base/redact.c src/base/clock.c
 FUZZ_SRCS_restname  := src/wire/restname.c
 FUZZ_SRCS_policy    := src/core/policy.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h tests/lib/utf8_valid.h \

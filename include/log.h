@@ -1,4 +1,5 @@
-/* Leveled logging to stderr (journald-friendly), with secrets redacted by construction. */
+/* Leveled logging to stderr (journald-friendly), with secrets redacted by construction.
+ * Only the loop's thread logs (one line buffer, one queue). */
 #ifndef TGB_LOG_H
 #define TGB_LOG_H
 #include <stdbool.h>
@@ -25,6 +26,23 @@ struct log_kv {
     double d;            /* KV_NUM */
 };
 void log_record(enum log_level level, const char *msg, const struct log_kv *kv, size_t n);
+/* The same for the access log's lines, which are gathered: written together at the
+ * end of the loop turn (logpump.c), or when LOGQ_BOUND bytes wait.  Any other line
+ * writes what waits, then itself, so the order holds. */
+void log_access(enum log_level level, const char *msg, const struct log_kv *kv, size_t n);
+
+/* Standard error is never waited for: what the reader does not take now stays queued
+ * (at most LOGQ_BOUND bytes, logqueue.h; lines past that are dropped and counted).
+ * log_flush writes what it can without blocking; log_flush_wait waits up to `seconds`
+ * for the reader (at exit: main's return and exit() do it by themselves, for a
+ * second).  log_out_fd is the descriptor to watch for room while something is
+ * pending; log_on_pending(fn): fn() whenever the queue stops being empty. */
+void log_flush(void);
+void log_flush_wait(double seconds);
+size_t log_pending(void);
+unsigned long long log_dropped(void);
+int log_out_fd(void);
+void log_on_pending(void (*fn)(void));
 
 /* For events that can repeat at the peer's pace (a bad frame per reply, a refused
  * connection per accept): log_limit_ok is true at most once per `interval` seconds

@@ -24,6 +24,9 @@ void secrets_clear(void);
 
 /* Replaces every known secret form in b's payload by REDACTED. */
 void redact_buf(struct buf *b);
+/* The same for the payload from byte `start` on (what precedes it is left as it is):
+ * for text appended to what was already redacted. */
+void redact_buf_from(struct buf *b, size_t start);
 /* The same for a NUL-terminated string in a fixed array of cap bytes (cut short
  * if redaction made it longer: only a secret shorter than REDACTED does that). */
 void redact_str(char *s, size_t cap);

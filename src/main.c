@@ -12,6 +12,7 @@
 #include "listener.h"
 #include "log.h"
 #include "loop.h"
+#include "logpump.h"
 #include "mux.h"
 #include "passthrough.h"
 #include "policy.h"
@@ -202,6 +203,10 @@ static int start_modules(void)
     if (rest_init(&cfg) || wsserver_init(loop_ctx(), &cfg) || ws_init(loop_ctx(), &cfg) ||
         wspass_init(loop_ctx(), &cfg))
         return 1;
+    if (logpump_init()) {
+        log_error("cannot hook the log onto the event loop");
+        return 1;
+    }
     return 0;
 }
 

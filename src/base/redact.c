@@ -165,9 +165,9 @@ void secrets_clear(void)
 
 /* One pass per form, resuming after each replacement: a form that REDACTED itself
  * contains (a secret "*") cannot make it loop. */
-static bool redact_once(struct buf *b, const struct form *f)
+static bool redact_once(struct buf *b, const struct form *f, size_t start)
 {
-    const char *hit = b->len >= f->n ? memmem(buf_ptr(b), b->len, f->p, f->n) : NULL;
+    const char *hit = b->len - start >= f->n ? memmem(buf_ptr(b) + start, b->len - start, f->p, f->n) : NULL;
     if (!hit)
         return false;
     struct buf out;
@@ -189,10 +189,15 @@ static bool redact_once(struct buf *b, const struct form *f)
 
 void redact_buf(struct buf *b)
 {
-    if (!b->len)
+    redact_buf_from(b, 0);
+}
+
+void redact_buf_from(struct buf *b, size_t start)
+{
+    if (start >= b->len)
         return;
     for (size_t i = 0; i < nforms; i++)
-        redact_once(b, &forms[i]);
+        redact_once(b, &forms[i], start);
 }
 
 char *redact_dup(const char *s, size_t n)

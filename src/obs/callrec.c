@@ -106,7 +106,7 @@ void callrec_finish(const struct call_record *r)
         {"first_part_s", r->first_part > 0 ? KV_NUM : KV_STR, NULL, 0, r->first_part - r->started},
         {"upstream_id", KV_STR, r->upstream_id, 0, 0},
     };
-    log_record(LOG_INFO, "access", kv, sizeof kv / sizeof *kv);
+    log_access(LOG_INFO, "access", kv, sizeof kv / sizeof *kv);
 }
 
 static void render(struct buf *out, const char *name, const char *help, struct histogram (*h)[CALL_OUTCOMES])

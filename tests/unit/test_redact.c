@@ -39,8 +39,26 @@ static void test_redaction_every_form_no_cap(void **state)
     secrets_clear();
 }
 
+/* The log's queue redacts only what was appended since its last pass. */
+static void test_redaction_from_an_offset(void **state)
+{
+    (void)state;
+    secrets_clear();
+    secret_add("tg_secret_token");
+    struct buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "kept tg_secret_token\nnew tg_secret_token and dGdfc2VjcmV0X3Rva2Vu\n");
+    redact_buf_from(&b, 21);
+    assert_str_eq(buf_ptr(&b), "kept tg_secret_token\nnew *** and ***\n");
+    redact_buf_from(&b, b.len); /* nothing new: nothing to do */
+    assert_int_equal(b.len, 37);
+    buf_free(&b);
+    secrets_clear();
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_redaction_every_form_no_cap),
+    cmocka_unit_test(test_redaction_from_an_offset),
 };
 
 UNIT_MAIN(tests)

@@ -127,6 +127,9 @@ def test_an_unfinished_websocket_message_is_closed_1008_after_client_timeout():
         eq(code, 1008, "close code for an unfinished message")
         assert "client-timeout" in reason, reason
         assert T(1.3) <= took + 0.1 and took < T(4), "closed after %.2fs" % took
+        # The closing handshake completes (RFC 6455 section 5.5.1): the client answers
+        # the close, and then the connection ends.
+        a.send(0x8, code.to_bytes(2, "big"))
         assert a.frame(seconds=5) is None, "the connection stays open after the close frame"
         a.close()
         # dribbled at 20 bytes/s with a ping before every piece: pings do not extend it
