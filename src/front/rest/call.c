@@ -236,6 +236,17 @@ static void with_workspace(struct buf *out, const char *body, size_t len, const 
     buf_append(out, body + open, len - open);
 }
 
+/* The per-caller policy: the call's service, flow, operation and workspace (a pinned
+ * caller's replaces *workspace). */
+static bool call_refused(const struct call *call, const cJSON *root, const char **workspace, struct refusal *no)
+{
+    const cJSON *op = rest_last_member(root, "operation"), *ws = rest_last_member(root, "workspace");
+    struct policy_call pc = {call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL,
+                             cJSON_IsString(op) ? op->valuestring : NULL, cJSON_IsString(ws) ? ws->valuestring : NULL,
+                             NULL};
+    return !policy_check_call(call->who, &pc, workspace, no);
+}
+
 static enum MHD_Result start_call(struct call *call)
 {
     struct MHD_Connection *c = call->conn;
@@ -267,12 +278,8 @@ static enum MHD_Result start_call(struct call *call)
     call->fmt = rest_format_of(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT), root);
     const cJSON *ws = rest_last_member(root, "workspace");
     const char *workspace = cJSON_IsString(ws) ? ws->valuestring : REST.cfg->workspace ? REST.cfg->workspace : "";
-    const cJSON *op = rest_last_member(root, "operation");
-    struct policy_call pc = {call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL,
-                             cJSON_IsString(op) ? op->valuestring : NULL, cJSON_IsString(ws) ? ws->valuestring : NULL,
-                             NULL};
     struct refusal no;
-    if (!policy_check_call(call->who, &pc, &workspace, &no)) {
+    if (call_refused(call, root, &workspace, &no)) {
         cJSON_Delete(root);
         rest_note_error(call, true, no.type);
         return rest_queue_error(c, no.status, no.type, no.message, NULL);
