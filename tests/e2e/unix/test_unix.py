@@ -8,6 +8,7 @@ inside a fresh temporary directory, talks to it over a real AF_UNIX socket
 and removes the directory afterwards."""
 
 import errno
+import fcntl
 import grp
 import http.client
 import json
@@ -16,8 +17,10 @@ import re
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 
@@ -823,6 +826,71 @@ def test_unix_half_close_still_gets_every_reply():
         d.ping()
         d.shutdown_write()
         eq(d.expect_eof(), [], "lines after a bare half-close")
+
+
+def wait_until_stalled(sock, total, settle=0.3, timeout=10):
+    """Wait, without reading, until tgbridge has filled the socket buffer: the
+    bytes waiting for `sock` (FIONREAD) are some and stay the same for
+    `settle` seconds. Returns their number, checked to be less than `total`,
+    the reply's size: the rest of the reply must then wait in tgbridge for
+    the socket to become writable again."""
+    deadline = time.monotonic() + T(timeout)
+    last, since = -1, time.monotonic()
+    while True:
+        queued = struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD,
+                                                b"\0\0\0\0"))[0]
+        if queued != last:
+            last, since = queued, time.monotonic()
+        elif queued and time.monotonic() - since >= settle:
+            break
+        assert time.monotonic() < deadline, \
+            "tgbridge wrote nothing (or kept writing): %d bytes" % queued
+        time.sleep(0.02)
+    assert queued < total, "the whole reply fit in the socket buffer " \
+        "(%d of %d bytes): the test shows nothing" % (queued, total)
+    return queued
+
+
+LARGE = 700 * 1000   # the reply is twice that: the text and the mock's blob
+
+
+def test_unix_reply_larger_than_the_socket_buffer_reaches_a_late_reader():
+    # the client reads only once tgbridge's writes stall on a full socket
+    # buffer: the rest must follow when it becomes writable (libwebsockets 4.1
+    # drops a raw descriptor's POLLOUT asked for from its writeable callback)
+    with Env() as e:
+        e.ready()
+        c = e.client()
+        for k in range(2):
+            c.send(envelope("big%d" % k, prompt="big", mock={"size": LARGE}))
+            wait_until_stalled(c.sock, 2 * LARGE)
+            got, _ = c.collect(["big%d" % k], timeout=10)
+            eq(len(got[idkey("big%d" % k)][0]["response"]["response"]), LARGE,
+               "the reply text of big%d" % k)
+        c.ping()
+
+
+def test_unix_reply_to_a_line_sent_in_two_parts_reaches_a_late_reader():
+    # the shape in which it was seen: a large line written in two parts, a
+    # pause between them (with another client served meanwhile, and without),
+    # and an echoed reply larger than the socket buffer
+    head = (b'{"id":"la","service":"text-completion","flow":"default",'
+            b'"request":{"system":"","prompt":"')
+    with Env("--max-line", "4m") as e:
+        e.ready()
+        for other in (True, False):
+            la, lb = e.client(), e.client()
+            la.send_raw(head + b"y" * LARGE)
+            time.sleep(0.3)
+            if other:
+                lb.ping()
+            la.send_raw(b'"}}\n')
+            wait_until_stalled(la.sock, LARGE)
+            got, _ = la.collect(["la"], timeout=10)
+            eq(got[idkey("la")][0]["response"]["response"], "y" * LARGE,
+               "the echoed prompt (another client active: %s)" % other)
+            la.ping()
+            lb.ping()
 
 
 # -------------------------------------------- errors on the line protocol
