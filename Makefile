@@ -70,7 +70,7 @@ $(BUILD):
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
 UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
-                    passpath pool_policy logqueue discover
+                    passpath pool_policy logqueue policy discover
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_logqueue  := base/logqueue base/buf
 UNIT_OBJS_util      := base/util
@@ -93,8 +93,9 @@ UNIT_OBJS_mux       := core/mux core/mux_status base/status core/reqtable wire/e
 UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
 UNIT_OBJS_session   := core/session core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf base/redact \
                        base/util
-UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c
+UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c tests/unit/stubs_policy.c
 UNIT_OBJS_pool_policy := upstream/pool_policy
+UNIT_OBJS_policy    := core/policy
 UNIT_OBJS_discover  := upstream/discover
 UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
 UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
@@ -171,8 +172,9 @@ valgrind: deps tgbridge $(UNIT_BINS) $(TEST_FIXTURES)
 demo: deps tgbridge
 	$(PYTHON) examples/demo.py
 
-bench: deps tgbridge
+bench: deps tgbridge $(BUILD)/unit/test_policy
 	$(PYTHON) bench/run.py
+	./$(BUILD)/unit/test_policy test_policy_cost_with_50_rules
 
 clean:
 	rm -rf build build-asan tgbridge
@@ -218,7 +220,8 @@ uninstall:
 #   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
 #       checked-in corpora; `make test` builds these too (tests/fuzz/test_fuzz_corpus.py runs
 #       them) and `make asan` builds them sanitized in build-asan.
-FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath restname
+FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath restname \
+                    policy
 FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
 FUZZ_SECONDS     ?= 60
 FUZZ_ARGS        ?=
@@ -241,6 +244,7 @@ FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
 FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/logqueue.c src/base/redact.c src/base/clock.c
 FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/logqueue.c src/base/redact.c src/base/clock.c
 FUZZ_SRCS_restname  := src/wire/restname.c
+FUZZ_SRCS_policy    := src/core/policy.c
 FUZZ_HDRS         := tests/fuzz/fuzz_common.h tests/fuzz/fuzz_url_checks.h tests/lib/utf8_valid.h \
                      $(wildcard include/*.h)
 FUZZ_BINS         := $(patsubst %,build-fuzz/fuzz_%,$(FUZZ_TARGETS))

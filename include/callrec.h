@@ -18,6 +18,7 @@ enum call_outcome {
 
 struct call_record {
     const char *frontend;    /* "rest", "line", "ws", "bulk" */
+    const char *caller;      /* the caller's name under --policy, or NULL */
     const char *method;      /* HTTP method, or NULL */
     const char *route;       /* the request path (REST), or NULL */
     const char *service;     /* envelope service, or the pass-through route's name */

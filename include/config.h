@@ -67,6 +67,7 @@ struct config {
     size_t max_pending;        /* unfinished requests per local connection */
     size_t max_ws_clients;     /* local WebSocket connections */
     size_t max_passthrough;    /* pass-through calls at once */
+    char *policy;              /* --policy: the per-caller policy file; NULL = none */
     char *client_token_file;   /* local callers must present this token; NULL = none */
     char *workspace;           /* envelope workspace when the body names none */
     char *ca_file;

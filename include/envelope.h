@@ -37,6 +37,10 @@ struct client_msg_info {
     bool has_flow;             /* a non-empty "flow" string */
     char type[32];             /* CMSG_CONTROL, when a string (else "") */
     struct span token;         /* CMSG_CONTROL: the raw "token" value, if any */
+    /* CMSG_REQUEST, for the per-caller policy: "" when absent; too_long when one did
+     * not fit (then no rule can be said to match it). */
+    char flow[256], workspace[256], operation[96];
+    bool has_operation, too_long;
     char error[160];           /* CMSG_BAD */
 };
 

@@ -45,6 +45,7 @@ struct session {
     unsigned long long next_auto_id;
     bool locked;             /* requests refused with auth-required (local client token) */
     struct caller caller;    /* this client, as the fair queue sees it */
+    const char *who;         /* the caller's name under --policy (caller_id.name), or NULL */
     bool closed;
 };
 

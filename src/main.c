@@ -15,6 +15,7 @@
 #include "logpump.h"
 #include "mux.h"
 #include "passthrough.h"
+#include "policy.h"
 #include "probe.h"
 #include "redact.h"
 #include "reload.h"
@@ -314,10 +315,11 @@ int main(int argc, char **argv)
     log_set_level(cfg.log_level);
     log_set_json(cfg.log_json);
     reload_init(&cfg, argc, argv);
-    if (access_init(&cfg, err, sizeof err)) {
+    if (access_init(&cfg, err, sizeof err) || policy_init(&cfg, err, sizeof err)) {
         fprintf(stderr, "tgbridge: %s\n", err);
         return 2;
     }
+    policy_set_era(upstream_era);
     if (cfg.print_config) {
         config_print(&cfg, stdout);
         return 0;

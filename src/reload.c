@@ -5,6 +5,7 @@
 #include "castore.h"
 #include "filewatch.h"
 #include "log.h"
+#include "policy.h"
 #include "upstream.h"
 #include <stdio.h>
 #include <string.h>
@@ -22,6 +23,7 @@ void reload_all(const char *why)
     log_info("%s: reloading", why);
     config_reload(live);
     access_reload(why);
+    policy_reload(why);
     upstream_reload_token(why);
     castore_reload(live, why);
 }
@@ -35,6 +37,8 @@ static void secret_changed(const char *path, void *arg)
     if ((live->client_token_file && !strcmp(path, live->client_token_file)) ||
         (live->admin_token_file && !strcmp(path, live->admin_token_file)))
         access_reload(why);
+    if (live->policy && !strcmp(path, live->policy))
+        policy_reload(why);
     if (live->token_file && !strcmp(path, live->token_file))
         upstream_reload_token(why);
     if (live->ca_file && !strcmp(path, live->ca_file))
@@ -43,7 +47,8 @@ static void secret_changed(const char *path, void *arg)
 
 void reload_watch_secrets(void)
 {
-    const char *paths[] = {live->token_file, live->client_token_file, live->admin_token_file, live->ca_file};
+    const char *paths[] = {live->token_file, live->client_token_file, live->admin_token_file, live->ca_file,
+                           live->policy};
     char err[600];
     for (size_t i = 0; i < sizeof paths / sizeof *paths; i++)
         if (paths[i] && filewatch_add(paths[i], secret_changed, NULL, err, sizeof err))

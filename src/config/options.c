@@ -90,6 +90,10 @@ const struct opt config_options[] = {
      T_PATH, F(client_token_file), .reload = RELOAD_FILE,
      .help = "local callers must present the token in PATH: REST as a Bearer header,\n"
              "the local WebSocket in its auth frame or ?token= (default: none needed)"},
+    {O_POLICY, "policy", "PATH", "TGBRIDGE_POLICY",
+     T_PATH, F(policy), .reload = RELOAD_FILE,
+     .help = "per-caller policy (JSON): who may call which services, flows, operations\n"
+             "and routes, in which workspace (docs/security.md \"Policies\"; default: none)"},
     {O_ALLOW_SHORT_TOKEN, "allow-short-token", NULL, "TGBRIDGE_ALLOW_SHORT_TOKEN",
      T_SWITCH, F(allow_short_token), .def = "false", .reload = RELOAD_APPLY,
      .help = "accept a gateway or client token shorter than 8 characters (refused\n"

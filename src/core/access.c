@@ -364,6 +364,13 @@ bool access_admit_frame(const char *token, size_t len, struct caller_id *who)
     if (A.token && !(token && access_token_matches(A.token, token, len)))
         return false;
     who->token = A.token ? TOKEN_FRAME : TOKEN_NOT_NEEDED;
+    if (A.policy) {
+        /* The frame's token names the caller of later requests (issue 17). */
+        struct refusal no;
+        struct admission_ask ask = {.rule = ADMIT_UPGRADE, .unix_socket = who->unix_socket, .alt_token = token,
+                                    .alt_token_len = len};
+        return A.policy(&ask, who, &no);
+    }
     return true;
 }
 

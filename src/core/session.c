@@ -3,6 +3,8 @@
 #include "callrec.h"
 #include "firstpart.h"
 #include "mux.h"
+#include "policy.h"
+#include "access.h"
 #include "redact.h"
 #include "util.h"
 #include <stdio.h>
@@ -73,6 +75,7 @@ static void sreq_free(struct sreq *r)
     struct session *s = r->s;
     struct call_record rec = {
         .frontend = s->rules->frontend,
+        .caller = s->who,
         .service = r->req ? r->req->service : NULL,
         .outcome = r->req && r->req->owner ? r->outcome : CALL_ABORTED,
         .error = r->error[0] ? r->error : NULL,
@@ -163,8 +166,35 @@ static char *span_dup(struct span v)
     return p;
 }
 
+/* The per-caller policy (policy_live.c): refused here, nothing goes upstream. */
+static bool refused_by_policy(struct session *s, const struct client_msg_info *m, const char *cid, size_t len,
+                              const char **workspace)
+{
+    struct policy_call call = {m->service, m->flow, m->has_operation ? m->operation : NULL, m->workspace, NULL};
+    struct refusal no;
+    if (!m->too_long && policy_check_call(s->who, &call, workspace, &no))
+        return false;
+    if (m->too_long) {
+        no.type = "forbidden-by-policy";
+        snprintf(no.message, sizeof no.message, "caller %s: a flow, workspace or operation name too long to check",
+                 s->who ? s->who : "default");
+    }
+    double now = now_mono();
+    struct call_record rec = {.frontend = s->rules->frontend, .caller = s->who, .service = m->service,
+                              .flow = m->flow[0] ? m->flow : NULL, .outcome = CALL_FAILED, .error = no.type,
+                              .bytes_in = len, .started = now};
+    callrec_finish(&rec);
+    session_error(s, cid, no.type, no.message);
+    return true;
+}
+
 static void submit(struct session *s, const struct client_msg_info *m, const char *text, size_t len, char *cid)
 {
+    const char *workspace = s->cfg->workspace;
+    if (policy_active() && refused_by_policy(s, m, cid, len, &workspace)) {
+        free(cid);
+        return;
+    }
     if (!cid) {
         char tmp[48];
         snprintf(tmp, sizeof tmp, "\"tgb-c%llu\"", ++s->next_auto_id);
@@ -183,7 +213,7 @@ static void submit(struct session *s, const struct client_msg_info *m, const cha
     s->npending++;
     r->req = mux_alloc(m->service, m->has_flow, &sreq_ops, r);
     r->req->caller = &s->caller;
-    envelope_rewrite(&r->req->frame, text, len, m->id_present ? &m->id_span : NULL, r->req->id, s->cfg->workspace);
+    envelope_rewrite(&r->req->frame, text, len, m->id_present ? &m->id_span : NULL, r->req->id, workspace);
     if (s->ops->pending_changed)
         s->ops->pending_changed(s);
     mux_submit(r->req); /* may answer at once (and free r) */

@@ -392,6 +392,9 @@ static bool line_take(int fd, const struct handover *in, struct refusal *no)
     lineframe_init(&c->frame, L.cfg->max_line);
     buf_init(&c->out, 0);
     session_init(&c->session, &line_rules, &line_session_ops, L.cfg, c);
+    struct admission v; /* admitted at accept (unix_listener.c); this names the caller */
+    access_admit(&(struct admission_ask){.rule = ADMIT_PEER, .peer = in->peer}, &v);
+    c->session.who = v.caller.name;
     list_add_tail(&L.clients, &c->node);
     lws_adopt_desc_t d;
     memset(&d, 0, sizeof d);

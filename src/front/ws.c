@@ -167,6 +167,7 @@ static void session_control(struct session *s, const struct client_msg_info *m)
         return;
     }
     s->locked = false;
+    s->who = c->caller.name; /* for later requests only */
     /* Both names: gateways before v2.6.2 said "workspace", later ones "default_workspace". */
     const char *ws = mux_default_workspace();
     if (!ws[0])
@@ -323,6 +324,7 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     buf_init(&c->in, 0);
     session_init(&c->session, &ws_rules, &ws_session_ops, W.cfg, c);
     c->caller = v.caller;
+    c->session.who = v.caller.name;
     c->session.locked = v.caller.token == TOKEN_ABSENT;
     list_add_tail(&W.conns, &c->node);
     W.nconns++;

@@ -92,6 +92,7 @@ void callrec_finish(const struct call_record *r)
     /* Never a body, never a credential: what, how it ended, how big, how long. */
     struct log_kv kv[] = {
         {"frontend", KV_STR, r->frontend, 0, 0},
+        {"caller", KV_STR, r->caller, 0, 0},
         {"method", KV_STR, r->method, 0, 0},
         {"route", KV_STR, r->route, 0, 0},
         {"service", KV_STR, r->service, 0, 0},

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "loop.h"
 #include "passthrough.h"
+#include "policy.h"
 #include "redact.h"
 #include "upstream.h"
 #include "util.h"
@@ -59,6 +60,7 @@ struct wspass {
     uint64_t bytes_in, bytes_out;
     struct hold preopen; /* bytes of the caller's frames held before the gateway side opened */
     double started;
+    const char *who;     /* the caller's name under --policy, or NULL */
     unsigned long long serial;
     char what[64];       /* "import/triples" */
     struct list node;
@@ -100,6 +102,7 @@ static void maybe_free(struct wspass *p)
     snprintf(route, sizeof route, "/api/v1/flow/.../%s", p->what);
     struct call_record r = {
         .frontend = "bulk",
+        .caller = p->who,
         .method = "GET",
         .route = route,
         .service = pass_route_name(p->route),
@@ -390,10 +393,23 @@ bool wspass_route(const struct http_head *h)
  * tgbridge's credential (ref §3.2: these sockets still authenticate by ?token=, and
  * refuse an empty one even without auth, so a placeholder stands in for none), and
  * --workspace when the caller names none. */
-static bool build_target(const struct http_head *h, char *out, size_t cap)
+static bool build_target(const struct http_head *h, const char *workspace, char *out, size_t cap)
 {
     const char *t = WP.cfg->token && *WP.cfg->token ? WP.cfg->token : "tg_anonymous";
-    return bulk_target(WP.cfg->gw.base_path, h->path, h->query, t, WP.cfg->workspace, out, cap);
+    return bulk_target(WP.cfg->gw.base_path, h->path, h->query, t, workspace, out, cap);
+}
+
+/* The per-caller policy: the route, and the workspace the caller names (as sent) or is
+ * pinned to (then the one used when it names none). */
+static bool policy_refused(const struct http_head *h, enum bulk_dir dir, const struct admission *v,
+                           const char **workspace, struct refusal *no)
+{
+    char ws[256] = "";
+    struct span q;
+    if (http_query_param(h->query, "workspace", &q) && q.p)
+        snprintf(ws, sizeof ws, "%.*s", (int)(q.n < sizeof ws ? q.n : sizeof ws - 1), q.p);
+    struct policy_call pc = {.route = dir == BULK_IMPORT ? "flow-import" : "flow-export", .workspace = ws};
+    return !policy_check_call(v->caller.name, &pc, workspace, no);
 }
 
 /* The local side: lws reads the upgrade request itself. */
@@ -423,14 +439,15 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
     enum bulk_dir dir = bulk_route(h->path, what, sizeof what);
     struct admission v;
     access_admit_head(h, in->peer, ADMIT_UPGRADE, &v);
-    if (!v.admitted) {
+    const char *workspace = WP.cfg->workspace;
+    if (!v.admitted || policy_refused(h, dir, &v, &workspace, &v.refusal)) {
         *no = v.refusal;
         return false;
     }
     struct wspass *p = calloc(1, sizeof *p);
     if (!p)
         abort();
-    if (!build_target(h, p->dial.path, sizeof p->dial.path)) {
+    if (!build_target(h, workspace, p->dial.path, sizeof p->dial.path)) {
         free(p);
         no->status = 414;
         no->type = "uri-too-long";
@@ -447,6 +464,7 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
         return false;
     }
     p->route = dir == BULK_IMPORT ? PASS_IMPORT_SOCKET : PASS_EXPORT_SOCKET;
+    p->who = v.caller.name;
     snprintf(p->what, sizeof p->what, "%s", what);
     p->serial = ++WP.serial;
     p->started = now_mono();

@@ -87,6 +87,29 @@ static void bad(struct client_msg_info *out, const char *fmt, ...)
     va_end(ap);
 }
 
+static bool copy_field(char *dst, size_t cap, const cJSON *s)
+{
+    if (!cJSON_IsString(s))
+        return false;
+    int n = snprintf(dst, cap, "%s", s->valuestring);
+    return n < 0 || (size_t)n >= cap;
+}
+
+/* A request: its service and flow, and what the per-caller policy reads. */
+static void request_fields(const cJSON *root, const cJSON *service, const cJSON *flow, const cJSON *request,
+                           struct client_msg_info *out)
+{
+    out->kind = CMSG_REQUEST;
+    snprintf(out->service, sizeof out->service, "%s", service->valuestring);
+    out->has_flow = cJSON_IsString(flow) && flow->valuestring[0];
+    const cJSON *op = cJSON_GetObjectItemCaseSensitive(request, "operation");
+    out->has_operation = cJSON_IsString(op);
+    out->too_long = copy_field(out->flow, sizeof out->flow, cJSON_GetObjectItemCaseSensitive(root, "flow")) |
+                    copy_field(out->workspace, sizeof out->workspace,
+                               cJSON_GetObjectItemCaseSensitive(root, "workspace")) |
+                    copy_field(out->operation, sizeof out->operation, op);
+}
+
 struct id_scan {
     const char *end;
     struct span id;
@@ -171,9 +194,7 @@ static void classify(const cJSON *root, const char *text, size_t len, struct cli
     } else if (flow && !cJSON_IsNull(flow) && !cJSON_IsString(flow)) {
         bad(out, "\"flow\" must be a string");
     } else {
-        out->kind = CMSG_REQUEST;
-        snprintf(out->service, sizeof out->service, "%s", service->valuestring);
-        out->has_flow = cJSON_IsString(flow) && flow->valuestring[0];
+        request_fields(root, service, flow, request, out);
     }
 }
 

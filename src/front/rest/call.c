@@ -4,6 +4,7 @@
 #include "log.h"
 #include "passpath.h"
 #include "passthrough.h"
+#include "policy.h"
 #include "util.h"
 #include <malloc.h>
 #include <stdio.h>
@@ -235,6 +236,17 @@ static void with_workspace(struct buf *out, const char *body, size_t len, const 
     buf_append(out, body + open, len - open);
 }
 
+/* The per-caller policy: the call's service, flow, operation and workspace (a pinned
+ * caller's replaces *workspace). */
+static bool call_refused(const struct call *call, const cJSON *root, const char **workspace, struct refusal *no)
+{
+    const cJSON *op = rest_last_member(root, "operation"), *ws = rest_last_member(root, "workspace");
+    struct policy_call pc = {call->kind, call->route == R_FLOW_SERVICE ? call->flow : NULL,
+                             cJSON_IsString(op) ? op->valuestring : NULL, cJSON_IsString(ws) ? ws->valuestring : NULL,
+                             NULL};
+    return !policy_check_call(call->who, &pc, workspace, no);
+}
+
 static enum MHD_Result start_call(struct call *call)
 {
     struct MHD_Connection *c = call->conn;
@@ -266,6 +278,12 @@ static enum MHD_Result start_call(struct call *call)
     call->fmt = rest_format_of(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT), root);
     const cJSON *ws = rest_last_member(root, "workspace");
     const char *workspace = cJSON_IsString(ws) ? ws->valuestring : REST.cfg->workspace ? REST.cfg->workspace : "";
+    struct refusal no;
+    if (call_refused(call, root, &workspace, &no)) {
+        cJSON_Delete(root);
+        rest_note_error(call, true, no.type);
+        return rest_queue_error(c, no.status, no.type, no.message, NULL);
+    }
 
     call->phase = PH_WAITING;
     /* /api/v1/{kind} (iam aside): the HEAD gateway writes the resolved workspace into
@@ -366,6 +384,7 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
     call->pass_route = probe->pass_route;
     memcpy(call->kind, probe->kind, sizeof call->kind);
     memcpy(call->flow, probe->flow, sizeof call->flow);
+    call->who = probe->who;
     call->reject = *rj;
     if (rj->message == probe->why) { /* probe is the caller's: keep the message with the call */
         memcpy(call->why, probe->why, sizeof call->why);
@@ -373,6 +392,26 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
     }
     *con_cls = call;
     return MHD_YES;
+}
+
+/* The per-caller policy for a route: a pass-through (those that take ?workspace= with
+ * a pinned caller's workspace, *pinned) or /status -- the admin listener's keeps its
+ * own rule (loopback, --admin-token-file). */
+static bool route_refused(struct MHD_Connection *c, const struct conn_watch *cw, enum route_plan plan,
+                          enum route route, int pass_route, struct admission *v, const char **pinned)
+{
+    struct policy_call pc = {0};
+    bool takes_ws = false;
+    if (plan == PLAN_PASS) {
+        pc.route = pass_route_name((enum pass_route)pass_route);
+        takes_ws = pass_route == PASS_DOCUMENT_STREAM || pass_route == PASS_IMPORT_CORE ||
+                   pass_route == PASS_EXPORT_CORE;
+        if (takes_ws)
+            pc.workspace = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "workspace");
+    } else if (plan == PLAN_STATUS && route == R_STATUS && !(cw && cw->admin)) {
+        pc.route = "status";
+    }
+    return pc.route && !policy_check_call(v->caller.name, &pc, takes_ws ? pinned : NULL, &v->refusal);
 }
 
 /* A request's head: framing, admission, route. */
@@ -407,10 +446,16 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
         return rest_queue_error(c, first.status, first.type, first.message, NULL);
     }
     struct reject rj;
-    switch (rest_route_plan(&route, method, &probe, &rj)) {
+    enum route_plan plan = rest_route_plan(&route, method, &probe, &rj);
+    const char *pinned = NULL;
+    if (route_refused(c, cw, plan, route, probe.pass_route, &v, &pinned)) {
+        rest_request_in(cw);
+        return rest_queue_refusal(c, &v.refusal);
+    }
+    switch (plan) {
     case PLAN_PASS:
         rest_request_in(cw); /* the upload is paced by the gateway, bounded by the call's deadline */
-        return rest_start_pass(c, cw, url, path, method, probe.pass_route, &fr, &v.caller, con_cls);
+        return rest_start_pass(c, cw, url, path, method, probe.pass_route, &fr, &v.caller, pinned, con_cls);
     case PLAN_STATUS:
         rest_request_in(cw);
         return rest_serve_status(c, route);
@@ -418,6 +463,7 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
         rest_request_in(cw);
         return rest_serve_shutdown(c);
     default:
+        probe.who = v.caller.name;
         probe.route = route;
         return call_begins(c, cw, url, method, &probe, &fr, &rj, con_cls);
     }
@@ -487,6 +533,7 @@ static void finish_record(struct MHD_Connection *c, const struct call *call, enu
                         : call->kind[0] ? call->kind : NULL;
     struct call_record r = {
         .frontend = "rest",
+        .caller = call->who,
         .method = call->method,
         .route = call->path,
         .service = service,

@@ -130,12 +130,17 @@ static char *pass_authorization(struct MHD_Connection *c, int route, const struc
 /* The request as passthrough.c takes it: the canonical path (passpath.c), the query
  * encoded again, the headers it relays.  target and hdrs are the caller's, alive
  * while rq is used. */
-static void pass_request_of(struct MHD_Connection *c, const char *path, struct buf *target,
+static void pass_request_of(struct MHD_Connection *c, const char *path, const char *workspace, struct buf *target,
                             struct pass_header *hdrs, struct pass_request *rq)
 {
     buf_puts(target, path);
     struct query_build q = {target, true};
     MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    if (workspace && !MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "workspace")) {
+        /* a caller pinned to a workspace (--policy) that named none */
+        buf_puts(target, q.first ? "?workspace=" : "&workspace=");
+        put_encoded(target, workspace, false);
+    }
     size_t nh = 0;
     for (size_t i = 0; i < sizeof pass_request_headers / sizeof *pass_request_headers; i++) {
         const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, pass_request_headers[i]);
@@ -149,7 +154,7 @@ static void pass_request_of(struct MHD_Connection *c, const char *path, struct b
 
 enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *path,
                                 const char *method, int pass_route, const struct framing *fr,
-                                const struct caller_id *who, void **con_cls)
+                                const struct caller_id *who, const char *workspace, void **con_cls)
 {
     struct buf target;
     buf_init(&target, 0);
@@ -161,7 +166,7 @@ enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw,
         .content_length = fr->n_cl ? (long long)fr->cl : fr->te_chunked ? -1 : 0,
         .authorization = authorization,
     };
-    pass_request_of(c, path, &target, hdrs, &rq);
+    pass_request_of(c, path, workspace, &target, hdrs, &rq);
     struct call *call = calloc(1, sizeof *call);
     if (!call)
         abort();
@@ -179,6 +184,7 @@ enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw,
         return rest_queue_error(c, (unsigned)status, type, msg, NULL);
     }
     rest_call_init(call, c, cw, url, method);
+    call->who = who->name;
     call->route = R_PASS;
     call->pass_route = pass_route;
     call->phase = PH_BODY;

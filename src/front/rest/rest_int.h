@@ -78,6 +78,7 @@ struct call {
     char method[8];
     char *path;
     char upstream_id[48];
+    const char *who;           /* the caller's name under --policy (caller_id.name), or NULL */
     char error[64];            /* the error type, if the call had one */
     bool own_error;            /* tgbridge answered with an error of its own */
     bool gateway_error;        /* the gateway answered with an error */
@@ -197,6 +198,6 @@ const cJSON *rest_last_member(const cJSON *obj, const char *name);
  * passpath.c matched, forwarded as is. */
 enum MHD_Result rest_start_pass(struct MHD_Connection *c, struct conn_watch *cw, const char *url, const char *path,
                                 const char *method, int pass_route, const struct framing *fr,
-                                const struct caller_id *who, void **con_cls);
+                                const struct caller_id *who, const char *workspace, void **con_cls);
 enum MHD_Result rest_pass_request_data(struct call *call, const char *data, size_t *size);
 #endif

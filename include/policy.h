@@ -1,0 +1,110 @@
+/* Per-caller policy (issue 17, docs/security.md "Policies"): who a caller is -- by the
+ * kernel's word on the Unix socket (uid, primary gid), by a local token it presents,
+ * by a Bearer that is no local token (forward), or anyone -- and what each caller may
+ * call: services, flows, operations, pass-through routes and bulk sockets, and the one
+ * workspace it may use.
+ *
+ * This half is pure (no globals, no I/O but through struct policy_env, no logging):
+ * policy_parse compiles the JSON text; policy_match finds a caller's entry;
+ * policy_allows decides one call.  The daemon's live policy is policy_live.c's
+ * (below the line). */
+#ifndef TGB_POLICY_H
+#define TGB_POLICY_H
+#include <stdbool.h>
+#include <stddef.h>
+
+struct policy_list {
+    char **v;
+    size_t n;
+    bool present;   /* the member was given */
+    bool star;      /* "*" (service only) */
+};
+
+struct policy_rule {
+    struct policy_list service, flow, operation, route;
+};
+
+struct policy_caller {
+    char *name;
+    unsigned *uid, *gid;
+    size_t nuid, ngid;
+    char *token_file, *token;      /* token: the file's content, read at parse */
+    bool any, forward;
+    struct policy_rule *rules;
+    size_t nrules;
+    char *workspace;               /* NULL: not pinned */
+    char *upstream_token_file;     /* parsed; refused by policy_supported (not yet) */
+};
+
+struct policy {
+    bool allow_by_default;
+    struct policy_caller *callers;
+    size_t ncallers;
+};
+
+/* What parsing needs of the world: name lookups and token files (the fuzz target and
+ * the unit tests give their own). */
+struct policy_env {
+    int (*uid_of)(const char *name, unsigned *out);             /* 0: found */
+    int (*gid_of)(const char *name, unsigned *out);
+    /* A malloc'd token (trimmed), or NULL with why in err. */
+    char *(*read_token)(const char *path, char *err, size_t errlen);
+    void (*warn)(void *arg, const char *msg);                    /* may be NULL */
+    void *arg;
+};
+
+/* The compiled policy, or NULL with the member at fault named in err. */
+struct policy *policy_parse(const char *text, size_t len, const struct policy_env *env, char *err, size_t errlen);
+void policy_free(struct policy *p);
+/* What is parsed but cannot be served yet (forward callers, upstream_token_file):
+ * -1 with why in err. */
+int policy_supported(const struct policy *p, char *err, size_t errlen);
+
+/* Who is asking, as the door knows it. */
+struct policy_who {
+    bool has_cred;
+    unsigned uid, gid;
+    const char *token;   /* presented (Bearer, ?token= decoded, auth frame); NULL: none */
+    size_t token_len;
+};
+/* The first entry that matches, or NULL (the default applies). */
+const struct policy_caller *policy_match(const struct policy *p, const struct policy_who *who);
+const struct policy_caller *policy_caller_named(const struct policy *p, const char *name);
+/* tok[0..len) is some caller's token_file token (constant time in the tokens). */
+bool policy_local_token(const struct policy *p, const char *tok, size_t len);
+
+/* One call: an envelope (service, flow, operation, workspace) or a route. */
+struct policy_call {
+    const char *service, *flow, *operation, *workspace;
+    const char *route;   /* a pass-through route or bulk socket name, or "status"; NULL: an envelope */
+};
+#define POLICY_BY_DEFAULT (-1)
+#define POLICY_REFUSED (-2)
+/* The index of the rule of c that allows call, POLICY_BY_DEFAULT (c NULL and the
+ * default allows), or POLICY_REFUSED with why in why (it names the caller). */
+int policy_allows(const struct policy *p, const struct policy_caller *c, const struct policy_call *call, char *why,
+                  size_t cap);
+/* The name calls of c are logged and counted under ("default": matched none). */
+const char *policy_caller_name(const struct policy_caller *c);
+/* The operation is one that spans workspaces (refused to a pinned caller). */
+bool policy_cross_workspace(const char *operation);
+
+/* ---- the daemon's policy (policy_live.c) ---------------------------------------- */
+struct config;
+struct refusal;
+/* Reads --policy (if any) and installs the door's hook.  -1 with why in err. */
+int policy_init(const struct config *cfg, char *err, size_t errlen);
+/* SIGHUP or the file changing: a good file applies to new calls; a bad one keeps the
+ * old policy (why logged). */
+void policy_reload(const char *why);
+bool policy_active(void);
+/* Where the gateway's era comes from (main.c gives upstream_era): a caller pinned to a
+ * workspace is refused against a v1 gateway, which has none (known at first connect). */
+void policy_set_era(const char *(*era)(void));
+/* The one per-call check every front end makes before anything goes upstream:
+ * caller is the admission's caller name (caller_id.name).  True: allowed, and
+ * *workspace (if not NULL) is replaced by the caller's pinned workspace when it has
+ * one.  False: no is a 403 forbidden-by-policy naming the caller and why. */
+bool policy_check_call(const char *caller, const struct policy_call *call, const char **workspace,
+                       struct refusal *no);
+#endif
