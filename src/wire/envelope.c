@@ -104,10 +104,11 @@ static void request_fields(const cJSON *root, const cJSON *service, const cJSON 
     out->has_flow = cJSON_IsString(flow) && flow->valuestring[0];
     const cJSON *op = cJSON_GetObjectItemCaseSensitive(request, "operation");
     out->has_operation = cJSON_IsString(op);
-    out->too_long = copy_field(out->flow, sizeof out->flow, cJSON_GetObjectItemCaseSensitive(root, "flow")) |
-                    copy_field(out->workspace, sizeof out->workspace,
-                               cJSON_GetObjectItemCaseSensitive(root, "workspace")) |
-                    copy_field(out->operation, sizeof out->operation, op);
+    /* Each one copied, whichever is too long. */
+    bool flow_long = copy_field(out->flow, sizeof out->flow, cJSON_GetObjectItemCaseSensitive(root, "flow"));
+    bool ws_long = copy_field(out->workspace, sizeof out->workspace, cJSON_GetObjectItemCaseSensitive(root, "workspace"));
+    bool op_long = copy_field(out->operation, sizeof out->operation, op);
+    out->too_long = flow_long || ws_long || op_long;
 }
 
 struct id_scan {
