@@ -122,6 +122,35 @@ static void canonicalise(struct span path, struct canon *c)
     c->out[c->len] = '\0';
 }
 
+/* in_space for a span. */
+static bool span_in_space(struct span p)
+{
+    for (size_t i = 0; i < sizeof space / sizeof *space; i++) {
+        size_t n = strlen(space[i]);
+        if (p.n >= n && !memcmp(p.p, space[i], n) && (p.n == n || p.p[n] == '/'))
+            return true;
+    }
+    return false;
+}
+
+/* Nothing to decode, no backslash, no dot segment: the path reads the same to every
+ * reader, so it is in the pass-through space exactly when it starts there.  Every
+ * REST request's path is looked at here first, and almost all are like this. */
+static bool plain_outside_space(struct span p)
+{
+    for (size_t i = 0; i < p.n; i++) {
+        unsigned char c = (unsigned char)p.p[i];
+        if (c == '%' || c == '\\' || c <= ' ' || c >= 0x7f)
+            return false;
+        if (c == '.' && p.p[i - 1] == '/') {
+            size_t j = i + 1 < p.n && p.p[i + 1] == '.' ? i + 2 : i + 1;
+            if (j == p.n || p.p[j] == '/')
+                return false;
+        }
+    }
+    return !span_in_space(p);
+}
+
 static bool in_space(const char *s)
 {
     for (size_t i = 0; i < sizeof space / sizeof *space; i++) {
@@ -197,7 +226,7 @@ enum passpath_verdict passpath_route(const char *method, struct span path, char 
                                      struct passpath *pp)
 {
     pp->allow = pp->why = NULL;
-    if (!path.p || !path.n || path.p[0] != '/')
+    if (!path.p || !path.n || path.p[0] != '/' || plain_outside_space(path))
         return PASSPATH_NONE;
     struct canon c = {.out = malloc(path.n * 3 + 1)};
     if (!c.out)
