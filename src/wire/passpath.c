@@ -133,21 +133,14 @@ static bool span_in_space(struct span p)
     return false;
 }
 
-/* Nothing to decode, no backslash, no dot segment: the path reads the same to every
- * reader, so it is in the pass-through space exactly when it starts there.  Every
- * REST request's path is looked at here first, and almost all are like this. */
+/* Nothing to decode, no backslash, nothing that could be a dot segment: the path
+ * reads the same to every reader (raw spaces and control characters are refused only
+ * inside the space), so it is in the pass-through space exactly when it starts there.
+ * Every REST request's path is looked at here first, and almost all are like this. */
 static bool plain_outside_space(struct span p)
 {
-    for (size_t i = 0; i < p.n; i++) {
-        unsigned char c = (unsigned char)p.p[i];
-        if (c == '%' || c == '\\' || c <= ' ' || c >= 0x7f)
-            return false;
-        if (c == '.' && p.p[i - 1] == '/') {
-            size_t j = i + 1 < p.n && p.p[i + 1] == '.' ? i + 2 : i + 1;
-            if (j == p.n || p.p[j] == '/')
-                return false;
-        }
-    }
+    if (memchr(p.p, '%', p.n) || memchr(p.p, '\\', p.n) || memmem(p.p, p.n, "/.", 2))
+        return false;
     return !span_in_space(p);
 }
 
