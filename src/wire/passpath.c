@@ -135,11 +135,12 @@ static bool span_in_space(struct span p)
 
 /* Nothing to decode, no backslash, nothing that could be a dot segment: the path
  * reads the same to every reader (raw spaces and control characters are refused only
- * inside the space), so it is in the pass-through space exactly when it starts there.
+ * inside the space; a NUL would end the path for a C reader), so it is in the
+ * pass-through space exactly when it starts there.
  * Every REST request's path is looked at here first, and almost all are like this. */
 static bool plain_outside_space(struct span p)
 {
-    if (memchr(p.p, '%', p.n) || memchr(p.p, '\\', p.n) || memmem(p.p, p.n, "/.", 2))
+    if (memchr(p.p, '%', p.n) || memchr(p.p, '\\', p.n) || memchr(p.p, '\0', p.n) || memmem(p.p, p.n, "/.", 2))
         return false;
     return !span_in_space(p);
 }
