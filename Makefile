@@ -4,7 +4,7 @@ PKGS      := libmicrohttpd libwebsockets libcjson libssl libcrypto
 # What building needs (`make` only checks for these and names what is missing) ...
 BUILD_DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libwebsockets-dev libcjson-dev libssl-dev
 # ... and what the tests need besides (`make test` installs these when run as root).
-TEST_DEB_PKGS  := python3 python3-aiohttp python3-websockets python3-yaml curl openssl socat netcat-openbsd \
+TEST_DEB_PKGS  := iproute2 python3 python3-aiohttp python3-websockets python3-yaml curl openssl socat netcat-openbsd \
                   groff-base man-db systemd python3-pytest python3-pytest-xdist python3-pytest-timeout \
                   libcmocka-dev
 DEB_PKGS  := $(BUILD_DEB_PKGS) $(TEST_DEB_PKGS)
