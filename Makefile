@@ -101,7 +101,7 @@ UNIT_BINS        := $(patsubst %,$(BUILD)/unit/test_%,$(UNIT_MODULES))
 UNIT_CFLAGS       = $(OPT) $(SAN) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude \
                     $(shell pkg-config --cflags libcjson cmocka 2>/dev/null) $(CFLAGS)
 UNIT_LIBS         = $(shell pkg-config --libs libcjson cmocka 2>/dev/null) -lm
-UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h tests/unit/unit_config.h
+UNIT_HDRS        := tests/unit/unit_main.h tests/unit/stubs.h tests/unit/unit_config.h tests/lib/utf8_valid.h
 # The core and the pool's policy compile without libwebsockets and libmicrohttpd: headers
 # of their names that stop the compiler come first on the include path (tests/unit/poison/).
 UNIT_LWS_FREE    := src/core/mux.c src/core/reqtable.c src/core/session.c src/upstream/pool_policy.c src/upstream/discover.c
