@@ -90,10 +90,10 @@ UNIT_STUBS_guard    := tests/unit/stubs_loop.c
 UNIT_OBJS_health    := obs/health base/status base/buf base/redact base/util base/clock
 UNIT_OBJS_reqtable  := core/reqtable base/buf
 UNIT_OBJS_mux       := core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf
-UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c
+UNIT_STUBS_mux      := tests/unit/stubs_loop.c tests/unit/stubs_log.c tests/unit/stubs_upstream.c tests/unit/stubs_policy.c
 UNIT_OBJS_session   := core/session core/mux core/mux_status base/status core/reqtable wire/envelope wire/json base/buf base/redact \
                        base/util
-UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c tests/unit/stubs_policy.c
+UNIT_STUBS_session  := $(UNIT_STUBS_mux) tests/unit/stubs_callrec.c
 UNIT_OBJS_pool_policy := upstream/pool_policy
 UNIT_OBJS_policy    := core/policy
 UNIT_OBJS_discover  := upstream/discover

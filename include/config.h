@@ -63,6 +63,8 @@ struct config {
     int max_inflight;
     int max_queue;
     int max_connections;       /* gateway connections: the persistent one + overflow */
+    int max_caller_pools;      /* callers' gateway identities with connections (issue 17) */
+    int max_upstream_connections; /* gateway connections of every identity together */
     double connection_idle;    /* an idle overflow connection closes after this */
     size_t max_pending;        /* unfinished requests per local connection */
     size_t max_ws_clients;     /* local WebSocket connections */

@@ -10,8 +10,14 @@
 
 /* What the mux needs of the side that sends, given at mux_init so that the mux never
  * names it: data flows front end -> mux -> upstream, and back through callbacks. */
+struct gateway_key;
+struct refusal;
 struct mux_sink {
-    void (*sendable)(void);        /* a request is queued, or window room appeared */
+    /* a request is queued in lane l, or room appeared in a window of l (NULL: the own lane) */
+    void (*sendable)(struct lane *l);
+    /* the lane of the connections that present key k (issue 17), opened on first use;
+     * NULL with a refusal (too many identities, a key the gateway rejected lately) */
+    struct lane *(*lane_for)(const struct gateway_key *k, struct refusal *no);
     bool (*ready)(void);           /* connected and authenticated */
     const char *(*reason)(void);   /* why not, for error messages */
     const char *(*default_workspace)(void); /* the identity's, from auth-ok ("" if unknown) */
@@ -22,6 +28,10 @@ void mux_init(const struct config *cfg, const struct mux_sink *sink);
 void mux_status_register(const struct config *cfg, const struct mux_sink *sink);
 bool mux_queue_empty(void);
 size_t mux_queued(void);
+/* Requests waiting in lane l (NULL: the own lane). */
+size_t mux_lane_queued(struct lane *l);
+/* Every request waiting in l fails (its identity's key was rejected). */
+void mux_fail_lane(struct lane *l, int status, const char *type, const char *why);
 /* The upstream identity's default workspace ("" when the gateway did not say). */
 const char *mux_default_workspace(void);
 /* Before the loop is destroyed (timers live in it), then mux_shutdown after. */
@@ -36,6 +46,11 @@ struct request *mux_new(const char *service, const char *flow, const char *works
 struct request *mux_alloc(const char *service, bool has_flow, const struct request_ops *ops, void *owner);
 /* Queues req for sending.  May call req->ops->on_fail synchronously (queue full). */
 void mux_submit(struct request *req);
+/* mux_submit for the admitted caller named caller (caller_id.name), carried by the
+ * gateway identity its policy gives it (policy_gateway_key; bearer: the credential it
+ * presented with this call, for a forward caller), else tgbridge's own.  A refusal of
+ * the identity fails req synchronously, like a full queue. */
+void mux_submit_as(struct request *req, const char *caller, const char *bearer, size_t blen);
 /* The owner is gone (or done): no callbacks after this; req is freed when the
  * gateway no longer counts it. */
 void mux_detach(struct request *req);

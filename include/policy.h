@@ -107,4 +107,15 @@ void policy_set_era(const char *(*era)(void));
  * one.  False: no is a 403 forbidden-by-policy naming the caller and why. */
 bool policy_check_call(const char *caller, const struct policy_call *call, const char **workspace,
                        struct refusal *no);
+/* The gateway identity calls of `caller` (caller_id.name) present upstream (issue 17):
+ * its upstream_token_file's key, or -- a forward caller -- the credential it presented
+ * (bearer[0..blen), which is no local token).  False: tgbridge's own (out untouched).
+ * out->key may point into bearer or into the live policy: copy it to keep it. */
+struct gateway_key {
+    const char *key;
+    size_t len;
+    unsigned max_connections;   /* the caller's max_connections (default 2) */
+    const char *caller;         /* the caller's name */
+};
+bool policy_gateway_key(const char *caller, const char *bearer, size_t blen, struct gateway_key *out);
 #endif

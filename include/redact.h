@@ -5,7 +5,8 @@
  * Basic/Proxy-Authorization header).  Every string that leaves the process -- log
  * lines, tgbridge's own JSON (status, readiness, errors), systemd's STATUS= -- passes
  * through redact_buf, so a secret quoted back by a peer is never shown either.
- * There is no cap: a secret once known stays redacted for the life of the process. */
+ * A secret stays redacted for the life of the process, but for a forwarded caller key,
+ * which is forgotten with its pool (secret_remove). */
 #ifndef TGB_REDACT_H
 #define TGB_REDACT_H
 #include <stdbool.h>
@@ -16,6 +17,9 @@
 #define REDACTED "***"
 
 void secret_add(const char *secret);
+/* Forgets a secret added as many times as it was added (a caller's forwarded key
+ * whose pool closed: forwarded keys are many, and each costs every log line a scan). */
+void secret_remove(const char *secret);
 /* Proxy credentials "user:password" (already percent-decoded): the pair and the
  * password alone. */
 void secret_add_userinfo(const char *userinfo);

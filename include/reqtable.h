@@ -21,11 +21,24 @@ struct frame;
  * it: its waiting requests, and its turn.  Callers with waiting requests take turns,
  * one request each, so a newcomer waits for at most one request per other caller,
  * not for another caller's whole backlog.  Embedded in the front end's connection. */
+struct lane;
 struct caller {
     struct list queue;   /* its waiting requests, in arrival order */
     struct list turn;    /* its place in the turns while it has any */
+    struct lane *lane;   /* the lane those wait in (see struct lane) */
 };
 void caller_init(struct caller *c);
+
+/* The requests waiting for one gateway identity's connections (issue 17): tgbridge's
+ * own (the table's `own`) or a caller's key (an upstream pool's).  Callers take turns
+ * within a lane; a window draws only from its own lane. */
+struct lane {
+    struct list turns;    /* callers with waiting requests, the next one first */
+    struct caller nobody; /* for requests of no caller in particular */
+    size_t nqueued;
+    void *owner;          /* the sending side's (its pool); NULL: tgbridge's own */
+};
+void lane_init(struct lane *l, void *owner);
 
 /* How a request's owner (a REST call, later a Unix-socket client) hears about it.
  * Exactly one terminal callback (a final frame or on_fail) reaches an attached owner. */
@@ -46,6 +59,7 @@ enum req_state {
 struct window {
     struct list list;
     size_t n;
+    struct lane *lane;    /* the lane it takes requests from; NULL: the table's own */
 };
 
 struct request {
@@ -63,7 +77,8 @@ struct request {
     double enqueued_at, sent_at;
     struct list qnode;    /* in the queue, in arrival order (queue deadlines) */
     struct list cnode;    /* in its caller's queue */
-    struct caller *caller; /* whose turn it waits for (NULL: the table's own) */
+    struct caller *caller; /* whose turn it waits for (NULL: the lane's nobody) */
+    struct lane *lane;    /* the lane it waits in (NULL: the table's own) */
     struct list wnode;    /* in its window */
     struct window *win;   /* the connection's window it was sent on */
     struct request *hnext;
@@ -74,9 +89,8 @@ struct request {
 };
 
 struct reqtable {
-    struct list queue;    /* every waiting request, arrival order */
-    struct list turns;    /* callers with waiting requests, the next one first */
-    struct caller nobody; /* for requests of no caller in particular */
+    struct list queue;    /* every waiting request, arrival order, whatever its lane */
+    struct lane own;      /* the requests tgbridge's own identity carries */
     size_t nqueued, nlive;
     struct request **buckets;
     size_t nbuckets, nhashed;
@@ -90,11 +104,17 @@ void reqtable_destroy(struct reqtable *rt);
 struct request *reqtable_new(struct reqtable *rt);
 void reqtable_enqueue(struct reqtable *rt, struct request *req);
 void reqtable_dequeue(struct reqtable *rt, struct request *req);
-/* The next request to send: the first of the caller whose turn it is. */
+/* The next request to send: the first of the caller whose turn it is (in the table's
+ * own lane; reqtable_lane_head: in lane l, NULL meaning the own lane). */
 struct request *reqtable_queue_head(struct reqtable *rt);
+struct request *reqtable_lane_head(struct reqtable *rt, struct lane *l);
+/* The lane req waits in, or a window draws from. */
+struct lane *reqtable_lane(struct reqtable *rt, struct lane *l);
 /* The request that has waited longest (its queue deadline is the next). */
 struct request *reqtable_oldest(struct reqtable *rt);
 void window_init(struct window *w);
+/* A window drawing from lane l (NULL: the own lane). */
+void window_init_lane(struct window *w, struct lane *l);
 /* True when one more request fits in a window of max entries. */
 bool window_has_room(const struct window *w, int max);
 /* Moves req from the queue into window w and the id map. */

@@ -46,6 +46,9 @@ struct session {
     bool locked;             /* requests refused with auth-required (local client token) */
     struct caller caller;    /* this client, as the fair queue sees it */
     const char *who;         /* the caller's name under --policy (caller_id.name), or NULL */
+    char *credential;        /* what it presented (a Bearer, ?token=, an auth frame's token): a
+                              * forward caller's own gateway key (issue 17); NULL: none */
+    size_t credential_len;
     bool closed;
 };
 
@@ -58,6 +61,8 @@ void session_message(struct session *s, const char *text, size_t len);
 void session_error(struct session *s, const char *cid, const char *type, const char *message);
 /* Every unfinished request gets its final error (shutdown). */
 void session_fail_all(struct session *s, const char *type, const char *message);
+/* The credential the client presented (kept, scrubbed when replaced or closed). */
+void session_set_credential(struct session *s, const char *p, size_t n);
 /* The client is gone: its requests are let go (their late frames dropped), nothing
  * more is sent.  Safe from inside ops->send. */
 void session_close(struct session *s);

@@ -19,8 +19,21 @@ void upstream_register_protocol(void);
 int upstream_init(struct lws_context *ctx, struct config *cfg);
 void upstream_status_register(const struct config *cfg);
 void upstream_start(void);
-/* Something became sendable (a queued request, window room). */
+/* Something became sendable (a queued request, window room): in tgbridge's own
+ * identity's lane (upstream_kick), or in lane l (the mux's sink; NULL: the own). */
 void upstream_kick(void);
+struct lane;
+void upstream_sendable(struct lane *l);
+/* The lane of the pool presenting key k (issue 17: a caller's upstream_token_file key
+ * or forwarded credential), opened on first use; NULL with a refusal: 503
+ * too-many-identities past --max-caller-pools / --max-upstream-connections with none
+ * idle, 401 auth-failed for a key the gateway rejected within 30 s. */
+struct gateway_key;
+struct refusal;
+struct buf;
+struct lane *upstream_lane_for(const struct gateway_key *k, struct refusal *no);
+/* /status: callers' pools, by caller name (never a key). */
+void upstream_caller_pools(struct buf *out);
 bool upstream_ready(void);
 enum upstream_state upstream_state(void);
 /* False only while no gateway was given and none has been found yet (discover.h):

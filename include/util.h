@@ -19,4 +19,7 @@ int parse_size(const char *s, size_t *out);
 int errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Seconds → lws_sul microseconds, saturating. */
 long long seconds_to_us(double s);
+/* p[0..n) of a query string decoded as a form value (percent escapes, '+' a space),
+ * into out (cut at cap - 1 bytes, NUL-terminated); returns the bytes written. */
+size_t url_decode_form(const char *p, size_t n, char *out, size_t cap);
 #endif

@@ -189,8 +189,10 @@ static int start_modules(void)
     sdnotify_init();
     if (upstream_init(loop_ctx(), &cfg))
         return 1;
-    static const struct mux_sink upstream_sink = {upstream_kick, upstream_ready, upstream_reason,
-                                                  upstream_default_workspace, upstream_window_used};
+    static const struct mux_sink upstream_sink = {
+        .sendable = upstream_sendable, .lane_for = upstream_lane_for, .ready = upstream_ready,
+        .reason = upstream_reason, .default_workspace = upstream_default_workspace,
+        .window_used = upstream_window_used};
     mux_init(&cfg, &upstream_sink);
     guard_init(&cfg);
     health_init();

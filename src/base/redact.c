@@ -10,6 +10,7 @@
 static struct form {
     char *p;
     size_t n;
+    unsigned refs;   /* secrets having this form */
 } *forms;
 static size_t nforms, capforms, nsecrets;
 
@@ -18,8 +19,10 @@ static void add_form(const char *p, size_t n)
     if (!n)
         return;
     for (size_t i = 0; i < nforms; i++)
-        if (forms[i].n == n && !memcmp(forms[i].p, p, n))
+        if (forms[i].n == n && !memcmp(forms[i].p, p, n)) {
+            forms[i].refs++;
             return;
+        }
     if (nforms == capforms) {
         capforms = capforms ? capforms * 2 : 16;
         forms = realloc(forms, capforms * sizeof *forms);
@@ -35,7 +38,22 @@ static void add_form(const char *p, size_t n)
         abort();
     memcpy(forms[at].p, p, n);
     forms[at].n = n;
+    forms[at].refs = 1;
     nforms++;
+}
+
+static void remove_form(const char *p, size_t n)
+{
+    for (size_t i = 0; i < nforms; i++)
+        if (forms[i].n == n && !memcmp(forms[i].p, p, n)) {
+            if (--forms[i].refs)
+                return;
+            explicit_bzero(forms[i].p, forms[i].n);
+            free(forms[i].p);
+            memmove(forms + i, forms + i + 1, (nforms - i - 1) * sizeof *forms);
+            nforms--;
+            return;
+        }
 }
 
 /* Decodes one UTF-8 sequence at s (at most len bytes); returns its length, 0 if invalid. */
@@ -106,15 +124,13 @@ static void base64_form(struct buf *out, const char *s)
     }
 }
 
-void secret_add(const char *secret)
+/* Every spelling of secret, each given to op. */
+static void each_form(const char *secret, void (*op)(const char *, size_t))
 {
-    if (!secret || !*secret)
-        return;
-    size_t before = nforms;
-    add_form(secret, strlen(secret));
+    op(secret, strlen(secret));
     char *enc = url_encode(secret);
     if (enc)
-        add_form(enc, strlen(enc));
+        op(enc, strlen(enc));
     free(enc);
     struct buf b;
     buf_init(&b, 0);
@@ -130,13 +146,31 @@ void secret_add(const char *secret)
             b.len--;
         } else
             base64_form(&b, secret);
-        add_form(buf_ptr(&b), b.len);
+        op(buf_ptr(&b), b.len);
     }
     if (b.data)
         explicit_bzero(b.data, b.cap);
     buf_free(&b);
+}
+
+void secret_add(const char *secret)
+{
+    if (!secret || !*secret)
+        return;
+    size_t before = nforms;
+    each_form(secret, add_form);
     if (nforms > before)
         nsecrets++;
+}
+
+void secret_remove(const char *secret)
+{
+    if (!secret || !*secret)
+        return;
+    size_t before = nforms;
+    each_form(secret, remove_form);
+    if (nforms < before && nsecrets)
+        nsecrets--;
 }
 
 void secret_add_userinfo(const char *userinfo)

@@ -97,3 +97,20 @@ int errorf(char *err, size_t errlen, const char *fmt, ...)
     }
     return -1;
 }
+
+size_t url_decode_form(const char *p, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < cap; i++) {
+        int hi, lo;
+        if (p[i] == '%' && i + 2 < n && (hi = hex_value(p[i + 1])) >= 0 && (lo = hex_value(p[i + 2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = p[i] == '+' ? ' ' : p[i];
+        }
+    }
+    if (cap)
+        out[o] = '\0';
+    return o;
+}

@@ -148,6 +148,17 @@ const struct opt config_options[] = {
      .bad = "--max-connections is at most 64",
      .help = "gateway connections at most: the persistent one, plus overflow ones\n"
              "while every window is full and requests wait (default 8)"},
+    {O_MAX_CALLER_POOLS, "max-caller-pools", "N", "TGBRIDGE_MAX_CALLER_POOLS",
+     T_COUNT, F(max_caller_pools), .def = "32", .max = 1024, .reload = RELOAD_APPLY,
+     .bad = "--max-caller-pools is at most 1024",
+     .help = "--policy: gateway identities of callers (upstream_token_file keys,\n"
+             "forwarded ones) with connections at once, besides tgbridge's own;\n"
+             "past it the least recently used idle one closes, else 503\n"
+             "too-many-identities (default 32)"},
+    {O_MAX_UPSTREAM_CONNECTIONS, "max-upstream-connections", "N", "TGBRIDGE_MAX_UPSTREAM_CONNECTIONS",
+     T_COUNT, F(max_upstream_connections), .def = "64", .max = 4096, .reload = RELOAD_APPLY,
+     .bad = "--max-upstream-connections is at most 4096",
+     .help = "gateway connections at most, every identity's together (default 64)"},
     {O_CONNECTION_IDLE, "connection-idle", "SECONDS", "TGBRIDGE_CONNECTION_IDLE",
      T_SECONDS, F(connection_idle), .def = "30", .reload = RELOAD_APPLY,
      .help = "close an overflow connection after this long with nothing in flight\n"

@@ -1,4 +1,6 @@
 #include "mux.h"
+#include "access.h"
+#include "policy.h"
 #include "log.h"
 #include "timer.h"
 #include "util.h"
@@ -153,6 +155,7 @@ static void sent_expired(struct timer *t)
     char msg[128];
     snprintf(msg, sizeof msg, "no complete reply within %.3g s", M.cfg->request_timeout);
     bool abandoned = false;
+    struct lane *kicked = NULL;
     while (!list_empty(&M.sent)) {
         struct request *req = list_entry(M.sent.next, struct request, dnode);
         if (req->sent_at + M.cfg->request_timeout > now)
@@ -164,12 +167,16 @@ static void sent_expired(struct timer *t)
         }
         /* The gateway has no cancel: the id stays in the window ledger until the
          * gateway completes it or the socket goes; late frames for it are dropped. */
+        if (!req->answered && req->win && req->win->lane != kicked && req->win->lane) {
+            kicked = req->win->lane; /* a caller's pool: it may need rotating too */
+            M.sink->sendable(kicked);
+        }
         abandoned = abandoned || !req->answered;
         fail(req, 504, "request-timeout", msg);
     }
     arm_sent_timer();
     if (abandoned)
-        M.sink->sendable(); /* an abandoned request may now pin the window: rotation? */
+        M.sink->sendable(NULL); /* an abandoned request may now pin the window: rotation? */
 }
 
 void mux_submit(struct request *req)
@@ -191,7 +198,41 @@ void mux_submit(struct request *req)
     reqtable_enqueue(&M.rt, req);
     if (was_empty)
         arm_queue_timer();
-    M.sink->sendable();
+    M.sink->sendable(req->lane == &M.rt.own ? NULL : req->lane);
+}
+
+void mux_submit_as(struct request *req, const char *caller, const char *bearer, size_t blen)
+{
+    struct gateway_key k;
+    if (caller && M.sink->lane_for && policy_gateway_key(caller, bearer, blen, &k)) {
+        struct refusal no = {0};
+        struct lane *l = M.sink->lane_for(&k, &no);
+        if (!l) {
+            M.submitted++;
+            req->state = REQ_CLOSED;
+            fail(req, (int)no.status, no.type, no.message);
+            return;
+        }
+        req->lane = l;
+    }
+    mux_submit(req);
+}
+
+size_t mux_lane_queued(struct lane *l)
+{
+    return reqtable_lane(&M.rt, l)->nqueued;
+}
+
+void mux_fail_lane(struct lane *l, int status, const char *type, const char *why)
+{
+    l = reqtable_lane(&M.rt, l);
+    struct request *req;
+    while ((req = reqtable_lane_head(&M.rt, l))) {
+        reqtable_dequeue(&M.rt, req);
+        req->state = REQ_CLOSED;
+        fail(req, status, type, why);
+    }
+    arm_queue_timer();
 }
 
 void mux_detach(struct request *req)
@@ -209,7 +250,7 @@ void mux_detach(struct request *req)
     if (req->state != REQ_SENT) {
         reqtable_release(&M.rt, req);
     } else {
-        M.sink->sendable(); /* it may pin the window now that nobody waits for it */
+        M.sink->sendable(req->win ? req->win->lane : NULL); /* it may pin the window now that nobody waits for it */
     }
 }
 
@@ -230,19 +271,19 @@ bool mux_queue_empty(void)
 
 bool mux_has_sendable(const struct window *w)
 {
-    return M.rt.nqueued && window_has_room(w, M.cfg->max_inflight);
+    return reqtable_lane(&M.rt, w->lane)->nqueued && window_has_room(w, M.cfg->max_inflight);
 }
 
 const struct request *mux_peek_next(const struct window *w)
 {
-    return mux_has_sendable(w) ? reqtable_queue_head(&M.rt) : NULL;
+    return mux_has_sendable(w) ? reqtable_lane_head(&M.rt, w->lane) : NULL;
 }
 
 struct request *mux_next_to_send(struct window *w)
 {
     if (!mux_has_sendable(w))
         return NULL;
-    struct request *req = reqtable_queue_head(&M.rt);
+    struct request *req = reqtable_lane_head(&M.rt, w->lane);
     reqtable_mark_sent(&M.rt, req, w);
     return req;
 }
@@ -260,7 +301,7 @@ size_t mux_window_live(const struct window *w)
 
 bool mux_window_blocked_by_abandoned(const struct window *w)
 {
-    if (!M.rt.nqueued || window_has_room(w, M.cfg->max_inflight))
+    if (!reqtable_lane(&M.rt, w->lane)->nqueued || window_has_room(w, M.cfg->max_inflight))
         return false;
     for (const struct list *p = w->list.next; p != &w->list; p = p->next) {
         const struct request *r = list_entry(p, struct request, wnode);
@@ -295,9 +336,10 @@ void mux_sent(struct request *req)
 /* The gateway is done with req; it may be freed here (when its owner has gone). */
 static void close_upstream(struct request *req)
 {
+    struct lane *l = req->win ? req->win->lane : NULL;
     list_del(&req->dnode);
     reqtable_close(&M.rt, req);
-    M.sink->sendable(); /* the window may have room now */
+    M.sink->sendable(l); /* the window may have room now */
 }
 
 static void deliver(struct request *req, const struct frame *f)

@@ -15,14 +15,28 @@ void caller_init(struct caller *c)
 {
     list_init(&c->queue);
     list_init(&c->turn);
+    c->lane = NULL;
+}
+
+void lane_init(struct lane *l, void *owner)
+{
+    list_init(&l->turns);
+    caller_init(&l->nobody);
+    l->nobody.lane = l;
+    l->nqueued = 0;
+    l->owner = owner;
+}
+
+struct lane *reqtable_lane(struct reqtable *rt, struct lane *l)
+{
+    return l ? l : &rt->own;
 }
 
 void reqtable_init(struct reqtable *rt, const char *prefix)
 {
     memset(rt, 0, sizeof *rt);
     list_init(&rt->queue);
-    list_init(&rt->turns);
-    caller_init(&rt->nobody);
+    lane_init(&rt->own, NULL);
     rt->nbuckets = 256;
     rt->buckets = calloc(rt->nbuckets, sizeof *rt->buckets);
     if (!rt->buckets)
@@ -92,18 +106,27 @@ struct request *reqtable_new(struct reqtable *rt)
 
 static struct caller *caller_of(struct reqtable *rt, struct request *req)
 {
-    return req->caller ? req->caller : &rt->nobody;
+    return req->caller ? req->caller : &reqtable_lane(rt, req->lane)->nobody;
 }
 
 void reqtable_enqueue(struct reqtable *rt, struct request *req)
 {
+    struct lane *l = reqtable_lane(rt, req->lane);
+    req->lane = l;
+    /* A caller's requests wait in one lane at a time; one for another identity while
+     * some wait (a REST connection's next Bearer) takes the lane's common turn. */
+    if (req->caller && !list_empty(&req->caller->queue) && req->caller->lane != l)
+        req->caller = NULL;
     struct caller *c = caller_of(rt, req);
     req->state = REQ_QUEUED;
     list_add_tail(&rt->queue, &req->qnode);
-    if (list_empty(&c->queue))
-        list_add_tail(&rt->turns, &c->turn);
+    if (list_empty(&c->queue)) {
+        c->lane = l;
+        list_add_tail(&l->turns, &c->turn);
+    }
     list_add_tail(&c->queue, &req->cnode);
     rt->nqueued++;
+    l->nqueued++;
 }
 
 void reqtable_dequeue(struct reqtable *rt, struct request *req)
@@ -116,14 +139,21 @@ void reqtable_dequeue(struct reqtable *rt, struct request *req)
     if (list_empty(&c->queue))
         list_del(&c->turn);
     rt->nqueued--;
+    reqtable_lane(rt, req->lane)->nqueued--;
+}
+
+struct request *reqtable_lane_head(struct reqtable *rt, struct lane *l)
+{
+    l = reqtable_lane(rt, l);
+    if (list_empty(&l->turns))
+        return NULL;
+    struct caller *c = list_entry(l->turns.next, struct caller, turn);
+    return list_entry(c->queue.next, struct request, cnode);
 }
 
 struct request *reqtable_queue_head(struct reqtable *rt)
 {
-    if (list_empty(&rt->turns))
-        return NULL;
-    struct caller *c = list_entry(rt->turns.next, struct caller, turn);
-    return list_entry(c->queue.next, struct request, cnode);
+    return reqtable_lane_head(rt, NULL);
 }
 
 struct request *reqtable_oldest(struct reqtable *rt)
@@ -131,10 +161,16 @@ struct request *reqtable_oldest(struct reqtable *rt)
     return list_empty(&rt->queue) ? NULL : list_entry(rt->queue.next, struct request, qnode);
 }
 
-void window_init(struct window *w)
+void window_init_lane(struct window *w, struct lane *l)
 {
     list_init(&w->list);
     w->n = 0;
+    w->lane = l;
+}
+
+void window_init(struct window *w)
+{
+    window_init_lane(w, NULL);
 }
 
 bool window_has_room(const struct window *w, int max)
@@ -145,10 +181,11 @@ bool window_has_room(const struct window *w, int max)
 void reqtable_mark_sent(struct reqtable *rt, struct request *req, struct window *w)
 {
     struct caller *c = caller_of(rt, req);
+    struct lane *l = reqtable_lane(rt, req->lane);
     reqtable_dequeue(rt, req);
-    if (!list_empty(&c->queue) && c->turn.next != &rt->turns) {
+    if (!list_empty(&c->queue) && c->turn.next != &l->turns) {
         list_del(&c->turn); /* its turn is over: to the back */
-        list_add_tail(&rt->turns, &c->turn);
+        list_add_tail(&l->turns, &c->turn);
     }
     req->state = REQ_SENT;
     req->win = w;

@@ -216,7 +216,7 @@ static void submit(struct session *s, const struct client_msg_info *m, const cha
     envelope_rewrite(&r->req->frame, text, len, m->id_present ? &m->id_span : NULL, r->req->id, workspace);
     if (s->ops->pending_changed)
         s->ops->pending_changed(s);
-    mux_submit(r->req); /* may answer at once (and free r) */
+    mux_submit_as(r->req, s->who, s->credential, s->credential_len); /* may answer at once (and free r) */
 }
 
 void session_message(struct session *s, const char *text, size_t len)
@@ -262,8 +262,26 @@ void session_fail_all(struct session *s, const char *type, const char *message)
     }
 }
 
+void session_set_credential(struct session *s, const char *p, size_t n)
+{
+    if (s->credential) {
+        explicit_bzero(s->credential, s->credential_len);
+        free(s->credential);
+        s->credential = NULL;
+        s->credential_len = 0;
+    }
+    if (!p || !n)
+        return;
+    if (!(s->credential = malloc(n + 1)))
+        abort();
+    memcpy(s->credential, p, n);
+    s->credential[n] = '\0';
+    s->credential_len = n;
+}
+
 void session_close(struct session *s)
 {
+    session_set_credential(s, NULL, 0);
     s->closed = true;
     while (!list_empty(&s->reqs))
         sreq_free(list_entry(s->reqs.next, struct sreq, node));

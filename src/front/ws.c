@@ -158,6 +158,8 @@ static void session_control(struct session *s, const struct client_msg_info *m)
     char tok[4096];
     long tlen = m->token.p ? json_string_decode(m->token, tok, sizeof tok) : -1;
     bool ok = access_admit_frame(tlen >= 0 ? tok : NULL, tlen >= 0 ? (size_t)tlen : 0, &c->caller);
+    if (ok)
+        session_set_credential(s, tok, tlen > 0 ? (size_t)tlen : 0); /* a forward caller's key, for later requests */
     explicit_bzero(tok, sizeof tok);
     if (!ok) {
         /* The gateway's own refusal; the socket stays open and keeps what it had. */
@@ -289,6 +291,23 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
+/* A Bearer, else ?token= (decoded, as the gateway reads it): a forward caller's own
+ * gateway key (issue 17) for the requests that follow. */
+static void presented_credential(struct session *s, const struct http_head *h)
+{
+    size_t n = 0;
+    const char *b = access_bearer(h->authorization.p, h->authorization.n, &n);
+    struct span q;
+    if (b) {
+        session_set_credential(s, b, n);
+    } else if (http_query_param(h->query, "token", &q) && q.p && q.n) {
+        char dec[4096];
+        size_t m = url_decode_form(q.p, q.n, dec, sizeof dec);
+        session_set_credential(s, dec, m);
+        explicit_bzero(dec, sizeof dec);
+    }
+}
+
 static bool ws_take(int fd, const struct handover *in, struct refusal *no)
 {
     bool unix_peer = in->peer->unix_socket;
@@ -325,6 +344,7 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     session_init(&c->session, &ws_rules, &ws_session_ops, W.cfg, c);
     c->caller = v.caller;
     c->session.who = v.caller.name;
+    presented_credential(&c->session, in->head);
     c->session.locked = v.caller.token == TOKEN_ABSENT;
     list_add_tail(&W.conns, &c->node);
     W.nconns++;

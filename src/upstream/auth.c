@@ -8,20 +8,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *auth_token(void)
+/* A caller's pool presents its key; the own pool --token (or --token-file's). */
+const char *auth_token(const struct upool *P)
 {
+    if (P->key)
+        return P->key;
     return U.cfg->token ? U.cfg->token : "";
 }
 
-/* --token-file read again; a new token bumps U.token_gen, so connections that
+/* --token-file read again; a new token bumps P->token_gen, so connections that
  * presented the old one are known to be stale whoever read the file first (a new
  * connection, SIGHUP or the watcher).  A file that is missing, unreadable or empty
  * (mid-rotation, or a Secret briefly without its key) keeps the token we had: -1 with why. */
-int auth_reread_token(char *err, size_t errlen)
+int auth_reread_token(struct upool *P, char *err, size_t errlen)
 {
+    if (P->key)
+        return 0; /* a caller's key changes with the policy: a new key is another pool */
     char *before = U.cfg->token ? strdup(U.cfg->token) : NULL;
     int rc = config_read_token_file(U.cfg, err, errlen);
-    if (!rc && before && before[0] && !auth_token()[0]) {
+    if (!rc && before && before[0] && !auth_token(P)[0]) {
         snprintf(err, errlen, "token file %s is empty", U.cfg->token_file);
         rc = -1;
     }
@@ -30,8 +35,8 @@ int auth_reread_token(char *err, size_t errlen)
         U.cfg->token = before; /* still in the redaction list */
         return rc;
     }
-    if (!rc && before && strcmp(before, auth_token()))
-        U.token_gen++;
+    if (!rc && before && strcmp(before, auth_token(P)))
+        P->token_gen++;
     if (before)
         explicit_bzero(before, strlen(before));
     free(before);
@@ -43,20 +48,20 @@ bool auth_sends_frame(void)
     return U.cfg->auth == AUTH_AUTO || U.cfg->auth == AUTH_FIRST_FRAME;
 }
 
-bool auth_refreshes_in_band(void)
+bool auth_refreshes_in_band(const struct upool *P)
 {
-    return auth_sends_frame() && !strncmp(U.era, "v2", 2);
+    return auth_sends_frame() && !strncmp(P->era, "v2", 2);
 }
 
-int auth_path(char *path, size_t cap)
+int auth_path(const struct upool *P, char *path, size_t cap)
 {
     struct buf p;
     buf_init(&p, 0);
     buf_printf(&p, "%s/api/v1/socket", U.cfg->gw.base_path);
     /* ?token= is how V1 gateways authenticate the socket (ref §3.1); V2 ignores it.
      * Percent-encoded, because the gateway URL-decodes it (ref Q20). */
-    if ((U.cfg->auth == AUTH_QUERY || U.cfg->auth == AUTH_AUTO) && auth_token()[0]) {
-        char *enc = url_encode(auth_token());
+    if ((U.cfg->auth == AUTH_QUERY || U.cfg->auth == AUTH_AUTO) && auth_token(P)[0]) {
+        char *enc = url_encode(auth_token(P));
         buf_printf(&p, "?token=%s", enc ? enc : "");
         free(enc);
     }
@@ -71,11 +76,12 @@ int auth_path(char *path, size_t cap)
 /* --auth header: the token as a Bearer header on the upgrade request. */
 int auth_append_headers(struct dial *d, unsigned char **p, unsigned char *end)
 {
-    if (U.cfg->auth != AUTH_HEADER || !auth_token()[0])
+    const struct upool *P = timer_owner(d, struct upconn, dial)->pool;
+    if (U.cfg->auth != AUTH_HEADER || !auth_token(P)[0])
         return 0;
     struct buf v;
     buf_init(&v, 0);
-    buf_printf(&v, "Bearer %s", auth_token());
+    buf_printf(&v, "Bearer %s", auth_token(P));
     int bad = lws_add_http_header_by_name(d->wsi, (const unsigned char *)"authorization:",
                                           (const unsigned char *)buf_ptr(&v), (int)v.len, p, end);
     explicit_bzero(v.data, v.cap);
@@ -84,12 +90,12 @@ int auth_append_headers(struct dial *d, unsigned char **p, unsigned char *end)
 }
 
 /* {"type":"auth","token":...}; -1 when lws did not take it whole. */
-int auth_write_frame(struct lws *wsi)
+int auth_write_frame(const struct upool *P, struct lws *wsi)
 {
     struct buf b;
     buf_init(&b, LWS_PRE);
     buf_puts(&b, "{\"type\":\"auth\",\"token\":");
-    buf_json_string(&b, auth_token(), strlen(auth_token()));
+    buf_json_string(&b, auth_token(P), strlen(auth_token(P)));
     buf_puts(&b, "}");
     size_t len = b.len;
     int n = lws_write(wsi, (unsigned char *)buf_ptr(&b), len, LWS_WRITE_TEXT);
@@ -138,6 +144,7 @@ enum auth_verdict auth_reply(const struct frame *f, const char **era)
 /* Reply to an in-band refresh (ref §3.2): failure keeps the previous identity. */
 void auth_refresh_reply(struct upconn *c, const struct frame *f)
 {
+    struct upool *P = c->pool;
     if (!c->reauthenticating) {
         log_debug("unexpected %s", f->kind == FRAME_AUTH_OK ? "auth-ok" : "auth-failed");
         return;
@@ -146,11 +153,11 @@ void auth_refresh_reply(struct upconn *c, const struct frame *f)
     timer_cancel(&c->reauth_timer);
     if (f->kind == FRAME_AUTH_OK) {
         if (f->workspace[0])
-            snprintf(U.default_ws, sizeof U.default_ws, "%s", f->workspace);
-        snprintf(U.reauth_status, sizeof U.reauth_status, "ok");
+            snprintf(P->default_ws, sizeof P->default_ws, "%s", f->workspace);
+        snprintf(P->reauth_status, sizeof P->reauth_status, "ok");
         log_info("re-authenticated in-band with the new token (auth-ok)");
     } else {
-        snprintf(U.reauth_status, sizeof U.reauth_status, "rejected: %s", f->err_message);
+        snprintf(P->reauth_status, sizeof P->reauth_status, "rejected: %s", f->err_message);
         log_error("the gateway rejected the new token (auth-failed: %s); the open connection keeps its "
                   "previous identity, and the next connection will use the new token",
                   f->err_message);

@@ -70,21 +70,23 @@ void conn_goodbye(struct upconn *c, enum closed_for as)
  * a rotation waiting for this one runs. */
 static void conn_ready(struct upconn *c, const char *era, const char *workspace)
 {
+    struct upool *P = c->pool;
     pool_ready(c, era, workspace);
-    if (c->token_gen != U.token_gen)
+    if (c->token_gen != P->token_gen)
         rotate_stale_token(c); /* it was dialled before SIGHUP read the new token */
-    upstream_kick();
-    rotate_done();
+    upstream_kick_pool(P);
+    rotate_done(P);
 }
 
 static void on_opened(struct dial *d)
 {
     struct upconn *c = timer_owner(d, struct upconn, dial);
+    struct upool *P = c->pool;
     c->last_heard = now_mono();
     pool_upgraded(c);
     if (c->why == FOR_RECONNECT)
-        U.reconnects++; /* a rotation or an overflow connection is not a reconnect */
-    U.ever_connected = true;
+        P->reconnects++; /* a rotation or an overflow connection is not a reconnect */
+    P->ever_connected = true;
     if (!auth_sends_frame()) {
         conn_ready(c, U.cfg->auth == AUTH_QUERY ? "not probed (--auth query)" : "not probed (--auth header)", NULL);
         return;
@@ -114,48 +116,52 @@ static void conn_free(struct upconn *c)
 static void conn_gone(struct dial *d)
 {
     struct upconn *c = timer_owner(d, struct upconn, dial);
+    struct upool *P = c->pool;
     auth_word_reason(c);
     struct conn_loss loss;
     pool_unlink(c, &loss);
     conn_free(c);
-    if (U.stopping)
+    if (U.stopping || !pools_is_own(P)) {
+        pools_after_loss(P, &loss); /* a caller's pool has rules of its own (may free P) */
         return;
-    rotate_after_loss(&loss);
-    if (pool_after_loss(&loss)) {
-        upstream_kick();
+    }
+    rotate_after_loss(P, &loss);
+    if (pool_after_loss(P, &loss)) {
+        upstream_kick_pool(P);
         return;
     }
     /* Nothing serves and nothing is on its way: a fresh connection replaces them,
      * and whatever a rotation was wanted for is moot on it. */
-    rotate_forget();
-    pool_down();
+    rotate_forget(P);
+    pool_down(P);
 }
 
 static const struct dial_ops conn_ops = {on_opened, conn_gone, auth_append_headers};
 
 /* Opens a connection through dial.c (re-reading the token file first).  NULL if it
  * could not start, with why. */
-struct upconn *conn_start(enum opened_for why, char *whynot, size_t whylen)
+struct upconn *conn_start(struct upool *P, enum opened_for why, char *whynot, size_t whylen)
 {
     char err[256];
-    if (auth_reread_token(err, sizeof err)) {
+    if (auth_reread_token(P, err, sizeof err)) {
         /* Keep the last token we had; a file mid-rotation must not take us down. */
         log_warn("%s", err);
     }
     struct upconn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
+    c->pool = P;
     c->serial = ++U.serial;
     c->why = why;
-    window_init(&c->win);
+    window_init_lane(&c->win, P->lane);
     buf_init(&c->rx, 0);
     buf_init(&c->burst, LWS_PRE);
     c->dial.ops = &conn_ops;
     c->dial.local_protocol = "tgb-upstream";
     c->dial.retry = &U.retry;
-    c->token_gen = U.token_gen;
-    bool too_long = auth_path(c->dial.path, sizeof c->dial.path) < 0;
-    list_add_tail(&U.conns, &c->node);
+    c->token_gen = P->token_gen;
+    bool too_long = auth_path(P, c->dial.path, sizeof c->dial.path) < 0;
+    list_add_tail(&P->conns, &c->node);
     if (too_long || dial_start(&c->dial)) {
         snprintf(whynot, whylen, "%s", too_long ? "gateway path plus token is too long" : c->dial.reason);
         list_del(&c->node);
@@ -164,7 +170,8 @@ struct upconn *conn_start(enum opened_for why, char *whynot, size_t whylen)
         free(c);
         return NULL;
     }
-    log_debug("connection #%u (%s): %s %s", c->serial, opened_names[why], dial_phase_name(&c->dial),
+    log_debug("connection #%u (%s%s%s): %s %s", c->serial, opened_names[why], P->key ? ", caller " : "",
+              P->key ? P->caller : "", dial_phase_name(&c->dial),
               U.cfg->via_proxy ? U.cfg->via_proxy->host : U.cfg->gw.host);
     return c;
 }
@@ -231,14 +238,15 @@ void conn_resume_after_writes(void *arg)
 {
     (void)arg;
     uint64_t writes = firstpart_writes_total();
-    for (struct list *p = U.conns.next; p != &U.conns; p = p->next) {
-        struct upconn *c = list_entry(p, struct upconn, node);
-        if (timer_pending(&c->resume_rx) && writes != c->resume_after) {
-            timer_cancel(&c->resume_rx);
-            if (c->dial.wsi)
-                lws_rx_flow_control(c->dial.wsi, 1);
+    for (struct upool *P = &U.own; P; P = pools_next(P))
+        for (struct list *p = P->conns.next; p != &P->conns; p = p->next) {
+            struct upconn *c = list_entry(p, struct upconn, node);
+            if (timer_pending(&c->resume_rx) && writes != c->resume_after) {
+                timer_cancel(&c->resume_rx);
+                if (c->dial.wsi)
+                    lws_rx_flow_control(c->dial.wsi, 1);
+            }
         }
-    }
 }
 
 static int on_receive(struct upconn *c, const char *in, size_t len)
@@ -282,8 +290,8 @@ static int on_receive(struct upconn *c, const char *in, size_t len)
  * under the connection's deadline, dial.c; a refresh has its own). */
 static int write_auth(struct upconn *c)
 {
-    c->token_gen = U.token_gen;
-    int rc = auth_write_frame(c->dial.wsi);
+    c->token_gen = c->pool->token_gen;
+    int rc = auth_write_frame(c->pool, c->dial.wsi);
     c->auth_frame_due = false;
     if (c->state == UP_READY) {
         c->reauthenticating = true;
@@ -378,8 +386,8 @@ static int write_next(struct upconn *c)
     }
     if (c->sending || (!c->retiring && mux_has_sendable(&c->win)))
         lws_callback_on_writable(c->dial.wsi);
-    else if (!mux_queue_empty())
-        upstream_kick(); /* its window is full: another connection, or one more */
+    else if (mux_lane_queued(c->pool->lane))
+        upstream_kick_pool(c->pool); /* its window is full: another connection, or one more */
     return 0;
 }
 

@@ -27,10 +27,10 @@ void pool_build_retry_policy(void)
     U.retry.jitter_percent = 30;
 }
 
-size_t pool_count(bool serving_only)
+size_t pool_count(const struct upool *P, bool serving_only)
 {
     size_t n = 0;
-    for (const struct list *p = U.conns.next; p != &U.conns; p = p->next) {
+    for (const struct list *p = P->conns.next; p != &P->conns; p = p->next) {
         const struct upconn *c = list_entry(p, struct upconn, node);
         n += !serving_only || !c->retiring;
     }
@@ -39,14 +39,14 @@ size_t pool_count(bool serving_only)
 
 static struct pool_slot slot_of(const struct upconn *c)
 {
-    return (struct pool_slot){.used = c->win.n, .serving = conn_serving(c), .persistent = c == U.primary};
+    return (struct pool_slot){.used = c->win.n, .serving = conn_serving(c), .persistent = c == c->pool->primary};
 }
 
 /* Every connection as pool_policy.h sees it, in U.slots (grown, never shrunk). */
-static struct pool_view view(void)
+static struct pool_view view(const struct upool *P)
 {
     size_t n = 0;
-    for (struct list *p = U.conns.next; p != &U.conns; p = p->next, n++) {
+    for (struct list *p = P->conns.next; p != &P->conns; p = p->next, n++) {
         if (n == U.slot_cap) {
             size_t cap = U.slot_cap ? 2 * U.slot_cap : 16;
             U.slots = realloc(U.slots, cap * sizeof *U.slots);
@@ -61,31 +61,35 @@ static struct pool_view view(void)
     return (struct pool_view){.slot = U.slots, .n = n, .window = (size_t)U.cfg->max_inflight};
 }
 
-static void schedule_reconnect(void)
+static void schedule_reconnect(struct upool *P)
 {
-    if (U.stopping || U.primary || U.opening)
+    if (U.stopping || P->primary || P->opening)
         return;
-    if (U.auth_rejected) {
+    if (P->auth_rejected) {
         /* Hammering a gateway that refuses the token helps nobody: the backoff resets
          * only after a successful authentication. */
-        timer_after(&U.retry_timer, U.cfg->reconnect_max, pool_connect_now);
+        timer_after(&P->retry_timer, U.cfg->reconnect_max, pool_connect_now);
         return;
     }
     char conceal;
-    unsigned ms = lws_retry_get_delay_ms(U.ctx, &U.retry, &U.retry_count, &conceal);
-    timer_after(&U.retry_timer, ms / 1000.0, pool_connect_now);
+    unsigned ms = lws_retry_get_delay_ms(U.ctx, &U.retry, &P->retry_count, &conceal);
+    timer_after(&P->retry_timer, ms / 1000.0, pool_connect_now);
 }
 
 /* Logs a state change once, not once per retry. */
-static void log_down(void)
+static void log_down(struct upool *P)
 {
-    if (strcmp(U.last_logged_reason, U.reason)) {
-        log_warn("upstream not ready: %s (retrying with backoff)", U.reason);
-        snprintf(U.last_logged_reason, sizeof U.last_logged_reason, "%s", U.reason);
-        if (U.on_change)
-            U.on_change(false, U.reason);
+    if (strcmp(P->last_logged_reason, P->reason)) {
+        if (P->key)
+            log_warn("caller %s's gateway identity not ready: %s (retrying with backoff while its calls wait)",
+                     P->caller, P->reason);
+        else
+            log_warn("upstream not ready: %s (retrying with backoff)", P->reason);
+        snprintf(P->last_logged_reason, sizeof P->last_logged_reason, "%s", P->reason);
+        if (U.on_change && !P->key)
+            U.on_change(false, P->reason);
     } else {
-        log_debug("upstream still not ready: %s", U.reason);
+        log_debug("upstream still not ready: %s", P->reason);
     }
 }
 
@@ -116,61 +120,68 @@ static void discover_found(const char *how)
 /* c completed its upgrade: with no gateway given, its candidate is kept. */
 void pool_upgraded(struct upconn *c)
 {
-    if (U.cfg->gateway_discover && c->why != FOR_OVERFLOW)
+    if (U.cfg->gateway_discover && c->why != FOR_OVERFLOW && !c->pool->key)
         discover_found("to accept the WebSocket upgrade");
 }
 
 /* The attempt readiness hung on failed: with no gateway given, true when the next
- * candidate is dialled at once; after a whole round, U.reason gives each one's failure. */
-static bool discover_after_failure(void)
+ * candidate is dialled at once; after a whole round, P->reason gives each one's failure. */
+static bool discover_after_failure(struct upool *P)
 {
-    if (!U.cfg->gateway_discover || U.stopping)
+    if (!U.cfg->gateway_discover || U.stopping || P->key)
         return false;
-    if (!discover_has_choice(&U.disc) && U.auth_rejected) /* a gateway, refusing the token */
+    if (!discover_has_choice(&U.disc) && P->auth_rejected) /* a gateway, refusing the token */
         discover_found("to answer, refusing the token");
     bool had = discover_has_choice(&U.disc);
-    snprintf(U.disc_why[discover_next(&U.disc)], sizeof U.disc_why[0], "%.*s", (int)sizeof U.disc_why[0] - 1, U.reason);
+    snprintf(U.disc_why[discover_next(&U.disc)], sizeof U.disc_why[0], "%.*s", (int)sizeof U.disc_why[0] - 1, P->reason);
     enum discover_then then = discover_failed(&U.disc, now_mono(), U.cfg->reconnect_max);
     if (had && !discover_has_choice(&U.disc))
         log_warn("the gateway found at %s has failed for --reconnect-max (%g s): trying %s and %s again",
                  U.cfg->gateway, U.cfg->reconnect_max, gateway_candidates[0], gateway_candidates[1]);
     if (then == DISCOVER_NOW) {
-        timer_after(&U.retry_timer, 0, pool_connect_now);
+        timer_after(&P->retry_timer, 0, pool_connect_now);
         return true;
     }
     if (!had)
-        snprintf(U.reason, sizeof U.reason, "no gateway found (none given, so %.40s and %.40s were tried): %.180s; %.180s",
+        snprintf(P->reason, sizeof P->reason, "no gateway found (none given, so %.40s and %.40s were tried): %.180s; %.180s",
                  gateway_candidates[0], gateway_candidates[1], U.disc_why[0], U.disc_why[1]);
     return false;
 }
 
-void pool_down(void)
+void pool_down(struct upool *P)
 {
-    if (discover_after_failure())
+    if (discover_after_failure(P))
         return;
-    log_down();
-    schedule_reconnect();
+    log_down(P);
+    schedule_reconnect(P);
 }
 
-bool pool_open(enum opened_for why, char *whynot, size_t whylen)
+bool pool_open(struct upool *P, enum opened_for why, char *whynot, size_t whylen)
 {
-    if (U.opening || U.stopping)
+    if (P->opening || U.stopping)
         return false;
-    discover_dial();
-    U.opening = conn_start(why, whynot, whylen);
-    if (!U.opening)
+    if (!P->key)
+        discover_dial(); /* a caller's pool dials the gateway the own one found */
+    P->opening = conn_start(P, why, whynot, whylen);
+    if (!P->opening)
         return false;
     U.opened[why]++;
     return true;
 }
 
+void pool_connect(struct upool *P)
+{
+    if (U.stopping || P->primary || P->opening)
+        return;
+    if (P->key && (!mux_lane_queued(P->lane) || !pools_may_open(P)))
+        return; /* a caller's pool opens for calls that wait, within the caps */
+    if (!pool_open(P, P->ever_connected ? FOR_RECONNECT : FOR_STARTUP, P->reason, sizeof P->reason))
+        pool_down(P);
+}
+
 void pool_connect_now(struct timer *t)
 {
-    (void)t;
-    if (U.stopping || U.primary || U.opening)
-        return;
-    if (!pool_open(U.ever_connected ? FOR_RECONNECT : FOR_STARTUP, U.reason, sizeof U.reason))
-        pool_down();
+    pool_connect(t ? timer_owner(t, struct upool, retry_timer) : &U.own);
 }
 
 /* Takes nothing new; it goes once nothing live is left on it (pool_check_retiring), or
@@ -226,6 +237,7 @@ void pool_window_changed(struct upconn *c)
     struct pool_slot s = slot_of(c);
     if (pool_idle(&s) && !timer_pending(&c->idle_timer))
         timer_after(&c->idle_timer, U.cfg->connection_idle, idle_expired);
+    pools_idle_check(c->pool);
 }
 
 void pool_sent_on(struct upconn *c, struct request *req)
@@ -239,15 +251,15 @@ void pool_sent_on(struct upconn *c, struct request *req)
  * its window (pool_place), which can start it soonest.  Every serving connection with
  * something half-written or an auth frame due is asked to write, too.  False when
  * requests wait and every window is full. */
-bool pool_place_waiting(void)
+bool pool_place_waiting(struct upool *P)
 {
-    struct pool_view v = view();
+    struct pool_view v = view(P);
     for (size_t i = 0; i < v.n; i++) {
         struct upconn *c = U.slot_conn[i];
         if (v.slot[i].serving && (c->sending || c->auth_frame_due))
             conn_want_write(c);
     }
-    if (mux_queue_empty())
+    if (!mux_lane_queued(P->lane))
         return true;
     long best = pool_place(&v);
     if (best < 0)
@@ -257,74 +269,79 @@ bool pool_place_waiting(void)
 }
 
 /* Every window is full and requests wait: one more connection, if the policy says so. */
-void pool_overflow(void)
+void pool_overflow(struct upool *P)
 {
     struct pool_demand d = {
-        .requests_wait = !mux_queue_empty(), .room = false, .have_persistent = U.primary != NULL,
-        .opening = U.opening != NULL, .open_conns = pool_count(true),
-        .max_connections = (size_t)U.cfg->max_connections, .now = now_mono(), .not_before = U.overflow_not_before,
+        .requests_wait = mux_lane_queued(P->lane) > 0, .room = false, .have_persistent = P->primary != NULL,
+        .opening = P->opening != NULL, .open_conns = pool_count(P, true),
+        .max_connections = P->key ? P->max_connections : (size_t)U.cfg->max_connections, .now = now_mono(),
+        .not_before = P->overflow_not_before,
     };
-    if (!pool_should_open_overflow(&d))
+    if (!pool_should_open_overflow(&d) || !pools_may_open(P))
         return;
     char whynot[512];
-    if (!pool_open(FOR_OVERFLOW, whynot, sizeof whynot))
+    if (!pool_open(P, FOR_OVERFLOW, whynot, sizeof whynot))
         log_warn("cannot open an overflow connection: %s", whynot);
     else
-        log_info("opening overflow connection #%u: every window is full and %zu requests wait", U.opening->serial,
-                 mux_queued());
+        log_info("opening overflow connection #%u%s%s: every window is full and %zu requests wait",
+                 P->opening->serial, P->key ? " for caller " : "", P->key ? P->caller : "",
+                 mux_lane_queued(P->lane));
 }
 
 static void overflow_retry(struct timer *t)
 {
-    (void)t;
-    upstream_kick();
+    upstream_kick_pool(timer_owner(t, struct upool, overflow_timer));
 }
 
 /* c authenticated (or needs no authentication): it becomes the persistent connection,
  * replaces the one a rotation opened it for, or serves as an overflow one. */
 static void take_in(struct upconn *c)
 {
-    struct upconn *replaced = c->why == FOR_ROTATION ? U.replacing : NULL;
-    U.replacing = NULL;
+    struct upool *P = c->pool;
+    struct upconn *replaced = c->why == FOR_ROTATION ? P->replacing : NULL;
+    P->replacing = NULL;
     if (replaced) {
-        if (replaced == U.primary)
-            U.primary = c;
+        if (replaced == P->primary)
+            P->primary = c;
         replaced->rotated_out = true;
         pool_retire(replaced, "rotated out");
-    } else if (!U.primary) {
+    } else if (!P->primary) {
         /* A rotation's replacement that finds the one it was to replace lost is what
          * brings the upstream back: a reconnect. */
         if (c->why == FOR_ROTATION)
-            U.reconnects++;
-        U.primary = c;
+            P->reconnects++;
+        P->primary = c;
     }
 }
 
 void pool_ready(struct upconn *c, const char *era, const char *workspace)
 {
+    struct upool *P = c->pool;
     c->state = UP_READY;
-    if (c == U.opening)
-        U.opening = NULL;
-    bool first = !U.primary;
+    if (c == P->opening)
+        P->opening = NULL;
+    bool first = !P->primary;
     take_in(c);
-    U.retry_count = 0;
-    U.overflow_retry_count = 0;
-    U.auth_rejected = false;
+    P->retry_count = 0;
+    P->overflow_retry_count = 0;
+    P->auth_rejected = false;
     dial_settled(&c->dial);
-    bool era_changed = strcmp(U.era, era) != 0;
-    snprintf(U.era, sizeof U.era, "%s", era);
+    bool era_changed = strcmp(P->era, era) != 0;
+    snprintf(P->era, sizeof P->era, "%s", era);
     if (workspace)
-        snprintf(U.default_ws, sizeof U.default_ws, "%s", workspace);
-    U.last_logged_reason[0] = '\0';
-    if (c == U.primary) {
+        snprintf(P->default_ws, sizeof P->default_ws, "%s", workspace);
+    P->last_logged_reason[0] = '\0';
+    if (c == P->primary && P->key) {
+        log_info("caller %s's gateway identity ready (connection #%u, era %s)", P->caller, c->serial, P->era);
+    } else if (c == P->primary) {
         log_info("upstream ready (connection #%u): %s auth=%s era=%s%s%s%s", c->serial, U.cfg->gateway,
-                 auth_mode_name(U.cfg->auth), U.era, U.default_ws[0] ? " default_workspace=" : "", U.default_ws,
+                 auth_mode_name(U.cfg->auth), P->era, P->default_ws[0] ? " default_workspace=" : "", P->default_ws,
                  era_changed ? "" : " (same era as before)");
         if (first && U.on_change)
-            U.on_change(true, U.era);
+            U.on_change(true, P->era);
     } else {
         log_info("overflow connection #%u ready (%zu connections; every window was full with requests waiting)",
-                 c->serial, pool_count(true));
+                 c->serial, pool_count(P, true));
         pool_window_changed(c);
     }
 }
@@ -333,21 +350,22 @@ void pool_ready(struct upconn *c, const char *era, const char *workspace)
  * (c is freed in between). */
 void pool_unlink(struct upconn *c, struct conn_loss *loss)
 {
-    loss->was_primary = c == U.primary;
-    loss->was_opening = c == U.opening;
+    struct upool *P = c->pool;
+    loss->was_primary = c == P->primary;
+    loss->was_opening = c == P->opening;
     list_del(&c->node);
     if (loss->was_primary)
-        U.primary = NULL;
+        P->primary = NULL;
     if (loss->was_opening)
-        U.opening = NULL;
-    if (c == U.replacing)
-        U.replacing = NULL;
+        P->opening = NULL;
+    if (c == P->replacing)
+        P->replacing = NULL;
     /* What readiness hung on: the persistent connection, or an attempt made while
      * none serves.  An overflow connection failing never speaks for readiness. */
     bool counts = (loss->was_primary || (loss->was_opening && c->why != FOR_OVERFLOW)) && !U.stopping;
     if (counts) {
-        snprintf(U.reason, sizeof U.reason, "%s", c->dial.reason);
-        U.auth_rejected = c->auth_refused;
+        snprintf(P->reason, sizeof P->reason, "%s", c->dial.reason);
+        P->auth_rejected = c->auth_refused;
     }
     loss->as = U.stopping ? CLOSED_SHUTDOWN : c->state < UP_READY ? CLOSED_FAILED
              : c->closed_as == CLOSED_IDLE || c->closed_as == CLOSED_ROTATED ? c->closed_as : CLOSED_LOST;
@@ -361,39 +379,39 @@ void pool_unlink(struct upconn *c, struct conn_loss *loss)
 
 /* The serving connection with the most room takes over from a persistent one that
  * is gone; overflow ones are kept, so the loss costs no gap in service. */
-static void promote(const struct conn_loss *loss)
+static void promote(struct upool *P, const struct conn_loss *loss)
 {
-    struct pool_view v = view();
+    struct pool_view v = view(P);
     long i = pool_promote(&v);
-    U.primary = i < 0 ? NULL : U.slot_conn[i];
-    if (U.primary) {
-        timer_cancel(&U.primary->idle_timer);
+    P->primary = i < 0 ? NULL : U.slot_conn[i];
+    if (P->primary) {
+        timer_cancel(&P->primary->idle_timer);
         log_warn("the persistent connection #%u was lost (%s); overflow connection #%u takes its place",
-                 loss->serial, loss->reason, U.primary->serial);
+                 loss->serial, loss->reason, P->primary->serial);
     }
 }
 
 /* After a connection went (not while stopping): an overflow attempt that failed backs
  * off, a lost persistent one is replaced by promotion.  True when something serves or
  * is being opened (the caller kicks), false when a reconnect is due. */
-bool pool_after_loss(const struct conn_loss *loss)
+bool pool_after_loss(struct upool *P, const struct conn_loss *loss)
 {
     if (loss->was_opening && loss->why == FOR_OVERFLOW) {
         char conceal;
-        unsigned ms = lws_retry_get_delay_ms(U.ctx, &U.retry, &U.overflow_retry_count, &conceal);
-        U.overflow_not_before = now_mono() + ms / 1000.0;
+        unsigned ms = lws_retry_get_delay_ms(U.ctx, &U.retry, &P->overflow_retry_count, &conceal);
+        P->overflow_not_before = now_mono() + ms / 1000.0;
         log_warn("could not open an overflow connection (#%u): %s; the others keep serving, retrying in %.1f s",
                  loss->serial, loss->reason, ms / 1000.0);
-        timer_after(&U.overflow_timer, ms / 1000.0, overflow_retry);
+        timer_after(&P->overflow_timer, ms / 1000.0, overflow_retry);
     } else if (loss->ever_ready && !loss->was_primary && !(loss->was_opening && loss->why == FOR_ROTATION)) {
         log_info("%s connection #%u closed (%s)", loss->why == FOR_OVERFLOW ? "overflow" : "retired", loss->serial,
                  loss->as == CLOSED_IDLE ? "idle" : loss->as == CLOSED_ROTATED ? "rotated out" : loss->reason);
     }
     if (loss->was_primary)
-        promote(loss);
-    if (U.primary || U.opening) {
-        if (!U.primary && U.opening)
-            log_warn("upstream connection lost (%s); its replacement is being set up", U.reason);
+        promote(P, loss);
+    if (P->primary || P->opening) {
+        if (!P->primary && P->opening)
+            log_warn("upstream connection lost (%s); its replacement is being set up", P->reason);
         return true;
     }
     return false;

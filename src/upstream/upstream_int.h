@@ -33,14 +33,16 @@ extern const char *const closed_names[CLOSED_FOR_N];
  * --connection-idle is closed.  A rotation is make-before-break: the replacement opens
  * and authenticates while the replaced one keeps serving; then the replaced one
  * retires, receiving replies for its live requests but taking nothing new. */
+struct upool;
 struct upconn {
-    struct dial dial;        /* the connection itself: wsi, phase, deadline, reason */
+    struct dial dial;        /* first: lws's opaque user data is the dial (dial.c) */
+    struct upool *pool;      /* the identity it presents */
     unsigned serial;
     enum upstream_state state; /* UP_AUTHENTICATING / UP_READY once open; before that the dial's phase */
     enum opened_for why;
     bool retiring;           /* takes nothing new; closes once nothing live is left on it */
     bool rotated_out;        /* retiring because a rotation replaced it as the persistent one */
-    unsigned token_gen;      /* which token (U.token_gen) it presented */
+    unsigned token_gen;      /* which token (pool's token_gen) it presented */
     bool goodbye;            /* close with a close frame from the next WRITEABLE */
     enum closed_for closed_as; /* what its end will be counted as */
     bool auth_refused;       /* failed on credentials: the backoff stays at its longest */
@@ -61,30 +63,53 @@ struct upconn {
     struct list node;
 };
 
-struct upstream_shared {
-    struct lws_context *ctx;
-    struct config *cfg;
+/* A pool: the connections that present one gateway identity.  tgbridge's own (U.own)
+ * is opened at start and kept; a caller's (issue 17, pools.c: an upstream_token_file
+ * key or a forward caller's own) is opened on first use, closes when idle, and is
+ * bounded by --max-caller-pools and --max-upstream-connections. */
+struct upool {
     struct list conns;       /* every connection, opening ones included */
     struct upconn *primary;  /* the persistent connection, once ready (else NULL) */
     struct upconn *opening;  /* the one connection being opened, if any */
     struct upconn *replacing; /* what `opening` replaces, in a rotation */
+    struct lane *lane;       /* the mux's queue for this identity (NULL: the own one) */
     char rotate_pending[160]; /* a rotation asked for while another was under way */
     char reason[512];
     char era[48];
     char default_ws[256];
     char reauth_status[160];
     bool auth_rejected;      /* the last connection failed on credentials */
-    bool stopping;
     struct timer retry_timer, overflow_timer, rotate_timer, rotate_retry_timer;
     uint16_t retry_count, overflow_retry_count;
     double overflow_not_before;
-    unsigned reconnects, rotations, serial;
+    unsigned reconnects, rotations;
     unsigned token_gen;      /* bumped by each token change SIGHUP reads */
-    unsigned long long opened[OPENED_FOR_N], closed[CLOSED_FOR_N];
     bool ever_connected;
+    char last_logged_reason[512];
+    /* A caller's pool only (pools.c); the own pool has key NULL and uses --token. */
+    char *key;
+    size_t key_len;
+    char caller[64];
+    unsigned max_connections;
+    double last_used, refused_until;
+    bool closing;            /* idle or evicted: its connections are saying goodbye */
+    struct lane own_lane;    /* what lane points at for a caller's pool */
+    struct timer idle_timer; /* nothing queued or in flight for --connection-idle */
+    struct list node;        /* in U.callers */
+};
+
+struct upstream_shared {
+    struct lws_context *ctx;
+    struct config *cfg;
+    bool stopping;
+    struct upool own;        /* tgbridge's own identity */
+    struct list callers;     /* callers' pools (pools.c), least recently used first */
+    size_t ncallers;
+    unsigned serial;
+    unsigned long long opened[OPENED_FOR_N], closed[CLOSED_FOR_N];
+    unsigned long long identities_refused; /* 503 too-many-identities */
     lws_retry_bo_t retry;
     uint32_t retry_table[16];
-    char last_logged_reason[512];
     upstream_change_fn on_change;
     /* No gateway given (discover.h): which candidate is kept or tried, and why each
      * failed last, for the reason a round that found none gives. */
@@ -109,7 +134,7 @@ struct conn_loss {
 /* conn.c */
 enum upstream_state conn_state(const struct upconn *c);
 bool conn_serving(const struct upconn *c);
-struct upconn *conn_start(enum opened_for why, char *whynot, size_t whylen);
+struct upconn *conn_start(struct upool *P, enum opened_for why, char *whynot, size_t whylen);
 void conn_reason(struct upconn *c, bool auth, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Closes c with a close frame from its next WRITEABLE, counted as `as`. */
 void conn_goodbye(struct upconn *c, enum closed_for as);
@@ -118,13 +143,13 @@ void conn_want_write(struct upconn *c);
 void conn_resume_after_writes(void *arg);
 
 /* auth.c: the era, the credentials, the auth frame; nothing here opens or closes. */
-const char *auth_token(void);
-int auth_reread_token(char *err, size_t errlen); /* -1: kept the token we had, err says why */
+const char *auth_token(const struct upool *P);
+int auth_reread_token(struct upool *P, char *err, size_t errlen); /* -1: kept the token we had, err says why */
 bool auth_sends_frame(void);
-bool auth_refreshes_in_band(void);   /* a token change is presented on open connections */
-int auth_path(char *path, size_t cap); /* the socket path, ?token= when wanted; -1: too long */
+bool auth_refreshes_in_band(const struct upool *P); /* a token change is presented on open connections */
+int auth_path(const struct upool *P, char *path, size_t cap); /* the socket path, ?token= when wanted; -1: too long */
 int auth_append_headers(struct dial *d, unsigned char **p, unsigned char *end);
-int auth_write_frame(struct lws *wsi);
+int auth_write_frame(const struct upool *P, struct lws *wsi);
 void auth_word_reason(struct upconn *c);
 enum auth_verdict { AUTH_WAIT, AUTH_READY, AUTH_REFUSED };
 enum auth_verdict auth_reply(const struct frame *f, const char **era);
@@ -132,27 +157,44 @@ void auth_refresh_reply(struct upconn *c, const struct frame *f);
 
 /* pool.c */
 void pool_build_retry_policy(void);
-size_t pool_count(bool serving_only);
-bool pool_open(enum opened_for why, char *whynot, size_t whylen);
-bool pool_place_waiting(void);
-void pool_overflow(void);
+size_t pool_count(const struct upool *P, bool serving_only);
+bool pool_open(struct upool *P, enum opened_for why, char *whynot, size_t whylen);
+bool pool_place_waiting(struct upool *P);
+void pool_overflow(struct upool *P);
 void pool_connect_now(struct timer *t);
+void pool_connect(struct upool *P);
 void pool_upgraded(struct upconn *c);
 void pool_ready(struct upconn *c, const char *era, const char *workspace);
 void pool_unlink(struct upconn *c, struct conn_loss *loss);
-bool pool_after_loss(const struct conn_loss *loss);
-void pool_down(void);
+bool pool_after_loss(struct upool *P, const struct conn_loss *loss);
+void pool_down(struct upool *P);
 void pool_window_changed(struct upconn *c);
 void pool_sent_on(struct upconn *c, struct request *req);
 void pool_retire(struct upconn *c, const char *why);
 void pool_check_retiring(struct upconn *c);
 
 /* rotate.c */
-bool rotate_draining(void);
+void pool_rotate(struct upool *P, const char *why);
+bool rotate_draining(const struct upool *P);
+bool pool_draining(const struct upool *P); /* some connection of P retires */
 void rotate_check(struct timer *t);
-void rotate_done(void);
-void rotate_after_loss(const struct conn_loss *loss);
-void rotate_forget(void);
+void rotate_done(struct upool *P);
+void rotate_after_loss(struct upool *P, const struct conn_loss *loss);
+void rotate_forget(struct upool *P);
 void rotate_stale_token(struct upconn *c);
 void rotate_reauth_timed_out(struct timer *t);
+/* pools.c: callers' pools */
+void pools_init(void);
+void pools_kick(struct upool *P);       /* its lane has requests, or room appeared */
+void pools_after_loss(struct upool *P, const struct conn_loss *loss);
+void pools_idle_check(struct upool *P); /* nothing queued or live: its idle clock runs */
+void pools_stop(void);
+bool pools_is_own(const struct upool *P);
+/* One more connection for P stays within --max-upstream-connections. */
+bool pools_may_open(const struct upool *P);
+/* The pool after P: the own one first, then the callers'; NULL after the last. */
+struct upool *pools_next(const struct upool *P);
+void upstream_kick_pool(struct upool *P);
+void upstream_pool_init(struct upool *P);
+void upstream_pool_connections(const struct upool *P, struct buf *out);
 #endif

@@ -96,8 +96,11 @@ static void status(struct buf *b)
     status_json_str(b, upstream_reauth_status());
     buf_printf(b, ",\"connections\":%zu,\"connection_list\":", upstream_connection_count());
     upstream_connections(b);
-    buf_printf(b, ",\"reconnects\":%u,\"rotations\":%u,\"draining_old_connection\":%s}", upstream_reconnects(),
+    buf_printf(b, ",\"reconnects\":%u,\"rotations\":%u,\"draining_old_connection\":%s", upstream_reconnects(),
                upstream_rotations(), upstream_draining() ? "true" : "false");
+    buf_puts(b, ",\"caller_pools\":"); /* --policy: callers' own gateway identities, by name */
+    upstream_caller_pools(b);
+    buf_puts(b, "}");
 }
 
 static bool ready(struct buf *b)

@@ -8,8 +8,9 @@
 
 struct fake_upstream fake_up;
 
-static void sendable(void)
+static void sendable(struct lane *l)
 {
+    (void)l;
     fake_up.sendable_calls++;
 }
 
@@ -33,7 +34,8 @@ static size_t window_used(void)
     return 0;
 }
 
-const struct mux_sink fake_sink = {sendable, ready, reason, default_workspace, window_used};
+const struct mux_sink fake_sink = {.sendable = sendable, .ready = ready, .reason = reason,
+                                   .default_workspace = default_workspace, .window_used = window_used};
 
 void fake_upstream_reset(void)
 {

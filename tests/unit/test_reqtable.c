@@ -180,7 +180,7 @@ static void test_reqtable_callers_take_turns(void **state)
             assert_ptr_equal(reqtable_oldest(&rt), a2); /* deadlines follow arrival, not turns */
     }
     assert_null(reqtable_queue_head(&rt));
-    assert_true(list_empty(&rt.turns));
+    assert_true(list_empty(&rt.own.turns));
     drop_all(&rt);
     assert_int_equal(rt.nlive, 0);
     reqtable_destroy(&rt);

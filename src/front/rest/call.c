@@ -301,7 +301,9 @@ static enum MHD_Result start_call(struct call *call)
     snprintf(call->upstream_id, sizeof call->upstream_id, "%s", call->req->id);
     cJSON_Delete(root);
     buf_free(&call->body);
-    mux_submit(call->req);
+    size_t blen = 0; /* a forward caller's gateway identity is its Bearer (--policy) */
+    const char *bearer = call->who ? rest_bearer(c, &blen) : NULL;
+    mux_submit_as(call->req, call->who, bearer, blen);
     return respond(call);
 }
 

@@ -188,6 +188,8 @@ enum route_plan { PLAN_CALL, PLAN_PASS, PLAN_STATUS, PLAN_SHUTDOWN };
 enum route_plan rest_route_plan(enum route *route, const char *method, struct call *probe, struct reject *rj);
 const struct reject *rest_framing_reject(struct MHD_Connection *c, struct framing *f);
 /* Admission (access.c) for this request. */
+/* The request's Authorization Bearer token (length *len), or NULL. */
+const char *rest_bearer(struct MHD_Connection *c, size_t *len);
 void rest_admit(struct MHD_Connection *c, const struct conn_watch *cw, enum admit_rule rule, struct admission *v);
 /* The reply's format, from Accept and the body's "streaming". */
 enum fmt rest_format_of(const char *accept, const cJSON *body);

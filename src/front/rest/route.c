@@ -172,6 +172,16 @@ enum admit_rule rest_route_rule(enum route route, int pass_route)
     return ADMIT_BEARER;
 }
 
+const char *rest_bearer(struct MHD_Connection *c, size_t *len)
+{
+    const char *auth = NULL;
+    size_t n = 0;
+    if (MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+                                      strlen(MHD_HTTP_HEADER_AUTHORIZATION), &auth, &n) != MHD_YES)
+        return NULL;
+    return access_bearer(auth, n, len);
+}
+
 void rest_admit(struct MHD_Connection *c, const struct conn_watch *cw, enum admit_rule rule, struct admission *v)
 {
     /* With their lengths: a NUL inside a header must not end a token early. */
