@@ -237,30 +237,35 @@ static struct upool *pool_new(const struct gateway_key *k)
     return P;
 }
 
-static struct lane *refuse(struct refusal *no, unsigned status, const char *type, const char *fmt, const char *a,
-                           double b)
+static struct lane *refuse(struct refusal *no, unsigned status, const char *type)
 {
     no->status = status;
     no->type = type;
-    snprintf(no->message, sizeof no->message, fmt, a, b);
     return NULL;
 }
 
 struct lane *upstream_lane_for(const struct gateway_key *k, struct refusal *no)
 {
-    if (!k->key || !k->len)
-        return NULL;
+    if (!k->key || !k->len) { /* never tgbridge's key in its stead */
+        snprintf(no->message, sizeof no->message,
+                 "caller %s calls the gateway with its own credential, and presented none", k->caller);
+        return refuse(no, 401, "auth-required");
+    }
     double now = now_mono();
     struct upool *P = find(k);
-    if (P && P->refused_until > now)
-        return refuse(no, 401, "auth-failed", "the gateway rejected caller %s's key; tried again in %.0f s",
-                      P->caller, P->refused_until - now);
+    if (P && P->refused_until > now) {
+        snprintf(no->message, sizeof no->message, "the gateway rejected caller %s's key; it is tried again in %.0f s",
+                 P->caller, P->refused_until - now);
+        return refuse(no, 401, "auth-failed");
+    }
     if (!P) {
         if (!make_room()) {
             U.identities_refused++;
-            return refuse(no, 503, "too-many-identities",
-                          "caller %s: every one of --max-caller-pools (%.0f) gateway identities is busy", k->caller,
-                          U.cfg->max_caller_pools);
+            snprintf(no->message, sizeof no->message,
+                     "caller %s: no room for another gateway identity (--max-caller-pools %d, "
+                     "--max-upstream-connections %d), and none is idle", k->caller, U.cfg->max_caller_pools,
+                     U.cfg->max_upstream_connections);
+            return refuse(no, 503, "too-many-identities");
         }
         P = pool_new(k);
     }
