@@ -12,3 +12,9 @@ bool policy_check_call(const char *caller, const struct policy_call *call, const
     (void)caller, (void)call, (void)workspace, (void)no;
     return true;
 }
+
+bool policy_gateway_key(const char *caller, const char *bearer, size_t blen, struct gateway_key *out)
+{
+    (void)caller, (void)bearer, (void)blen, (void)out;
+    return false;
+}
