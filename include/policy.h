@@ -2,7 +2,8 @@
  * kernel's word on the Unix socket (uid, primary gid), by a local token it presents,
  * by a Bearer that is no local token (forward), or anyone -- and what each caller may
  * call: services, flows, operations, pass-through routes and bulk sockets, and the one
- * workspace it may use.
+ * workspace it may use; and the gateway key its calls present (its own
+ * upstream_token_file's, a forward caller's own, or tgbridge's).
  *
  * This half is pure (no globals, no I/O but through struct policy_env, no logging):
  * policy_parse compiles the JSON text; policy_match finds a caller's entry;

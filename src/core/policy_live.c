@@ -1,6 +1,7 @@
 /* The daemon's policy: --policy read at start, on SIGHUP and when the file changes;
  * the door's hook that names each caller at admission; the one per-call check every
- * front end makes (policy_check_call); refusals counted by caller and service. */
+ * front end makes (policy_check_call); the gateway key a caller's calls present
+ * (policy_gateway_key); refusals counted by caller and service. */
 #include "access.h"
 #include "log.h"
 #include "policy.h"
