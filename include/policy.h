@@ -2,7 +2,8 @@
  * kernel's word on the Unix socket (uid, primary gid), by a local token it presents,
  * by a Bearer that is no local token (forward), or anyone -- and what each caller may
  * call: services, flows, operations, pass-through routes and bulk sockets, and the one
- * workspace it may use.
+ * workspace it may use; and the gateway key its calls present (its own
+ * upstream_token_file's, a forward caller's own, or tgbridge's).
  *
  * This half is pure (no globals, no I/O but through struct policy_env, no logging):
  * policy_parse compiles the JSON text; policy_match finds a caller's entry;
@@ -33,7 +34,9 @@ struct policy_caller {
     struct policy_rule *rules;
     size_t nrules;
     char *workspace;               /* NULL: not pinned */
-    char *upstream_token_file;     /* parsed; refused by policy_supported (not yet) */
+    char *upstream_token_file;     /* NULL: tgbridge's own key (or, forward, the caller's) */
+    char *upstream_token;          /* the file's content, read at parse (a secret) */
+    unsigned max_connections;      /* gateway connections of its pool: 1..64, default 2 */
 };
 
 struct policy {
@@ -56,9 +59,6 @@ struct policy_env {
 /* The compiled policy, or NULL with the member at fault named in err. */
 struct policy *policy_parse(const char *text, size_t len, const struct policy_env *env, char *err, size_t errlen);
 void policy_free(struct policy *p);
-/* What is parsed but cannot be served yet (forward callers, upstream_token_file):
- * -1 with why in err. */
-int policy_supported(const struct policy *p, char *err, size_t errlen);
 
 /* Who is asking, as the door knows it. */
 struct policy_who {
@@ -107,6 +107,7 @@ void policy_set_era(const char *(*era)(void));
  * one.  False: no is a 403 forbidden-by-policy naming the caller and why. */
 bool policy_check_call(const char *caller, const struct policy_call *call, const char **workspace,
                        struct refusal *no);
+
 /* The gateway identity calls of `caller` (caller_id.name) present upstream (issue 17):
  * its upstream_token_file's key, or -- a forward caller -- the credential it presented
  * (bearer[0..blen), which is no local token).  False: tgbridge's own (out untouched).
@@ -118,4 +119,15 @@ struct gateway_key {
     const char *caller;         /* the caller's name */
 };
 bool policy_gateway_key(const char *caller, const char *bearer, size_t blen, struct gateway_key *out);
+/* (A forward caller that presented nothing, or a local token -- a name kept from an
+ * older policy -- gets true with an empty key: the gateway's anonymous, never
+ * tgbridge's key.  out->caller outlives reloads.) */
+
+/* The credential a caller presents on an upgrade (bulk sockets, the local WebSocket),
+ * as policy matching reads it for a forward caller: its Bearer, else its ?token= as
+ * the gateway reads it (percent-decoded, '+' a space; ref section 3.2: the bulk
+ * sockets take the key there).  Copied NUL-terminated into out; 0: none, or it holds
+ * a NUL, or it does not fit cap. */
+size_t policy_upgrade_credential(const char *authorization, size_t alen, const char *query_token, size_t qlen,
+                                 char *out, size_t cap);
 #endif

@@ -94,7 +94,8 @@ const struct opt config_options[] = {
     {O_POLICY, "policy", "PATH", "TGBRIDGE_POLICY",
      T_PATH, F(policy), .reload = RELOAD_FILE,
      .help = "per-caller policy (JSON): who may call which services, flows, operations\n"
-             "and routes, in which workspace (docs/security.md \"Policies\"; default: none)"},
+             "and routes, in which workspace, with which gateway key (docs/security.md\n"
+             "\"Policies\"; default: none)"},
     {O_ALLOW_SHORT_TOKEN, "allow-short-token", NULL, "TGBRIDGE_ALLOW_SHORT_TOKEN",
      T_SWITCH, F(allow_short_token), .def = "false", .reload = RELOAD_APPLY,
      .help = "accept a gateway or client token shorter than 8 characters (refused\n"

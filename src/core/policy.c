@@ -283,6 +283,28 @@ static int parse_string_member(struct parse *ps, const cJSON *m, size_t base, ch
     return 0;
 }
 
+/* The caller's own gateway key: read now, through the same reader as token_file (the
+ * daemon's registers it as a secret, redacted wherever it might be shown). */
+static int parse_upstream_key(struct parse *ps, const cJSON *m, size_t base, struct policy_caller *c)
+{
+    if (parse_string_member(ps, m, base, &c->upstream_token_file))
+        return -1;
+    char why[300];
+    c->upstream_token = ps->env->read_token(c->upstream_token_file, why, sizeof why);
+    return c->upstream_token ? 0 : fail(ps, "%s", why);
+}
+
+/* The gateway connections of this caller's pool (issue 17's caps). */
+static int parse_max_connections(struct parse *ps, const cJSON *m, size_t base, struct policy_caller *c)
+{
+    snprintf(ps->at + base, sizeof ps->at - base, ".max_connections");
+    if (c->max_connections || !cJSON_IsNumber(m) || !(m->valuedouble >= 1 && m->valuedouble <= 64) ||
+        m->valuedouble != (double)(int)m->valuedouble)
+        return fail(ps, "must be a whole number from 1 to 64 (once)");
+    c->max_connections = (unsigned)m->valuedouble;
+    return 0;
+}
+
 static int parse_allow(struct parse *ps, const cJSON *m, size_t base, struct policy_caller *c)
 {
     snprintf(ps->at + base, sizeof ps->at - base, ".allow");
@@ -312,13 +334,13 @@ static int parse_caller(struct parse *ps, const cJSON *j, size_t idx, struct pol
         else if (!strcmp(m->string, "workspace"))
             rc = parse_string_member(ps, m, base, &c->workspace);
         else if (!strcmp(m->string, "upstream_token_file"))
-            rc = parse_string_member(ps, m, base, &c->upstream_token_file);
+            rc = parse_upstream_key(ps, m, base, c);
         else if (!strcmp(m->string, "allow"))
             rc = parse_allow(ps, m, base, c);
         else if (!strcmp(m->string, "match") && !match)
             match = m;
         else if (!strcmp(m->string, "max_connections"))
-            (void)0; /* the pools' cap (not yet): accepted, checked when pools come */
+            rc = parse_max_connections(ps, m, base, c);
         else
             return fail(ps, "unknown member \"%s\"", m->string);
         if (rc)
@@ -333,7 +355,15 @@ static int parse_caller(struct parse *ps, const cJSON *j, size_t idx, struct pol
     ps->at[base] = '\0';
     if (!match)
         return fail(ps, "a caller needs a \"match\"");
-    return parse_match(ps, match, base, c);
+    if (!c->max_connections)
+        c->max_connections = 2;
+    if (parse_match(ps, match, base, c))
+        return -1;
+    snprintf(ps->at + base, sizeof ps->at - base, ".upstream_token_file");
+    if (c->forward && c->upstream_token_file)
+        return fail(ps, "a forward caller's calls use the key it presents: it takes no upstream_token_file");
+    ps->at[base] = '\0';
+    return 0;
 }
 
 /* Names, token files and tokens are each one caller's. */
@@ -437,31 +467,13 @@ void policy_free(struct policy *p)
         }
         free(c->workspace);
         free(c->upstream_token_file);
+        if (c->upstream_token) {
+            memset(c->upstream_token, 0, strlen(c->upstream_token));
+            free(c->upstream_token);
+        }
     }
     free(p->callers);
     free(p);
-}
-
-int policy_supported(const struct policy *p, char *err, size_t errlen)
-{
-    for (size_t i = 0; i < p->ncallers; i++) {
-        const struct policy_caller *c = &p->callers[i];
-        if (c->upstream_token_file) {
-            snprintf(err, errlen,
-                     "policy: callers[%zu].upstream_token_file: not supported yet (a gateway identity per caller "
-                     "needs the per-credential pools); remove it",
-                     i);
-            return -1;
-        }
-        if (c->forward) {
-            snprintf(err, errlen,
-                     "policy: callers[%zu].match.forward: not supported yet (the caller's own key cannot be used "
-                     "upstream yet); match it by token_file, uid or gid",
-                     i);
-            return -1;
-        }
-    }
-    return 0;
 }
 
 /* ---- deciding ----------------------------------------------------------------------- */

@@ -1,6 +1,7 @@
 /* The daemon's policy: --policy read at start, on SIGHUP and when the file changes;
  * the door's hook that names each caller at admission; the one per-call check every
- * front end makes (policy_check_call); refusals counted by caller and service. */
+ * front end makes (policy_check_call); the gateway key a caller's calls present
+ * (policy_gateway_key); refusals counted by caller and service. */
 #include "access.h"
 #include "log.h"
 #include "policy.h"
@@ -121,53 +122,47 @@ static struct policy *load(char *err, size_t errlen)
         return NULL;
     }
     static const struct policy_env env = {uid_of, gid_of, read_token, warn_log, NULL};
-    struct policy *p = policy_parse(text, n, &env, err, errlen);
-    if (p && policy_supported(p, err, errlen)) {
-        policy_free(p);
-        return NULL;
-    }
-    return p;
+    return policy_parse(text, n, &env, err, errlen);
 }
 
-/* ?token= as the gateway reads it: percent-decoded, '+' a space (ref Q20). */
-static size_t query_decode(const char *p, size_t n, char *out, size_t cap)
+static bool upgrade_rule(enum admit_rule r)
 {
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 1 < cap; i++) {
-        int hi, lo;
-        if (p[i] == '%' && i + 2 < n && (hi = hex_value(p[i + 1])) >= 0 && (lo = hex_value(p[i + 2])) >= 0) {
-            out[o++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            out[o++] = p[i] == '+' ? ' ' : p[i];
-        }
-    }
-    return o;
+    return r == ADMIT_UPGRADE || r == ADMIT_UPGRADE_LOCKED;
 }
 
 /* The token a caller presents: the first of its Bearer, X-Tgbridge-Token (the auth
- * routes, where the Bearer is the caller's own key) and ?token= (decoded, or as sent)
- * that is a local token; else its Bearer (what a forward caller shows); else none. */
+ * routes, where the Bearer is the caller's own key) or the auth frame's token, and
+ * ?token= (as sent, or decoded) that is a local token.  None local: what a forward
+ * caller shows as its own key -- its Bearer, else on an upgrade the auth frame's
+ * token or ?token= decoded (ref section 3.2: the bulk sockets take the key there and
+ * the official tg-load-* tools put it there; section 9.4: so does the TypeScript
+ * client on the main socket) -- or none. */
 static void presented_token(const struct admission_ask *ask, char *dec, size_t cap, struct policy_who *w)
 {
-    size_t blen = 0, n;
+    size_t blen = 0, n = 0;
     const char *bearer = access_bearer(ask->authorization, ask->authorization_len, &blen);
-    const char *alt = ask->alt_token;
-    w->token = bearer;
-    w->token_len = blen;
-    if (policy_local_token(P.policy, bearer, blen))
-        return;
-    if (alt && policy_local_token(P.policy, alt, ask->alt_token_len)) {
-        w->token = alt;
-        w->token_len = ask->alt_token_len;
-    } else if (ask->query_token && policy_local_token(P.policy, ask->query_token, ask->query_token_len)) {
-        w->token = ask->query_token;
-        w->token_len = ask->query_token_len;
-    } else if (ask->query_token &&
-               policy_local_token(P.policy, dec, n = query_decode(ask->query_token, ask->query_token_len, dec, cap))) {
-        w->token = dec;
-        w->token_len = n;
-    }
+    if (ask->query_token)
+        n = url_decode_form(ask->query_token, ask->query_token_len, dec, cap);
+    const struct {
+        const char *p;
+        size_t n;
+    } shown[] = {{bearer, blen},
+                 {ask->alt_token, ask->alt_token_len},
+                 {ask->query_token, ask->query_token_len},
+                 {ask->query_token ? dec : NULL, n}};
+    for (size_t i = 0; i < sizeof shown / sizeof *shown; i++)
+        if (shown[i].p && policy_local_token(P.policy, shown[i].p, shown[i].n)) {
+            w->token = shown[i].p;
+            w->token_len = shown[i].n;
+            return;
+        }
+    bool upgrade = upgrade_rule(ask->rule);
+    for (size_t i = 0; i < sizeof shown / sizeof *shown; i++)
+        if (shown[i].p && shown[i].n && i != 2 && (i == 0 || upgrade)) {
+            w->token = shown[i].p;
+            w->token_len = shown[i].n;
+            return;
+        }
 }
 
 /* The door's hook: who this caller is, by the first entry that matches. */
@@ -263,6 +258,40 @@ bool policy_check_call(const char *caller, const struct policy_call *call, const
     return true;
 }
 
+bool policy_gateway_key(const char *caller, const char *bearer, size_t blen, struct gateway_key *out)
+{
+    const struct policy_caller *c = P.policy ? policy_caller_named(P.policy, caller) : NULL;
+    if (!c || (!c->upstream_token && !c->forward))
+        return false;
+    /* a forward caller's name kept from an older policy may come with a local token
+     * now: that is never sent upstream (nor is tgbridge's key in its stead) */
+    bool own = bearer && blen && !policy_local_token(P.policy, bearer, blen);
+    *out = (struct gateway_key){
+        .key = c->upstream_token ? c->upstream_token : own ? bearer : "",
+        .len = c->upstream_token ? strlen(c->upstream_token) : own ? blen : 0,
+        .max_connections = c->max_connections,
+        .caller = intern(c->name),
+    };
+    return true;
+}
+
+size_t policy_upgrade_credential(const char *authorization, size_t alen, const char *query_token, size_t qlen,
+                                 char *out, size_t cap)
+{
+    size_t n = 0;
+    const char *bearer = access_bearer(authorization, alen, &n);
+    if (!cap)
+        return 0;
+    if (bearer && n) /* as presented_token reads it: an empty Bearer is none */
+        n = n < cap ? (memcpy(out, bearer, n), n) : 0;
+    else
+        n = query_token && qlen < cap ? url_decode_form(query_token, qlen, out, cap) : 0;
+    if (memchr(out, '\0', n))
+        n = 0;
+    out[n] = '\0';
+    return n;
+}
+
 bool policy_active(void)
 {
     return P.policy != NULL;
@@ -304,10 +333,4 @@ void policy_reload(const char *why)
     P.policy = p;
     log_info("%s: policy %s read again: %zu callers, default %s", why, P.cfg->policy, p->ncallers,
              p->allow_by_default ? "allow" : "deny");
-}
-
-bool policy_gateway_key(const char *caller, const char *bearer, size_t blen, struct gateway_key *out)
-{
-    (void)caller, (void)bearer, (void)blen, (void)out;
-    return false; /* MERGE: the helper's implementation replaces this */
 }

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mux.h"
+#include "policy.h"
 #include "session.h"
 #include "stats.h"
 #include "util.h"
@@ -291,21 +292,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
-/* A Bearer, else ?token= (decoded, as the gateway reads it): a forward caller's own
- * gateway key (issue 17) for the requests that follow. */
+/* What it presented at the upgrade: a forward caller's own gateway key (issue 17) for
+ * the requests that follow. */
 static void presented_credential(struct session *s, const struct http_head *h)
 {
-    size_t n = 0;
-    const char *b = access_bearer(h->authorization.p, h->authorization.n, &n);
-    struct span q;
-    if (b) {
-        session_set_credential(s, b, n);
-    } else if (http_query_param(h->query, "token", &q) && q.p && q.n) {
-        char dec[4096];
-        size_t m = url_decode_form(q.p, q.n, dec, sizeof dec);
-        session_set_credential(s, dec, m);
-        explicit_bzero(dec, sizeof dec);
-    }
+    struct span q = {0};
+    http_query_param(h->query, "token", &q);
+    char cred[4096];
+    size_t n = policy_upgrade_credential(h->authorization.p, h->authorization.n, q.p, q.n, cred, sizeof cred);
+    session_set_credential(s, cred, n);
+    explicit_bzero(cred, sizeof cred);
 }
 
 static bool ws_take(int fd, const struct handover *in, struct refusal *no)

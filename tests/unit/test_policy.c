@@ -106,21 +106,44 @@ static void test_policy_unknown_operation_is_a_warning(void **state)
     policy_free(p);
 }
 
-static void test_policy_unsupported_members(void **state)
+/* A caller's own gateway key is read at parse like a token_file; max_connections is
+ * 1..64 (default 2); a forward caller presents its own key and takes none. */
+static void test_policy_upstream_key_and_max_connections(void **state)
 {
     (void)state;
     char err[400];
     struct policy *p = parse("{\"default\":\"deny\",\"callers\":[{\"name\":\"ci\",\"match\":{\"any\":true},"
-                             "\"upstream_token_file\":\"/k\"}]}",
+                             "\"upstream_token_file\":\"/tok/k\",\"max_connections\":5},"
+                             "{\"name\":\"mcp\",\"match\":{\"forward\":true}}]}",
                              err);
     assert_non_null(p);
-    assert_int_equal(policy_supported(p, err, sizeof err), -1);
-    assert_str_contains(err, "callers[0].upstream_token_file: not supported yet");
+    assert_string_equal(p->callers[0].upstream_token_file, "/tok/k");
+    assert_string_equal(p->callers[0].upstream_token, "token-k");
+    assert_int_equal(p->callers[0].max_connections, 5);
+    assert_true(p->callers[1].forward);
+    assert_null(p->callers[1].upstream_token);
+    assert_int_equal(p->callers[1].max_connections, 2);
     policy_free(p);
-    p = parse("{\"default\":\"deny\",\"callers\":[{\"name\":\"mcp\",\"match\":{\"forward\":true}}]}", err);
+    refused_at("{\"default\":\"deny\",\"callers\":[{\"name\":\"a\",\"match\":{\"any\":true},"
+               "\"upstream_token_file\":\"/x\"}]}",
+               "callers[0].upstream_token_file: cannot open /x");
+    refused_at("{\"default\":\"deny\",\"callers\":[{\"name\":\"a\",\"match\":{\"forward\":true},"
+               "\"upstream_token_file\":\"/tok/k\"}]}",
+               "callers[0].upstream_token_file: a forward caller");
+    static const char *const bad[] = {"0", "65", "2.5", "\"2\"", "-1", "true", "1e300"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[200];
+        snprintf(text, sizeof text,
+                 "{\"default\":\"deny\",\"callers\":[{\"name\":\"a\",\"match\":{\"any\":true},"
+                 "\"max_connections\":%s}]}",
+                 bad[i]);
+        refused_at(text, "callers[0].max_connections: must be a whole number from 1 to 64");
+    }
+    p = parse("{\"default\":\"deny\",\"callers\":[{\"name\":\"a\",\"match\":{\"any\":true},"
+              "\"max_connections\":64}]}",
+              err);
     assert_non_null(p);
-    assert_int_equal(policy_supported(p, err, sizeof err), -1);
-    assert_str_contains(err, "callers[0].match.forward: not supported yet");
+    assert_int_equal(p->callers[0].max_connections, 64);
     policy_free(p);
 }
 
@@ -271,7 +294,7 @@ static void test_policy_cost_with_50_rules(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_policy_parse_names_the_member_at_fault),
     cmocka_unit_test(test_policy_unknown_operation_is_a_warning),
-    cmocka_unit_test(test_policy_unsupported_members),
+    cmocka_unit_test(test_policy_upstream_key_and_max_connections),
     cmocka_unit_test(test_policy_match_first_entry_wins),
     cmocka_unit_test(test_policy_allows_services_flows_operations_routes),
     cmocka_unit_test(test_policy_pinned_workspace),

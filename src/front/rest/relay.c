@@ -1,5 +1,6 @@
 #include "rest_int.h"
 #include "passthrough.h"
+#include "policy.h"
 #include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,25 +107,36 @@ static const char *const pass_request_headers[] = {
     "content-type", "accept", "accept-language", "if-none-match", "if-modified-since", "range", "if-range",
 };
 
+static char *bearer_header(const char *key, size_t len)
+{
+    char *v = malloc(len + 8);
+    if (!v)
+        abort();
+    memcpy(v, "Bearer ", 7);
+    memcpy(v + 7, key, len);
+    v[len + 7] = '\0';
+    return v;
+}
+
 /* Whose credential goes to the gateway.  The auth routes act on the caller's own
  * identity (login, bootstrap, change-password): the caller's Authorization is sent,
  * never tgbridge's -- except a Bearer that is the local client token, which is
  * tgbridge's to check and not the gateway's business (admission tells).  Every
- * other route is called as tgbridge. */
+ * other route is called with the caller's gateway identity under --policy (its
+ * upstream_token_file's key, or a forward caller's own Bearer: issue 17), else as
+ * tgbridge. */
 static char *pass_authorization(struct MHD_Connection *c, int route, const struct caller_id *who)
 {
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (route == PASS_AUTH)
         return auth && !who->bearer_is_local ? strdup(auth) : NULL;
+    size_t blen = 0;
+    const char *bearer = auth ? access_bearer(auth, strlen(auth), &blen) : NULL;
+    struct gateway_key gk;
+    if (policy_gateway_key(who->name, bearer, blen, &gk))
+        return gk.len ? bearer_header(gk.key, gk.len) : NULL; /* none: the gateway's anonymous */
     const char *t = REST.cfg->token;
-    if (!t || !*t)
-        return NULL;
-    size_t n = strlen(t) + 8;
-    char *v = malloc(n);
-    if (!v)
-        abort();
-    snprintf(v, n, "Bearer %s", t);
-    return v;
+    return t && *t ? bearer_header(t, strlen(t)) : NULL;
 }
 
 /* The request as passthrough.c takes it: the canonical path (passpath.c), the query

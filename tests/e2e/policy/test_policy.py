@@ -66,8 +66,10 @@ def run(coro, seconds=30):
     ({"name": "x", "match": {"uid": ["no-such-user-tgb"]}, "allow": []}, "callers[0].match.uid[0]"),
     ({"name": "x", "match": {"any": True}, "allow": [{"route": ["nope"]}]}, "callers[0].allow[0].route[0]"),
     ({"name": "x", "match": {"any": True}, "allow": [{"service": "*", "bogus": 1}]}, "callers[0].allow[0]"),
-    ({"name": "x", "match": {"forward": True}, "allow": []}, "callers[0].match.forward"),
-    ({"name": "x", "match": {"any": True}, "upstream_token_file": "/k"}, "callers[0].upstream_token_file"),
+    ({"name": "x", "match": {"forward": True}, "allow": [], "upstream_token_file": "/k"},
+     "callers[0].upstream_token_file"),
+    ({"name": "x", "match": {"any": True}, "upstream_token_file": "/nonexistent/k"}, "callers[0].upstream_token_file"),
+    ({"name": "x", "match": {"any": True}, "max_connections": 0}, "callers[0].max_connections"),
     ({"name": "bad name", "match": {"any": True}}, "callers[0].name"),
 ])
 def test_check_config_names_the_member_at_fault(caller, member):
