@@ -543,6 +543,7 @@ class State:
 # --------------------------------------------------------------------------
 
 # connections_total/_open  successful upgrades / currently open sockets
+# max_connections_open      the most sockets open at once (since the last reset)
 # auth_ok, auth_failed      V2 auth replies sent
 # http_401                  V1 upgrades refused (bad/missing ?token=)
 # requests_received         frames having both `id` and `request`
@@ -571,6 +572,7 @@ GLOBAL_COUNTERS = (
     "reader_stalls", "queue_full_waits", "max_inflight_per_connection",
     "max_span_per_connection", "max_queue_depth", "oversize_closes",
     "query_tokens_seen", "auth_headers_seen", "drops", "server_closes",
+    "max_connections_open",
 )
 
 
@@ -595,6 +597,7 @@ class Stats:
         for conn in self.conns.values():
             conn.reset_counters()
             self.connections_open += 1
+        self.max_connections_open = self.connections_open
 
     def add_conn(self, conn):
         self.conns[conn.cid] = conn
@@ -3324,6 +3327,7 @@ class Server:
         st.add_conn(conn)
         st.connections_total += 1
         st.connections_open += 1
+        st.max_connections_open = max(st.max_connections_open, st.connections_open)
         log.info("connection %d opened", conn.cid)
         try:
             await conn.serve()
