@@ -95,7 +95,9 @@ Introspection (same port)
                       last_envelopes (last 50 raw frames, each <= 1 MiB),
                       frames_by_connection {id: frames in}, connections
                       [per-connection records incl. window, queue_depth,
-                      reader_stalled, window_full, max_span, close_code]
+                      reader_stalled, window_full, max_span, close_code,
+                      recent_frames (its last 8 frames in, each <= 200
+                      chars: which socket carried a request)]
   POST /_mock/reset   zero counters, forget closed connections
                       (?state=1 also restores flows/config/documents)
   POST /_mock/drop    abort every open socket (no close frame), bulk
@@ -325,6 +327,8 @@ MAX_MSG_SIZE = 52428800          # 50 MiB; larger inbound message -> close 1009
 LAST_ENVELOPES = 50              # stats: raw frames kept
 LAST_ENVELOPE_CHARS = 1048576    # stats: each kept frame truncated to this
 KEEP_CLOSED_CONNECTIONS = 200    # stats: per-connection records kept
+RECENT_FRAMES = 8                # stats: per connection, its last frames in
+RECENT_FRAME_CHARS = 200         # ... each truncated to this
 
 ERA_NAMES = ("v1a", "v1b", "v1c", "v2a", "v2b", "v2c", "v2d")
 
@@ -1235,6 +1239,7 @@ class Connection:
         self.close_code = None
         self.identity = None                 # V2: set by auth-ok (§3.2)
         self.last_token = None               # --echo-token quotes it back
+        self.recent_frames = collections.deque(maxlen=RECENT_FRAMES)
         self.q = asyncio.Queue(maxsize=MAX_QUEUE_SIZE)
         self.running = True
         self.workers = []                    # Mux.run's worker list
@@ -1293,6 +1298,7 @@ class Connection:
             "reader_stalled": self.reader_stalled,
             "window_full": self.window_full,
             "close_code": self.close_code,
+            "recent_frames": list(self.recent_frames),
         }
 
     # ---- sending ---------------------------------------------------------
@@ -1412,6 +1418,7 @@ class Connection:
         raw = msg.data
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
+        self.recent_frames.append(raw[:RECENT_FRAME_CHARS])
         if len(raw) > LAST_ENVELOPE_CHARS:
             raw = raw[:LAST_ENVELOPE_CHARS]
         self.stats.last_envelopes.append(raw)
