@@ -137,3 +137,249 @@ def test_upstream_key_caller_envelopes_on_sockets_of_its_own():
     for key in (CI_KEY, ROOT_KEY, GW):
         assert key not in body, "a gateway key in /status"
         assert key not in b.log(), "a gateway key in tgbridge's log"
+
+
+# ------------------------------------------------------------------ forward callers
+
+@timeout(30)
+def test_forward_callers_each_on_sockets_of_their_own_key():
+    """Two Bearers over REST, a local WebSocket's ?token= and another's auth
+    frame: four keys, four sockets, each authenticated with its own key."""
+    m = start_mock(tokens=[GW] + FWD)
+    b = start_bridge(m.url, "--token", GW, "--policy", policy(FORWARD), "--log-level", "debug")
+    b.wait_ready()
+    ok(b.post(FLOW_TC, tc("fwd-rest-k1"), headers=bearer(FWD[0])), "Bearer K1")
+    ok(b.post(FLOW_TC, tc("fwd-rest-k2"), headers=bearer(FWD[1])), "Bearer K2")
+
+    async def local_ws(query, frame, marker):
+        async with websockets.connect("ws://127.0.0.1:%d/api/v1/socket%s" % (b.port, query)) as ws:
+            if frame:
+                await ws.send(json.dumps({"type": "auth", "token": frame}))
+                a = json.loads(await ws.recv())
+                eq(a.get("type"), "auth-ok", "the local WebSocket's answer to the auth frame")
+            await ws.send(json.dumps({"id": "w1", "service": "text-completion", "flow": "default",
+                                      "request": tc(marker)}))
+            while True:
+                r = json.loads(await ws.recv())
+                if r.get("complete") or "error" in r:
+                    return r
+    for query, frame, marker in (("?token=" + FWD[2], None, "fwd-wsq-k3"), ("", FWD[3], "fwd-wsf-k4")):
+        r = run(local_ws(query, frame, marker))
+        assert "error" not in r and "response" in r, (marker, r)
+
+    own = sockets(m, GW)
+    for key, marker in zip(FWD, ("fwd-rest-k1", "fwd-rest-k2", "fwd-wsq-k3", "fwd-wsf-k4")):
+        mine = sockets(m, key)
+        eq(len(mine), 1, "sockets authenticated with %s's key" % marker)
+        eq(carried(mine, marker), 1, "%s on its key's socket" % marker)
+        eq(carried(own, marker), 0, "%s on tgbridge's own socket" % marker)
+        others = [c for c in m.stats()["connections"] if c["last_auth_token"] not in (key, GW)]
+        eq(carried(others, marker), 0, "%s on another key's socket" % marker)
+    st = b.get("/status", headers=bearer(OPS_TOKEN))
+    check_status(st, 200, "/status")
+    eq([p["caller"] for p in st.json()["upstream"]["caller_pools"]], ["mcp"] * 4, "caller_pools")
+    for key in FWD:
+        assert key not in st.body.decode(), "a forwarded key in /status"
+        assert key not in b.log(), "a forwarded key in tgbridge's log"
+
+
+# ------------------------------------------------------------------ a rejected key
+
+BAD = "tg_pools_rejected_by_the_gateway_e0c1"
+
+
+@timeout(30)
+def test_rejected_key_is_401_and_not_tried_again():
+    m = start_mock(tokens=[GW])
+    b = start_bridge(m.url, "--token", GW, "--policy", policy(FORWARD), "--log-level", "debug")
+    b.wait_ready()
+    failed_before = m.stats()["auth_failed"]
+    r = b.post(FLOW_TC, tc("bad-1"), headers=bearer(BAD), timeout=15)
+    check_status(r, 401, "a call with a key the gateway rejects")
+    eq(r.json()["error"]["type"], "auth-failed", "error type")
+    assert BAD not in r.body.decode(), "the key in the answer"
+    t0 = time.monotonic()
+    r = b.post(FLOW_TC, tc("bad-2"), headers=bearer(BAD), timeout=15)
+    took = time.monotonic() - t0
+    check_status(r, 401, "the same key again within 30 s")
+    eq(r.json()["error"]["type"], "auth-failed", "error type")
+    assert took < T(1), "the second refusal took %.2f s, not at once" % took
+    # a third, over the local WebSocket's ?token=: the same key, the same pause
+    async def ws_call():
+        async with websockets.connect("ws://127.0.0.1:%d/api/v1/socket?token=%s" % (b.port, BAD)) as ws:
+            await ws.send(json.dumps({"id": "w", "service": "text-completion", "flow": "default",
+                                      "request": tc("bad-3")}))
+            return json.loads(await ws.recv())
+    f = run(ws_call())
+    eq(f.get("error", {}).get("type"), "auth-failed", "the local WebSocket's error frame: %s" % f)
+    st = m.stats()
+    tried = [c for c in st["connections"] if c["last_auth_token"] == BAD]
+    eq(len(tried), 1, "connections that presented the rejected key")
+    eq(st["auth_failed"] - failed_before, 1, "auth frames the gateway refused")
+    for marker in ("bad-1", "bad-2", "bad-3"):
+        eq(carried(st["connections"], marker), 0, "%s sent upstream" % marker)
+    # the rejected socket is let go, not held open against the caps
+    wait_until(lambda: not any(c["open"] for c in sockets(m, BAD)), timeout=5, what="the rejected socket closed")
+    pools, body = caller_pools(b)
+    eq([(p["caller"], p["state"]) for p in pools], [("mcp", "key-rejected")], "/status caller_pools")
+    assert BAD not in body and BAD not in b.log(), "the rejected key in /status or the log"
+    # a good key of the same forward caller is not held back by it
+    ok(b.post(FLOW_TC, tc("good-after-bad"), headers=bearer(GW)), "another key of the same caller")
+
+
+# ------------------------------------------------------------------ idle pools
+
+@timeout(30)
+def test_idle_caller_pool_closes_and_is_forgotten():
+    m = start_mock(tokens=[GW, CI_KEY])
+    b = start_bridge(m.url, "--token", GW, "--policy", policy(keyed("ci", CI_TOKEN, CI_KEY)),
+                     "--connection-idle", "0.5", "--log-level", "debug")
+    b.wait_ready()
+    ok(b.post(FLOW_TC, tc("idle-1"), headers=bearer(CI_TOKEN)), "ci's call")
+    eq(len(sockets(m, CI_KEY)), 1, "ci's sockets")
+    wait_until(lambda: not caller_pools(b)[0], timeout=5, what="ci's pool gone from /status")
+    wait_until(lambda: not any(c["open"] for c in sockets(m, CI_KEY)), timeout=5, what="ci's socket closed")
+    assert any(c["open"] for c in sockets(m, GW)), "tgbridge's own socket closed too"
+    # the next call opens a fresh pool
+    ok(b.post(FLOW_TC, tc("idle-2"), headers=bearer(CI_TOKEN)), "ci's call after the pool closed")
+    conns = sockets(m, CI_KEY)
+    eq(len(conns), 2, "ci's sockets after a second call")
+    eq(carried([c for c in conns if c["open"]], "idle-2"), 1, "the second call on the new socket")
+
+
+# ------------------------------------------------------------------ max_connections
+
+def slow_burst(port, token, n, marker, first_delay):
+    """n slow text-completions at once over one local WebSocket; returns the
+    final frames."""
+    async def go():
+        async with websockets.connect("ws://127.0.0.1:%d/api/v1/socket?token=%s" % (port, token)) as ws:
+            for i in range(n):
+                await ws.send(json.dumps({"id": "%s-%d" % (marker, i), "service": "text-completion",
+                                          "flow": "default", "request": tc(marker, first_delay=first_delay)}))
+            done = {}
+            while len(done) < n:
+                r = json.loads(await ws.recv())
+                if r.get("complete") or "error" in r:
+                    done[r["id"]] = r
+            return list(done.values())
+    return run(go())
+
+
+@timeout(40)
+def test_max_connections_per_caller():
+    """40 requests in flight at once need three windows of 16: the caller
+    with max_connections 1 keeps one socket, the one with 3 opens three."""
+    one_t, three_t = "tgb_pools_local_one_77aa", "tgb_pools_local_three_1bc3"
+    one_k, three_k = "tg_pools_one_conn_key_5d0e", "tg_pools_three_conn_key_2f8a"
+    m = start_mock(tokens=[GW, one_k, three_k])
+    b = start_bridge(m.url, "--token", GW, "--policy",
+                     policy(keyed("one", one_t, one_k, max_connections=1),
+                            keyed("three", three_t, three_k, max_connections=3)),
+                     "--log-level", "debug")
+    b.wait_ready()
+    for token, key, most in ((one_t, one_k, 1), (three_t, three_k, 3)):
+        answers = slow_burst(b.port, token, 40, "burst-" + token[-4:], 0.5)
+        bad = [a for a in answers if "error" in a or "response" not in a]
+        assert not bad, "answers with errors: %s" % bad[:3]
+        conns = sockets(m, key)
+        eq(len(conns), most, "sockets opened with %s's key (max_connections %d)" % (token, most))
+        eq(sum(c["requests_received"] for c in conns), 40, "requests on its sockets")
+        assert all(c["max_window"] <= 16 for c in conns), conns
+
+
+# ------------------------------------------------------------------ caps
+
+class StatusWatch:
+    """Polls /status in a thread while the calls run: the most caller_pools
+    listed at once (and of those, the most not closing)."""
+
+    def __init__(self, b):
+        self.b, self.most, self.most_open, self.polls, self.error = b, 0, 0, 0, None
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        try:
+            while not self.stop.is_set():
+                pools, body = caller_pools(self.b)
+                self.polls += 1
+                self.most = max(self.most, len(pools))
+                self.most_open = max(self.most_open, sum(p["state"] != "closing" for p in pools))
+                assert "tg_pools_cap_" not in body, "a forwarded key in /status"
+                self.stop.wait(0.005)
+        except BaseException as e:  # noqa: B902 - reported by finish()
+            self.error = e
+
+    def finish(self):
+        self.stop.set()
+        self.t.join(T(10))
+        if self.error:
+            raise self.error
+
+
+def identity_answer(r, what):
+    """200, or 503 too-many-identities; nothing else."""
+    if r.status == 503:
+        eq(r.json()["error"]["type"], "too-many-identities", "%s: 503's type" % what)
+    else:
+        check_status(r, 200, what)
+    return r.status
+
+
+@timeout(60)
+def test_a_thousand_forwarded_keys_stay_within_the_caps():
+    keys = ["tg_pools_cap_%04d_%s" % (i, "51ab") for i in range(1000)]
+    burst = ["tg_pools_cap_burst_%02d_%s" % (i, "7e3f") for i in range(12)]
+    m = start_mock(tokens=[GW] + keys + burst)
+    b = start_bridge(m.url, "--token", GW, "--policy", policy(FORWARD),
+                     "--max-caller-pools", "4", "--max-upstream-connections", "6")
+    b.wait_ready()
+    watch = StatusWatch(b)
+    t0 = time.monotonic()
+    statuses = []
+    try:
+        for i, k in enumerate(keys):
+            statuses.append(identity_answer(b.post(FLOW_TC, tc("cap-%d" % i), headers=bearer(k), timeout=10),
+                                            "key %d" % i))
+        seq_seconds = time.monotonic() - t0
+        # a burst: 12 keys at once, each call held 0.3 s at the gateway, so
+        # the four pools are busy and the rest find none idle
+        results = [None] * len(burst)
+
+        def one(i):
+            results[i] = b.post(FLOW_TC, tc("burst-%d" % i, first_delay=T(0.3)), headers=bearer(burst[i]),
+                                timeout=15)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(burst))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T(20))
+        burst_statuses = [identity_answer(r, "burst key %d" % i) for i, r in enumerate(results)]
+    finally:
+        watch.finish()
+    print("1000 keys in %.1f s: %d x 200, %d x 503; burst: %s; /status polled %d times, most listed %d "
+          "(%d not closing); the gateway saw at most %d sockets open" % (
+              seq_seconds, statuses.count(200), statuses.count(503), burst_statuses, watch.polls, watch.most,
+              watch.most_open, m.stats()["max_connections_open"]))
+    assert seq_seconds < T(40), "1,000 keys took %.1f s" % seq_seconds
+    assert statuses.count(200) >= 900, "of 1,000 calls one after another only %d were 200" % statuses.count(200)
+    assert 1 <= burst_statuses.count(200), burst_statuses
+    assert burst_statuses.count(503) >= 1, "12 keys at once within 4 pools and none refused: %s" % burst_statuses
+    st = m.stats()
+    assert st["connections_total"] >= 1 + len(keys), "%d sockets for 1,000 keys" % st["connections_total"]
+    eq(carried(sockets(m, keys[-1]), "cap-999"), 1, "the last key's call on its own socket")
+    assert st["max_connections_open"] <= 6, "the gateway saw %d sockets open at once (cap 6)" % st[
+        "max_connections_open"]
+    assert watch.polls > 10, watch.polls
+    assert watch.most_open <= 4, "/status listed %d open caller pools at once (cap 4)" % watch.most_open
+    pools, _ = caller_pools(b)
+    assert sum(p["state"] != "closing" for p in pools) <= 4, pools
+    if watch.most > 4:
+        # Reported to the lead (pooltests report): make_room() closes the LRU
+        # idle pool (state "closing" while its socket says goodbye) and opens
+        # the new one at once, so /status lists cap + 1 pools for a moment;
+        # the sockets stay within --max-upstream-connections (checked above).
+        pytest.xfail("BUG? /status caller_pools listed %d pools at once (--max-caller-pools 4): "
+                     "a closing pool is listed beside 4 open ones" % watch.most)
