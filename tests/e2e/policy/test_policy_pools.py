@@ -13,6 +13,7 @@ caller name, never a key."""
 import asyncio
 import json
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -20,7 +21,7 @@ import time
 import pytest
 import websockets
 
-from harness import (FLOW_TC, T, bridge_status, check_status, eq, start_bridge, start_mock, tc, timeout, tmpfile,
+from harness import (FLOW_TC, T, check_status, eq, start_bridge, start_mock, tc, timeout, tmpfile,
                      wait_until)
 from lineclient import LineClient, envelope, unix_request
 
@@ -279,7 +280,7 @@ def test_max_connections_per_caller():
                      "--log-level", "debug")
     b.wait_ready()
     for token, key, most in ((one_t, one_k, 1), (three_t, three_k, 3)):
-        answers = slow_burst(b.port, token, 40, "burst-" + token[-4:], 0.5)
+        answers = slow_burst(b.port, token, 40, "burst-" + token[-4:], T(0.5))
         bad = [a for a in answers if "error" in a or "response" not in a]
         assert not bad, "answers with errors: %s" % bad[:3]
         conns = sockets(m, key)
@@ -383,3 +384,46 @@ def test_a_thousand_forwarded_keys_stay_within_the_caps():
         # the sockets stay within --max-upstream-connections (checked above).
         pytest.xfail("BUG? /status caller_pools listed %d pools at once (--max-caller-pools 4): "
                      "a closing pool is listed beside 4 open ones" % watch.most)
+
+
+# ------------------------------------------------------------------ no credential
+
+@timeout(30)
+def test_forward_caller_without_a_credential_calls_as_the_gateways_anonymous():
+    """A local WebSocket's caller is fixed at the upgrade: one named mcp by a
+    local token, after a reload that makes mcp a forward caller (the token
+    now another caller's), has no credential of its own to forward.  Its
+    calls go to the gateway as its anonymous (an empty token), never with
+    tgbridge's key."""
+    t = "tgb_pools_local_was_mcp_44e0"
+    a = policy({"name": "mcp", "match": {"token_file": tmpfile(t.encode())}, "allow": [{"service": "*"}]})
+    b_doc = json.loads(open(policy(FORWARD, {"name": "other", "match": {"token_file": tmpfile(t.encode())},
+                                              "allow": [{"service": "*"}]})).read())
+    m = start_mock(tokens=[GW], anonymous=True)
+    b = start_bridge(m.url, "--token", GW, "--policy", a, "--log-level", "debug")
+    b.wait_ready()
+
+    async def go():
+        async with websockets.connect("ws://127.0.0.1:%d/api/v1/socket?token=%s" % (b.port, t)) as ws:
+            await ws.send(json.dumps({"id": "a", "service": "text-completion", "flow": "default",
+                                      "request": tc("anon-before")}))
+            first = json.loads(await ws.recv())
+            with open(a, "w") as f:
+                json.dump(b_doc, f)
+            os.kill(b.proc.pid, signal.SIGHUP)
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: b.wait_log(r"policy .* read again: 3 callers", timeout=10))
+            await ws.send(json.dumps({"id": "b", "service": "text-completion", "flow": "default",
+                                      "request": tc("anon-after")}))
+            return first, json.loads(await ws.recv())
+    first, second = run(go())
+    assert "response" in first, first
+    assert "response" in second, second
+    conns = m.stats()["connections"]
+    eq(carried(sockets(m, GW), "anon-before"), 1, "mcp's call under the first policy on tgbridge's socket")
+    eq(carried(sockets(m, GW), "anon-after"), 0, "the credential-less forward call on tgbridge's own socket")
+    anon = [c for c in conns if c["last_auth_token"] == ""]
+    eq(carried(anon, "anon-after"), 1, "the credential-less forward call on an anonymous socket")
+    eq(carried(conns, t), 0, "the local token sent upstream")
+    pools, _ = caller_pools(b)
+    eq([p["caller"] for p in pools], ["mcp"], "caller_pools")
