@@ -228,6 +228,26 @@ def test_rejected_key_is_401_and_not_tried_again():
     ok(b.post(FLOW_TC, tc("good-after-bad"), headers=bearer(GW)), "another key of the same caller")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (pools.c make_room): a rejected key's pool -- no connection, nothing queued or in flight -- is "
+    "never taken as idle for 30 s, so keys the gateway rejects hold every --max-caller-pools slot and a "
+    "good key gets 503 too-many-identities"))
+@timeout(30)
+def test_rejected_keys_do_not_lock_out_good_ones():
+    """Any local process can present made-up Bearers to a forward caller: the
+    keys the gateway rejects must not fill the pool cap for their 30 s."""
+    good = "tg_pools_good_after_two_bad_3c51"
+    m = start_mock(tokens=[GW, good])
+    b = start_bridge(m.url, "--token", GW, "--policy", policy(FORWARD), "--max-caller-pools", "2")
+    b.wait_ready()
+    for i in range(2):
+        r = b.post(FLOW_TC, tc("bad"), headers=bearer("tg_pools_made_up_%d_a9" % i), timeout=15)
+        check_status(r, 401, "made-up key %d" % i)
+    r = b.post(FLOW_TC, tc("good-after-bad"), headers=bearer(good), timeout=15)
+    check_status(r, 200, "a good key after two rejected ones filled --max-caller-pools 2")
+    eq(carried(sockets(m, good), "good-after-bad"), 1, "the good key's call on its socket")
+
+
 # ------------------------------------------------------------------ idle pools
 
 @timeout(30)
