@@ -228,6 +228,34 @@ def test_rejected_key_is_401_and_not_tried_again():
     ok(b.post(FLOW_TC, tc("good-after-bad"), headers=bearer(GW)), "another key of the same caller")
 
 
+@timeout(30)
+def test_rejected_key_fails_every_waiting_call_once_and_is_redacted():
+    """Five calls wait while the gateway takes its time over the key (an
+    --auth-delay), then rejects it: each gets 401 auth-failed, from one
+    connection attempt.  The gateway quotes the key in its refusal
+    (--echo-token): neither the callers nor the log see it."""
+    m = start_mock(tokens=[GW], extra=("--auth-delay", "0.3", "--echo-token"))
+    b = start_bridge(m.url, "--token", GW, "--policy", policy(FORWARD), "--log-level", "debug")
+    b.wait_ready()
+    results = [None] * 5
+
+    def one(i):
+        results[i] = b.post(FLOW_TC, tc("wait-%d" % i), headers=bearer(BAD), timeout=15)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T(20))
+    for i, r in enumerate(results):
+        check_status(r, 401, "waiting call %d" % i)
+        eq(r.json()["error"]["type"], "auth-failed", "waiting call %d's type" % i)
+        assert BAD not in r.body.decode(errors="replace"), "the key quoted back to the caller: %s" % r.body
+    eq(len(sockets(m, BAD)), 1, "connections that presented the rejected key")
+    eq(m.stats()["auth_failed"], 1, "auth frames the gateway refused")
+    b.wait_log(r"rejected caller mcp's key", timeout=5)
+    assert BAD not in b.log(), "the rejected key in the log"
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "BUG (pools.c make_room): a rejected key's pool -- no connection, nothing queued or in flight -- is "
     "never taken as idle for 30 s, so keys the gateway rejects hold every --max-caller-pools slot and a "
