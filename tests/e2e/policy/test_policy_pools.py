@@ -296,6 +296,23 @@ def test_idle_caller_pool_closes_and_is_forgotten():
     eq(carried([c for c in conns if c["open"]], "idle-2"), 1, "the second call on the new socket")
 
 
+@timeout(30)
+def test_caller_pool_reconnects_with_its_own_key_after_a_drop():
+    """The gateway drops every socket: the caller's next call goes out on a
+    new socket authenticated with its key, not on tgbridge's."""
+    m = start_mock(tokens=[GW, CI_KEY])
+    b = start_bridge(m.url, "--token", GW, "--policy", policy(keyed("ci", CI_TOKEN, CI_KEY)), "--log-level", "debug")
+    b.wait_ready()
+    ok(b.post(FLOW_TC, tc("before-drop"), headers=bearer(CI_TOKEN)), "ci before the drop")
+    m.drop()
+    wait_until(lambda: not any(c["open"] for c in m.stats()["connections"]), timeout=5, what="every socket dropped")
+    ok(b.post(FLOW_TC, tc("after-drop"), headers=bearer(CI_TOKEN), timeout=15), "ci after the drop")
+    conns = sockets(m, CI_KEY)
+    eq(len(conns), 2, "sockets with ci's key")
+    eq(carried([c for c in conns if c["open"]], "after-drop"), 1, "the call after the drop on ci's new socket")
+    eq(carried(sockets(m, GW), "after-drop"), 0, "the call after the drop on tgbridge's socket")
+
+
 # ------------------------------------------------------------------ max_connections
 
 def slow_burst(port, token, n, marker, first_delay):
