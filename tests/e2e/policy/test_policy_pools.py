@@ -486,6 +486,8 @@ def test_reload_removing_a_caller_drains_its_pool():
     b = start_bridge(m.url, "--token", GW, "--policy", p, "--drain-timeout", "1", "--log-level", "debug")
     b.wait_ready()
     ok(b.post(FLOW_TC, tc("before-reload"), headers=bearer(CI_TOKEN)), "ci")
+    eq(carried(sockets(m, CI_KEY), "before-reload"), 1, "ci's call on its key's socket")
+    eq([p["caller"] for p in caller_pools(b)[0]], ["ci"], "caller_pools before the reload")
     reload_policy(b, p, json.loads(open(policy()).read()), 1)
     wait_until(lambda: not any(c["open"] for c in sockets(m, CI_KEY)), timeout=3,
                what="the removed caller's socket closed (nothing in flight, --drain-timeout 1)")
