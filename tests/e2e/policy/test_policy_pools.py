@@ -256,14 +256,11 @@ def test_rejected_key_fails_every_waiting_call_once_and_is_redacted():
     assert BAD not in b.log(), "the rejected key in the log"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (pools.c make_room): a rejected key's pool -- no connection, nothing queued or in flight -- is "
-    "never taken as idle for 30 s, so keys the gateway rejects hold every --max-caller-pools slot and a "
-    "good key gets 503 too-many-identities"))
 @timeout(30)
 def test_rejected_keys_do_not_lock_out_good_ones():
     """Any local process can present made-up Bearers to a forward caller: the
-    keys the gateway rejects must not fill the pool cap for their 30 s."""
+    keys the gateway rejects must not fill the pool cap for their 30 s (failed
+    before 6d8a50a: a good key got 503 too-many-identities)."""
     good = "tg_pools_good_after_two_bad_3c51"
     m = start_mock(tokens=[GW, good])
     b = start_bridge(m.url, "--token", GW, "--policy", policy(FORWARD), "--max-caller-pools", "2")
@@ -476,11 +473,10 @@ def test_reload_with_a_new_key_sends_new_calls_with_it():
     assert new_key not in b.log() and CI_KEY not in b.log(), "a key in the log"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (not implemented): issue 17 says pools of callers a reload removes drain like a rotated-out "
-    "connection (--drain-timeout); an idle one stays open with its key until --connection-idle"))
 @timeout(30)
 def test_reload_removing_a_caller_drains_its_pool():
+    """A caller the new policy no longer has: its idle pool closes within
+    --drain-timeout (failed before f12693a: it stayed until --connection-idle)."""
     m = start_mock(tokens=[GW, CI_KEY])
     p = policy(keyed("ci", CI_TOKEN, CI_KEY))
     b = start_bridge(m.url, "--token", GW, "--policy", p, "--drain-timeout", "1", "--log-level", "debug")
