@@ -181,6 +181,46 @@ void pools_after_loss(struct upool *P, const struct conn_loss *loss)
     kick_waiting();
 }
 
+/* The policy no longer gives P's caller this key: P takes nothing new, what waits for
+ * it is refused, and its calls in flight have --drain-timeout (pool_retire). */
+static void withdraw(struct upool *P)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "the policy no longer gives caller %s this gateway identity", P->caller);
+    log_info("%s: its connections drain", msg);
+    P->closing = true;
+    timer_cancel(&P->idle_timer);
+    mux_fail_lane(P->lane, 403, "forbidden-by-policy", msg);
+    if (list_empty(&P->conns)) {
+        pool_free(P);
+        return;
+    }
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &P->conns) {
+        struct upconn *c = list_entry(pos, struct upconn, node);
+        if (c->state == UP_READY)
+            pool_retire(c, "its caller's gateway identity was withdrawn by a new policy");
+        else
+            dial_abort(&c->dial, "its caller's gateway identity was withdrawn by a new policy");
+    }
+}
+
+void upstream_policy_changed(void)
+{
+    for (struct upool *P = pools_next(&U.own), *next; P; P = next) {
+        next = pools_next(P);
+        struct gateway_key k;
+        if (P->closing)
+            continue;
+        if (policy_gateway_key(P->caller, P->key, P->key_len, &k) && k.len == P->key_len &&
+            (!k.len || access_token_matches(P->key, k.key, k.len))) {
+            P->max_connections = k.max_connections ? k.max_connections : 2;
+            continue;
+        }
+        withdraw(P);
+    }
+}
+
 void pools_stop(void)
 {
     struct list *pos, *tmp;
@@ -287,4 +327,14 @@ void upstream_caller_pools(struct buf *out)
         buf_puts(out, "}");
     }
     buf_puts(out, "]");
+}
+
+size_t upstream_caller_pool_count(void)
+{
+    return U.ncallers;
+}
+
+unsigned long long upstream_identities_refused(void)
+{
+    return U.identities_refused;
 }
