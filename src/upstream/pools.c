@@ -241,16 +241,36 @@ static struct upool *find(const struct gateway_key *k)
     return NULL;
 }
 
-/* Room for one more pool: the least recently used idle one closes if need be. */
+/* A pool that only remembers a rejected key: no connection, 401 at once for a while. */
+static bool only_a_rejection(const struct upool *P, double now)
+{
+    return P->refused_until > now && list_empty(&P->conns);
+}
+
+/* Room for one more pool: the least recently used idle one closes if need be.  A
+ * rejected key holds no slot (garbage keys must not lock the others out); at most as
+ * many are remembered as there are slots, the oldest forgotten first. */
 static bool make_room(void)
 {
-    size_t open = 0;
-    for (struct upool *P = pools_next(&U.own); P; P = pools_next(P))
-        open += !P->closing;
+    double now = now_mono();
+    size_t open = 0, rejected = 0;
+    struct upool *oldest_rejected = NULL;
+    for (struct upool *P = pools_next(&U.own); P; P = pools_next(P)) {
+        if (P->closing)
+            continue;
+        if (only_a_rejection(P, now)) {
+            rejected++;
+            oldest_rejected = oldest_rejected ? oldest_rejected : P;
+        } else {
+            open++;
+        }
+    }
+    if (rejected >= (size_t)U.cfg->max_caller_pools && oldest_rejected)
+        pool_free(oldest_rejected);
     if (open < (size_t)U.cfg->max_caller_pools && connections_total() < (size_t)U.cfg->max_upstream_connections)
         return true;
     for (struct upool *P = pools_next(&U.own); P; P = pools_next(P))
-        if (!P->closing && pool_idle_now(P) && P->refused_until <= now_mono()) {
+        if (!P->closing && !only_a_rejection(P, now) && pool_idle_now(P)) {
             pool_close(P, "the least recently used idle identity, making room for another");
             return true;
         }
