@@ -32,6 +32,8 @@ struct gateway_key;
 struct refusal;
 struct buf;
 struct lane *upstream_lane_for(const struct gateway_key *k, struct refusal *no);
+/* Why lane l's pool is not ready ("" when it is; NULL: tgbridge's own). */
+const char *upstream_lane_reason(struct lane *l);
 /* A new --policy applies: the pools of callers it no longer gives their key drain
  * like a rotated-out connection (--drain-timeout). */
 void upstream_policy_changed(void);

@@ -358,3 +358,9 @@ unsigned long long upstream_identities_refused(void)
 {
     return U.identities_refused;
 }
+
+const char *upstream_lane_reason(struct lane *l)
+{
+    const struct upool *P = l && l->owner ? l->owner : &U.own;
+    return P->primary ? "" : P->reason;
+}
