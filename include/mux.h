@@ -18,6 +18,9 @@ struct mux_sink {
     /* the lane of the connections that present key k (issue 17), opened on first use;
      * NULL with a refusal (too many identities, a key the gateway rejected lately) */
     struct lane *(*lane_for)(const struct gateway_key *k, struct refusal *no);
+    /* why the connections of lane l (NULL: the own) are not ready; "" when they are.
+     * May be NULL (then ready/reason speak for every lane). */
+    const char *(*lane_reason)(struct lane *l);
     bool (*ready)(void);           /* connected and authenticated */
     const char *(*reason)(void);   /* why not, for error messages */
     const char *(*default_workspace)(void); /* the identity's, from auth-ok ("" if unknown) */

@@ -96,7 +96,10 @@ struct refusal;
 int policy_init(const struct config *cfg, char *err, size_t errlen);
 /* SIGHUP or the file changing: a good file applies to new calls; a bad one keeps the
  * old policy (why logged). */
-void policy_reload(const char *why);
+bool policy_reload(const char *why); /* true: a new policy applies */
+/* The token files of the live policy's callers (token_file, upstream_token_file), at
+ * most cap of them: watched like the policy file itself.  Valid until a reload. */
+size_t policy_files(const char **out, size_t cap);
 bool policy_active(void);
 /* Where the gateway's era comes from (main.c gives upstream_era): a caller pinned to a
  * workspace is refused against a v1 gateway, which has none (known at first connect). */

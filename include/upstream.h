@@ -32,6 +32,15 @@ struct gateway_key;
 struct refusal;
 struct buf;
 struct lane *upstream_lane_for(const struct gateway_key *k, struct refusal *no);
+/* Why lane l's pool is not ready ("" when it is; NULL: tgbridge's own). */
+const char *upstream_lane_reason(struct lane *l);
+/* A new --policy applies: the pools of callers it no longer gives their key drain
+ * like a rotated-out connection (--drain-timeout). */
+void upstream_policy_changed(void);
+/* /metrics: callers' pools open (closing ones included), and calls refused with
+ * too-many-identities. */
+size_t upstream_caller_pool_count(void);
+unsigned long long upstream_identities_refused(void);
 /* /status: callers' pools, by caller name (never a key). */
 void upstream_caller_pools(struct buf *out);
 bool upstream_ready(void);

@@ -190,7 +190,7 @@ static int start_modules(void)
     if (upstream_init(loop_ctx(), &cfg))
         return 1;
     static const struct mux_sink upstream_sink = {
-        .sendable = upstream_sendable, .lane_for = upstream_lane_for, .ready = upstream_ready,
+        .sendable = upstream_sendable, .lane_for = upstream_lane_for, .lane_reason = upstream_lane_reason, .ready = upstream_ready,
         .reason = upstream_reason, .default_workspace = upstream_default_workspace,
         .window_used = upstream_window_used};
     mux_init(&cfg, &upstream_sink);

@@ -128,11 +128,13 @@ static void queue_expired(struct timer *t)
         reqtable_dequeue(&M.rt, req);
         req->state = REQ_CLOSED;
         char msg[512];
-        if (M.sink->ready())
+        const char *why = M.sink->lane_reason ? M.sink->lane_reason(req->lane)
+                          : M.sink->ready()   ? ""
+                                              : M.sink->reason();
+        if (!why[0])
             snprintf(msg, sizeof msg, "no room in the gateway's window within %.3g s", M.cfg->queue_timeout);
         else
-            snprintf(msg, sizeof msg, "gateway not available within %.3g s: %s", M.cfg->queue_timeout,
-                     M.sink->reason());
+            snprintf(msg, sizeof msg, "gateway not available within %.3g s: %s", M.cfg->queue_timeout, why);
         fail(req, 503, "gateway-unavailable", msg);
     }
     arm_queue_timer();

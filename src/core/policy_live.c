@@ -319,18 +319,32 @@ int policy_init(const struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-void policy_reload(const char *why)
+bool policy_reload(const char *why)
 {
     if (!P.cfg || !P.cfg->policy || !P.policy)
-        return;
+        return false;
     char err[600];
     struct policy *p = load(err, sizeof err);
     if (!p) {
         log_error("%s: %s; keeping the policy as it was", why, err);
-        return;
+        return false;
     }
     policy_free(P.policy); /* nothing holds on to it: calls keep names, not entries */
     P.policy = p;
     log_info("%s: policy %s read again: %zu callers, default %s", why, P.cfg->policy, p->ncallers,
              p->allow_by_default ? "allow" : "deny");
+    return true;
+}
+
+size_t policy_files(const char **out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; P.policy && i < P.policy->ncallers; i++) {
+        const struct policy_caller *c = &P.policy->callers[i];
+        if (c->token_file && n < cap)
+            out[n++] = c->token_file;
+        if (c->upstream_token_file && n < cap)
+            out[n++] = c->upstream_token_file;
+    }
+    return n;
 }

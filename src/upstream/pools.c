@@ -181,6 +181,46 @@ void pools_after_loss(struct upool *P, const struct conn_loss *loss)
     kick_waiting();
 }
 
+/* The policy no longer gives P's caller this key: P takes nothing new, what waits for
+ * it is refused, and its calls in flight have --drain-timeout (pool_retire). */
+static void withdraw(struct upool *P)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "the policy no longer gives caller %s this gateway identity", P->caller);
+    log_info("%s: its connections drain", msg);
+    P->closing = true;
+    timer_cancel(&P->idle_timer);
+    mux_fail_lane(P->lane, 403, "forbidden-by-policy", msg);
+    if (list_empty(&P->conns)) {
+        pool_free(P);
+        return;
+    }
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &P->conns) {
+        struct upconn *c = list_entry(pos, struct upconn, node);
+        if (c->state == UP_READY)
+            pool_retire(c, "its caller's gateway identity was withdrawn by a new policy");
+        else
+            dial_abort(&c->dial, "its caller's gateway identity was withdrawn by a new policy");
+    }
+}
+
+void upstream_policy_changed(void)
+{
+    for (struct upool *P = pools_next(&U.own), *next; P; P = next) {
+        next = pools_next(P);
+        struct gateway_key k;
+        if (P->closing)
+            continue;
+        if (policy_gateway_key(P->caller, P->key, P->key_len, &k) && k.len == P->key_len &&
+            (!k.len || access_token_matches(P->key, k.key, k.len))) {
+            P->max_connections = k.max_connections ? k.max_connections : 2;
+            continue;
+        }
+        withdraw(P);
+    }
+}
+
 void pools_stop(void)
 {
     struct list *pos, *tmp;
@@ -201,16 +241,36 @@ static struct upool *find(const struct gateway_key *k)
     return NULL;
 }
 
-/* Room for one more pool: the least recently used idle one closes if need be. */
+/* A pool that only remembers a rejected key: no connection, 401 at once for a while. */
+static bool only_a_rejection(const struct upool *P, double now)
+{
+    return P->refused_until > now && list_empty(&P->conns);
+}
+
+/* Room for one more pool: the least recently used idle one closes if need be.  A
+ * rejected key holds no slot (garbage keys must not lock the others out); at most as
+ * many are remembered as there are slots, the oldest forgotten first. */
 static bool make_room(void)
 {
-    size_t open = 0;
-    for (struct upool *P = pools_next(&U.own); P; P = pools_next(P))
-        open += !P->closing;
+    double now = now_mono();
+    size_t open = 0, rejected = 0;
+    struct upool *oldest_rejected = NULL;
+    for (struct upool *P = pools_next(&U.own); P; P = pools_next(P)) {
+        if (P->closing)
+            continue;
+        if (only_a_rejection(P, now)) {
+            rejected++;
+            oldest_rejected = oldest_rejected ? oldest_rejected : P;
+        } else {
+            open++;
+        }
+    }
+    if (rejected >= (size_t)U.cfg->max_caller_pools && oldest_rejected)
+        pool_free(oldest_rejected);
     if (open < (size_t)U.cfg->max_caller_pools && connections_total() < (size_t)U.cfg->max_upstream_connections)
         return true;
     for (struct upool *P = pools_next(&U.own); P; P = pools_next(P))
-        if (!P->closing && pool_idle_now(P) && P->refused_until <= now_mono()) {
+        if (!P->closing && !only_a_rejection(P, now) && pool_idle_now(P)) {
             pool_close(P, "the least recently used idle identity, making room for another");
             return true;
         }
@@ -287,4 +347,20 @@ void upstream_caller_pools(struct buf *out)
         buf_puts(out, "}");
     }
     buf_puts(out, "]");
+}
+
+size_t upstream_caller_pool_count(void)
+{
+    return U.ncallers;
+}
+
+unsigned long long upstream_identities_refused(void)
+{
+    return U.identities_refused;
+}
+
+const char *upstream_lane_reason(struct lane *l)
+{
+    const struct upool *P = l && l->owner ? l->owner : &U.own;
+    return P->primary ? "" : P->reason;
 }

@@ -49,6 +49,12 @@ static void metrics(struct buf *b)
     status_metric_u(b, "tgbridge_upstream_connections", "gauge",
                     "Connections to the gateway: the persistent one, overflow ones, and one opening.",
                     upstream_connection_count());
+    status_metric_u(b, "tgbridge_upstream_caller_pools", "gauge",
+                    "Callers' own gateway identities (--policy) with a pool of connections.",
+                    upstream_caller_pool_count());
+    status_metric_u(b, "tgbridge_upstream_identities_refused_total", "counter",
+                    "Calls refused with too-many-identities (--max-caller-pools, --max-upstream-connections).",
+                    upstream_identities_refused());
     counters(b);
 }
 

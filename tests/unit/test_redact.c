@@ -56,9 +56,33 @@ static void test_redaction_from_an_offset(void **state)
     secrets_clear();
 }
 
+/* A forwarded caller key is forgotten with its pool; a form another secret shares
+ * (the same key added twice, by two callers) stays until the last one goes. */
+static void test_redaction_remove_counts_references(void **state)
+{
+    (void)state;
+    secrets_clear();
+    secret_add("tg_gateway_own");
+    secret_add("tg_forwarded_key");
+    secret_add("tg_forwarded_key");
+    char line[96];
+    secret_remove("tg_forwarded_key");
+    snprintf(line, sizeof line, "tg_forwarded_key tg_gateway_own");
+    redact_str(line, sizeof line);
+    assert_str_eq(line, "*** ***");
+    secret_remove("tg_forwarded_key");
+    snprintf(line, sizeof line, "tg_forwarded_key tg_gateway_own dGdfZm9yd2FyZGVkX2tleQ==");
+    redact_str(line, sizeof line);
+    assert_str_eq(line, "tg_forwarded_key *** dGdfZm9yd2FyZGVkX2tleQ==");
+    assert_size_ge(secret_count(), 1);
+    secret_remove("never-added");
+    secrets_clear();
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_redaction_every_form_no_cap),
     cmocka_unit_test(test_redaction_from_an_offset),
+    cmocka_unit_test(test_redaction_remove_counts_references),
 };
 
 UNIT_MAIN(tests)

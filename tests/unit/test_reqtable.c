@@ -294,6 +294,49 @@ static void test_reqtable_release_waits_for_every_reference(void **state)
     reqtable_destroy(&rt);
 }
 
+/* Issue 17: each gateway identity's requests wait in a lane of their own; a window
+ * draws only from its lane, and one identity's backlog never holds another's up. */
+static void test_reqtable_lanes_keep_identities_apart(void **state)
+{
+    (void)state;
+    struct reqtable rt;
+    reqtable_init(&rt, "l");
+    struct lane other;
+    lane_init(&other, &rt);
+    struct window Wo;
+    window_init(&W);
+    window_init_lane(&Wo, &other);
+    struct caller a;
+    caller_init(&a);
+    struct request *own1 = queued(&rt, &a), *own2 = queued(&rt, &a);
+    struct request *x = reqtable_new(&rt);
+    x->owner = &rt;
+    x->caller = &a; /* a caller whose requests wait in the own lane: x takes the lane's common turn */
+    x->lane = &other;
+    reqtable_enqueue(&rt, x);
+    assert_int_equal(rt.nqueued, 3);
+    assert_int_equal(rt.own.nqueued, 2);
+    assert_int_equal(other.nqueued, 1);
+    assert_null(x->caller);
+    assert_ptr_equal(reqtable_lane_head(&rt, &other), x);
+    assert_ptr_equal(reqtable_lane_head(&rt, NULL), own1);
+    reqtable_mark_sent(&rt, x, &Wo);
+    assert_null(reqtable_lane_head(&rt, &other));
+    assert_int_equal(other.nqueued, 0);
+    assert_int_equal(Wo.n, 1);
+    assert_ptr_equal(send_head(&rt), own1);
+    assert_ptr_equal(send_head(&rt), own2);
+    assert_true(list_empty(&rt.own.turns) && list_empty(&other.turns));
+    struct list dropped;
+    reqtable_drop_window(&rt, &Wo, &dropped);
+    list_del(&x->wnode);
+    x->owner = NULL;
+    assert_true(reqtable_release(&rt, x));
+    drop_all(&rt);
+    reqtable_destroy(&rt);
+    assert_int_equal(rt.nlive, 0);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_reqtable_ids_unique_and_lookup),
     cmocka_unit_test(test_reqtable_window_anchored_at_oldest),
@@ -303,6 +346,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_reqtable_newcomer_waits_one_turn),
     cmocka_unit_test(test_reqtable_dequeue_gives_up_the_turn),
     cmocka_unit_test(test_reqtable_window_prunes_only_from_the_front),
+    cmocka_unit_test(test_reqtable_lanes_keep_identities_apart),
     cmocka_unit_test(test_reqtable_release_waits_for_every_reference),
 };
 

@@ -396,26 +396,6 @@ static enum MHD_Result call_begins(struct MHD_Connection *c, struct conn_watch *
     return MHD_YES;
 }
 
-/* The per-caller policy for a route: a pass-through (those that take ?workspace= with
- * a pinned caller's workspace, *pinned) or /status -- the admin listener's keeps its
- * own rule (loopback, --admin-token-file). */
-static bool route_refused(struct MHD_Connection *c, const struct conn_watch *cw, enum route_plan plan,
-                          enum route route, int pass_route, struct admission *v, const char **pinned)
-{
-    struct policy_call pc = {0};
-    bool takes_ws = false;
-    if (plan == PLAN_PASS) {
-        pc.route = pass_route_name((enum pass_route)pass_route);
-        takes_ws = pass_route == PASS_DOCUMENT_STREAM || pass_route == PASS_IMPORT_CORE ||
-                   pass_route == PASS_EXPORT_CORE;
-        if (takes_ws)
-            pc.workspace = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "workspace");
-    } else if (plan == PLAN_STATUS && route == R_STATUS && !(cw && cw->admin)) {
-        pc.route = "status";
-    }
-    return pc.route && !policy_check_call(v->caller.name, &pc, takes_ws ? pinned : NULL, &v->refusal);
-}
-
 /* A request's head: framing, admission, route. */
 static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, const char *method, void **con_cls)
 {
@@ -433,25 +413,29 @@ static enum MHD_Result first_part(struct MHD_Connection *c, const char *url, con
     const struct reject *bad = rest_framing_reject(c, &fr);
     if (bad) { /* where the body ends is unknowable: answer, and MHD closes */
         rest_request_in(cw);
+        rest_log_refusal(method, url, NULL, bad->status, bad->type);
         return rest_queue_error(c, bad->status, bad->type, bad->message, NULL);
     }
     struct admission v;
     rest_admit(c, cw, cw && cw->admin ? rest_admin_rule(route) : rest_route_rule(route, probe.pass_route), &v);
     if (!v.admitted) {
         rest_request_in(cw);
+        rest_log_refusal(method, url, NULL, v.refusal.status, v.refusal.type);
         return rest_queue_refusal(c, &v.refusal);
     }
     if (first.status) {
         /* The door's answer to this connection's first request (listener.c): a WebSocket
          * upgrade turned down (ws.c), a head refused (access_head_refused) */
         rest_request_in(cw);
+        rest_log_refusal(method, url, v.caller.name, first.status, first.type);
         return rest_queue_error(c, first.status, first.type, first.message, NULL);
     }
     struct reject rj;
     enum route_plan plan = rest_route_plan(&route, method, &probe, &rj);
     const char *pinned = NULL;
-    if (route_refused(c, cw, plan, route, probe.pass_route, &v, &pinned)) {
+    if (rest_route_refused(c, cw, plan, route, probe.pass_route, &v, &pinned)) {
         rest_request_in(cw);
+        rest_log_refusal(method, url, v.caller.name, v.refusal.status, v.refusal.type);
         return rest_queue_refusal(c, &v.refusal);
     }
     switch (plan) {

@@ -1,6 +1,8 @@
 #include "rest_int.h"
+#include "callrec.h"
 #include "health.h"
 #include "redact.h"
+#include "util.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -187,6 +189,13 @@ void rest_map_stream_error(struct call *call, const struct frame *f)
     rest_error_body(&call->reply, rest_error_type_of(f), f->err_message);
 }
 
+
+void rest_log_refusal(const char *method, const char *url, const char *caller, unsigned status, const char *type)
+{
+    struct call_record r = {.frontend = "rest", .caller = caller, .method = method, .route = url,
+                            .status = (int)status, .outcome = CALL_FAILED, .error = type, .started = now_mono()};
+    callrec_finish(&r);
+}
 
 enum MHD_Result rest_queue_refusal(struct MHD_Connection *c, const struct refusal *no)
 {

@@ -186,6 +186,14 @@ enum route_plan { PLAN_CALL, PLAN_PASS, PLAN_STATUS, PLAN_SHUTDOWN };
 /* The plan for route under method; *route may become another (POST /api/v1/socket is
  * the kind "socket"), and rj what to answer once the body is read (status 0: none). */
 enum route_plan rest_route_plan(enum route *route, const char *method, struct call *probe, struct reject *rj);
+/* The per-caller policy for a route (a pass-through, /status): true when refused, with
+ * v->refusal; *pinned: a pinned caller's workspace for the routes that take one. */
+struct conn_watch;
+bool rest_route_refused(struct MHD_Connection *c, const struct conn_watch *cw, enum route_plan plan,
+                        enum route route, int pass_route, struct admission *v, const char **pinned);
+/* A request answered at its head (framing, the door, the policy) gets its access-log
+ * line, like every call. */
+void rest_log_refusal(const char *method, const char *url, const char *caller, unsigned status, const char *type);
 const struct reject *rest_framing_reject(struct MHD_Connection *c, struct framing *f);
 /* Admission (access.c) for this request. */
 /* The request's Authorization Bearer token (length *len), or NULL. */

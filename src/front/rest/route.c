@@ -1,5 +1,6 @@
 #include "rest_int.h"
 #include "passthrough.h"
+#include "policy.h"
 #include "restname.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,4 +295,24 @@ enum fmt rest_format_of(const char *accept, const cJSON *body)
     if (cJSON_IsTrue(rest_last_member(body, "streaming")) && !accept_only_json(accept))
         return FMT_NDJSON;
     return FMT_JSON;
+}
+
+/* The per-caller policy for a route: a pass-through (those that take ?workspace= with
+ * a pinned caller's workspace, *pinned) or /status -- the admin listener's keeps its
+ * own rule (loopback, --admin-token-file). */
+bool rest_route_refused(struct MHD_Connection *c, const struct conn_watch *cw, enum route_plan plan,
+                          enum route route, int pass_route, struct admission *v, const char **pinned)
+{
+    struct policy_call pc = {0};
+    bool takes_ws = false;
+    if (plan == PLAN_PASS) {
+        pc.route = pass_route_name((enum pass_route)pass_route);
+        takes_ws = pass_route == PASS_DOCUMENT_STREAM || pass_route == PASS_IMPORT_CORE ||
+                   pass_route == PASS_EXPORT_CORE;
+        if (takes_ws)
+            pc.workspace = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "workspace");
+    } else if (plan == PLAN_STATUS && route == R_STATUS && !(cw && cw->admin)) {
+        pc.route = "status";
+    }
+    return pc.route && !policy_check_call(v->caller.name, &pc, takes_ws ? pinned : NULL, &v->refusal);
 }

@@ -103,3 +103,27 @@ def test_access_log_off_and_json_log_format():
                     continue  # the harness's own marker lines
                 obj = json.loads(line)
                 assert {"ts", "level", "pid", "msg"} <= set(obj), obj
+
+
+@timeout(60)
+def test_requests_refused_at_the_door_get_their_access_line():
+    """Refused before a call begins (a web origin, a wrong local token, a malformed
+    framing, the policy on a pass-through route): each is a line like every call's."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    local = "tgb_access_local_token_93c1"
+    token_file = os.path.join(tempfile.mkdtemp(prefix="tgb-acc-"), "client.token")
+    with open(token_file, "w") as f:
+        f.write(local)
+    b = start_bridge(m.url, "--token", TOKEN, "--client-token-file", token_file)
+    with m, b:
+        b.wait_ready()
+        auth = {"Authorization": "Bearer " + local}
+        eq(b.post(FLOW_TC, tc("x"), headers=dict(auth, Origin="http://evil.example")).status, 403, "origin")
+        eq(b.post(FLOW_TC, tc("x"), headers={"Authorization": "Bearer wrong-token"}).status, 401, "token")
+        eq(b.post(FLOW_TC, tc("x"), headers=dict(auth, **{"Transfer-Encoding": "chunked",
+                                                         "Content-Length": "5"})).status, 400, "framing")
+        wait_until(lambda: len(access_lines(b)) >= 3, what="three access lines")
+        got = [(l["status"], l["outcome"], l["error"], l["route"]) for l in access_lines(b)]
+        eq(got[:3], [("403", "failed", "forbidden-origin", FLOW_TC), ("401", "failed", "auth-required", FLOW_TC),
+                     ("400", "failed", got[2][2], FLOW_TC)], "refusals logged")
+        assert local not in b.log() and "wrong-token" not in b.log(), "a token in the log"
