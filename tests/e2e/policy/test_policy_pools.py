@@ -439,13 +439,10 @@ def test_a_thousand_forwarded_keys_stay_within_the_caps():
     assert watch.most_open <= 4, "/status listed %d open caller pools at once (cap 4)" % watch.most_open
     pools, _ = caller_pools(b)
     assert sum(p["state"] != "closing" for p in pools) <= 4, pools
-    if watch.most > 4:
-        # Reported to the lead (pooltests report): make_room() closes the LRU
-        # idle pool (state "closing" while its socket says goodbye) and opens
-        # the new one at once, so /status lists cap + 1 pools for a moment;
-        # the sockets stay within --max-upstream-connections (checked above).
-        pytest.xfail("BUG? /status caller_pools listed %d pools at once (--max-caller-pools 4): "
-                     "a closing pool is listed beside 4 open ones" % watch.most)
+    # A pool closed to make room is listed ("closing") until its connections have
+    # said goodbye (docs/security.md "Policies"); each still holds one, so with the
+    # connection cap they are bounded too: 4 open + at most 5 closing.
+    assert watch.most <= 4 + 5, "/status listed %d caller pools at once" % watch.most
 
 
 # ------------------------------------------------------------------ reload
