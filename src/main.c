@@ -27,6 +27,7 @@
 #include "upstream.h"
 #include "util.h"
 #include "ws.h"
+#include "wssock.h"
 #include "wspass.h"
 #include "wsserver.h"
 #include <libwebsockets.h>
@@ -180,6 +181,7 @@ static int start_modules(void)
 {
     upstream_register_protocol();
     line_register_protocol();
+    wssock_register_protocol();
     passthrough_register_protocol();
     wspass_register_protocol();
     if (loop_init(&cfg) || setup_signals() || resolver_init()) {
