@@ -1,5 +1,5 @@
-/* The one lws server vhost for local WebSockets: the local /api/v1/socket (ws.c) and
- * the bulk sockets (wspass.c).  lws moves an upgraded connection on an adopted
+/* The one lws server vhost for local WebSockets served by lws: the bulk sockets'
+ * (wspass.c; the local /api/v1/socket reads its frames itself, wssock.h).  lws moves an upgraded connection on an adopted
  * socket to the first protocol of the first listen-less server vhost, whatever it
  * was adopted for and on (lws_select_vhost), so there is exactly one such vhost, and
  * its protocol hands each connection's callbacks to the handler its object names. */
