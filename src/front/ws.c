@@ -1,6 +1,5 @@
 #include "ws.h"
 #include "buf.h"
-#include "firstpart.h"
 #include "frontend.h"
 #include "guard.h"
 #include "json.h"
@@ -12,7 +11,6 @@
 #include "session.h"
 #include "stats.h"
 #include "util.h"
-#include "wsframe.h"
 #include "wssock.h"
 #include <stdio.h>
 #include <stdlib.h>

@@ -556,3 +556,30 @@ def test_protocol_errors_fail_the_connection_with_their_close_code():
                 return await recv_json(ws)
         eq(run(client())["response"]["response"], "still served", "a well-behaved client after them")
         assert "with 1002: an unmasked frame" in b.log(), "the reason logged"
+
+
+@timeout(60)
+def test_upgrade_without_a_proper_key_gets_400():
+    """RFC 6455 §4.1-4.2: the Sec-WebSocket-Key is 16 bytes in base64; without one the
+    upgrade cannot be answered, and gets a 400 error body instead of a silent close
+    (or, for a short key, a 101 all the same)."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN)
+    with m, b:
+        b.wait_ready()
+        for key in (None, "short", "dGhlIHNhbXBsZSBub25jZQ"):
+            s = socket.socket()
+            s.settimeout(T(5))
+            s.connect(("127.0.0.1", b.port))
+            head = "GET /api/v1/socket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" \
+                   "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            if key is not None:
+                head += "Sec-WebSocket-Key: %s\r\n" % key
+            s.sendall((head + "\r\n").encode())
+            status, text, _ = rawws.read_head(s)
+            s.close()
+            eq(status, 400, "key %r" % key)
+            assert "application/json" in text.lower(), text
+        s = rawws.upgrade(b.port, "/api/v1/socket")
+        eq(rawws.read_head(s)[0], 101, "a proper key")
+        s.close()
