@@ -259,6 +259,11 @@ static int on_readable(struct wssock *s)
                 break; /* drained: lws polls level-triggered */
             continue;
         }
+        if (n == 0 && s->peer_closed && s->out.len) {
+            /* It sent its close and shut its side: our answer still goes out. */
+            lws_rx_flow_control(s->wsi, 0);
+            return 0;
+        }
         if (n == 0)
             return -1; /* gone, or the answer to our FIN */
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
