@@ -215,8 +215,11 @@ static void on_data(struct wssock *s, const struct wsread_event *ev)
 
 /* The client closed, or broke the protocol: its requests are freed like a REST
  * hang-up's. */
-static void on_ending(struct wssock *s)
+static void on_ending(struct wssock *s, int code, const char *reason, size_t n)
 {
+    (void)code;
+    (void)reason;
+    (void)n;
     struct wsconn *c = (struct wsconn *)s;
     c->closing = true;
     message_end(c);
@@ -240,7 +243,7 @@ static void on_gone(struct wssock *s)
     conn_free(c);
 }
 
-static const struct wssock_ops ws_sock_ops = {on_data, on_ending, on_gone};
+static const struct wssock_ops ws_sock_ops = {on_data, on_ending, NULL, on_gone};
 
 /* What it presented at the upgrade: a forward caller's own gateway key (issue 17) for
  * the requests that follow. */
@@ -266,13 +269,8 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
         *no = v.refusal;
         return false;
     }
-    if (!wssock_key_ok(in->head)) {
-        no->status = 400;
-        no->type = "bad-request";
-        snprintf(no->message, sizeof no->message,
-                 "a WebSocket upgrade needs a Sec-WebSocket-Key of 16 bytes in base64 (RFC 6455 section 4.1)");
+    if (wssock_refused(in->head, no))
         return false;
-    }
     if (W.nconns >= W.cfg->max_ws_clients) {
         no->status = 503;
         no->type = "too-many-clients";
@@ -291,6 +289,7 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     if (!c)
         abort();
     c->serial = c->sock.serial = ++W.serial;
+    c->sock.what = "local WebSocket client";
     buf_init(&c->in, 0);
     session_init(&c->session, &ws_rules, &ws_session_ops, W.cfg, c);
     c->caller = v.caller;
@@ -299,7 +298,7 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     c->session.locked = v.caller.token == TOKEN_ABSENT;
     list_add_tail(&W.conns, &c->node);
     W.nconns++;
-    if (!wssock_start(&c->sock, fd, in->head, &ws_sock_ops)) { /* fd is closed */
+    if (!wssock_start(&c->sock, fd, in->head, &ws_sock_ops, true)) { /* fd is closed */
         log_warn("cannot serve a local WebSocket client");
         conn_free(c);
         return true;

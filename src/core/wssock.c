@@ -42,7 +42,7 @@ void wssock_accept(const char *key, size_t n, char out[29])
     EVP_EncodeBlock((unsigned char *)out, md, 20);
 }
 
-bool wssock_key_ok(const struct http_head *h)
+static bool key_ok(const struct http_head *h)
 {
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     if (h->ws_key.n != 24 || memcmp(h->ws_key.p + 22, "==", 2))
@@ -50,6 +50,17 @@ bool wssock_key_ok(const struct http_head *h)
     for (size_t i = 0; i < 22; i++)
         if (!memchr(b64, h->ws_key.p[i], sizeof b64 - 1))
             return false;
+    return true;
+}
+
+bool wssock_refused(const struct http_head *h, struct refusal *no)
+{
+    if (key_ok(h))
+        return false;
+    no->status = 400;
+    no->type = "bad-request";
+    snprintf(no->message, sizeof no->message,
+             "a WebSocket upgrade needs a Sec-WebSocket-Key of 16 bytes in base64 (RFC 6455 section 4.1)");
     return true;
 }
 
@@ -87,7 +98,7 @@ static void kill_now(struct wssock *s)
 static void close_overdue(struct timer *t)
 {
     struct wssock *s = timer_owner(t, struct wssock, closer);
-    log_debug("local WebSocket client #%llu: closing handshake not done within --close-timeout", s->serial);
+    log_debug("%s #%llu: closing handshake not done within --close-timeout", s->what, s->serial);
     kill_now(s);
 }
 
@@ -108,6 +119,7 @@ void wssock_close(struct wssock *s, int code, const char *reason)
     }
     wsframe_append_server(&s->out, WSFRAME_CLOSE, p, n);
     s->close_sent = true;
+    wssock_read(s, true); /* for the answer */
     timer_after(&s->closer, clamp_secs(K.cfg->close_timeout), close_overdue);
     want_write(s);
 }
@@ -120,6 +132,23 @@ void wssock_send(struct wssock *s, const char *msg, size_t len)
     want_write(s);
 }
 
+void wssock_send_piece(struct wssock *s, bool binary, bool start, bool end, const void *p, size_t n)
+{
+    if (s->close_sent)
+        return;
+    wsframe_append_server_piece(&s->out, start ? (binary ? WSFRAME_BINARY : WSFRAME_TEXT) : WSFRAME_CONT, end, p, n);
+    want_write(s);
+}
+
+void wssock_read(struct wssock *s, bool on)
+{
+    on = on || s->close_sent;
+    if (on != s->reading) {
+        s->reading = on;
+        lws_rx_flow_control(s->wsi, on);
+    }
+}
+
 /* As much of out as the kernel takes.  False: the connection is broken. */
 static bool flush(struct wssock *s)
 {
@@ -128,7 +157,7 @@ static bool flush(struct wssock *s)
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
-            log_debug("local WebSocket client #%llu: write failed: %s", s->serial, strerror(errno));
+            log_debug("%s #%llu: write failed: %s", s->what, s->serial, strerror(errno));
             return false;
         }
         buf_consume(&s->out, (size_t)n);
@@ -151,6 +180,8 @@ static int on_writeable(struct wssock *s)
         s->rearm = K.rearm = true;
         return 0;
     }
+    if (s->ops->drained)
+        s->ops->drained(s);
     if (!s->close_sent)
         return 0;
     if (!s->close_out && !s->peer_closed) {
@@ -191,7 +222,7 @@ static void idle_check(struct timer *t)
     if (s->close_sent)
         return; /* the closer decides now */
     if (s->ping_out) {
-        log_info("local WebSocket client #%llu did not answer a ping within --ping-timeout: closed", s->serial);
+        log_info("%s #%llu did not answer a ping within --ping-timeout: closed", s->what, s->serial);
         kill_now(s);
         return;
     }
@@ -223,7 +254,8 @@ static void on_frame(void *arg, const struct wsread_event *ev)
         break;
     case WSREAD_CLOSE: /* answered with its own code (RFC 6455 §5.5.1), unless ours is out */
         s->peer_closed = true;
-        s->ops->ending(s);
+        if (s->ops->ending)
+            s->ops->ending(s, ev->code, ev->p, ev->n);
         if (!s->close_sent) {
             char reason[124];
             snprintf(reason, sizeof reason, "%.*s", (int)ev->n, ev->p);
@@ -239,9 +271,10 @@ static void take(struct wssock *s, unsigned char *data, size_t n)
     int code = wsread_feed(&s->rd, data, n, on_frame, s);
     if (!code)
         return;
-    log_warn("closing local WebSocket client #%llu with %d: %s", s->serial, code, s->rd.why);
+    log_warn("closing %s #%llu with %d: %s", s->what, s->serial, code, s->rd.why);
     s->failed = true;
-    s->ops->ending(s);
+    if (s->ops->ending)
+        s->ops->ending(s, 0, NULL, 0);
     wssock_close(s, code, s->rd.why);
 }
 
@@ -261,6 +294,7 @@ static int on_readable(struct wssock *s)
         }
         if (n == 0 && s->peer_closed && s->out.len) {
             /* It sent its close and shut its side: our answer still goes out. */
+            s->reading = false;
             lws_rx_flow_control(s->wsi, 0);
             return 0;
         }
@@ -320,7 +354,7 @@ void wssock_init(const struct config *cfg)
         abort(); /* a fixed table sized for the program's own hooks */
 }
 
-bool wssock_start(struct wssock *s, int fd, const struct http_head *h, const struct wssock_ops *ops)
+bool wssock_start(struct wssock *s, int fd, const struct http_head *h, const struct wssock_ops *ops, bool reading)
 {
     if (!read_off_head(fd, h->length)) {
         close(fd);
@@ -349,6 +383,8 @@ bool wssock_start(struct wssock *s, int fd, const struct http_head *h, const str
         return false;
     }
     list_add_tail(&K.socks, &s->node);
+    s->reading = true;
+    wssock_read(s, reading);
     s->last_rx = now_mono();
     timer_after(&s->idle, clamp_secs(K.cfg->ping_interval), idle_check);
     want_write(s);
