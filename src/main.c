@@ -29,7 +29,6 @@
 #include "ws.h"
 #include "wssock.h"
 #include "wspass.h"
-#include "wsserver.h"
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -204,7 +203,7 @@ static int start_modules(void)
     line_init(&cfg);
     listener_init(&cfg);
     dial_init(loop_ctx(), &cfg);
-    if (rest_init(&cfg) || wsserver_init(loop_ctx(), &cfg) || ws_init(loop_ctx(), &cfg) ||
+    if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg) ||
         wspass_init(loop_ctx(), &cfg))
         return 1;
     if (logpump_init()) {
