@@ -69,7 +69,7 @@ $(BUILD):
 # stubs.h) -- never libwebsockets or libmicrohttpd.  Every binary runs all its tests with
 # no argument, names them with --list and runs one with NAME (tests/unit/unit_main.h).
 # A new module: its name in UNIT_MODULES and its two lists.
-UNIT_MODULES     := buf util json envelope wsframe lineframe redact config access guard health reqtable mux session \
+UNIT_MODULES     := buf util json envelope wsframe wsread lineframe redact config access guard health reqtable mux session \
                     passpath pool_policy logqueue policy discover
 UNIT_OBJS_buf       := base/buf
 UNIT_OBJS_logqueue  := base/logqueue base/buf
@@ -77,6 +77,7 @@ UNIT_OBJS_util      := base/util
 UNIT_OBJS_json      := wire/json
 UNIT_OBJS_envelope  := wire/envelope wire/json base/buf
 UNIT_OBJS_wsframe   := wire/wsframe base/buf
+UNIT_OBJS_wsread    := wire/wsread
 UNIT_OBJS_lineframe := wire/lineframe base/buf
 UNIT_OBJS_passpath  := wire/passpath base/util
 UNIT_OBJS_redact    := base/redact base/util base/buf
@@ -220,7 +221,7 @@ uninstall:
 #   make fuzz-replay   the targets built with $(CC) and tests/fuzz/replay.c, run over the
 #       checked-in corpora; `make test` builds these too (tests/fuzz/test_fuzz_corpus.py runs
 #       them) and `make asan` builds them sanitized in build-asan.
-FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe bulkpath passpath restname \
+FUZZ_TARGETS     := body line frame json config url lineframe redact httphead wsframe wsread bulkpath passpath restname \
                     policy
 FUZZ_DEB_PKGS    := clang libclang-rt-14-dev
 FUZZ_SECONDS     ?= 60
@@ -241,6 +242,7 @@ FUZZ_SRCS_lineframe := src/wire/lineframe.c src/base/buf.c
 FUZZ_SRCS_redact    := src/base/redact.c src/base/util.c src/base/buf.c
 FUZZ_SRCS_httphead  := src/wire/httphead.c
 FUZZ_SRCS_wsframe   := src/wire/wsframe.c src/base/buf.c
+FUZZ_SRCS_wsread    := src/wire/wsread.c
 FUZZ_SRCS_bulkpath  := src/wire/bulkpath.c src/base/buf.c src/base/util.c src/base/log.c src/base/logqueue.c src/base/redact.c src/base/clock.c
 FUZZ_SRCS_passpath  := src/wire/passpath.c src/base/util.c src/base/buf.c src/base/log.c src/base/logqueue.c src/base/redact.c src/base/clock.c
 FUZZ_SRCS_restname  := src/wire/restname.c

@@ -1,7 +1,7 @@
 /* The head of an HTTP/1.x request, read just far enough to route the connection it
  * arrived on (listener.c): the request line and the few headers routing and
  * admission look at.  libmicrohttpd and libwebsockets parse it again, properly, once
- * the connection is theirs.  Pure: no I/O, no allocation. */
+ * the connection is theirs (the local WebSocket's upgrade is answered from it).  Pure: no I/O, no allocation. */
 #ifndef TGB_HTTPHEAD_H
 #define TGB_HTTPHEAD_H
 #include <stdbool.h>
@@ -21,6 +21,7 @@ struct http_head {
     /* Headers by name, case-insensitively; a repeated one keeps its first value and
      * counts (n_*). */
     struct span upgrade, connection, origin, host, authorization, ws_version; /* Sec-WebSocket-Version */
+    struct span ws_key;                        /* Sec-WebSocket-Key: answered by ws.c itself */
     int n_host, n_origin;
     bool malformed;                            /* a header line that is not one: HTTP's to refuse */
     bool nul;                                  /* a NUL byte in a header line (access_head_refused) */

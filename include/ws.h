@@ -1,9 +1,8 @@
 /* The local /api/v1/socket: the gateway's WebSocket protocol (reference §2.4, §3,
  * §4, §5, §9.2-9.4) served to local clients -- the official CLI, Python API,
  * TypeScript client, MCP server -- and multiplexed onto tgbridge's upstream like every
- * other front end (session.c).  libwebsockets serves it in the one loop, on the server
- * vhost that listens on nothing and adopts the connections listener.c hands over
- * (wsserver.h). */
+ * other front end (session.c).  Its sockets are tgbridge's own (wssock.h: the
+ * handshake, the frames and the closing handshake), polled by lws in the one loop. */
 #ifndef TGB_WS_H
 #define TGB_WS_H
 #include <stdbool.h>

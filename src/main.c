@@ -27,8 +27,8 @@
 #include "upstream.h"
 #include "util.h"
 #include "ws.h"
+#include "wssock.h"
 #include "wspass.h"
-#include "wsserver.h"
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -180,6 +180,7 @@ static int start_modules(void)
 {
     upstream_register_protocol();
     line_register_protocol();
+    wssock_register_protocol();
     passthrough_register_protocol();
     wspass_register_protocol();
     if (loop_init(&cfg) || setup_signals() || resolver_init()) {
@@ -202,7 +203,7 @@ static int start_modules(void)
     line_init(&cfg);
     listener_init(&cfg);
     dial_init(loop_ctx(), &cfg);
-    if (rest_init(&cfg) || wsserver_init(loop_ctx(), &cfg) || ws_init(loop_ctx(), &cfg) ||
+    if (rest_init(&cfg) || ws_init(loop_ctx(), &cfg) ||
         wspass_init(loop_ctx(), &cfg))
         return 1;
     if (logpump_init()) {

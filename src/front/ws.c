@@ -1,6 +1,5 @@
 #include "ws.h"
 #include "buf.h"
-#include "firstpart.h"
 #include "frontend.h"
 #include "guard.h"
 #include "json.h"
@@ -12,9 +11,7 @@
 #include "session.h"
 #include "stats.h"
 #include "util.h"
-#include "wsframe.h"
-#include "wsserver.h"
-#include <libwebsockets.h>
+#include "wssock.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,30 +20,25 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Bytes handed to lws per WRITEABLE: a burst of frames in one send, small enough that
- * lws keeps at most this much of it when the kernel does not take it all. */
-#define WS_WRITE_CHUNK (64 * 1024)
-/* Close code 1013, "Try Again Later" (IANA WebSocket close code registry; lws has no name for it). */
+/* Close codes (RFC 6455 §7.4.1; 1013 "Try Again Later" from the IANA registry). */
+#define WS_CLOSE_GOING_AWAY 1001
+#define WS_CLOSE_POLICY_VIOLATION 1008
 #define WS_CLOSE_TRY_AGAIN_LATER 1013
 /* Of a message over --max-body, this much is kept to find its id for the error. */
 #define ID_PREFIX (16 * 1024)
 
-/* One local WebSocket client: its socket (lws's), its framing, and its session. */
+/* One local WebSocket client: its socket and framing (wssock.c), and its session. */
 struct wsconn {
-    struct wsserver_conn ws; /* first: the callback that serves it (wsserver.h) */
+    struct wssock sock;
     struct session session;
     struct caller_id caller; /* as admitted at the upgrade; an auth frame may unlock it */
-    struct lws *wsi;
     unsigned long long serial;
-    struct buf out;          /* frames (ours, unmasked) not yet handed to lws */
     struct buf in;           /* the message being received */
     bool oversize;           /* the message being received is over --max-body */
     bool receiving;          /* a message has begun and is not complete */
     struct guard deadline;   /* ... and must be complete by then (GUARD_BODY) */
     struct hold hold;        /* its bytes, against --max-assembling */
-    int close_code;          /* nonzero: close with it once everything is written */
-    char close_reason[100];
-    bool close_sent;         /* our close frame is out: waiting for the client's */
+    bool closing;            /* our close is queued: nothing more is sent or read */
     struct list node;
 };
 
@@ -76,22 +68,18 @@ static void message_end(struct wsconn *c)
 /* reason, if any, goes in the close frame (RFC 6455 §5.5.1: at most 123 bytes). */
 static void conn_drop(struct wsconn *c, int code, const char *why, const char *reason)
 {
-    if (c->close_code)
+    if (c->closing)
         return;
     if (why)
         log_warn("closing local WebSocket client #%llu: %s", c->serial, why);
-    c->close_code = code;
-    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason ? reason : "");
+    c->closing = true;
     message_end(c);
     c->in.len = 0;
     buf_free(&c->in);
     session_close(&c->session);
-    /* What it was sent before goes out whole (c->out holds whole frames; lws keeps the
-     * tail of a slice the kernel did not take), then the close frame (on_writeable);
-     * a client that never reads is cut off all the same after --close-timeout. */
-    lws_callback_on_writable(c->wsi);
-    double t = W.cfg->close_timeout;
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, t < 1 ? 1 : t > 3600 ? 3600 : (int)(t + 0.999));
+    /* What it was sent before goes out whole, then the close frame; a client that
+     * never reads is cut off all the same after --close-timeout (wssock.c). */
+    wssock_close(&c->sock, code, reason);
 }
 
 /* One message to the client.  What waits for a client that does not read is bounded
@@ -101,45 +89,16 @@ static void conn_drop(struct wsconn *c, int code, const char *why, const char *r
 static void session_send(struct session *s, const char *msg, size_t len)
 {
     struct wsconn *c = s->owner;
-    if (c->close_code)
+    if (c->closing)
         return;
-    if (guard_reply_queued(c->out.len, len, false)) {
+    if (guard_reply_queued(c->sock.out.len, len, false)) {
         char why[160];
         snprintf(why, sizeof why, "it reads too slowly (%zu bytes of replies waiting, --max-client-buffer %zu)",
-                 c->out.len + len, W.cfg->max_client_buffer);
-        conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why, NULL);
+                 c->sock.out.len + len, W.cfg->max_client_buffer);
+        conn_drop(c, WS_CLOSE_POLICY_VIOLATION, why, NULL);
         return;
     }
-    wsframe_append_server_text(&c->out, msg, len);
-    lws_callback_on_writable(c->wsi);
-}
-
-static int on_writeable(struct wsconn *c)
-{
-    if (c->out.len) {
-        size_t n = c->out.len < WS_WRITE_CHUNK ? c->out.len : WS_WRITE_CHUNK;
-        if (lws_write(c->wsi, (unsigned char *)buf_ptr(&c->out), n, LWS_WRITE_RAW) < 0)
-            return -1;
-        buf_consume(&c->out, n);
-        firstpart_wrote();
-        if (!c->out.len && c->out.cap > 1024 * 1024)
-            buf_free(&c->out);
-    }
-    if (c->out.len) {
-        lws_callback_on_writable(c->wsi);
-        return 0;
-    }
-    if (c->close_code && !c->close_sent) { /* everything owed is written: say goodbye */
-        if (lws_partial_buffered(c->wsi)) { /* the last slice is not all out yet */
-            lws_callback_on_writable(c->wsi);
-            return 0;
-        }
-        if (wsserver_send_close(c->wsi, c->close_code, c->close_reason, strlen(c->close_reason),
-                                W.cfg->close_timeout))
-            return -1;
-        c->close_sent = true;
-    }
-    return 0;
+    wssock_send(&c->sock, msg, len);
 }
 
 /* ---- the session's side ------------------------------------------------------------ */
@@ -217,13 +176,18 @@ static void message_overdue(struct guard *g)
     char why[160];
     snprintf(why, sizeof why, "%zu bytes of a message and not the rest within --client-timeout (%g s)",
              c->deadline.received, W.cfg->client_timeout);
-    conn_drop(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, why, "message not complete within --client-timeout");
+    conn_drop(c, WS_CLOSE_POLICY_VIOLATION, why, "message not complete within --client-timeout");
 }
 
-/* A message arrives in pieces (lws hands at most rx_buffer_size at a time); text and
+/* A message arrives in pieces (wsread.c hands out what each read brought); text and
  * binary alike, as the gateway takes both (ref Q30). */
-static void on_receive(struct wsconn *c, const char *in, size_t len)
+static void on_data(struct wssock *s, const struct wsread_event *ev)
 {
+    struct wsconn *c = (struct wsconn *)s;
+    const char *in = ev->p;
+    size_t len = ev->n;
+    if (c->closing)
+        return;
     if (!c->receiving) {
         c->receiving = true;
         guard_start(&c->deadline, GUARD_BODY, now_mono(), message_overdue);
@@ -241,7 +205,7 @@ static void on_receive(struct wsconn *c, const char *in, size_t len)
         return;
     }
     buf_append(&c->in, in, keep);
-    if (lws_is_final_fragment(c->wsi) && !lws_remaining_packet_payload(c->wsi)) {
+    if (ev->last) {
         message_end(c);
         message_done(c);
     }
@@ -249,48 +213,37 @@ static void on_receive(struct wsconn *c, const char *in, size_t len)
 
 /* ---- connections ------------------------------------------------------------------- */
 
+/* The client closed, or broke the protocol: its requests are freed like a REST
+ * hang-up's. */
+static void on_ending(struct wssock *s, int code, const char *reason, size_t n)
+{
+    (void)code;
+    (void)reason;
+    (void)n;
+    struct wsconn *c = (struct wsconn *)s;
+    c->closing = true;
+    message_end(c);
+    session_close(&c->session);
+}
+
 static void conn_free(struct wsconn *c)
 {
     message_end(c);
     session_close(&c->session);
     list_del(&c->node);
     W.nconns--;
-    buf_free(&c->out);
     buf_free(&c->in);
     free(c);
 }
 
-static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+static void on_gone(struct wssock *s)
 {
-    (void)user;
-    struct wsconn *c = lws_get_opaque_user_data(wsi);
-    if (!c)
-        return 0;
-    switch (reason) {
-    case LWS_CALLBACK_ESTABLISHED:
-        log_debug("local WebSocket client #%llu connected", c->serial);
-        return 0;
-    case LWS_CALLBACK_RECEIVE:
-        if (!c->close_code)
-            on_receive(c, in, len);
-        return 0;
-    case LWS_CALLBACK_SERVER_WRITEABLE:
-        return on_writeable(c);
-    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        return c->close_sent ? -1 : 0; /* the answer to ours ends it; lws answers the client's own */
-    case LWS_CALLBACK_HTTP:
-        return -1; /* not an upgrade: the listener never sends those here */
-    case LWS_CALLBACK_CLOSED:
-    case LWS_CALLBACK_CLOSED_HTTP:
-    case LWS_CALLBACK_WSI_DESTROY:
-        log_debug("local WebSocket client #%llu gone", c->serial);
-        lws_set_opaque_user_data(wsi, NULL);
-        conn_free(c);
-        return 0;
-    default:
-        return 0;
-    }
+    struct wsconn *c = (struct wsconn *)s;
+    log_debug("local WebSocket client #%llu gone", c->serial);
+    conn_free(c);
 }
+
+static const struct wssock_ops ws_sock_ops = {on_data, on_ending, NULL, on_gone};
 
 /* What it presented at the upgrade: a forward caller's own gateway key (issue 17) for
  * the requests that follow. */
@@ -316,6 +269,8 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
         *no = v.refusal;
         return false;
     }
+    if (wssock_refused(in->head, no))
+        return false;
     if (W.nconns >= W.cfg->max_ws_clients) {
         no->status = 503;
         no->type = "too-many-clients";
@@ -333,9 +288,8 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     struct wsconn *c = calloc(1, sizeof *c);
     if (!c)
         abort();
-    c->ws.callback = callback;
-    c->serial = ++W.serial;
-    buf_init(&c->out, 0);
+    c->serial = c->sock.serial = ++W.serial;
+    c->sock.what = "local WebSocket client";
     buf_init(&c->in, 0);
     session_init(&c->session, &ws_rules, &ws_session_ops, W.cfg, c);
     c->caller = v.caller;
@@ -344,8 +298,7 @@ static bool ws_take(int fd, const struct handover *in, struct refusal *no)
     c->session.locked = v.caller.token == TOKEN_ABSENT;
     list_add_tail(&W.conns, &c->node);
     W.nconns++;
-    c->wsi = wsserver_adopt(fd, &c->ws);
-    if (!c->wsi) { /* lws closed fd */
+    if (!wssock_start(&c->sock, fd, in->head, &ws_sock_ops, true)) { /* fd is closed */
         log_warn("cannot serve a local WebSocket client");
         conn_free(c);
         return true;
@@ -364,7 +317,7 @@ static void ws_stats(struct frontend_stats *out)
         const struct wsconn *c = list_entry(pos, struct wsconn, node);
         out->connections++;
         out->active += c->session.npending;
-        out->unsent += c->out.len;
+        out->unsent += c->sock.out.len;
     }
 }
 
@@ -381,9 +334,9 @@ static void ws_close_all(void)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &W.conns) {
         struct wsconn *c = list_entry(pos, struct wsconn, node);
-        if (!c->close_code) {
-            c->close_code = LWS_CLOSE_STATUS_GOINGAWAY;
-            lws_callback_on_writable(c->wsi);
+        if (!c->closing) {
+            c->closing = true;
+            wssock_close(&c->sock, WS_CLOSE_GOING_AWAY, NULL);
         }
     }
 }
@@ -392,8 +345,9 @@ const struct frontend ws_frontend = {"ws", ws_take, ws_stats, ws_fail_all, ws_cl
 
 int ws_init(struct lws_context *ctx, const struct config *cfg)
 {
-    (void)ctx; /* served on wsserver.c's vhost */
+    (void)ctx; /* served on the loop's default vhost, as raw descriptors (wssock.c) */
     W.cfg = cfg;
+    wssock_init(cfg);
     list_init(&W.conns);
     ws_rules.max_pending = cfg->max_pending;
     frontend_register(&ws_frontend);

@@ -15,6 +15,7 @@
 #include "upstream.h"
 #include "util.h"
 #include "wsserver.h"
+#include "wssock.h"
 #include <libwebsockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -39,6 +40,8 @@ struct piece {
     unsigned char data[]; /* LWS_PRE of headroom, then len bytes */
 };
 
+/* The gateway's side of a pair; the caller's is a wssock (written at once, read
+ * while the gateway side can take more). */
 struct side {
     struct lws *wsi;
     struct list queue;   /* pieces to write to this side */
@@ -52,7 +55,7 @@ struct side {
 };
 
 struct wspass {
-    struct wsserver_conn ws; /* first: the callback that serves the local side */
+    struct wssock sock;  /* first: the local side's socket (wssock.h) */
     struct dial dial;    /* the gateway side's connection */
     struct side local, up;
     enum pass_route route;
@@ -77,8 +80,6 @@ static struct side *other(struct wspass *p, struct side *s)
 {
     return s == &p->local ? &p->up : &p->local;
 }
-
-static struct wspass *of_local(struct lws *wsi) { return lws_get_opaque_user_data(wsi); }
 
 static void side_clear(struct side *s)
 {
@@ -123,7 +124,7 @@ static void maybe_free(struct wspass *p)
 /* Closes side s with code and reason once what is queued for it is written. */
 static void close_side(struct wspass *p, struct side *s, int code, const char *reason)
 {
-    if (s->closing || (s == &p->local && !s->wsi))
+    if (s->closing || (s == &p->local && p->local_gone))
         return;
     s->closing = true;
     s->close_code = code;
@@ -138,8 +139,16 @@ static void close_side(struct wspass *p, struct side *s, int code, const char *r
         memcpy(s->close_reason, reason, n);
     s->close_reason[n] = '\0';
     redact_str(s->close_reason, sizeof s->close_reason);
-    if (s->wsi)
+    if (s == &p->local)
+        wssock_close(&p->sock, code, s->close_reason); /* after what is queued */
+    else if (s->wsi)
         lws_callback_on_writable(s->wsi); /* the gateway side: once open (up_opened) */
+}
+
+/* Bytes waiting to be written to side s. */
+static size_t queued(struct wspass *p, struct side *s)
+{
+    return s == &p->local ? p->sock.out.len : s->queued;
 }
 
 /* Whether side s is read: while its close answer is awaited, and while the other
@@ -148,21 +157,24 @@ static void close_side(struct wspass *p, struct side *s, int code, const char *r
  * there to hear it) and its queue is below SIDE_BUF (half of it to start again). */
 static void side_flow(struct wspass *p, struct side *s)
 {
-    if (!s->wsi)
+    if (s == &p->local ? p->local_gone : !s->wsi)
         return;
     struct side *to = other(p, s);
     bool ready = to == &p->local || p->up_open || p->up_gone;
-    bool want = s->close_sent || (ready && to->queued < (s->paused ? SIDE_BUF / 2 : SIDE_BUF));
+    bool want = s->close_sent || (ready && queued(p, to) < (s->paused ? SIDE_BUF / 2 : SIDE_BUF));
     if (want != s->paused)
         return;
     s->paused = !want;
-    lws_rx_flow_control(s->wsi, want);
+    if (s == &p->local)
+        wssock_read(&p->sock, want);
+    else
+        lws_rx_flow_control(s->wsi, want);
 }
 
 /* Frames a caller sends before the gateway socket is open wait unread in its socket
- * (side_flow), but lws hands over what it had already read with the upgrade: those
- * bytes are held for it, within --max-client-buffer (guard.c's reply budget, the
- * caller's one budget for bytes held on its behalf).  True: over it. */
+ * (side_flow); should any be read (its close answered, say), they are held for it,
+ * within --max-client-buffer (guard.c's reply budget, the caller's one budget for
+ * bytes held on its behalf).  True: over it. */
 static bool preopen_over_budget(struct wspass *p, size_t more)
 {
     if (guard_over_budget(WP.cfg->max_client_buffer, p->up.queued, more, false))
@@ -177,11 +189,12 @@ static void preopen_release(struct wspass *p)
     guard_release(&p->preopen);
 }
 
-/* Bytes from side `from`, for the other one. */
-static void relay(struct wspass *p, struct side *from, struct lws *wsi, const void *in, size_t len)
+/* Bytes from side `from` (a piece of a message: its kind, and whether it ends it),
+ * for the other one. */
+static void relay(struct wspass *p, struct side *from, const void *in, size_t len, bool binary, bool end)
 {
     struct side *to = other(p, from);
-    if (to->closing || (to == &p->local ? !to->wsi : p->up_gone))
+    if (to->closing || (to == &p->local ? p->local_gone : p->up_gone))
         return; /* the other side is closing or gone: nothing more goes to it */
     if (to == &p->up && !p->up_open && preopen_over_budget(p, len)) {
         char why[120];
@@ -192,28 +205,32 @@ static void relay(struct wspass *p, struct side *from, struct lws *wsi, const vo
         dial_abort(&p->dial, "%s", why);
         return;
     }
+    if (to == &p->local) {
+        wssock_send_piece(&p->sock, binary, !from->in_message, end, in, len);
+        from->in_message = !end;
+        p->bytes_out += len;
+        side_flow(p, from);
+        return;
+    }
     struct piece *pc = malloc(sizeof *pc + LWS_PRE + len);
     if (!pc)
         abort();
     pc->len = len;
     pc->start = !from->in_message;
-    pc->end = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
-    pc->binary = lws_frame_is_binary(wsi);
+    pc->end = end;
+    pc->binary = binary;
     from->in_message = !pc->end;
     if (len)
         memcpy(pc->data + LWS_PRE, in, len);
     list_add_tail(&to->queue, &pc->node);
     to->queued += len;
-    if (from == &p->local)
-        p->bytes_in += len;
-    else
-        p->bytes_out += len;
+    p->bytes_in += len;
     side_flow(p, from);
-    if (to->wsi && (to != &p->up || p->up_open))
+    if (to->wsi && p->up_open)
         lws_callback_on_writable(to->wsi);
 }
 
-/* Our close frame: the peer's answer is awaited -- it ends the connection
+/* Our close frame to the gateway: its answer is awaited -- it ends the connection
  * (peer_closed) -- for --close-timeout at most (wsserver_send_close). */
 static int send_close(struct wspass *p, struct side *s)
 {
@@ -245,72 +262,77 @@ static int write_side(struct wspass *p, struct side *s)
     return 0;
 }
 
-/* The peer's close frame: code (network order) and reason.  The answer to ours ends
- * the connection (nonzero: lws drops it without a second close frame); one the peer
- * started is relayed to the other side, and lws answers it. */
-static int peer_closed(struct wspass *p, struct side *s, const unsigned char *in, size_t len)
+/* A close one side started (code 1005: none), relayed to the other; the side that
+ * sent it is answered at once (lws for the gateway's, wssock for the caller's). */
+static void relay_close(struct wspass *p, struct side *s, int code, const char *in, size_t n)
 {
-    if (s->close_sent)
-        return -1;
-    int code = len >= 2 ? (in[0] << 8 | in[1]) : LWS_CLOSE_STATUS_NORMAL;
     char reason[124];
-    size_t n = len > 2 ? len - 2 : 0;
     if (n >= sizeof reason)
         n = sizeof reason - 1;
-    memcpy(reason, in + 2 * (len >= 2), n);
+    if (n)
+        memcpy(reason, in, n);
     reason[n] = '\0';
     /* 1005/1006/1015 must never be sent in a close frame (RFC 6455 §7.4.1). */
     if (code == 1005 || code == 1006 || code == 1015 || code < 1000)
         code = LWS_CLOSE_STATUS_NORMAL;
     close_side(p, other(p, s), code, reason);
+}
+
+/* The gateway's close frame: code (network order) and reason.  The answer to ours
+ * ends the connection (nonzero: lws drops it without a second close frame). */
+static int peer_closed(struct wspass *p, struct side *s, const unsigned char *in, size_t len)
+{
+    if (s->close_sent)
+        return -1;
+    relay_close(p, s, len >= 2 ? (in[0] << 8 | in[1]) : 1005, (const char *)in + 2 * (len >= 2),
+                len > 2 ? len - 2 : 0);
     return 0;
 }
 
 /* ---- the local side ----------------------------------------------------------------- */
 
-static int local_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+static void local_data(struct wssock *k, const struct wsread_event *ev)
 {
-    (void)user;
-    struct wspass *p = of_local(wsi);
-    if (!p)
-        return 0;
-    switch (reason) {
-    case LWS_CALLBACK_ESTABLISHED:
-        side_flow(p, &p->local); /* not read until the gateway side is open */
-        return 0;
-    case LWS_CALLBACK_RECEIVE:
-        relay(p, &p->local, wsi, in, len);
-        return 0;
-    case LWS_CALLBACK_SERVER_WRITEABLE:
-        return write_side(p, &p->local);
-    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        return peer_closed(p, &p->local, in, len);
-    case LWS_CALLBACK_HTTP:
-        return -1;
-    case LWS_CALLBACK_CLOSED:
-    case LWS_CALLBACK_CLOSED_HTTP:
-    case LWS_CALLBACK_WSI_DESTROY:
-        lws_set_opaque_user_data(wsi, NULL);
-        p->local.wsi = NULL;
-        p->local_gone = true;
-        side_clear(&p->local);
-        if (!p->up_gone) {
-            /* What it sent before its close still goes to the gateway, then the close. */
-            close_side(p, &p->up, LWS_CLOSE_STATUS_GOINGAWAY, "the local client went away");
-            if (p->up_open) {
-                side_flow(p, &p->up);
-            } else if (list_empty(&p->up.queue) && p->up.close_code == LWS_CLOSE_STATUS_GOINGAWAY) {
-                dial_abort(&p->dial, "the local client went away");
-                return 0; /* p may be gone */
-            }
-        }
-        maybe_free(p);
-        return 0;
-    default:
-        return 0;
-    }
+    struct wspass *p = (struct wspass *)k;
+    relay(p, &p->local, ev->p, ev->n, !ev->text, ev->last);
 }
 
+/* The caller's close -- the answer to ours, or relayed to the gateway -- or (code 0)
+ * its protocol error: the gateway gets 1001 after what it was sent before. */
+static void local_ending(struct wssock *k, int code, const char *reason, size_t n)
+{
+    struct wspass *p = (struct wspass *)k;
+    if (!code)
+        close_side(p, &p->up, LWS_CLOSE_STATUS_GOINGAWAY, "the local client broke the WebSocket protocol");
+    else if (!p->local.closing)
+        relay_close(p, &p->local, code, reason, n);
+}
+
+static void local_drained(struct wssock *k)
+{
+    struct wspass *p = (struct wspass *)k;
+    side_flow(p, &p->up);
+}
+
+static void local_gone(struct wssock *k)
+{
+    struct wspass *p = (struct wspass *)k;
+    p->local_gone = true;
+    side_clear(&p->local);
+    if (!p->up_gone) {
+        /* What it sent before its close still goes to the gateway, then the close. */
+        close_side(p, &p->up, LWS_CLOSE_STATUS_GOINGAWAY, "the local client went away");
+        if (p->up_open) {
+            side_flow(p, &p->up);
+        } else if (list_empty(&p->up.queue) && p->up.close_code == LWS_CLOSE_STATUS_GOINGAWAY) {
+            dial_abort(&p->dial, "the local client went away");
+            return; /* p may be gone */
+        }
+    }
+    maybe_free(p);
+}
+
+static const struct wssock_ops local_ops = {local_data, local_ending, local_drained, local_gone};
 
 /* ---- the gateway side --------------------------------------------------------------- */
 
@@ -362,7 +384,8 @@ static int up_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         return 0;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_RECEIVE:
-        relay(p, &p->up, wsi, in, len);
+        relay(p, &p->up, in, len, lws_frame_is_binary(wsi), lws_is_final_fragment(wsi) &&
+              !lws_remaining_packet_payload(wsi));
         return 0;
     case LWS_CALLBACK_CLIENT_WRITEABLE:
         return write_side(p, &p->up);
@@ -429,16 +452,17 @@ static bool policy_refused(const struct http_head *h, enum bulk_dir dir, const s
     return !policy_check_call(v->caller.name, &pc, workspace, no);
 }
 
-/* The local side: lws reads the upgrade request itself. */
-static bool adopt_local(struct wspass *p, int fd, bool unix_peer)
+/* The local side: upgraded at once, and not read until the gateway side is open. */
+static bool adopt_local(struct wspass *p, int fd, const struct http_head *h, bool unix_peer)
 {
     if (!unix_peer) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
-    p->ws.callback = local_callback;
-    p->local.wsi = wsserver_adopt(fd, &p->ws);
-    if (!p->local.wsi) { /* lws closed fd */
+    p->sock.serial = p->serial;
+    p->sock.what = "local bulk socket";
+    p->local.paused = true;
+    if (!wssock_start(&p->sock, fd, h, &local_ops, false)) { /* fd is closed */
         log_warn("cannot serve a local bulk socket");
         p->local_gone = p->up_gone = true;
         explicit_bzero(p->dial.path, sizeof p->dial.path);
@@ -457,7 +481,7 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
     struct admission v;
     access_admit_head(h, in->peer, ADMIT_UPGRADE, &v);
     const char *workspace = WP.cfg->workspace;
-    if (!v.admitted || policy_refused(h, dir, &v, &workspace, &v.refusal)) {
+    if (!v.admitted || policy_refused(h, dir, &v, &workspace, &v.refusal) || wssock_refused(h, &v.refusal)) {
         *no = v.refusal;
         return false;
     }
@@ -488,7 +512,7 @@ static bool wspass_take(int fd, const struct handover *in, struct refusal *no)
     list_init(&p->local.queue);
     list_init(&p->up.queue);
     list_add_tail(&WP.all, &p->node);
-    if (!adopt_local(p, fd, unix_peer))
+    if (!adopt_local(p, fd, h, unix_peer))
         return true; /* lws closed fd */
     p->dial.ops = &up_ops;
     p->dial.local_protocol = wspass_upstream_protocol.name;
@@ -512,7 +536,7 @@ static void bulk_stats(struct frontend_stats *out)
         const struct wspass *p = list_entry(pos, struct wspass, node);
         out->connections++;
         out->active++;
-        out->unsent += p->local.queued;
+        out->unsent += p->sock.out.len;
     }
 }
 
@@ -541,7 +565,7 @@ const struct frontend wspass_frontend = {"bulk", wspass_take, bulk_stats, bulk_f
 int wspass_init(struct lws_context *ctx, const struct config *cfg)
 {
     frontend_register(&wspass_frontend);
-    (void)ctx; /* the local sides are served on wsserver.c's vhost */
+    (void)ctx; /* the local sides are raw descriptors (wssock.c) */
     WP.cfg = cfg;
     list_init(&WP.all);
     /* Pinged after --ping-interval of silence, dropped after --ping-timeout more, as

@@ -50,7 +50,8 @@ static void header(struct http_head *h, const char *p, size_t n)
                       : name_is(p, nlen, "origin") ? &h->origin
                       : name_is(p, nlen, "host") ? &h->host
                       : name_is(p, nlen, "authorization") ? &h->authorization
-                      : name_is(p, nlen, "sec-websocket-version") ? &h->ws_version : NULL;
+                      : name_is(p, nlen, "sec-websocket-version") ? &h->ws_version
+                      : name_is(p, nlen, "sec-websocket-key") ? &h->ws_key : NULL;
     if (slot == &h->host)
         h->n_host++;
     if (slot == &h->origin)

@@ -1,5 +1,6 @@
 #include "wsframe.h"
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,11 +33,12 @@ size_t wsframe_header_len(size_t len)
     return (len < 126 ? 2 : len < 65536 ? 4 : 10) + 4;
 }
 
-/* FIN + text, then the length in its shortest form; the mask bit as asked. */
-static size_t put_header(unsigned char *p, size_t len, unsigned char mask_bit)
+/* FIN (as asked) + the opcode, then the length in its shortest form; the mask bit as
+ * asked. */
+static size_t put_header(unsigned char *p, unsigned opcode, bool fin, size_t len, unsigned char mask_bit)
 {
     size_t h = 0;
-    p[h++] = 0x81;
+    p[h++] = (unsigned char)((fin ? 0x80 : 0) | opcode);
     if (len < 126) {
         p[h++] = (unsigned char)(mask_bit | len);
     } else if (len < 65536) {
@@ -53,10 +55,21 @@ static size_t put_header(unsigned char *p, size_t len, unsigned char mask_bit)
 
 void wsframe_append_server_text(struct buf *out, const void *payload, size_t len)
 {
+    wsframe_append_server(out, WSFRAME_TEXT, payload, len);
+}
+
+void wsframe_append_server(struct buf *out, unsigned opcode, const void *payload, size_t len)
+{
+    wsframe_append_server_piece(out, opcode, true, payload, len);
+}
+
+void wsframe_append_server_piece(struct buf *out, unsigned opcode, bool fin, const void *payload, size_t len)
+{
     buf_reserve(out, wsframe_header_len(len) + len);
     unsigned char *p = (unsigned char *)buf_ptr(out) + out->len;
-    size_t h = put_header(p, len, 0);
-    memcpy(p + h, payload, len);
+    size_t h = put_header(p, opcode, fin, len, 0);
+    if (len)
+        memcpy(p + h, payload, len);
     out->len += h + len;
     out->data[out->head + out->len] = '\0'; /* buf's invariant */
 }
@@ -65,7 +78,7 @@ void wsframe_append_text(struct buf *out, const void *payload, size_t len)
 {
     buf_reserve(out, wsframe_header_len(len) + len);
     unsigned char *p = (unsigned char *)buf_ptr(out) + out->len;
-    size_t h = put_header(p, len, 0x80);
+    size_t h = put_header(p, WSFRAME_TEXT, true, len, 0x80);
     unsigned char key[4];
     next_mask_key(key);
     memcpy(p + h, key, 4);

@@ -94,6 +94,10 @@ def test_fuzz_corpus_wsframe():
     _replay("wsframe")
 
 
+def test_fuzz_corpus_wsread():
+    _replay("wsread")
+
+
 def test_fuzz_corpus_bulkpath():
     _replay("bulkpath")
 

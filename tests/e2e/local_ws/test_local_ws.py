@@ -511,3 +511,75 @@ def test_upgrades_rfc6455_refuses_are_answered_over_http():
                     assert "application/json" in head.lower(), head
         wait_until(lambda: b.get("/status").json()["passthrough"]["active"] == 0, what="bulk pair freed")
         eq(len(m.stats()["passthrough"]["sockets"]), 1, "bulk sockets the gateway saw (the one opened)")
+
+
+@timeout(60)
+def test_protocol_errors_fail_the_connection_with_their_close_code():
+    """RFC 6455 §5.1-5.5 and §8.1 on the local WebSocket: a frame a client must never
+    send gets a close frame with 1002 (protocol error), a text message that is not
+    UTF-8 one with 1007, and then the end of the connection -- never a reply.  Other
+    clients are not disturbed."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN)
+    req = json.dumps(tc_req("p1", "hello"))
+    cases = [
+        ("an unmasked text frame", rawws.frame(1, req, masked=False), 1002),
+        ("RSV1 set (no extension negotiated)", rawws.frame(0x40 | 1, req), 1002),
+        ("a reserved opcode", rawws.frame(3, req), 1002),
+        ("a fragmented ping", rawws.frame(9, b"x", fin=False), 1002),
+        ("a ping of 126 bytes", rawws.frame(9, b"x" * 126), 1002),
+        ("a continuation with no message under way", rawws.frame(0, req), 1002),
+        ("a new message inside a fragmented one", rawws.frame(1, req[:5], fin=False) + rawws.frame(1, req), 1002),
+        ("a text message that is not UTF-8",
+         rawws.frame(1, b'{"id":"p1","service":"text-completion","request":{"q":"\xff"}}'), 1007),
+        ("a close frame of one byte", rawws.frame(8, b"\x03"), 1002),
+    ]
+    with m, b:
+        b.wait_ready()
+        for what, data, code in cases:
+            s = rawws.upgrade(b.port, "/api/v1/socket")
+            status, _, rest = rawws.read_head(s)
+            eq(status, 101, what)
+            s.sendall(data)
+            r = rawws.Reader(s, rest)
+            f = r.next(5)
+            assert f is not None and f[0] == 8, "%s: %r instead of a close frame" % (what, f)
+            eq(rawws.close_code(f[2]), code, what)
+            assert r.at_eof(5), "%s: the connection still open after the close frame" % what
+            eq(r.buf, b"", "%s: bytes after the close frame" % what)
+            s.close()
+        wait_until(lambda: b.get("/status").json()["ws"]["connections"] == 0, what="every failed socket freed")
+
+        async def client():
+            async with websockets.connect(ws_url(b)) as ws:
+                await ws.send(json.dumps(tc_req("ok", "still served")))
+                return await recv_json(ws)
+        eq(run(client())["response"]["response"], "still served", "a well-behaved client after them")
+        assert "with 1002: an unmasked frame" in b.log(), "the reason logged"
+
+
+@timeout(60)
+def test_upgrade_without_a_proper_key_gets_400():
+    """RFC 6455 §4.1-4.2: the Sec-WebSocket-Key is 16 bytes in base64; without one the
+    upgrade cannot be answered, and gets a 400 error body instead of a silent close
+    (or, for a short key, a 101 all the same)."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN)
+    with m, b:
+        b.wait_ready()
+        for key in (None, "short", "dGhlIHNhbXBsZSBub25jZQ"):
+            s = socket.socket()
+            s.settimeout(T(5))
+            s.connect(("127.0.0.1", b.port))
+            head = "GET /api/v1/socket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n" \
+                   "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            if key is not None:
+                head += "Sec-WebSocket-Key: %s\r\n" % key
+            s.sendall((head + "\r\n").encode())
+            status, text, _ = rawws.read_head(s)
+            s.close()
+            eq(status, 400, "key %r" % key)
+            assert "application/json" in text.lower(), text
+        s = rawws.upgrade(b.port, "/api/v1/socket")
+        eq(rawws.read_head(s)[0], 101, "a proper key")
+        s.close()

@@ -893,3 +893,36 @@ def test_bulk_client_close_waits_for_the_gateway_answer():
                             timeout=T(5), what="the socket closed at the gateway")["passthrough"]["sockets"][-1]
         eq((sock["client_close_code"], sock["client_close_reason"]), (4100, "bye"), "the close relayed up")
         eq(sock["close_answered"], True, "the gateway answered on a connection tgbridge kept open")
+
+
+@timeout(60)
+def test_bulk_socket_protocol_errors_close_1002_or_1007_and_reach_the_gateway_as_1001():
+    """RFC 6455 §5.1-5.5 and §8.1 on a bulk socket's local side, as on /api/v1/socket:
+    an unmasked frame gets a close frame with 1002, a text frame that is not UTF-8 one
+    with 1007, then the end of the connection; neither frame is relayed, and the
+    gateway's socket is closed with 1001 after the frames sent before."""
+    m = start_mock("v2d", tokens=[TOKEN])
+    b = start_bridge(m.url, "--token", TOKEN, *FAST)
+    cases = [("an unmasked frame", rawws.frame(1, '{"bad":1}', masked=False), 1002),
+             ("text that is not UTF-8", rawws.frame(1, b'{"bad":"\xff"}'), 1007)]
+    with m, b:
+        b.wait_ready()
+        for i, (what, data, code) in enumerate(cases):
+            s = rawws.upgrade(b.port, "/api/v1/flow/default/import/triples?mock-echo=true")
+            status, _, rest = rawws.read_head(s)
+            eq(status, 101, what)
+            r = rawws.Reader(s, rest)
+            s.sendall(rawws.frame(1, '{"ok":1}'))
+            eq(r.next(5), (1, True, b'{"ok":1}'), "%s: the echo of the frame before" % what)
+            s.sendall(data)
+            f = r.next(5)
+            assert f is not None and f[0] == 8, "%s: %r instead of a close frame" % (what, f)
+            eq(rawws.close_code(f[2]), code, what)
+            assert r.at_eof(5), "%s: the connection still open after the close frame" % what
+            s.close()
+            sock = m.wait_stats(lambda st: len(st["passthrough"]["sockets"]) > i and
+                                not st["passthrough"]["sockets"][i]["open"],
+                                what="%s: the gateway socket closed" % what)["passthrough"]["sockets"][i]
+            eq(sock["text_frames_in"], 1, "%s: frames the gateway received" % what)
+            eq(sock["client_close_code"], 1001, "%s: the close the gateway got" % what)
+        wait_until(lambda: b.get("/status").json()["passthrough"]["active"] == 0, what="pairs freed")
