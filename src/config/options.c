@@ -73,8 +73,7 @@ const struct opt config_options[] = {
     {O_MAX_ASSEMBLING, "max-assembling", "BYTES", "TGBRIDGE_MAX_ASSEMBLING",
      T_BYTES, F(max_assembling), .def = "256m", .min = 64, .reload = RELOAD_APPLY,
      .help = "bytes of all requests still being received (REST bodies, lines, local\n"
-             "WebSocket messages, bulk frames held before the gateway socket opens)\n"
-             "together; the caller past it is refused (default 256m)"},
+             "WebSocket messages) together; the caller past it is refused (default 256m)"},
     {O_CLIENT_TIMEOUT, "client-timeout", "SECONDS", "TGBRIDGE_CLIENT_TIMEOUT",
      T_SECONDS_POS, F(client_timeout), .def = "30", .reload = RELOAD_APPLY,
      .help = "a local connection must send a complete request head within this, and\n"
