@@ -34,6 +34,11 @@ long json_string_decode(struct span v, char *out, size_t cap);
  * -Infinity.  Nesting deeper than JSON_MAX_DEPTH is refused.  No allocation. */
 #define JSON_MAX_DEPTH 4096
 bool json_valid(const char *text, size_t len);
+/* json_valid and json_members in one pass, for text that must be one JSON object: fn
+ * gets each top-level member as json_members gives it, and the result is the offset
+ * just past the object's closing brace, or -1 when text is not exactly one valid
+ * object (surrounding whitespace allowed; members before the fault have been reported). */
+long json_valid_members(const char *text, size_t len, json_member_fn fn, void *arg);
 /* True when brackets outside strings open deeper than JSON_MAX_DEPTH somewhere in text
  * (which json_valid then refuses): a plain scan, nothing else judged. */
 bool json_too_deep(const char *text, size_t len);

@@ -302,10 +302,11 @@ static void collect_member(struct span key, struct span v, void *arg)
         *slot = v;
 }
 
-/* One pass over the top level, no allocation: every reply frame goes through here,
- * and the response payload is forwarded as the bytes it arrived as (libraries.md
- * c3).  The whole frame is validated first (json_valid): a frame that is not JSON, not
- * UTF-8 or not an object is FRAME_INVALID and none of it is ever forwarded. */
+/* One pass over the frame, no allocation: every reply frame goes through here, and
+ * the response payload is forwarded as the bytes it arrived as (libraries.md c3).  The
+ * pass validates the whole frame as it collects the top-level members
+ * (json_valid_members): a frame that is not JSON, not UTF-8 or not an object is
+ * FRAME_INVALID and none of it is ever forwarded. */
 void frame_parse(const char *text, size_t len, struct frame *f)
 {
     memset(f, 0, sizeof *f);
@@ -313,13 +314,17 @@ void frame_parse(const char *text, size_t len, struct frame *f)
     f->err_message = no_message;
     struct frame_members m;
     memset(&m, 0, sizeof m);
-    long end = json_members(text, len, collect_member, &m);
+    bool valid = json_valid_members(text, len, collect_member, &m) >= 0;
+    if (!valid) { /* its id, if a plain scan finds one: its request fails */
+        memset(&m, 0, sizeof m);
+        json_members(text, len, collect_member, &m);
+    }
     struct span id = m.id, type = m.type, resp = m.resp, err = m.err, complete = m.complete, dws = m.dws,
                 ws = m.ws;
     /* Falsy ids are dropped from the gateway's own error frames (ref §4); ours never are. */
     if (id.p && string_value(id, f->id, sizeof f->id) && f->id[0])
         f->has_id = true;
-    if (end < 0 || json_skip_ws(text, (size_t)end, len) != len || !json_valid(text, len))
+    if (!valid)
         return; /* FRAME_INVALID, with the id if the scan got that far: its request fails */
     f->kind = FRAME_OTHER;
     char tbuf[16];
@@ -346,7 +351,10 @@ void frame_parse(const char *text, size_t len, struct frame *f)
     if (resp.p && f->has_id) {
         f->response = resp;
         struct span inner;
-        if (resp.p[0] == '{' && json_top_value(resp.p, resp.n, "error", &inner) == 0 && !span_is(inner, "null")) {
+        /* json_top_value reads keys as written, so without the bytes "error" there is
+         * no such member: most parts are spared the scan. */
+        if (resp.p[0] == '{' && memmem(resp.p, resp.n, "\"error\"", 7) &&
+            json_top_value(resp.p, resp.n, "error", &inner) == 0 && !span_is(inner, "null")) {
             /* A nested error ends the request even without complete (ref §5.3 rule 2). */
             read_error(f, inner);
             f->kind = FRAME_FINAL_ERROR;

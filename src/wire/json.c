@@ -414,34 +414,39 @@ static enum jv_next jv_value(struct jv *v, struct jv_stack *s, const char *text)
     return jv_scalar(v) ? JV_AFTER : JV_INVALID;
 }
 
-/* After a value inside a container: ',' or the closer; at the top: the end. */
+/* After a value inside a container: ',' (then a key or a value), or the container's
+ * closer (then after a value again, one level out); at the top: the end.  One step
+ * at a time, so that a walker sees each level it returns to. */
 static enum jv_next jv_after(struct jv *v, struct jv_stack *s, const char *text)
 {
-    for (;;) {
-        v->i = json_skip_ws(text, v->i, v->len);
-        if (!s->depth)
-            return v->i == v->len ? JV_VALID : JV_INVALID;
-        bool in_object = jv_in_object(s);
-        if (v->i >= v->len)
-            return JV_INVALID;
-        unsigned char c = v->p[v->i];
-        if (c == (in_object ? '}' : ']')) {
-            v->i++;
-            s->depth--;
-            continue;
-        }
-        if (c != ',')
-            return JV_INVALID;
+    v->i = json_skip_ws(text, v->i, v->len);
+    if (!s->depth)
+        return v->i == v->len ? JV_VALID : JV_INVALID;
+    bool in_object = jv_in_object(s);
+    if (v->i >= v->len)
+        return JV_INVALID;
+    unsigned char c = v->p[v->i];
+    if (c == (in_object ? '}' : ']')) {
         v->i++;
-        return in_object ? JV_KEY : JV_VALUE;
+        s->depth--;
+        return JV_AFTER;
     }
+    if (c != ',')
+        return JV_INVALID;
+    v->i++;
+    return in_object ? JV_KEY : JV_VALUE;
 }
 
-static enum jv_next jv_key(struct jv *v, const char *text)
+/* An object member's key and its ':'; *key (if not NULL) gets the key's bytes, quotes
+ * excluded. */
+static enum jv_next jv_key(struct jv *v, const char *text, struct span *key)
 {
     v->i = json_skip_ws(text, v->i, v->len);
+    size_t at = v->i;
     if (v->i >= v->len || v->p[v->i] != '"' || !jv_string(v))
         return JV_INVALID;
+    if (key)
+        *key = (struct span){text + at + 1, v->i - at - 2};
     v->i = json_skip_ws(text, v->i, v->len);
     if (v->i >= v->len || v->p[v->i] != ':')
         return JV_INVALID;
@@ -461,7 +466,7 @@ bool json_valid(const char *text, size_t len)
             next = jv_value(&v, &s, text);
             break;
         case JV_KEY:
-            next = jv_key(&v, text);
+            next = jv_key(&v, text, NULL);
             break;
         case JV_AFTER:
             next = jv_after(&v, &s, text);
@@ -470,6 +475,54 @@ bool json_valid(const char *text, size_t len)
             return true;
         default:
             return false;
+        }
+    }
+}
+
+/* The top-level member being read: its key, where its value starts. */
+struct jv_member {
+    struct span key;
+    size_t value_at;
+    bool open;
+};
+
+/* json_valid's walk, telling fn each member of the top-level object as its value ends
+ * (depth 1 again, nothing past the value read yet). */
+long json_valid_members(const char *text, size_t len, json_member_fn fn, void *arg)
+{
+    struct jv v = {(const unsigned char *)text, json_skip_ws(text, 0, len), len};
+    struct jv_stack s;
+    s.depth = 0;
+    if (v.i >= len || text[v.i] != '{')
+        return -1;
+    struct jv_member m = {{NULL, 0}, 0, false};
+    long end = -1;
+    enum jv_next next = jv_open(&v, &s, text);
+    for (;;) {
+        switch (next) {
+        case JV_KEY:
+            next = jv_key(&v, text, s.depth == 1 ? &m.key : NULL);
+            if (s.depth == 1) {
+                m.value_at = json_skip_ws(text, v.i, len);
+                m.open = true;
+            }
+            break;
+        case JV_VALUE:
+            next = jv_value(&v, &s, text);
+            break;
+        case JV_AFTER:
+            if (m.open && s.depth == 1) {
+                fn(m.key, (struct span){text + m.value_at, v.i - m.value_at}, arg);
+                m.open = false;
+            }
+            if (!s.depth && end < 0)
+                end = (long)v.i;
+            next = jv_after(&v, &s, text);
+            break;
+        case JV_VALID:
+            return end;
+        default:
+            return -1;
         }
     }
 }

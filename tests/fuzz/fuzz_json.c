@@ -11,6 +11,9 @@
  *  - json_valid on an object cJSON reads → json_members reports cJSON's members, in
  *    order: the key as written, a value span that parses to the same value, and the
  *    end of the object;
+ *  - json_valid_members (one pass) gives what json_valid and json_members give
+ *    together: -1 unless the text is one valid object, else json_members' end and its
+ *    members, span for span;
  *  - json_string_decode never writes past its buffer, and when the text is one
  *    string cJSON reads whole with no \u0000 and no lone surrogate, it decodes to
  *    cJSON's bytes (surrogate escapes aside). */
@@ -42,6 +45,38 @@ static void member(struct span key, struct span value, void *arg)
     if (!v || end != value.p + value.n || !fz_equal(v, want))
         m->ok = false;
     cJSON_Delete(v);
+}
+
+/* Up to 64 members, as spans, for comparing two walks. */
+struct spans {
+    struct span kv[128];
+    size_t n;
+};
+
+static void keep(struct span key, struct span value, void *arg)
+{
+    struct spans *s = arg;
+    if (s->n + 2 <= sizeof s->kv / sizeof s->kv[0]) {
+        s->kv[s->n++] = key;
+        s->kv[s->n++] = value;
+    }
+}
+
+static void check_one_pass(const char *text, size_t size, bool valid)
+{
+    static struct spans a, b;
+    a.n = b.n = 0;
+    long one = json_valid_members(text, size, keep, &a);
+    size_t i = json_skip_ws(text, 0, size);
+    bool object = valid && i < size && text[i] == '{';
+    if (!object) {
+        FUZZ_CHECK(one == -1);
+        return;
+    }
+    long end = json_members(text, size, keep, &b);
+    FUZZ_CHECK(one == end && a.n == b.n);
+    for (size_t k = 0; k < a.n; k++)
+        FUZZ_CHECK(a.kv[k].p == b.kv[k].p && a.kv[k].n == b.kv[k].n);
 }
 
 static void check_string_decode(const char *text, size_t size)
@@ -86,6 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         cJSON_Delete(root);
     }
+    check_one_pass(text, size, valid);
     check_string_decode(text, size);
     free(text);
     return 0;

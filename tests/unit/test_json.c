@@ -2,6 +2,7 @@
  * validator (Python's json). */
 #include "unit_main.h"
 #include "json.h"
+#include <stdio.h>
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,11 +107,61 @@ static void test_string_decode(void **state)
     }
 }
 
+struct seen {
+    char keys[8][16];
+    char values[8][48];
+    size_t n;
+};
+
+static void note(struct span key, struct span value, void *arg)
+{
+    struct seen *s = arg;
+    if (s->n < 8) {
+        snprintf(s->keys[s->n], sizeof s->keys[0], "%.*s", (int)key.n, key.p);
+        snprintf(s->values[s->n], sizeof s->values[0], "%.*s", (int)value.n, value.p);
+        s->n++;
+    }
+}
+
+/* json_valid_members: a reply frame validated and its top-level members found in one
+ * pass -- nested values whole, the end past the closing brace; -1 for anything that
+ * is not exactly one valid object, with the members before the fault reported. */
+static void test_valid_members_one_pass(void **state)
+{
+    (void)state;
+    static const char frame[] = " {\"id\":\"tgb-1\",\"response\":{\"a\":[1,{}],\"b\":\"\\u00e9\"},\"e\":{},"
+                                "\"complete\":true} ";
+    struct seen s = {0};
+    long end = json_valid_members(frame, strlen(frame), note, &s);
+    assert_int_equal(end, (long)strlen(frame) - 1);
+    assert_int_equal(s.n, 4);
+    assert_string_equal(s.keys[0], "id");
+    assert_string_equal(s.values[0], "\"tgb-1\"");
+    assert_string_equal(s.values[1], "{\"a\":[1,{}],\"b\":\"\\u00e9\"}");
+    assert_string_equal(s.keys[2], "e");
+    assert_string_equal(s.values[2], "{}");
+    assert_string_equal(s.values[3], "true");
+    static const char *const bad[] = {
+        "{\"id\":\"x\",\"r\":\"\xff\"}", "{\"id\":\"x\"} {}", "[1]", "{\"id\":\"x\",}", "{\"id\":01}", "",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        memset(&s, 0, sizeof s);
+        assert_int_equal(json_valid_members(bad[i], strlen(bad[i]), note, &s), -1);
+    }
+    memset(&s, 0, sizeof s);
+    json_valid_members(bad[0], strlen(bad[0]), note, &s);
+    assert_int_equal(s.n, 1); /* the id, read before the fault */
+    memset(&s, 0, sizeof s);
+    assert_int_equal(json_valid_members("{}", 2, note, &s), 2);
+    assert_int_equal(s.n, 0);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_string_decode),
     cmocka_unit_test(test_top_value_spans),
     cmocka_unit_test(test_body_check_matches_the_gateways_parser),
     cmocka_unit_test(test_json_valid_is_pythons_json),
+    cmocka_unit_test(test_valid_members_one_pass),
 };
 
 UNIT_MAIN(tests)
