@@ -4,11 +4,14 @@
  * and its own work before the loop waits (loop_before_poll). */
 #ifndef TGB_LOOP_H
 #define TGB_LOOP_H
+#include "buf.h"
 #include "config.h"
+#include "list.h"
 #include "timer.h"
 #include <stdbool.h>
 #include <stdint.h>
 
+struct lws;
 struct lws_context;
 struct lws_protocols;
 
@@ -54,6 +57,19 @@ int loop_before_poll(void (*fn)(void *arg), void *arg);
 /* Something a hook looks at changed inside lws's timers, which run after the hooks:
  * the loop does not wait before it has run them again. */
 void loop_wake(void);
+
+/* libwebsockets before 4.4 (Debian 12 ships 4.1) clears POLLOUT after a raw
+ * descriptor's writeable callback returns, undoing the callback's own request for
+ * more: what is left beyond the socket buffer would never be written.  A raw
+ * descriptor's writer that leaves bytes in out asks here; the request is made again
+ * before the next poll, if out still holds bytes then.  Cancel before out or wsi go. */
+struct loop_rearm {
+    struct list node;
+    struct lws *wsi;
+    const struct buf *out;
+};
+void loop_rearm_writable(struct loop_rearm *r, struct lws *wsi, const struct buf *out);
+void loop_rearm_cancel(struct loop_rearm *r);
 
 void loop_run(void);
 void loop_stop(void);

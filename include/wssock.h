@@ -15,6 +15,7 @@
 #include "config.h"
 #include "httphead.h"
 #include "list.h"
+#include "loop.h"
 #include "timer.h"
 #include "wsread.h"
 
@@ -47,7 +48,7 @@ struct wssock {
     bool failed;                 /* the client broke the protocol: FIN after our close */
     bool dead;                   /* to be closed at once */
     bool ping_out;               /* our ping is unanswered */
-    bool rearm;                  /* bytes left after a write: POLLOUT asked again */
+    struct loop_rearm rearm;     /* bytes left after a write: POLLOUT asked again (loop.h) */
     bool reading;                /* POLLIN wanted (wssock_read) */
     double last_rx;
     struct timer idle, closer;

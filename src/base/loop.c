@@ -253,12 +253,38 @@ void loop_wake(void)
         lws_sul_schedule(ctx, 0, &wake_sul, woken, 1);
 }
 
+static struct list rearms = LIST_INIT(rearms);
+
+void loop_rearm_writable(struct loop_rearm *r, struct lws *wsi, const struct buf *out)
+{
+    r->wsi = wsi;
+    r->out = out;
+    if (!list_linked(&r->node))
+        list_add_tail(&rearms, &r->node);
+}
+
+void loop_rearm_cancel(struct loop_rearm *r)
+{
+    list_del(&r->node);
+}
+
+static void rearm_writers(void)
+{
+    while (!list_empty(&rearms)) {
+        struct loop_rearm *r = list_entry(rearms.next, struct loop_rearm, node);
+        list_del(&r->node);
+        if (r->out->len)
+            lws_callback_on_writable(r->wsi);
+    }
+}
+
 /* One lws_service call is one turn: due timers, one poll, its events. */
 void loop_run(void)
 {
     running = true;
     while (!stop_requested) {
         lws_sul_cancel(&wake_sul);
+        rearm_writers();
         for (size_t i = 0; i < nhooks; i++)
             hooks[i].fn(hooks[i].arg);
         if (lws_service(ctx, 0) < 0)

@@ -18,8 +18,7 @@
 static struct {
     const struct config *cfg;
     struct list socks;
-    bool rearm;              /* some socket's rearm is set */
-} K = {NULL, LIST_INIT(K.socks), false};
+} K = {NULL, LIST_INIT(K.socks)};
 
 static double clamp_secs(double t)
 {
@@ -177,7 +176,7 @@ static int on_writeable(struct wssock *s)
         return -1;
     if (s->out.len) {
         want_write(s);
-        s->rearm = K.rearm = true;
+        loop_rearm_writable(&s->rearm, s->wsi, &s->out);
         return 0;
     }
     if (s->ops->drained)
@@ -191,24 +190,6 @@ static int on_writeable(struct wssock *s)
     }
     s->close_out = true;
     return s->peer_closed ? -1 : 0;
-}
-
-/* libwebsockets before 4.4 clears POLLOUT after a raw descriptor's writeable
- * callback returns (line_proto.c has the same): the request on_writeable made for the
- * rest is made again here, before the next poll. */
-static void rearm_writers(void *arg)
-{
-    (void)arg;
-    if (!K.rearm)
-        return;
-    K.rearm = false;
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &K.socks) {
-        struct wssock *s = list_entry(pos, struct wssock, node);
-        if (s->rearm && s->out.len)
-            want_write(s);
-        s->rearm = false;
-    }
 }
 
 /* ---- reading ------------------------------------------------------------------------ */
@@ -313,6 +294,7 @@ static void sock_gone(struct wssock *s)
 {
     timer_cancel(&s->idle);
     timer_cancel(&s->closer);
+    loop_rearm_cancel(&s->rearm);
     list_del(&s->node);
     buf_free(&s->out);
     s->ops->gone(s);
@@ -350,8 +332,6 @@ void wssock_register_protocol(void)
 void wssock_init(const struct config *cfg)
 {
     K.cfg = cfg;
-    if (loop_before_poll(rearm_writers, NULL) < 0)
-        abort(); /* a fixed table sized for the program's own hooks */
 }
 
 bool wssock_start(struct wssock *s, int fd, const struct http_head *h, const struct wssock_ops *ops, bool reading)

@@ -36,7 +36,7 @@ struct lclient {
     struct buf out;
     bool closing;
     bool paused;             /* --max-pending unanswered: not read until half are answered */
-    bool rearm;              /* bytes left after a write: POLLOUT asked again (rearm_writers) */
+    struct loop_rearm rearm; /* bytes left after a write: POLLOUT asked again (loop.h) */
     struct list node;
 };
 
@@ -44,7 +44,6 @@ static struct {
     const struct config *cfg;
     struct list clients;
     unsigned long long serial;
-    bool rearm;              /* some client's rearm is set */
 } L;
 
 /* Duplicate ids refused, as docs/protocols.md's contract has it; errors in one shape; the
@@ -55,7 +54,6 @@ static const struct session_rules line_rules = {"line", false, false, 0, "line"}
 static void line_fail_all(const char *type, const char *message);
 static void line_stats(struct frontend_stats *out);
 static bool line_take(int fd, const struct handover *in, struct refusal *no);
-static void rearm_writers(void *arg);
 const struct frontend line_frontend = {"line", line_take, line_stats, line_fail_all, NULL};
 
 void line_init(const struct config *cfg)
@@ -63,8 +61,6 @@ void line_init(const struct config *cfg)
     L.cfg = cfg;
     list_init(&L.clients);
     frontend_register(&line_frontend);
-    if (loop_before_poll(rearm_writers, NULL) < 0)
-        abort(); /* a fixed table sized for the program's own hooks */
 }
 
 static void line_stats(struct frontend_stats *out)
@@ -257,7 +253,7 @@ static int on_writeable(struct lclient *c)
     }
     if (c->out.len) {
         lws_callback_on_writable(c->wsi);
-        c->rearm = L.rearm = true;
+        loop_rearm_writable(&c->rearm, c->wsi, &c->out);
         return 0;
     }
     if (c->out.cap > 1024 * 1024)
@@ -265,25 +261,6 @@ static int on_writeable(struct lclient *c)
     if (c->eof && !c->session.npending)
         return -1; /* said all it wanted and got every answer */
     return 0;
-}
-
-/* libwebsockets before 4.4 (Debian 12 ships 4.1) clears POLLOUT after a raw file's
- * writeable callback returns, so on_writeable's own request for more is undone: the
- * rest of a reply larger than the socket buffer would never be written, though the
- * session counts it sent.  The request is made again here, before the next poll. */
-static void rearm_writers(void *arg)
-{
-    (void)arg;
-    if (!L.rearm)
-        return;
-    L.rearm = false;
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &L.clients) {
-        struct lclient *c = list_entry(pos, struct lclient, node);
-        if (c->rearm && !c->closing && c->out.len)
-            lws_callback_on_writable(c->wsi);
-        c->rearm = false;
-    }
 }
 
 /* We read the socket ourselves (lws's raw-socket role would close on a half-close,
@@ -335,6 +312,7 @@ static void client_free(struct lclient *c)
     guard_stop(&c->partial);
     guard_release(&c->hold);
     session_close(&c->session);
+    loop_rearm_cancel(&c->rearm);
     list_del(&c->node);
     lineframe_free(&c->frame);
     buf_free(&c->out);
