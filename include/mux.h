@@ -13,7 +13,8 @@
 struct gateway_key;
 struct refusal;
 struct mux_sink {
-    /* a request is queued in lane l, or room appeared in a window of l (NULL: the own lane) */
+    /* a request is queued in lane l, or room appeared in a window of l (NULL, or a lane
+     * with no owner: the own lane) */
     void (*sendable)(struct lane *l);
     /* the lane of the connections that present key k (issue 17), opened on first use;
      * NULL with a refusal (too many identities, a key the gateway rejected lately) */

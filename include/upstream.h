@@ -19,9 +19,8 @@ void upstream_register_protocol(void);
 int upstream_init(struct lws_context *ctx, struct config *cfg);
 void upstream_status_register(const struct config *cfg);
 void upstream_start(void);
-/* Something became sendable (a queued request, window room): in tgbridge's own
- * identity's lane (upstream_kick), or in lane l (the mux's sink; NULL: the own). */
-void upstream_kick(void);
+/* Something became sendable (a queued request, window room) in lane l: the mux's
+ * sink (NULL or the mux's own lane: tgbridge's own identity). */
 struct lane;
 void upstream_sendable(struct lane *l);
 /* The lane of the pool presenting key k (issue 17: a caller's upstream_token_file key

@@ -200,7 +200,7 @@ void mux_submit(struct request *req)
     reqtable_enqueue(&M.rt, req);
     if (was_empty)
         arm_queue_timer();
-    M.sink->sendable(req->lane == &M.rt.own ? NULL : req->lane);
+    M.sink->sendable(req->lane);
 }
 
 void mux_submit_as(struct request *req, const char *caller, const char *bearer, size_t blen)

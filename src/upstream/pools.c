@@ -37,20 +37,12 @@ struct upool *pools_next(const struct upool *P)
     return next == &U.callers ? NULL : list_entry(next, struct upool, node);
 }
 
-static size_t connections_total(void)
-{
-    size_t n = 0;
-    for (const struct upool *P = &U.own; P; P = pools_next(P))
-        n += pool_count(P, false);
-    return n;
-}
-
 bool pools_may_open(const struct upool *P)
 {
     /* the own pool's persistent connection is never held back */
     if (pools_is_own(P) && !P->primary && !P->opening)
         return true;
-    return connections_total() < (size_t)U.cfg->max_upstream_connections;
+    return upstream_connection_count() < (size_t)U.cfg->max_upstream_connections;
 }
 
 /* Nothing waits in its lane and nothing is live in its windows. */
@@ -79,24 +71,28 @@ static void pool_free(struct upool *P)
     free(P);
 }
 
-/* Closes P's connections (each says goodbye; the last one gone frees P), or frees P
- * now when it has none. */
-static void pool_close(struct upool *P, const char *why)
+/* P takes nothing new: its connections close -- at once (drain false: nothing is in
+ * flight) or once their calls are done, within --drain-timeout (pool_retire) -- and
+ * the last one gone frees P; with none, P is freed now. */
+static void pool_close(struct upool *P, const char *why, bool drain)
 {
+    P->closing = true;
+    timer_cancel(&P->idle_timer);
     if (list_empty(&P->conns)) {
         log_debug("caller %s's gateway identity forgotten (%s)", P->caller, why);
         pool_free(P);
         return;
     }
     log_info("closing caller %s's gateway connections (%s)", P->caller, why);
-    P->closing = true;
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &P->conns) {
         struct upconn *c = list_entry(pos, struct upconn, node);
-        if (c->dial.wsi && c->state >= UP_AUTHENTICATING)
-            conn_goodbye(c, CLOSED_IDLE);
+        if (c->state != UP_READY || !c->dial.wsi)
+            dial_abort(&c->dial, "%s", why);
+        else if (drain)
+            pool_retire(c, why);
         else
-            dial_abort(&c->dial, "the caller's gateway identity closed");
+            conn_goodbye(c, CLOSED_IDLE);
     }
 }
 
@@ -112,7 +108,7 @@ static void idle_expired(struct timer *t)
     }
     char why[96];
     snprintf(why, sizeof why, "nothing in flight for %g s (--connection-idle)", U.cfg->connection_idle);
-    pool_close(P, why);
+    pool_close(P, why, false);
 }
 
 void pools_idle_check(struct upool *P)
@@ -181,28 +177,14 @@ void pools_after_loss(struct upool *P, const struct conn_loss *loss)
     kick_waiting();
 }
 
-/* The policy no longer gives P's caller this key: P takes nothing new, what waits for
- * it is refused, and its calls in flight have --drain-timeout (pool_retire). */
+/* The policy no longer gives P's caller this key: what waits for it is refused, and
+ * its calls in flight have --drain-timeout. */
 static void withdraw(struct upool *P)
 {
     char msg[200];
     snprintf(msg, sizeof msg, "the policy no longer gives caller %s this gateway identity", P->caller);
-    log_info("%s: its connections drain", msg);
-    P->closing = true;
-    timer_cancel(&P->idle_timer);
     mux_fail_lane(P->lane, 403, "forbidden-by-policy", msg);
-    if (list_empty(&P->conns)) {
-        pool_free(P);
-        return;
-    }
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &P->conns) {
-        struct upconn *c = list_entry(pos, struct upconn, node);
-        if (c->state == UP_READY)
-            pool_retire(c, "its caller's gateway identity was withdrawn by a new policy");
-        else
-            dial_abort(&c->dial, "its caller's gateway identity was withdrawn by a new policy");
-    }
+    pool_close(P, msg, true);
 }
 
 void upstream_policy_changed(void)
@@ -267,11 +249,11 @@ static bool make_room(void)
     }
     if (rejected >= (size_t)U.cfg->max_caller_pools && oldest_rejected)
         pool_free(oldest_rejected);
-    if (open < (size_t)U.cfg->max_caller_pools && connections_total() < (size_t)U.cfg->max_upstream_connections)
+    if (open < (size_t)U.cfg->max_caller_pools && upstream_connection_count() < (size_t)U.cfg->max_upstream_connections)
         return true;
     for (struct upool *P = pools_next(&U.own); P; P = pools_next(P))
         if (!P->closing && !only_a_rejection(P, now) && pool_idle_now(P)) {
-            pool_close(P, "the least recently used idle identity, making room for another");
+            pool_close(P, "the least recently used idle identity, making room for another", false);
             return true;
         }
     return false;

@@ -68,17 +68,12 @@ void upstream_kick_pool(struct upool *P)
     pools_kick(P);
 }
 
-void upstream_kick(void)
-{
-    upstream_kick_pool(OWN);
-}
-
 void upstream_sendable(struct lane *l)
 {
     upstream_kick_pool(l && l->owner ? l->owner : OWN);
 }
 
-static void pool_init(struct upool *P)
+void upstream_pool_init(struct upool *P)
 {
     list_init(&P->conns);
     snprintf(P->reason, sizeof P->reason, "not connected yet");
@@ -90,17 +85,12 @@ int upstream_init(struct lws_context *ctx, struct config *cfg)
     memset(&U, 0, sizeof U);
     U.ctx = ctx;
     U.cfg = cfg;
-    pool_init(OWN);
+    upstream_pool_init(OWN);
     pools_init();
     pool_build_retry_policy();
     discover_init(&U.disc, GATEWAY_CANDIDATES);
     upstream_status_register(cfg);
     return loop_before_poll(conn_resume_after_writes, NULL);
-}
-
-void upstream_pool_init(struct upool *P)
-{
-    pool_init(P);
 }
 
 void upstream_start(void)

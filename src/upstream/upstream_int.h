@@ -2,11 +2,15 @@
  *   upstream.c  the public face: start, stop, what /status and /metrics read
  *   conn.c      a connection's life: dial, lws callbacks, frame I/O
  *   auth.c      authentication and the gateway's era (a leaf: it returns verdicts)
- *   pool.c      the set of connections: placement, overflow, idle, promotion, backoff
+ *   pool.c      one pool's connections: placement, overflow, idle, promotion, backoff
  *   rotate.c    make-before-break rotation and token reload
+ *   pools.c     callers' pools, one per gateway key (issue 17): caps, idle close,
+ *               rejected keys, withdrawal on a new policy
  *   pool_policy.c  the pool's decisions as pure functions (include/pool_policy.h)
- * conn.c is what lws and dial.c call; it hands events to pool.c and rotate.c, which
- * call down into conn.c only to open or close a connection. */
+ * pool.c and rotate.c act on one pool (struct upool) at a time: tgbridge's own (U.own)
+ * or a caller's.  conn.c is what lws and dial.c call; it hands events to pool.c,
+ * rotate.c and pools.c, which call down into conn.c only to open or close a
+ * connection. */
 #ifndef TGB_UPSTREAM_INT_H
 #define TGB_UPSTREAM_INT_H
 #include "upstream.h"
