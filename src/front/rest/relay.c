@@ -131,7 +131,7 @@ static char *pass_authorization(struct MHD_Connection *c, int route, const struc
     if (route == PASS_AUTH)
         return auth && !who->bearer_is_local ? strdup(auth) : NULL;
     size_t blen = 0;
-    const char *bearer = auth ? access_bearer(auth, strlen(auth), &blen) : NULL;
+    const char *bearer = rest_bearer(c, &blen);
     struct gateway_key gk;
     if (policy_gateway_key(who->name, bearer, blen, &gk))
         return gk.len ? bearer_header(gk.key, gk.len) : NULL; /* none: the gateway's anonymous */
